@@ -1,0 +1,22 @@
+"""mmm: multimodal masked modeling on PyTorch Lightning.
+
+One objective (hide positions, encode the rest, predict what was hidden) for text, images,
+audio, proteins and SMILES, on a shared Transformer encoder.
+"""
+
+from mmm.masking import Masking, RandomMasking, SpanMasking, WholeWordMasking
+from mmm.models import HFEncoder, TransformerEncoder
+from mmm.module import MaskedModelingModule
+from mmm.tokenizers import TextTokenizer
+
+__all__ = [
+    "HFEncoder",
+    "MaskedModelingModule",
+    "Masking",
+    "RandomMasking",
+    "SpanMasking",
+    "TextTokenizer",
+    "TransformerEncoder",
+    "WholeWordMasking",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,328 @@
+"""Masking strategies: which positions the model must predict.
+
+Everything here works on batched tensors, with no per-position Python loops, so masking can
+run on the accelerator inside the training step. The pure functions take a ``maskable``
+boolean tensor (``True`` where a position may be hidden: not padding, not a special token)
+and an optional ``torch.Generator`` for reproducibility, and return a boolean mask
+(``True`` = hidden, to be predicted). The ``Masking`` classes wrap them with configurable,
+typed settings that LightningCLI exposes (``--model.masking.ratio 0.3``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None):
+    return torch.rand(shape, device=device, generator=generator)
+
+
+def num_to_mask(count: Tensor, ratio: float) -> Tensor:
+    """Per-sample number of positions to hide: ``round(ratio * count)``, at least one when
+    ``ratio > 0`` and the sample has a maskable position (a sample with nothing to predict
+    contributes nothing to the loss and wastes its slot)."""
+    n = torch.round(count.float() * ratio).long()
+    if ratio > 0:
+        n = torch.maximum(n, (count > 0).long())
+    return torch.minimum(n, count)
+
+
+def random_mask(maskable: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+    """Hide exactly ``num_to_mask(n_maskable, ratio)`` uniformly chosen positions per sample.
+
+    Args:
+        maskable: (B, L) bool, positions that may be hidden.
+        ratio: fraction of maskable positions to hide.
+        generator: optional RNG for reproducible masks.
+
+    Returns:
+        (B, L) bool mask, ``True`` = hidden.
+    """
+    noise = _uniform(maskable.shape, maskable.device, generator)  # (B, L)
+    noise = noise.masked_fill(~maskable, 2.0)  # unmaskable positions rank last
+    ranks = noise.argsort(dim=1).argsort(dim=1)  # (B, L) rank of each position
+    budget = num_to_mask(maskable.sum(dim=1), ratio)  # (B,)
+    return ranks < budget.unsqueeze(1)
+
+
+def whole_word_mask(
+    word_ids: Tensor, maskable: Tensor, ratio: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Hide whole words: every sub-token of a chosen word is hidden together (BERT-wwm).
+
+    Args:
+        word_ids: (B, L) long, index of the word each token belongs to; negative for tokens
+            that belong to no word (special tokens, padding).
+        maskable: (B, L) bool.
+        ratio: fraction of words to hide.
+
+    Returns:
+        (B, L) bool mask.
+    """
+    in_word = maskable & (word_ids >= 0)
+    ids = word_ids.clamp(min=0)  # (B, L)
+    num_words = int(ids.max().item()) + 1 if ids.numel() else 1
+    present = torch.zeros(word_ids.shape[0], num_words, dtype=torch.bool, device=word_ids.device)
+    present.scatter_(1, ids, in_word)  # (B, W) which word slots occur in each sample
+    chosen = random_mask(present, ratio, generator)  # (B, W)
+    return chosen.gather(1, ids) & in_word
+
+
+def span_mask(
+    maskable: Tensor,
+    ratio: float,
+    mean_span_length: float = 3.0,
+    max_span_length: int = 10,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Hide contiguous spans with geometric lengths (SpanBERT), ``ratio`` of positions on average.
+
+    Each position starts a span with probability ``q``; span lengths are drawn from a geometric
+    distribution with mean ``mean_span_length``, clipped to ``max_span_length``; overlapping
+    spans merge. ``q`` is set so that the expected covered fraction is ``ratio``:
+    coverage ``= 1 - exp(-q * E[len])``, hence ``q = -log(1 - ratio) / E[len]``. Spans never
+    cover unmaskable positions (they are cut there).
+
+    Returns:
+        (B, L) bool mask.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"span_mask needs 0 <= ratio < 1, got {ratio}")
+    batch, length = maskable.shape
+    device = maskable.device
+    p = 1.0 / mean_span_length  # geometric success probability, E[len] = 1 / p
+    expected_len = sum((1 - p) ** k for k in range(max_span_length))  # mean of the clipped law
+    start_prob = -math.log(1.0 - ratio) / expected_len
+    starts = _uniform((batch, length), device, generator) < start_prob  # (B, L)
+    u = _uniform((batch, length), device, generator).clamp_min(1e-12)
+    lengths = (torch.log(u) / math.log(1 - p)).floor().long() + 1 if p < 1 else torch.ones_like(u)
+    lengths = lengths.long().clamp(max=max_span_length) * starts  # (B, L), 0 where no span
+    # Difference array: +1 where a span starts, -1 just after it ends; a running sum > 0 marks
+    # covered positions and merges overlapping spans.
+    delta = torch.zeros(batch, length + max_span_length + 1, dtype=torch.long, device=device)
+    positions = torch.arange(length, device=device).expand(batch, length)
+    delta.scatter_add_(1, positions, starts.long())
+    delta.scatter_add_(1, positions + lengths, -starts.long())
+    covered = delta.cumsum(dim=1)[:, :length] > 0
+    return covered & maskable
+
+
+def corrupt_tokens(
+    input_ids: Tensor,
+    mask: Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """BERT's input corruption of hidden positions (Hugging Face ``DataCollatorForLanguageModeling``
+    conventions): ``mask_replace_prob`` become the mask token, ``random_replace_prob`` a random
+    token, the rest keep their original token. Unhidden positions are untouched.
+
+    Args:
+        input_ids: (B, L) long.
+        mask: (B, L) bool, hidden positions.
+
+    Returns:
+        (B, L) long, corrupted copy of ``input_ids``.
+    """
+    if mask_replace_prob + random_replace_prob > 1.0 + 1e-9:
+        raise ValueError(
+            "mask_replace_prob + random_replace_prob must be <= 1, "
+            f"got {mask_replace_prob} + {random_replace_prob}"
+        )
+    u = _uniform(input_ids.shape, input_ids.device, generator)  # (B, L)
+    to_mask_token = mask & (u < mask_replace_prob)
+    to_random = mask & (u >= mask_replace_prob) & (u < mask_replace_prob + random_replace_prob)
+    random_ids = torch.randint(
+        vocab_size, input_ids.shape, device=input_ids.device, generator=generator
+    )
+    corrupted = torch.where(to_mask_token, torch.full_like(input_ids, mask_token_id), input_ids)
+    return torch.where(to_random, random_ids, corrupted)
+
+
+@dataclass(frozen=True)
+class MaskedPositions:
+    """The outcome of masking a batch.
+
+    Attributes:
+        mask: (B, L) bool, ``True`` where a position is hidden and must be predicted.
+        ratio: the masking ratio in force for this batch (it may follow a schedule).
+    """
+
+    mask: Tensor
+    ratio: float
+
+
+class Masking:
+    """Base of the masking strategies: a ratio, an optional linear ratio schedule, and BERT's
+    replacement split for discrete inputs.
+
+    Args:
+        ratio: fraction of maskable positions hidden (15% is BERT's default, 40% was found
+            better for larger models in "Should You Mask 15% in MLM?"; MAE uses 75%).
+        final_ratio: if set, the ratio moves linearly from ``ratio`` to ``final_ratio`` over
+            ``schedule_steps`` optimizer steps and stays there ("Dynamic Masking Rate
+            Schedules for MLM Pretraining": 0.30 -> 0.15).
+        schedule_steps: length of the schedule in optimizer steps.
+        mask_replace_prob: for discrete inputs, fraction of hidden positions shown as the mask
+            token.
+        random_replace_prob: for discrete inputs, fraction of hidden positions shown as a
+            random token; the rest show the original token.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.15,
+        final_ratio: float | None = None,
+        schedule_steps: int = 0,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+    ) -> None:
+        for name, value in (("ratio", ratio), ("final_ratio", final_ratio)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"Masking: {name} must lie in (0, 1), got {value}")
+        if final_ratio is not None and schedule_steps <= 0:
+            raise ValueError("Masking: final_ratio needs schedule_steps > 0")
+        for name, value in (
+            ("mask_replace_prob", mask_replace_prob),
+            ("random_replace_prob", random_replace_prob),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Masking: {name} must lie in [0, 1], got {value}")
+        if mask_replace_prob + random_replace_prob > 1.0:
+            raise ValueError(
+                "Masking: mask_replace_prob + random_replace_prob must be <= 1, got "
+                f"{mask_replace_prob} + {random_replace_prob}"
+            )
+        self.ratio = ratio
+        self.final_ratio = final_ratio
+        self.schedule_steps = schedule_steps
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+
+    def ratio_at(self, step: int) -> float:
+        """The masking ratio at optimizer step ``step``."""
+        if self.final_ratio is None:
+            return self.ratio
+        progress = min(max(step, 0) / self.schedule_steps, 1.0)
+        return self.ratio + (self.final_ratio - self.ratio) * progress
+
+    def __call__(
+        self,
+        maskable: Tensor,
+        step: int = 0,
+        word_ids: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MaskedPositions:
+        """Choose the hidden positions of a batch.
+
+        Args:
+            maskable: (B, L) bool, ``False`` at padding and special positions.
+            step: the optimizer step, for ratio schedules.
+            word_ids: (B, L) long word index per token (negative outside words), used by
+                whole-word masking and ignored by the other strategies.
+            generator: optional RNG.
+        """
+        ratio = self.ratio_at(step)
+        return MaskedPositions(self.select(maskable, ratio, word_ids, generator), ratio)
+
+    def select(
+        self,
+        maskable: Tensor,
+        ratio: float,
+        word_ids: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class RandomMasking(Masking):
+    """Hide a uniformly random subset of positions, the exact ratio in every sample."""
+
+    def select(self, maskable, ratio, word_ids, generator):
+        return random_mask(maskable, ratio, generator)
+
+
+class WholeWordMasking(Masking):
+    """Hide whole words (all sub-tokens of a word together); the ratio counts words.
+
+    Falls back to random token masking when the batch carries no ``word_ids`` (e.g. a
+    modality without words).
+    """
+
+    def select(self, maskable, ratio, word_ids, generator):
+        if word_ids is None:
+            return random_mask(maskable, ratio, generator)
+        return whole_word_mask(word_ids, maskable, ratio, generator)
+
+
+class SpanMasking(Masking):
+    """Hide contiguous spans with geometric lengths (SpanBERT); ratio is the expected fraction.
+
+    Args:
+        mean_span_length: mean of the geometric span-length law before clipping.
+        max_span_length: longest span.
+        **kwargs: the ``Masking`` settings.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.15,
+        final_ratio: float | None = None,
+        schedule_steps: int = 0,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        mean_span_length: float = 3.0,
+        max_span_length: int = 10,
+    ) -> None:
+        super().__init__(
+            ratio=ratio,
+            final_ratio=final_ratio,
+            schedule_steps=schedule_steps,
+            mask_replace_prob=mask_replace_prob,
+            random_replace_prob=random_replace_prob,
+        )
+        if mean_span_length < 1.0:
+            raise ValueError(f"SpanMasking: mean_span_length must be >= 1, got {mean_span_length}")
+        if max_span_length < 1:
+            raise ValueError(f"SpanMasking: max_span_length must be >= 1, got {max_span_length}")
+        self.mean_span_length = mean_span_length
+        self.max_span_length = max_span_length
+
+    def select(self, maskable, ratio, word_ids, generator):
+        return span_mask(
+            maskable,
+            ratio,
+            mean_span_length=self.mean_span_length,
+            max_span_length=self.max_span_length,
+            generator=generator,
+        )
+
+
+def visible_indices(visible: Tensor) -> tuple[Tensor, Tensor]:
+    """Pack the visible positions of each sample to the front, for visible-only encoding (MAE).
+
+    Args:
+        visible: (B, L) bool.
+
+    Returns:
+        ``ids_keep`` (B, V) long, the positions to gather, visible ones first in their original
+        order, and ``keep_valid`` (B, V) bool, ``False`` where a row has fewer than ``V`` visible
+        positions (padding). ``V`` is the largest visible count in the batch.
+    """
+    order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)  # (B, L) visible first
+    counts = visible.sum(dim=1)  # (B,)
+    width = int(counts.max().item()) if counts.numel() else 0
+    ids_keep = order[:, :width]  # (B, V)
+    keep_valid = torch.arange(width, device=visible.device) < counts.unsqueeze(1)  # (B, V)
+    return ids_keep, keep_valid

@@ -1,0 +1,124 @@
+"""Shared Transformer trunks. Every encoder maps embeddings (B, L, D) plus a padding mask to
+hidden states (B, L, D) and exposes its width as ``dim``; modalities never see its internals."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+
+class Encoder(nn.Module, ABC):
+    """Interface of a trunk: ``forward(x, padding_mask) -> hidden``."""
+
+    dim: int
+
+    @abstractmethod
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Args:
+            x: (B, L, D) input embeddings.
+            padding_mask: (B, L) bool, ``True`` at real positions; ``None`` when none is padding
+                (lets scaled-dot-product attention take its fastest kernel).
+
+        Returns:
+            (B, L, D) hidden states.
+        """
+
+
+class TransformerEncoder(Encoder):
+    """Pre-LN Transformer (timm's ViT ``Block``: fused QKV, ``scaled_dot_product_attention``).
+
+    Args:
+        dim: model width.
+        depth: number of blocks.
+        num_heads: attention heads; must divide ``dim``.
+        mlp_ratio: feed-forward width as a multiple of ``dim``.
+        dropout: dropout after attention and feed-forward projections.
+        attention_dropout: dropout on attention weights.
+        drop_path: stochastic-depth rate, increased linearly to this value over the blocks.
+    """
+
+    def __init__(
+        self,
+        dim: int = 256,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"TransformerEncoder: num_heads={num_heads} must divide dim={dim}")
+        self.dim = dim
+        self.blocks = nn.ModuleList(
+            Block(
+                dim=dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=True,
+                proj_drop=dropout,
+                attn_drop=attention_dropout,
+                drop_path=drop_path * i / max(depth - 1, 1),
+            )
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.apply(_init_weights)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        attn_mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B,1,1,L)
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        return self.norm(x)
+
+
+class HFEncoder(Encoder):
+    """A Hugging Face encoder (``BertModel``, ``RobertaModel``, ...) behind the same interface.
+
+    Args:
+        path: a local directory saved with ``save_pretrained``; its weights are loaded.
+        config: used when ``path`` is not set: keyword arguments of the model's config class,
+            with ``model_type`` naming it (e.g. ``{"model_type": "bert", "hidden_size": 256}``).
+            The model is built from scratch.
+
+    The model's own embedding layer still adds its position and token-type embeddings (and
+    LayerNorm) on top of the modality's embeddings passed as ``inputs_embeds``.
+    """
+
+    def __init__(self, path: str | None = None, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        if path is not None:
+            self.model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        else:
+            settings = dict(config or {"model_type": "bert"})
+            model_type = settings.pop("model_type", "bert")
+            hf_config = AutoConfig.for_model(model_type, **settings)
+            self.model = AutoModel.from_config(hf_config, add_pooling_layer=False)
+        self.dim = self.model.config.hidden_size
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        attention_mask = None if padding_mask is None else padding_mask.long()
+        return self.model(inputs_embeds=x, attention_mask=attention_mask).last_hidden_state
+
+
+def _init_weights(module: nn.Module) -> None:
+    """BERT/ViT initialization: truncated normal (std 0.02) weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def gather_positions(x: Tensor, ids: Tensor) -> Tensor:
+    """Select positions ``ids`` (B, K) of ``x`` (B, L, D) -> (B, K, D)."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -1,0 +1,206 @@
+"""The one objective: hide positions, encode what is left, predict what was hidden.
+
+``MaskedModelingModule`` is the single LightningModule of mmm. It is written against the
+``Tokenizer`` (data side), ``Modality`` (embedder/head pair) and ``Encoder`` interfaces, so the
+same training step serves BERT-style text and MAE-style images: a modality says whether the
+encoder sees hidden positions in corrupted form (discrete tokens) or only visible positions
+(continuous patches), and what its loss is. The loss counts hidden positions only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from mmm.masking import Masking, RandomMasking, visible_indices
+from mmm.models.encoder import Encoder, TransformerEncoder, gather_positions
+from mmm.models.modality import build_modality
+from mmm.tokenizers.base import Tokenizer
+
+
+@dataclass
+class MaskedOutput:
+    """One masked-prediction pass over a batch."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+    mask: Tensor  # (B, L) bool hidden positions
+    pred: Tensor  # (N, ...) predictions at hidden positions
+    target: Tensor  # (N, ...) targets at hidden positions
+    ratio: float
+
+
+class MaskedModelingModule(L.LightningModule):
+    """Masked modeling for any modality on a shared Transformer encoder.
+
+    Args:
+        tokenizer: the modality's tokenizer; its ``spec`` sizes the embedder and head. The
+            datamodule receives the same tokenizer (LightningCLI links them).
+        encoder: the shared trunk (default: a 4-layer, 256-wide pre-LN Transformer).
+        masking: which positions are hidden and how (default: 15% random, 80/10/10).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not applied to biases, norms and embeddings).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps; then cosine decay to zero at ``max_steps`` when the
+            trainer sets it, else a constant rate.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        encoder: Encoder | None = None,
+        masking: Masking | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer", "encoder", "masking"])
+        self.tokenizer = tokenizer
+        self.encoder = encoder if encoder is not None else TransformerEncoder()
+        self.masking = masking if masking is not None else RandomMasking()
+        self.modality = build_modality(tokenizer.spec, self.encoder.dim, self.masking)
+        self._epoch_means = torch.nn.ModuleDict()  # stage -> name -> MeanMetric, made on use
+
+    # ----------------------------------------------------------------------------- stages
+    def choose_mask(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
+        """Hidden positions of the batch, (B, L) bool, and the ratio in force."""
+        step = self.global_step if self._trainer is not None else 0
+        masked = self.masking(batch["maskable"], step=step, word_ids=batch.get("word_ids"))
+        return masked.mask, masked.ratio
+
+    def encode(self, x: Tensor, padding_mask: Tensor) -> Tensor:
+        """Run the trunk; skip the attention mask when nothing is padding (fastest SDPA path)."""
+        return self.encoder(x, None if bool(padding_mask.all()) else padding_mask)
+
+    def forward_masked(self, batch: dict[str, Tensor]) -> MaskedOutput:
+        """Mask, embed, encode (visible positions only for MAE-style modalities), predict and
+        score the hidden positions."""
+        mask, ratio = self.choose_mask(batch)
+        x = self.modality.embed(batch, mask)  # (B, L, D)
+        ids_keep = None
+        padding = batch["attention_mask"]  # (B, L)
+        if self.modality.visible_only:
+            ids_keep, padding = visible_indices(batch["attention_mask"] & ~mask)  # (B, V)
+            x = gather_positions(x, ids_keep)  # (B, V, D)
+        hidden = self.encode(x, padding)
+        pred = self.modality.predict(hidden, mask, ids_keep)
+        target = self.modality.targets(batch, mask)
+        loss, metrics = self.modality.loss_and_metrics(pred, target)
+        return MaskedOutput(loss, metrics, mask, pred, target, ratio)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Encoder states of an unmasked batch, (B, L, D)."""
+        x = self.modality.embed(batch, torch.zeros_like(batch["attention_mask"]))
+        return self.encode(x, batch["attention_mask"])
+
+    @torch.no_grad()
+    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-position states (B, L, D) and their mean over real positions (B, D)."""
+        hidden = self(batch)
+        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return hidden, pooled
+
+    # ------------------------------------------------------------------------ lightning
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.forward_masked(batch)
+        size = out.mask.shape[0]
+        metrics = {"loss": out.loss, **out.metrics, **self.modality.metrics_from_loss(out.loss)}
+        values = _prefixed("train", metrics)
+        self.log_dict(values, on_step=True, on_epoch=False, batch_size=size)
+        self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
+        self.log("train/mask_ratio", out.ratio, on_step=True, on_epoch=False, batch_size=size)
+        self._log_skipped(batch, size)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        hidden, pooled = self.embed(batch)
+        return {"hidden": hidden, "pooled": pooled, "attention_mask": batch["attention_mask"]}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_means("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_means("test")
+
+    def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Accumulate loss and metrics weighted by hidden-position count, so the epoch value is
+        the mean over hidden positions (not over batches), synchronized across DDP ranks."""
+        out = self.forward_masked(batch)
+        weight = float(out.target.shape[0])
+        for name, value in {"loss": out.loss, **out.metrics}.items():
+            self._epoch_mean(stage, name).update(value.detach().float(), weight)
+        self._log_skipped(batch, out.mask.shape[0])
+
+    def _epoch_mean(self, stage: str, name: str) -> MeanMetric:
+        key = f"{stage}_{name}"
+        if key not in self._epoch_means:
+            self._epoch_means[key] = MeanMetric().to(self.device)
+        return self._epoch_means[key]
+
+    def _log_epoch_means(self, stage: str) -> None:
+        values = {}
+        for key, metric in self._epoch_means.items():
+            if key.startswith(f"{stage}_") and metric.update_called:
+                values[f"{stage}/{key[len(stage) + 1 :]}"] = metric.compute()
+                metric.reset()
+        if f"{stage}/loss" in values:
+            derived = self.modality.metrics_from_loss(values[f"{stage}/loss"])
+            values.update(_prefixed(stage, derived))
+        if values:
+            self.log_dict(values)
+            self.log(f"{stage}_loss", values[f"{stage}/loss"], prog_bar=True, logger=False)
+
+    def _log_skipped(self, batch: dict[str, Tensor], size: int) -> None:
+        if "skipped" in batch:
+            self.log(
+                "data/skipped_samples",
+                batch["skipped"].float().sum(),
+                reduce_fx="sum",
+                on_step=False,
+                on_epoch=True,
+                batch_size=size,
+            )
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            is_matrix = param.ndim >= 2 and "embed" not in name and "positions" not in name
+            (decay if is_matrix else no_decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+        )
+        total = self.trainer.max_steps if self._trainer is not None else -1
+        if total and total > 0 and math.isfinite(total):
+            scheduler = get_cosine_schedule_with_warmup(optimizer, self.hparams.warmup_steps, total)
+        else:
+            scheduler = get_constant_schedule_with_warmup(optimizer, self.hparams.warmup_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def _prefixed(stage: str, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{stage}/{name}": value.detach() for name, value in metrics.items()}

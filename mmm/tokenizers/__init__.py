@@ -1,0 +1,20 @@
+"""Tokenizers: the data side of each modality, one file per modality."""
+
+from mmm.tokenizers.base import (
+    ContinuousSpec,
+    DiscreteSpec,
+    DiscreteTokenizer,
+    SampleError,
+    Tokenizer,
+)
+from mmm.tokenizers.text import TextTokenizer, train_tokenizer
+
+__all__ = [
+    "ContinuousSpec",
+    "DiscreteSpec",
+    "DiscreteTokenizer",
+    "SampleError",
+    "TextTokenizer",
+    "Tokenizer",
+    "train_tokenizer",
+]

@@ -1,0 +1,107 @@
+"""The data side of a modality: decode shard samples, batch them, describe what the model needs.
+
+A tokenizer turns raw samples read from WebDataset shards into model inputs. It runs inside
+the data-loader workers, so ``collate`` should batch its work (one call into a fast tokenizer
+per batch rather than one per sample). Its ``spec`` tells the model how large its embedder and
+head must be, so that the model never hard-codes a vocabulary, channel count or patch size.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used, with the shard and key that name it."""
+
+    def __init__(self, message: str, key: str | None = None, url: str | None = None) -> None:
+        where = ", ".join(
+            part for part in (f"shard {url}" if url else "", f"key {key!r}" if key else "") if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+        self.key = key
+        self.url = url
+
+
+@dataclass(frozen=True)
+class DiscreteSpec:
+    """Inputs are token ids; targets are the original ids of hidden positions.
+
+    Attributes:
+        vocab_size: number of token ids, special tokens included.
+        pad_token_id: id used for padding.
+        mask_token_id: id shown at hidden positions.
+        max_length: longest sequence, special tokens included.
+    """
+
+    vocab_size: int
+    pad_token_id: int
+    mask_token_id: int
+    max_length: int
+
+
+@dataclass(frozen=True)
+class ContinuousSpec:
+    """Inputs are real-valued vectors (image patches, audio frames); targets regress them.
+
+    Attributes:
+        input_dim: length of one position's vector (e.g. ``channels * patch * patch``).
+        max_length: largest number of positions in a sample.
+        grid: positions laid out as (rows, cols) when they form a 2-D grid, else ``None``.
+    """
+
+    input_dim: int
+    max_length: int
+    grid: tuple[int, int] | None = None
+
+
+ModalitySpec = DiscreteSpec | ContinuousSpec
+
+
+class Tokenizer(ABC):
+    """Turns shard samples into batches of model inputs for one modality."""
+
+    #: File extensions inside a shard sample that this tokenizer reads (e.g. ``("txt",)``).
+    sample_keys: tuple[str, ...] = ()
+
+    @property
+    @abstractmethod
+    def spec(self) -> ModalitySpec:
+        """What the model needs to know to embed and predict this modality."""
+
+    @abstractmethod
+    def decode_sample(self, sample: dict[str, Any]) -> Any:
+        """Turn one raw WebDataset sample (``__key__``, ``__url__``, bytes per extension) into
+        the item ``collate`` takes. Raises ``SampleError`` naming the sample when unusable."""
+
+    @abstractmethod
+    def collate(self, items: list[Any]) -> dict[str, Tensor]:
+        """Batch decoded items into tensors, padded to the longest item of the batch.
+
+        Every batch carries ``attention_mask`` (B, L) bool (``True`` = real position) and
+        ``maskable`` (B, L) bool (``True`` = may be hidden: not padding, not special)."""
+
+
+class DiscreteTokenizer(Tokenizer):
+    """A tokenizer of token ids whose decoded items are strings (text, protein, SMILES), so
+    that ``collate(list_of_strings)`` batches raw strings directly (fill-mask, embeddings)."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> DiscreteSpec: ...
+
+    @property
+    @abstractmethod
+    def mask_token(self) -> str:
+        """How a user writes a hidden position in an input string."""
+
+    @abstractmethod
+    def id_to_token(self, token_id: int) -> str:
+        """The string of one token id."""
+
+    @abstractmethod
+    def collate(self, items: list[str]) -> dict[str, Tensor]: ...

@@ -1,0 +1,278 @@
+"""Text: any Hugging Face fast tokenizer, loaded from a local directory or trained locally.
+
+``TextTokenizer(path=...)`` loads ``AutoTokenizer.from_pretrained(path)`` when ``path`` holds a
+tokenizer (one you trained with ``mmm tokenizer``, or any saved Hugging Face tokenizer).
+Otherwise it trains a WordPiece (BERT) or byte-level BPE (RoBERTa) tokenizer with the
+``tokenizers`` library on ``train_source`` and saves it to ``path``, so the next run loads it.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from braceexpand import braceexpand
+from filelock import FileLock
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from mmm.shards import text_documents
+from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, SampleError
+
+Algorithm = Literal["wordpiece", "bpe"]
+
+#: Special tokens of each algorithm, in id order (pad first so that pad id is 0).
+_SPECIALS: dict[str, dict[str, str]] = {
+    "wordpiece": {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    },
+    "bpe": {
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "cls_token": "<s>",
+        "sep_token": "</s>",
+        "mask_token": "<mask>",
+    },
+}
+
+
+def _build_untrained(algorithm: Algorithm, lowercase: bool) -> RustTokenizer:
+    """An empty WordPiece (BERT-style) or byte-level BPE (RoBERTa-style) pipeline."""
+    specials = _SPECIALS[algorithm]
+    if algorithm == "wordpiece":
+        tokenizer = RustTokenizer(models.WordPiece(unk_token=specials["unk_token"]))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+    else:
+        tokenizer = RustTokenizer(models.BPE(unk_token=specials["unk_token"]))
+        tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFKC(), *([normalizers.Lowercase()] if lowercase else [])]
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _trainer(algorithm: Algorithm, vocab_size: int, min_frequency: int):
+    specials = list(_SPECIALS[algorithm].values())
+    if algorithm == "wordpiece":
+        return trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials
+        )
+    return trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+
+
+def iter_training_texts(source: str, text_field: str = "text") -> Iterator[str]:
+    """Texts to train a tokenizer on, from one of:
+
+    - the name of an embedded corpus (``python-docs``);
+    - a glob or brace pattern of WebDataset shards (``data/train-{000000..000009}.tar``),
+      whose ``txt`` members are read;
+    - a glob or brace pattern of ``.txt`` / ``.jsonl`` files.
+    """
+    from mmm.corpora import corpus_names, iter_corpus
+
+    if source in corpus_names():
+        for sample in iter_corpus(source):
+            yield sample["txt"].decode("utf-8")
+        return
+    paths = sorted({p for pattern in braceexpand(source) for p in glob.glob(pattern)})
+    if not paths:
+        raise FileNotFoundError(
+            f"tokenizer train_source {source!r} is neither an embedded corpus "
+            f"({corpus_names()}) nor a pattern matching any file"
+        )
+    shards = [p for p in paths if p.endswith(".tar")]
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name.endswith(".txt"):
+                    yield io.TextIOWrapper(tar.extractfile(member), encoding="utf-8").read()
+    others = [p for p in paths if not p.endswith(".tar")]
+    for _, text in text_documents(others, text_field=text_field):
+        yield text
+
+
+def train_tokenizer(
+    source: str,
+    out_dir: str | os.PathLike,
+    vocab_size: int = 8192,
+    algorithm: Algorithm = "wordpiece",
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    model_max_length: int = 512,
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on ``source`` (see ``iter_training_texts``) and save it to ``out_dir``
+    as a Hugging Face tokenizer directory (``AutoTokenizer.from_pretrained(out_dir)`` loads it)."""
+    if algorithm not in _SPECIALS:
+        raise ValueError(f"algorithm must be one of {sorted(_SPECIALS)}, got {algorithm!r}")
+    tokenizer = _build_untrained(algorithm, lowercase)
+    tokenizer.train_from_iterator(
+        iter_training_texts(source), trainer=_trainer(algorithm, vocab_size, min_frequency)
+    )
+    specials = _SPECIALS[algorithm]
+    cls, sep = specials["cls_token"], specials["sep_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=model_max_length, **specials
+    )
+    wrapped.save_pretrained(str(out_dir))
+    return wrapped
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    return (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()
+
+
+class TextTokenizer(DiscreteTokenizer):
+    """Text through a Hugging Face fast tokenizer, batched in the loader workers.
+
+    Args:
+        path: a local Hugging Face tokenizer directory. If it holds no tokenizer and
+            ``train_source`` is set, one is trained there on first use.
+        train_source: what to train on when ``path`` is empty: an embedded corpus name, or a
+            glob/brace pattern of shards or ``.txt``/``.jsonl`` files.
+        vocab_size: vocabulary size when training.
+        algorithm: ``wordpiece`` (BERT) or ``bpe`` (byte-level, RoBERTa) when training.
+        lowercase: lowercase text before tokenizing, when training.
+        max_length: longest sequence in tokens, special tokens included; longer texts are
+            truncated.
+    """
+
+    sample_keys = ("txt",)
+
+    def __init__(
+        self,
+        path: str = "artifacts/tokenizers/python-docs-wordpiece-8k",
+        train_source: str | None = None,
+        vocab_size: int = 8192,
+        algorithm: Algorithm = "wordpiece",
+        lowercase: bool = True,
+        max_length: int = 128,
+    ) -> None:
+        if max_length < 3:
+            raise ValueError(f"TextTokenizer: max_length must be >= 3, got {max_length}")
+        self.path = path
+        self.max_length = max_length
+        self.hf = self._load_or_train(
+            Path(path), train_source, vocab_size, algorithm, lowercase, max_length
+        )
+        if self.hf.mask_token_id is None or self.hf.pad_token_id is None:
+            raise ValueError(
+                f"TextTokenizer: the tokenizer at {path} has no mask or pad token; masked "
+                "modeling needs both (set mask_token and pad_token in its tokenizer_config.json)"
+            )
+
+    @staticmethod
+    def _load_or_train(
+        path: Path,
+        train_source: str | None,
+        vocab_size: int,
+        algorithm: Algorithm,
+        lowercase: bool,
+        max_length: int,
+    ) -> PreTrainedTokenizerBase:
+        if not _has_tokenizer_files(path):
+            if train_source is None:
+                raise FileNotFoundError(
+                    f"TextTokenizer: no tokenizer at {path} and no train_source to train one"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock"):  # one DDP rank trains, the others wait and load
+                if not _has_tokenizer_files(path):
+                    train_tokenizer(
+                        train_source,
+                        path,
+                        vocab_size=vocab_size,
+                        algorithm=algorithm,
+                        lowercase=lowercase,
+                        model_max_length=max_length,
+                    )
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if not tokenizer.is_fast:
+            raise ValueError(f"TextTokenizer: {path} is not a fast (Rust) tokenizer")
+        return tokenizer
+
+    @property
+    def spec(self) -> DiscreteSpec:
+        return DiscreteSpec(
+            vocab_size=len(self.hf),
+            pad_token_id=self.hf.pad_token_id,
+            mask_token_id=self.hf.mask_token_id,
+            max_length=self.max_length,
+        )
+
+    def decode_sample(self, sample: dict[str, Any]) -> str:
+        key, url = sample.get("__key__"), sample.get("__url__")
+        raw = sample.get("txt")
+        if raw is None:
+            raise SampleError(f"no 'txt' member (members: {_members(sample)})", key, url)
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError as error:
+            raise SampleError(f"'txt' is not valid UTF-8 ({error})", key, url) from error
+        if not text.strip():
+            raise SampleError("'txt' is empty", key, url)
+        return text
+
+    def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenize a batch in one call to the Rust tokenizer, padded to the longest text
+        (rounded up to a multiple of 8 for tensor cores)."""
+        encoding = self.hf(
+            items,
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            pad_to_multiple_of=8,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        attention_mask = encoding["attention_mask"].bool()
+        word_ids = torch.tensor(
+            [[-1 if w is None else w for w in encoding.word_ids(i)] for i in range(len(items))],
+            dtype=torch.long,
+        )  # (B, L), -1 at special and pad positions
+        return {
+            "input_ids": encoding["input_ids"],
+            "attention_mask": attention_mask,
+            "maskable": attention_mask & ~encoding["special_tokens_mask"].bool(),
+            "word_ids": word_ids,
+        }
+
+    @property
+    def mask_token(self) -> str:
+        return self.hf.mask_token
+
+    def id_to_token(self, token_id: int) -> str:
+        return self.hf.convert_ids_to_tokens(token_id)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"TextTokenizer(path={self.path!r}, vocab_size={len(self.hf)})"
+
+
+def _members(sample: dict[str, Any]) -> list[str]:
+    return sorted(k for k in sample if not k.startswith("__"))

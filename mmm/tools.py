@@ -1,0 +1,114 @@
+"""Commands beside training: build shards, train a tokenizer, fill in masks from a checkpoint.
+
+Each is a typed function; ``mmm <tool> --help`` is generated from its signature and docstring.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from braceexpand import braceexpand
+
+from mmm.corpora.text import chunk_text
+from mmm.shards import ShardSummary, text_documents, write_shards
+
+
+def _expand_inputs(inputs: list[str]) -> list[str]:
+    paths = sorted({p for pattern in inputs for b in braceexpand(pattern) for p in glob.glob(b)})
+    if not paths:
+        raise FileNotFoundError(f"no input file matches {inputs}")
+    expanded: list[str] = []
+    for path in map(Path, paths):
+        expanded.extend(map(str, sorted(path.rglob("*"))) if path.is_dir() else [str(path)])
+    return [p for p in expanded if Path(p).is_file()]
+
+
+def _text_samples(paths: list[str], text_field: str, max_words: int) -> Iterator[dict]:
+    for key, text in text_documents(paths, text_field=text_field):
+        for index, chunk in enumerate(chunk_text(text, max_words=max_words)):
+            yield {"__key__": f"{key}-{index}", "txt": chunk.encode("utf-8")}
+
+
+def shards_command(
+    inputs: list[str],
+    output: str,
+    max_count: int = 10_000,
+    max_size_mb: float = 1000.0,
+    text_field: str = "text",
+    max_words: int = 80,
+) -> ShardSummary:
+    """Turn ``.txt`` files (a document each) and ``.jsonl`` files (a document per line) into
+    WebDataset shards ``output-000000.tar``, ``output-000001.tar``, ...
+
+    Args:
+        inputs: files, folders (read recursively) or glob/brace patterns.
+        output: shard name prefix, e.g. ``data/mytext/train``.
+        max_count: most samples per shard.
+        max_size_mb: most megabytes per shard.
+        text_field: the JSONL field holding the text.
+        max_words: documents are cut into pieces of at most this many words, paragraphs kept
+            together where they fit.
+    """
+    summary = write_shards(
+        _text_samples(_expand_inputs(inputs), text_field, max_words),
+        f"{output}-%06d.tar",
+        max_count=max_count,
+        max_size=max_size_mb * 1e6,
+    )
+    print(summary)
+    return summary
+
+
+def tokenizer_command(
+    source: str,
+    output: str,
+    vocab_size: int = 8192,
+    algorithm: Literal["wordpiece", "bpe"] = "wordpiece",
+    lowercase: bool = True,
+    min_frequency: int = 2,
+) -> str:
+    """Train a WordPiece or byte-level BPE tokenizer and save it as a Hugging Face tokenizer
+    directory (use it with ``--model.tokenizer.path OUTPUT``).
+
+    Args:
+        source: an embedded corpus name (``python-docs``) or a glob/brace pattern of shards
+            (their ``txt`` members) or ``.txt``/``.jsonl`` files.
+        output: directory to write.
+        vocab_size: vocabulary size, special tokens included.
+        algorithm: ``wordpiece`` (BERT) or ``bpe`` (RoBERTa).
+        lowercase: lowercase before tokenizing.
+        min_frequency: least count of a merge or word piece.
+    """
+    from mmm.tokenizers.text import train_tokenizer
+
+    tokenizer = train_tokenizer(
+        source,
+        output,
+        vocab_size=vocab_size,
+        algorithm=algorithm,
+        lowercase=lowercase,
+        min_frequency=min_frequency,
+    )
+    print(f"saved a {algorithm} tokenizer of {len(tokenizer)} tokens to {output}")
+    return output
+
+
+def fill_mask_command(checkpoint: str, text: list[str], top_k: int = 5) -> None:
+    """Print the top-k predictions, with probabilities, for each mask token in each text.
+
+    Args:
+        checkpoint: a checkpoint written by ``mmm fit``.
+        text: one or more inputs, the mask written as the tokenizer's mask token (``[MASK]``).
+        top_k: predictions shown per mask.
+    """
+    from mmm.inference import fill_mask, load_module
+
+    module = load_module(checkpoint)
+    for sentence, masks in zip(text, fill_mask(module, text, top_k=top_k), strict=True):
+        print(sentence)
+        for index, candidates in enumerate(masks, start=1):
+            shown = "  ".join(f"{c.token} {c.probability:.3f}" for c in candidates)
+            print(f"  mask {index}: {shown}")
