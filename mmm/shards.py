@@ -5,12 +5,38 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+
+Sample = dict[str, Any]
+#: Reads input files of one modality and yields WebDataset samples (``__key__`` + members).
+SampleSource = Callable[..., Iterator[Sample]]
+
+_SOURCES: dict[str, SampleSource] = {}
+
+
+def register_source(name: str) -> Callable[[SampleSource], SampleSource]:
+    """Register ``fn(paths: list[str], **options) -> Iterator[sample]`` as the reader that
+    ``mmm shards --modality NAME`` uses for input files of that modality."""
+
+    def decorator(fn: SampleSource) -> SampleSource:
+        _SOURCES[name] = fn
+        return fn
+
+    return decorator
+
+
+def sample_source(name: str) -> SampleSource:
+    """The registered reader of modality ``name``."""
+    import mmm.tokenizers  # noqa: F401  (tokenizer modules register their readers)
+
+    if name not in _SOURCES:
+        raise ValueError(f"no shard reader for modality {name!r}; available: {sorted(_SOURCES)}")
+    return _SOURCES[name]
 
 
 @dataclass

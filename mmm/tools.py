@@ -6,17 +6,16 @@ Each is a typed function; ``mmm <tool> --help`` is generated from its signature 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from braceexpand import braceexpand
 
-from mmm.corpora.text import chunk_text
-from mmm.shards import ShardSummary, text_documents, write_shards
+from mmm.shards import ShardSummary, sample_source, write_shards
 
 
-def _expand_inputs(inputs: list[str]) -> list[str]:
+def _expand_inputs(inputs: str | list[str]) -> list[str]:
+    inputs = [inputs] if isinstance(inputs, str) else inputs
     paths = sorted({p for pattern in inputs for b in braceexpand(pattern) for p in glob.glob(b)})
     if not paths:
         raise FileNotFoundError(f"no input file matches {inputs}")
@@ -26,34 +25,30 @@ def _expand_inputs(inputs: list[str]) -> list[str]:
     return [p for p in expanded if Path(p).is_file()]
 
 
-def _text_samples(paths: list[str], text_field: str, max_words: int) -> Iterator[dict]:
-    for key, text in text_documents(paths, text_field=text_field):
-        for index, chunk in enumerate(chunk_text(text, max_words=max_words)):
-            yield {"__key__": f"{key}-{index}", "txt": chunk.encode("utf-8")}
-
-
 def shards_command(
-    inputs: list[str],
+    *,
+    inputs: str | list[str],
     output: str,
+    modality: str = "text",
     max_count: int = 10_000,
     max_size_mb: float = 1000.0,
-    text_field: str = "text",
-    max_words: int = 80,
+    options: dict[str, Any] | None = None,
 ) -> ShardSummary:
-    """Turn ``.txt`` files (a document each) and ``.jsonl`` files (a document per line) into
-    WebDataset shards ``output-000000.tar``, ``output-000001.tar``, ...
+    """Turn input files of one modality into WebDataset shards ``output-000000.tar``, ...
+
+    Text: ``.txt`` files (a document each) and ``.jsonl`` files (a document per line).
 
     Args:
         inputs: files, folders (read recursively) or glob/brace patterns.
         output: shard name prefix, e.g. ``data/mytext/train``.
+        modality: which reader turns files into samples (``text``, ...).
         max_count: most samples per shard.
         max_size_mb: most megabytes per shard.
-        text_field: the JSONL field holding the text.
-        max_words: documents are cut into pieces of at most this many words, paragraphs kept
-            together where they fit.
+        options: reader options, e.g. ``{text_field: body, max_words: 120}`` for text.
     """
+    reader = sample_source(modality)
     summary = write_shards(
-        _text_samples(_expand_inputs(inputs), text_field, max_words),
+        reader(_expand_inputs(inputs), **(options or {})),
         f"{output}-%06d.tar",
         max_count=max_count,
         max_size=max_size_mb * 1e6,
@@ -63,6 +58,7 @@ def shards_command(
 
 
 def tokenizer_command(
+    *,
     source: str,
     output: str,
     vocab_size: int = 8192,
@@ -96,7 +92,7 @@ def tokenizer_command(
     return output
 
 
-def fill_mask_command(checkpoint: str, text: list[str], top_k: int = 5) -> None:
+def fill_mask_command(*, checkpoint: str, text: str | list[str], top_k: int = 5) -> None:
     """Print the top-k predictions, with probabilities, for each mask token in each text.
 
     Args:
@@ -107,6 +103,7 @@ def fill_mask_command(checkpoint: str, text: list[str], top_k: int = 5) -> None:
     from mmm.inference import fill_mask, load_module
 
     module = load_module(checkpoint)
+    text = [text] if isinstance(text, str) else text
     for sentence, masks in zip(text, fill_mask(module, text, top_k=top_k), strict=True):
         print(sentence)
         for index, candidates in enumerate(masks, start=1):

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from mmm.shards import text_documents
+from mmm.shards import Sample, register_source, text_documents
 from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, SampleError
 
 Algorithm = Literal["wordpiece", "bpe"]
@@ -139,6 +139,20 @@ def train_tokenizer(
     )
     wrapped.save_pretrained(str(out_dir))
     return wrapped
+
+
+@register_source("text")
+def text_samples(
+    paths: list[str], text_field: str = "text", max_words: int = 80
+) -> Iterator[Sample]:
+    """``txt`` samples from ``.txt`` files (a document each) and ``.jsonl`` files (a document
+    per line, text under ``text_field``), documents cut into pieces of at most ``max_words``
+    words with paragraphs kept together where they fit."""
+    from mmm.corpora.text import chunk_text
+
+    for key, text in text_documents(paths, text_field=text_field):
+        for index, chunk in enumerate(chunk_text(text, max_words=max_words)):
+            yield {"__key__": f"{key}-{index}", "txt": chunk.encode("utf-8")}
 
 
 def _has_tokenizer_files(path: Path) -> bool:
