@@ -62,3 +62,49 @@ def fill_mask(
             [Candidate(tokenizer.id_to_token(i), i, p) for i, p in zip(ids, values, strict=True)]
         )
     return results
+
+
+@torch.no_grad()
+def embed_sequences(
+    module: MaskedModelingModule, sequences: list[str], batch_size: int = 32
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Encoder states of unmasked sequences, per token and mean-pooled, for any discrete
+    modality (text, protein, SMILES).
+
+    Sequences are batched through the tokenizer's ``collate`` and ``MaskedModelingModule.embed``
+    in eval mode (no dropout, no masking), so the same input always gives the same vectors.
+    The module's train/eval mode is restored afterwards.
+
+    Args:
+        module: a trained module whose tokenizer is a ``DiscreteTokenizer``.
+        sequences: raw strings, as the tokenizer's ``collate`` accepts them.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        ``per_token``: one float32 CPU tensor (L_i, D) per sequence, its real positions
+        (``attention_mask``), special tokens such as ``<cls>``/``<eos>`` or ``[CLS]``/``[SEP]``
+        included; and ``pooled``: (N, D) float32, the mean of each sequence's ``per_token`` rows.
+
+    Raises:
+        TypeError: when the module's modality is not discrete.
+        ValueError: when ``batch_size`` is not positive.
+    """
+    tokenizer = module.tokenizer
+    if not isinstance(tokenizer, DiscreteTokenizer):
+        raise TypeError("embed_sequences needs a discrete modality (text, protein, SMILES)")
+    if batch_size < 1:
+        raise ValueError(f"embed_sequences: batch_size must be >= 1, got {batch_size}")
+    was_training = module.training
+    module.eval()
+    per_token: list[torch.Tensor] = []
+    pooled: list[torch.Tensor] = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        batch = {k: v.to(module.device) for k, v in tokenizer.collate(chunk).items()}
+        hidden, mean = module.embed(batch)  # (B, L, D), (B, D)
+        for states, real in zip(hidden.float().cpu(), batch["attention_mask"].cpu(), strict=True):
+            per_token.append(states[real])  # (L_i, D)
+        pooled.append(mean.float().cpu())
+    module.train(was_training)
+    dim = module.encoder.dim
+    return per_token, torch.cat(pooled) if pooled else torch.empty(0, dim)
