@@ -66,8 +66,9 @@ def whole_word_mask(
     in_word = maskable & (word_ids >= 0)
     ids = word_ids.clamp(min=0)  # (B, L)
     num_words = int(ids.max().item()) + 1 if ids.numel() else 1
-    present = torch.zeros(word_ids.shape[0], num_words, dtype=torch.bool, device=word_ids.device)
-    present.scatter_(1, ids, in_word)  # (B, W) which word slots occur in each sample
+    counts = torch.zeros(word_ids.shape[0], num_words, dtype=torch.long, device=word_ids.device)
+    # (B, W) which words occur in each sample; a sum, since positions outside words share slot 0
+    present = counts.scatter_add_(1, ids, in_word.long()) > 0
     chosen = random_mask(present, ratio, generator)  # (B, W)
     return chosen.gather(1, ids) & in_word
 
@@ -256,13 +257,15 @@ class RandomMasking(Masking):
 class WholeWordMasking(Masking):
     """Hide whole words (all sub-tokens of a word together); the ratio counts words.
 
-    Falls back to random token masking when the batch carries no ``word_ids`` (e.g. a
-    modality without words).
+    Needs ``word_ids`` in the batch (``TextTokenizer`` provides them).
     """
 
     def select(self, maskable, ratio, word_ids, generator):
         if word_ids is None:
-            return random_mask(maskable, ratio, generator)
+            raise ValueError(
+                "WholeWordMasking needs word_ids in the batch; this tokenizer gives none "
+                "(use RandomMasking or SpanMasking for it)"
+            )
         return whole_word_mask(word_ids, maskable, ratio, generator)
 
 
