@@ -7,12 +7,13 @@ audio, proteins and SMILES, on a shared Transformer encoder.
 from mmm.masking import Masking, RandomMasking, SpanMasking, WholeWordMasking
 from mmm.models import HFEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers import TextTokenizer
+from mmm.tokenizers import ProteinTokenizer, TextTokenizer
 
 __all__ = [
     "HFEncoder",
     "MaskedModelingModule",
     "Masking",
+    "ProteinTokenizer",
     "RandomMasking",
     "SpanMasking",
     "TextTokenizer",

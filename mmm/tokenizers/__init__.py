@@ -7,12 +7,14 @@ from mmm.tokenizers.base import (
     SampleError,
     Tokenizer,
 )
+from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.text import TextTokenizer, train_tokenizer
 
 __all__ = [
     "ContinuousSpec",
     "DiscreteSpec",
     "DiscreteTokenizer",
+    "ProteinTokenizer",
     "SampleError",
     "TextTokenizer",
     "Tokenizer",

@@ -1,0 +1,278 @@
+"""Proteins: ESM's residue alphabet, FASTA reading, and random cropping of long sequences.
+
+One token per residue, as in ESM-1b/ESM-2: ``<cls> M K T ... <eos>``. Ids 0-32 are ESM-2's
+(``esm.Alphabet.from_architecture("ESM-1b")``), so its weights or outputs line up with ours; ``J``
+(Leu or Ile), which ESM lacks, is appended as id 33. Sequences are read case-insensitively with
+whitespace and line breaks ignored and a trailing stop ``*`` dropped. Encoding looks every byte
+of a sequence up in one numpy table rather than looping over residues in Python.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmm.shards import Sample, register_source, sample_key
+from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, SampleError
+
+OnUnknown = Literal["error", "x"]
+
+CLS, PAD, EOS, UNK, MASK = "<cls>", "<pad>", "<eos>", "<unk>", "<mask>"
+#: The 20 standard amino acids, then X (any), B (D/N), U (selenocysteine), Z (E/Q),
+#: O (pyrrolysine), and the gap characters ``.`` and ``-``, in ESM's order.
+ESM_RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO.-"
+#: The vocabulary in id order: ESM-2's 33 tokens (``<null_1>`` only pads ESM's table to a
+#: multiple of 8 and is never produced), then ``J``.
+TOKENS: tuple[str, ...] = (CLS, PAD, EOS, UNK, *ESM_RESIDUES, "<null_1>", MASK, "J")
+TOKEN_IDS: dict[str, int] = {token: index for index, token in enumerate(TOKENS)}
+RESIDUES = ESM_RESIDUES + "J"
+
+_MASK_PATTERN = re.compile(re.escape(MASK), re.IGNORECASE)
+
+
+def _byte_table() -> np.ndarray:
+    """Byte -> token id (``-1``: not a residue), upper and lower case alike."""
+    table = np.full(256, -1, dtype=np.int64)
+    for residue in RESIDUES:
+        table[ord(residue)] = table[ord(residue.lower())] = TOKEN_IDS[residue]
+    return table
+
+
+_BYTE_TO_ID = _byte_table()
+_ID_TO_TOKEN = np.array(TOKENS, dtype=object)
+_SKIPPED_IN_DECODE = np.array([TOKEN_IDS[t] for t in (CLS, PAD, EOS, "<null_1>")])
+
+
+def encode_residues(text: str, name: str = "sequence", on_unknown: OnUnknown = "error") -> Tensor:
+    """Token ids of the residues of ``text``, without ``<cls>``/``<eos>``.
+
+    Case is ignored, whitespace and line breaks are dropped, trailing ``*`` (stop) are
+    stripped, and ``<mask>`` (any case) is one masked position.
+
+    Args:
+        text: a raw sequence, e.g. the lines of a FASTA record.
+        name: what the sequence is called in errors (a record ID, a sample key).
+        on_unknown: ``error`` raises on a character outside the alphabet; ``x`` reads it as
+            ``X`` (any residue).
+
+    Returns:
+        (L,) long ids.
+
+    Raises:
+        ValueError: naming ``name``, the character and its 1-based residue position.
+    """
+    # Residues between user-written masks, whitespace removed, trailing stops stripped.
+    pieces = ["".join(piece.split()) for piece in _MASK_PATTERN.split(text)]
+    pieces[-1] = pieces[-1].rstrip("*")
+    # Non-ASCII characters become one '?' each, so byte positions equal character positions.
+    parts = [_BYTE_TO_ID[np.frombuffer(p.encode("ascii", "replace"), np.uint8)] for p in pieces]
+    chunks = parts[:1]
+    for part in parts[1:]:  # one mask id between consecutive pieces
+        chunks += [np.array([TOKEN_IDS[MASK]]), part]
+    ids = np.concatenate(chunks)  # (L,)
+    unknown = ids < 0
+    if unknown.any():
+        if on_unknown == "error":
+            position = int(unknown.argmax())
+            shown = "\0".join(pieces)  # one character per position, as in ``ids``
+            raise ValueError(
+                f"{name}: unknown residue {shown[position]!r} at position {position + 1}; "
+                f"allowed: {RESIDUES} (any case), {MASK}, a trailing '*'; "
+                "set on_unknown='x' to read unknown characters as X"
+            )
+        ids[unknown] = TOKEN_IDS["X"]
+    return torch.from_numpy(ids)
+
+
+def decode_residues(ids: Tensor) -> str:
+    """The sequence string of token ids: residues in upper case, ``<mask>``/``<unk>`` spelled
+    out, ``<cls>``, ``<eos>`` and padding dropped. Inverse of ``encode_residues`` on valid
+    input."""
+    ids = np.asarray(ids.cpu() if isinstance(ids, Tensor) else ids)
+    kept = ids[~np.isin(ids, _SKIPPED_IN_DECODE)]
+    return "".join(_ID_TO_TOKEN[kept].tolist())
+
+
+def random_window(ids: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
+    """A random window of ``length`` positions of ``ids`` (all of it when shorter).
+
+    ESM trains on random crops of proteins longer than its context; drawing the start from
+    torch's RNG makes crops differ every epoch yet repeat under ``seed_everything`` (loader
+    workers are seeded from it).
+    """
+    if ids.shape[0] <= length:
+        return ids
+    start = int(torch.randint(ids.shape[0] - length + 1, (1,), generator=generator))
+    return ids[start : start + length]
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(ID, raw sequence) of every record of a FASTA file, gzipped or not (told by its first
+    bytes, not its name).
+
+    The ID is the header's first word (``>sp|P69905|HBA_HUMAN Hemoglobin...`` gives
+    ``sp|P69905|HBA_HUMAN``). The raw sequence keeps its line breaks: ``encode_residues``
+    drops them. Empty lines and ``;`` comment lines are skipped.
+
+    Raises:
+        ValueError: naming the file and line of a header without an ID or of sequence text
+            before the first header, or a file with no record.
+    """
+    path = Path(path)
+    opener = gzip.open if _is_gzip(path) else open
+    record_id: str | None = None
+    lines: list[str] = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.startswith(">"):
+                if record_id is not None:
+                    yield record_id, "".join(lines)
+                words = line[1:].split(maxsplit=1)
+                if not words:
+                    raise ValueError(f"{path}:{number}: FASTA header without an ID")
+                record_id, lines = words[0], []
+            elif line.strip() and not line.startswith(";"):
+                if record_id is None:
+                    raise ValueError(f"{path}:{number}: sequence text before the first '>' header")
+                lines.append(line)
+    if record_id is None:
+        raise ValueError(f"{path}: no FASTA record (no line starts with '>')")
+    yield record_id, "".join(lines)
+
+
+@register_source("protein")
+def protein_samples(paths: list[str], on_unknown: OnUnknown = "error") -> Iterator[Sample]:
+    """``seq`` samples from FASTA files (gzipped or not), one per record, keyed by the record
+    ID (characters a WebDataset key cannot hold, such as ``.`` and ``|``, become ``_``).
+
+    Sequences are validated and stored cleaned (upper case, no line breaks, no trailing
+    ``*``), whole: cropping happens at training time.
+
+    Raises:
+        ValueError: naming file, record and position of an unknown residue (unless
+            ``on_unknown='x'``), or two records whose keys coincide.
+    """
+    first_seen: dict[str, str] = {}
+    for path in paths:
+        for record_id, raw in read_fasta(path):
+            name = f"{path}: record {record_id!r}"
+            key = sample_key(record_id)
+            if key in first_seen:
+                raise ValueError(
+                    f"{name}: sample key {key!r} repeats that of {first_seen[key]}; "
+                    "record IDs must be unique"
+                )
+            first_seen[key] = name
+            residues = decode_residues(encode_residues(raw, name=name, on_unknown=on_unknown))
+            yield {"__key__": key, "seq": residues.encode("ascii")}
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class ProteinTokenizer(DiscreteTokenizer):
+    """Protein sequences, one token per residue with ESM's alphabet: ``<cls> residues <eos>``.
+
+    Args:
+        max_length: longest sequence in tokens, ``<cls>`` and ``<eos>`` included (ESM-2:
+            1024). Longer proteins read from shards are cropped to a random window of
+            ``max_length - 2`` residues, a new one each epoch; strings passed to ``collate``
+            directly (fill-mask, embeddings) keep their first ``max_length - 2`` residues.
+        on_unknown: ``error`` rejects a sequence holding a character outside the alphabet
+            (naming record and position); ``x`` reads such characters as ``X``.
+    """
+
+    sample_keys = ("seq",)
+
+    def __init__(self, max_length: int = 1024, on_unknown: OnUnknown = "error") -> None:
+        if max_length < 3:
+            raise ValueError(f"ProteinTokenizer: max_length must be >= 3, got {max_length}")
+        if on_unknown not in ("error", "x"):
+            raise ValueError(
+                f"ProteinTokenizer: on_unknown must be 'error' or 'x', got {on_unknown!r}"
+            )
+        self.max_length = max_length
+        self.on_unknown = on_unknown
+
+    @property
+    def spec(self) -> DiscreteSpec:
+        return DiscreteSpec(
+            vocab_size=len(TOKENS),
+            pad_token_id=TOKEN_IDS[PAD],
+            mask_token_id=TOKEN_IDS[MASK],
+            max_length=self.max_length,
+        )
+
+    @property
+    def mask_token(self) -> str:
+        return MASK
+
+    def id_to_token(self, token_id: int) -> str:
+        return TOKENS[token_id]
+
+    def encode(self, text: str, name: str = "sequence") -> Tensor:
+        """Residue ids of ``text`` (see ``encode_residues``), (L,) long."""
+        return encode_residues(text, name=name, on_unknown=self.on_unknown)
+
+    def decode(self, ids: Tensor) -> str:
+        """The residue string of ``ids``, special tokens and padding dropped."""
+        return decode_residues(ids)
+
+    def decode_sample(self, sample: dict[str, Any]) -> str:
+        """The cleaned residues of a sample's ``seq`` member, randomly cropped to fit."""
+        key, url = sample.get("__key__"), sample.get("__url__")
+        raw = sample.get("seq")
+        if raw is None:
+            members = sorted(k for k in sample if not k.startswith("__"))
+            raise SampleError(f"no 'seq' member (members: {members})", key, url)
+        try:
+            ids = self.encode(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw), "'seq'")
+        except (UnicodeDecodeError, ValueError) as error:
+            raise SampleError(str(error), key, url) from error
+        if ids.numel() == 0:
+            raise SampleError("'seq' holds no residue", key, url)
+        return self.decode(random_window(ids, self.max_length - 2))
+
+    def collate(self, items: list[str]) -> dict[str, Tensor]:
+        """Encode and pad a batch: ``<cls> residues <eos> <pad>...``, the width rounded up to a
+        multiple of 8 (tensor cores) within ``max_length``.
+
+        Returns:
+            ``input_ids`` (B, L) long, ``attention_mask`` (B, L) bool, and ``maskable`` (B, L)
+            bool (residue positions only).
+        """
+        residues = [
+            self.encode(item, name=f"sequence {index}")[: self.max_length - 2]
+            for index, item in enumerate(items)
+        ]
+        lengths = torch.tensor([len(r) for r in residues], dtype=torch.long)  # (B,)
+        width = min(_round_up(int(lengths.max()) + 2, 8), self.max_length)
+        batch = len(items)
+        input_ids = torch.full((batch, width), TOKEN_IDS[PAD], dtype=torch.long)
+        # Scatter all residues at once: row of each residue, column = 1 + its index in the row.
+        rows = torch.repeat_interleave(torch.arange(batch), lengths)  # (N,)
+        starts = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)  # (N,)
+        cols = torch.arange(rows.shape[0]) - starts + 1  # (N,)
+        input_ids[rows, cols] = torch.cat(residues)
+        input_ids[:, 0] = TOKEN_IDS[CLS]
+        input_ids[torch.arange(batch), lengths + 1] = TOKEN_IDS[EOS]
+        positions = torch.arange(width)  # (L,)
+        attention_mask = positions < (lengths + 2).unsqueeze(1)  # (B, L)
+        maskable = (positions >= 1) & (positions <= lengths.unsqueeze(1))  # (B, L)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "maskable": maskable}
+
+    def __repr__(self) -> str:
+        return f"ProteinTokenizer(max_length={self.max_length}, on_unknown={self.on_unknown!r})"
