@@ -4,19 +4,22 @@ One objective (hide positions, encode the rest, predict what was hidden) for tex
 audio, proteins and SMILES, on a shared Transformer encoder.
 """
 
-from mmm.masking import Masking, RandomMasking, SpanMasking, WholeWordMasking
-from mmm.models import HFEncoder, TransformerEncoder
+from mmm.masking import BlockMasking, Masking, RandomMasking, SpanMasking, WholeWordMasking
+from mmm.models import HFEncoder, PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers import ProteinTokenizer, TextTokenizer
 
 __all__ = [
+    "BlockMasking",
     "HFEncoder",
     "MaskedModelingModule",
     "Masking",
+    "PatchDecoderConfig",
     "ProteinTokenizer",
     "RandomMasking",
     "SpanMasking",
     "TextTokenizer",
+    "TimmEncoder",
     "TransformerEncoder",
     "WholeWordMasking",
 ]

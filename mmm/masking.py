@@ -112,6 +112,64 @@ def span_mask(
     return covered & maskable
 
 
+def block_mask(
+    maskable: Tensor,
+    grid: tuple[int, int],
+    ratio: float,
+    min_block: int = 4,
+    min_aspect: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Hide rectangular blocks of a 2-D grid (BEiT's block-wise masking), exactly
+    ``num_to_mask(n_maskable, ratio)`` positions per sample.
+
+    Each sample draws ``ceil(L / min_block)`` blocks at once with areas uniform in
+    ``[min_block, ratio * L]`` and log-uniform aspect ratios in ``[min_aspect, 1 / min_aspect]``
+    at random places. Positions are ranked by the first block that covers them (random order
+    within a block, uncovered positions last) and the top ``budget`` are hidden: whole blocks in
+    order, the last one partly. BEiT draws blocks one at a time until the budget is reached;
+    ranking all at once gives the same kind of mask without a Python loop per sample and with
+    an exact count, so every sample keeps the same number of visible positions.
+
+    Args:
+        maskable: (B, L) bool with ``L = rows * cols``, positions in row-major order.
+        grid: (rows, cols).
+        ratio: fraction of maskable positions to hide.
+        min_block: fewest positions in a block.
+        min_aspect: most elongated block shape allowed (height / width).
+        generator: optional RNG.
+
+    Returns:
+        (B, L) bool mask.
+    """
+    batch, length = maskable.shape
+    rows, cols = grid
+    if rows * cols != length:
+        raise ValueError(f"block_mask: grid {rows}x{cols} does not match {length} positions")
+    if not 0.0 < min_aspect <= 1.0:
+        raise ValueError(f"block_mask: min_aspect must lie in (0, 1], got {min_aspect}")
+    device = maskable.device
+    num_blocks = math.ceil(length / min_block)
+    max_area = max(float(min_block), ratio * length)
+    u = _uniform((4, batch, num_blocks, 1, 1), device, generator)  # four draws per block
+    area = min_block + u[0] * (max_area - min_block)
+    log_aspect = math.log(min_aspect) * (1 - 2 * u[1])
+    height = torch.sqrt(area * log_aspect.exp()).round().clamp(1, rows)  # (B, K, 1, 1)
+    width = torch.sqrt(area / log_aspect.exp()).round().clamp(1, cols)
+    top = (u[2] * (rows - height + 1)).floor()
+    left = (u[3] * (cols - width + 1)).floor()
+    r = torch.arange(rows, device=device).view(1, 1, rows, 1)
+    c = torch.arange(cols, device=device).view(1, 1, 1, cols)
+    covered = (r >= top) & (r < top + height) & (c >= left) & (c < left + width)  # (B,K,R,C)
+    block_ids = torch.arange(num_blocks, device=device, dtype=torch.float).view(1, -1, 1, 1)
+    first = torch.where(covered, block_ids, float(num_blocks)).amin(dim=1)  # (B, R, C)
+    # random order within a block: a uniform draw in [0, 1) never crosses to the next block
+    score = first.reshape(batch, length) + _uniform((batch, length), device, generator)  # (B, L)
+    score = score.masked_fill(~maskable, float("inf"))
+    ranks = score.argsort(dim=1).argsort(dim=1)  # (B, L)
+    return ranks < num_to_mask(maskable.sum(dim=1), ratio).unsqueeze(1)
+
+
 def corrupt_tokens(
     input_ids: Tensor,
     mask: Tensor,
@@ -220,6 +278,7 @@ class Masking:
         step: int = 0,
         word_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> MaskedPositions:
         """Choose the hidden positions of a batch.
 
@@ -229,6 +288,8 @@ class Masking:
             word_ids: (B, L) long word index per token (negative outside words), used by
                 whole-word masking and ignored by the other strategies.
             generator: optional RNG.
+            grid: (rows, cols) layout of the positions when they form a 2-D grid (image
+                patches), used by block-wise masking and ignored by the other strategies.
         """
         ratio = self.ratio_at(step)
         return MaskedPositions(self.select(maskable, ratio, word_ids, generator), ratio)
@@ -310,6 +371,50 @@ class SpanMasking(Masking):
             max_span_length=self.max_span_length,
             generator=generator,
         )
+
+
+class BlockMasking(Masking):
+    """Hide rectangular blocks of patches (BEiT's block-wise masking), the exact ratio in every
+    sample; needs positions laid out on a grid (the tokenizer's ``spec.grid``).
+
+    Args:
+        min_block: fewest patches in a block (BEiT: 16 of a 14x14 grid).
+        min_aspect: most elongated block shape (height / width), BEiT: 0.3.
+        **kwargs: the ``Masking`` settings.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.75,
+        final_ratio: float | None = None,
+        schedule_steps: int = 0,
+        min_block: int = 4,
+        min_aspect: float = 0.3,
+    ) -> None:
+        super().__init__(ratio=ratio, final_ratio=final_ratio, schedule_steps=schedule_steps)
+        if min_block < 1:
+            raise ValueError(f"BlockMasking: min_block must be >= 1, got {min_block}")
+        if not 0.0 < min_aspect <= 1.0:
+            raise ValueError(f"BlockMasking: min_aspect must lie in (0, 1], got {min_aspect}")
+        self.min_block = min_block
+        self.min_aspect = min_aspect
+
+    def __call__(self, maskable, step=0, word_ids=None, generator=None, grid=None):
+        if grid is None:
+            raise ValueError(
+                "BlockMasking needs positions on a 2-D grid; this tokenizer's spec has no grid "
+                "(use RandomMasking for it)"
+            )
+        ratio = self.ratio_at(step)
+        mask = block_mask(
+            maskable,
+            grid,
+            ratio,
+            min_block=self.min_block,
+            min_aspect=self.min_aspect,
+            generator=generator,
+        )
+        return MaskedPositions(mask, ratio)
 
 
 def visible_indices(visible: Tensor) -> tuple[Tensor, Tensor]:

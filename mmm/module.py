@@ -20,6 +20,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from mmm.masking import Masking, RandomMasking, visible_indices
 from mmm.models.encoder import Encoder, TransformerEncoder, gather_positions
+from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import build_modality
 from mmm.tokenizers.base import Tokenizer
 
@@ -49,6 +50,8 @@ class MaskedModelingModule(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear warm-up steps; then cosine decay to zero at ``max_steps`` when the
             trainer sets it, else a constant rate.
+        decoder: for continuous modalities (images, audio), the MAE decoder's width, depth and
+            heads and whether targets are normalized per patch; discrete modalities ignore it.
     """
 
     def __init__(
@@ -60,20 +63,26 @@ class MaskedModelingModule(L.LightningModule):
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
+        decoder: PatchDecoderConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer", "encoder", "masking"])
         self.tokenizer = tokenizer
         self.encoder = encoder if encoder is not None else TransformerEncoder()
         self.masking = masking if masking is not None else RandomMasking()
-        self.modality = build_modality(tokenizer.spec, self.encoder.dim, self.masking)
+        self.modality = build_modality(tokenizer.spec, self.encoder.dim, self.masking, decoder)
         self._epoch_means = torch.nn.ModuleDict()  # stage -> name -> MeanMetric, made on use
 
     # ----------------------------------------------------------------------------- stages
     def choose_mask(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
         """Hidden positions of the batch, (B, L) bool, and the ratio in force."""
         step = self.global_step if self._trainer is not None else 0
-        masked = self.masking(batch["maskable"], step=step, word_ids=batch.get("word_ids"))
+        masked = self.masking(
+            batch["maskable"],
+            step=step,
+            word_ids=batch.get("word_ids"),
+            grid=getattr(self.tokenizer.spec, "grid", None),
+        )
         return masked.mask, masked.ratio
 
     def encode(self, x: Tensor, padding_mask: Tensor) -> Tensor:

@@ -1,16 +1,21 @@
 """Model parts: the shared encoder, and each modality's embedder/head pair."""
 
-from mmm.models.embedders import TokenEmbedder
-from mmm.models.encoder import Encoder, HFEncoder, TransformerEncoder
-from mmm.models.heads import TokenHead
-from mmm.models.modality import Modality, TokenModality, build_modality
+from mmm.models.embedders import PatchEmbedder, TokenEmbedder
+from mmm.models.encoder import Encoder, HFEncoder, TimmEncoder, TransformerEncoder
+from mmm.models.heads import PatchDecoder, PatchDecoderConfig, TokenHead
+from mmm.models.modality import Modality, PatchModality, TokenModality, build_modality
 
 __all__ = [
     "Encoder",
     "HFEncoder",
     "Modality",
+    "PatchDecoder",
+    "PatchDecoderConfig",
+    "PatchEmbedder",
+    "PatchModality",
     "TokenEmbedder",
     "TokenHead",
+    "TimmEncoder",
     "TokenModality",
     "TransformerEncoder",
     "build_modality",

@@ -39,3 +39,62 @@ class TokenEmbedder(nn.Module):
             )
         x = self.tokens(input_ids) + self.positions.weight[:length]  # (B, L, D)
         return self.dropout(self.norm(x))
+
+
+def sincos_positions(shape: tuple[int, ...], dim: int) -> Tensor:
+    """Fixed sine-cosine position codes for positions laid out on a grid of ``shape``.
+
+    Each axis gets ``dim / len(shape)`` channels of the Transformer's 1-D code of its
+    coordinate, concatenated (MAE's 2-D code for ``shape = (rows, cols)``). Hand-written
+    because timm's ``build_sincos2d_pos_embed`` covers two axes only.
+
+    Returns:
+        (prod(shape), dim) float, positions in row-major order.
+    """
+    axes = len(shape)
+    if dim % (2 * axes):
+        raise ValueError(f"sincos_positions: dim={dim} must be divisible by {2 * axes}")
+    half = dim // axes // 2
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)  # (half,)
+    coords = torch.meshgrid(*(torch.arange(s, dtype=torch.float64) for s in shape), indexing="ij")
+    codes = []
+    for coord in coords:
+        angles = coord.reshape(-1, 1) * omega  # (N, half)
+        codes += [torch.sin(angles), torch.cos(angles)]
+    return torch.cat(codes, dim=1).float()  # (N, dim)
+
+
+class PatchEmbedder(nn.Module):
+    """Continuous vectors (image patches, audio frames) -> linear projection + fixed positions.
+
+    Positions are not learned (MAE): a 2-D sine-cosine code over ``grid`` when positions form
+    a grid, else a 1-D code over ``max_length``. A sequence shorter than the table takes its
+    first rows, so a grid must list the axis that may be cut short first (e.g. time).
+
+    Args:
+        input_dim: length of one input vector (e.g. ``channels * patch * patch``).
+        dim: embedding width (the encoder's ``dim``).
+        max_length: most positions in a sample.
+        grid: (rows, cols) layout of the positions, or ``None`` for a sequence.
+    """
+
+    def __init__(
+        self, input_dim: int, dim: int, max_length: int, grid: tuple[int, int] | None = None
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Linear(input_dim, dim)
+        # MAE initializes the patch projection like a flattened conv (xavier on the matrix).
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        shape = tuple(grid) if grid is not None else (max_length,)
+        self.register_buffer("positions", sincos_positions(shape, dim), persistent=False)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        """(B, L, input_dim) -> (B, L, D)."""
+        length = patches.shape[1]
+        if length > self.positions.shape[0]:
+            raise ValueError(
+                f"PatchEmbedder: {length} positions exceed the {self.positions.shape[0]} of "
+                "the spec's max_length/grid"
+            )
+        return self.proj(patches) + self.positions[:length].to(patches.dtype)  # (B, L, D)

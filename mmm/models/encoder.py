@@ -122,3 +122,47 @@ def _init_weights(module: nn.Module) -> None:
 def gather_positions(x: Tensor, ids: Tensor) -> Tensor:
     """Select positions ``ids`` (B, K) of ``x`` (B, L, D) -> (B, K, D)."""
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class TimmEncoder(Encoder):
+    """The blocks and final norm of a timm Vision Transformer behind the ``Encoder`` interface.
+
+    The modality's embedder does patching and positions (masking happens between embedding and
+    encoding), so the timm model's own patch embedding, position table, class token and head
+    are dropped. The model is never downloaded (``pretrained=False``); ``checkpoint_path``
+    loads local weights before the unused parts are dropped.
+
+    Args:
+        name: a timm model name, e.g. ``vit_tiny_patch16_224`` or ``vit_small_patch16_224``.
+        checkpoint_path: a local timm/PyTorch state dict to load (``.pth``, ``.safetensors``),
+            or ``None`` for random initialization.
+        model_kwargs: passed to ``timm.create_model``, e.g. ``{depth: 4, drop_path_rate: 0.1}``.
+    """
+
+    def __init__(
+        self,
+        name: str = "vit_tiny_patch16_224",
+        checkpoint_path: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+        from timm.models import load_state_dict
+
+        model = timm.create_model(name, pretrained=False, num_classes=0, **(model_kwargs or {}))
+        if not isinstance(getattr(model, "blocks", None), nn.Sequential | nn.ModuleList):
+            raise ValueError(f"TimmEncoder: timm model {name!r} has no ViT-style 'blocks'")
+        if checkpoint_path is not None:
+            state = load_state_dict(checkpoint_path)
+            missing = model.load_state_dict(state, strict=False).missing_keys
+            trunk = [k for k in missing if k.startswith(("blocks.", "norm."))]
+            if trunk:
+                raise ValueError(
+                    f"TimmEncoder: {checkpoint_path} lacks weights of {name!r}: {trunk[:5]}"
+                )
+        self.blocks = model.blocks
+        self.norm = model.norm
+        self.dim = model.embed_dim
+
+    # The same loop as ``TransformerEncoder``: timm blocks take the attention mask.
+    forward = TransformerEncoder.forward

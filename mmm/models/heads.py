@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+
+from mmm.models.embedders import sincos_positions
 
 
 class TokenHead(nn.Module):
@@ -32,3 +38,99 @@ class TokenHead(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         """(N, D) -> (N, vocab_size) logits."""
         return self.decoder(self.transform(hidden))
+
+
+@dataclass
+class PatchDecoderConfig:
+    """The MAE decoder and target of continuous modalities (image patches, audio frames)."""
+
+    dim: int = 128
+    """Decoder width; it is its own, narrower than the encoder's (MAE: 512 for a ViT-L)."""
+    depth: int = 2
+    """Decoder blocks; MAE shows that a shallow decoder suffices for pre-training."""
+    num_heads: int = 4
+    """Decoder attention heads; must divide ``dim``."""
+    mlp_ratio: float = 4.0
+    """Decoder feed-forward width as a multiple of ``dim``."""
+    norm_pix_loss: bool = True
+    """Regress each target patch normalized by its own mean and variance (MAE), which sharpens
+    reconstructions; ``False`` regresses raw values."""
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"PatchDecoderConfig: {name} must be >= 1, got {value}")
+        if self.dim % self.num_heads:
+            raise ValueError(
+                f"PatchDecoderConfig: num_heads={self.num_heads} must divide dim={self.dim}"
+            )
+
+
+class PatchDecoder(nn.Module):
+    """MAE's lightweight decoder: visible encoder states + a learned mask token at every hidden
+    position, fixed positions, a few Transformer blocks, a linear prediction per position.
+
+    Args:
+        dim: encoder width.
+        output_dim: length of one predicted vector (the spec's ``input_dim``).
+        max_length: most positions in a sample.
+        grid: (rows, cols) layout of the positions, or ``None`` for a sequence.
+        config: decoder width, depth and heads.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        output_dim: int,
+        max_length: int,
+        grid: tuple[int, int] | None,
+        config: PatchDecoderConfig,
+    ) -> None:
+        super().__init__()
+        width = config.dim
+        self.embed = nn.Linear(dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        shape = tuple(grid) if grid is not None else (max_length,)
+        self.register_buffer("positions", sincos_positions(shape, width), persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(dim=width, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True)
+            for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.pred = nn.Linear(width, output_dim)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def unshuffle(self, hidden: Tensor, ids_keep: Tensor, mask: Tensor) -> Tensor:
+        """Put the visible states back at their positions and the mask token everywhere else.
+
+        Args:
+            hidden: (B, V, D) encoder states of the kept positions.
+            ids_keep: (B, V) their positions in the full sequence.
+            mask: (B, L) bool hidden positions.
+
+        Returns:
+            (B, L, width) decoder inputs, positions added.
+        """
+        x = self.embed(hidden)  # (B, V, W)
+        batch, length = mask.shape
+        token = self.mask_token.to(x.dtype).expand(batch, length, -1)  # (B, L, W)
+        # Rows with fewer visible positions than V are padded with ids of hidden positions;
+        # those slots write the mask token, so no padding state lands on a hidden position.
+        real = ~mask.gather(1, ids_keep)  # (B, V)
+        x = torch.where(real.unsqueeze(-1), x, token[:, : x.shape[1]])
+        index = ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (B, V, W)
+        full = token.scatter(1, index, x)  # (B, L, W)
+        return full + self.positions[:length].to(x.dtype)
+
+    def forward(self, hidden: Tensor, ids_keep: Tensor, mask: Tensor) -> Tensor:
+        """Predictions at hidden positions only, (N, output_dim) in row-major order of
+        ``mask``; the blocks see every position, the output projection only hidden ones."""
+        x = self.unshuffle(hidden, ids_keep, mask)  # (B, L, W)
+        for block in self.blocks:
+            x = block(x)
+        return self.pred(self.norm(x[mask]))  # (N, W) -> (N, output_dim)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmm.masking import Masking, corrupt_tokens
-from mmm.models.embedders import TokenEmbedder
-from mmm.models.heads import TokenHead
-from mmm.tokenizers.base import DiscreteSpec, ModalitySpec
+from mmm.models.embedders import PatchEmbedder, TokenEmbedder
+from mmm.models.heads import PatchDecoder, PatchDecoderConfig, TokenHead
+from mmm.tokenizers.base import ContinuousSpec, DiscreteSpec, ModalitySpec
 
 
 class Modality(nn.Module, ABC):
@@ -122,10 +122,80 @@ class TokenModality(Modality):
         return {"perplexity": torch.exp(loss.detach().float().clamp(max=math.log(1e6)))}
 
 
-ModalityBuilder = Callable[[ModalitySpec, int, Masking], Modality]
+def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
+    """Each vector normalized by its own mean and variance (MAE's ``norm_pix_loss`` target).
+
+    Args:
+        patches: (..., P).
+    """
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)  # unbiased, as in MAE and Hugging Face ViTMAE
+    return (patches - mean) / (var + eps).sqrt()
 
 
-def _build_token_modality(spec: ModalitySpec, dim: int, masking: Masking) -> Modality:
+class PatchModality(Modality):
+    """Continuous vectors (image patches, audio frames), MAE style: the encoder sees visible
+    positions only, a lightweight decoder regresses the hidden ones, MSE over hidden positions.
+
+    The tokenizer provides raw vectors as ``batch["patches"]`` (B, L, P); normalizing targets
+    per patch (``norm_pix_loss``) happens here, so every continuous modality gets it.
+
+    Args:
+        spec: vector length, sequence length and grid from the tokenizer.
+        dim: encoder width.
+        decoder: decoder width/depth/heads and the target normalization.
+    """
+
+    visible_only = True
+
+    def __init__(
+        self, spec: ContinuousSpec, dim: int, decoder: PatchDecoderConfig | None = None
+    ) -> None:
+        super().__init__()
+        config = decoder if decoder is not None else PatchDecoderConfig()
+        self.spec = spec
+        self.norm_pix_loss = config.norm_pix_loss
+        self.embedder = PatchEmbedder(spec.input_dim, dim, spec.max_length, spec.grid)
+        self.head = PatchDecoder(dim, spec.input_dim, spec.max_length, spec.grid, config)
+
+    def embed(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
+        return self.embedder(batch["patches"])  # (B, L, D); hidden ones are dropped later
+
+    def predict(self, hidden: Tensor, mask: Tensor, ids_keep: Tensor | None) -> Tensor:
+        if ids_keep is None:
+            raise ValueError("PatchModality.predict needs ids_keep (visible-only encoding)")
+        return self.head(hidden, ids_keep, mask)  # (N, P)
+
+    def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
+        target = batch["patches"][mask].float()  # (N, P)
+        return normalize_patches(target) if self.norm_pix_loss else target
+
+    def loss_and_metrics(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if target.numel() == 0:  # nothing hidden: zero loss that still reaches every parameter
+            return pred.sum() * 0.0, {}
+        return F.mse_loss(pred.float(), target), {}
+
+    @torch.no_grad()
+    def reconstruct(self, batch: dict[str, Tensor], mask: Tensor, pred: Tensor) -> Tensor:
+        """The input vectors with predictions pasted at hidden positions, (B, L, P), in the
+        tokenizer's value range: normalized predictions are mapped back with each original
+        patch's mean and variance (MAE's visualization)."""
+        patches = batch["patches"].float().clone()  # (B, L, P)
+        values = pred.float()  # (N, P)
+        if self.norm_pix_loss:
+            original = patches[mask]  # (N, P)
+            std = (original.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+            values = values * std + original.mean(dim=-1, keepdim=True)
+        patches[mask] = values
+        return patches
+
+
+ModalityBuilder = Callable[[ModalitySpec, int, Masking, PatchDecoderConfig | None], Modality]
+
+
+def _build_token_modality(
+    spec: ModalitySpec, dim: int, masking: Masking, decoder: PatchDecoderConfig | None = None
+) -> Modality:
     return TokenModality(
         spec,
         dim,
@@ -135,13 +205,25 @@ def _build_token_modality(spec: ModalitySpec, dim: int, masking: Masking) -> Mod
 
 
 #: Which modality serves a tokenizer, by the type of its spec. A new target kind registers here.
-MODALITY_BUILDERS: dict[type, ModalityBuilder] = {DiscreteSpec: _build_token_modality}
+def _build_patch_modality(
+    spec: ModalitySpec, dim: int, masking: Masking, decoder: PatchDecoderConfig | None = None
+) -> Modality:
+    return PatchModality(spec, dim, decoder)
 
 
-def build_modality(spec: ModalitySpec, dim: int, masking: Masking) -> Modality:
-    """The modality for a tokenizer's ``spec`` around an encoder of width ``dim``."""
+MODALITY_BUILDERS: dict[type, ModalityBuilder] = {
+    DiscreteSpec: _build_token_modality,
+    ContinuousSpec: _build_patch_modality,
+}
+
+
+def build_modality(
+    spec: ModalitySpec, dim: int, masking: Masking, decoder: PatchDecoderConfig | None = None
+) -> Modality:
+    """The modality for a tokenizer's ``spec`` around an encoder of width ``dim``; ``decoder``
+    configures continuous modalities (discrete ones ignore it)."""
     try:
         builder = MODALITY_BUILDERS[type(spec)]
     except KeyError:
         raise TypeError(f"no modality is registered for spec type {type(spec).__name__}") from None
-    return builder(spec, dim, masking)
+    return builder(spec, dim, masking, decoder)
