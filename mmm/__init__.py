@@ -7,9 +7,10 @@ audio, proteins and SMILES, on a shared Transformer encoder.
 from mmm.masking import BlockMasking, Masking, RandomMasking, SpanMasking, WholeWordMasking
 from mmm.models import HFEncoder, PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers import ProteinTokenizer, TextTokenizer
+from mmm.tokenizers import AudioTokenizer, ProteinTokenizer, TextTokenizer
 
 __all__ = [
+    "AudioTokenizer",
     "BlockMasking",
     "HFEncoder",
     "MaskedModelingModule",

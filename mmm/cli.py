@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
 from mmm.module import MaskedModelingModule
+from mmm.tokenizers.audio import audio_stats_command
 from mmm.tools import fill_mask_command, shards_command, tokenizer_command
 
 
@@ -32,6 +33,7 @@ TOOLS: dict[str, Callable[..., object]] = {
     "shards": shards_command,
     "tokenizer": tokenizer_command,
     "fill-mask": fill_mask_command,
+    "audio-stats": audio_stats_command,
 }
 
 

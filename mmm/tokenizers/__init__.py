@@ -1,5 +1,6 @@
 """Tokenizers: the data side of each modality, one file per modality."""
 
+from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import (
     ContinuousSpec,
     DiscreteSpec,
@@ -11,9 +12,11 @@ from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.text import TextTokenizer, train_tokenizer
 
 __all__ = [
+    "AudioTokenizer",
     "ContinuousSpec",
     "DiscreteSpec",
     "DiscreteTokenizer",
+    "LogMelSettings",
     "ProteinTokenizer",
     "SampleError",
     "TextTokenizer",

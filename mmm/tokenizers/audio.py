@@ -1,0 +1,469 @@
+"""Audio: decoded clips -> normalized log-mel spectrograms -> time frames or time-frequency patches.
+
+``AudioTokenizer`` decodes wav/flac/mp3/ogg bytes with soundfile (libsndfile), mixes to mono,
+resamples with torchaudio to one rate, crops to a fixed duration, computes a log-mel spectrogram
+with torchaudio, normalizes it (per clip, or with dataset statistics written by
+``mmm audio-stats``), and cuts it into positions for the masked-modeling objective:
+
+- ``patch_mels: null`` (frames): each position is ``patch_frames`` consecutive spectrogram
+  frames across every mel band, a 1-D sequence over time; ``SpanMasking`` on it hides
+  contiguous stretches of time (wav2vec 2.0, w2v-BERT).
+- ``patch_mels: 16`` (patches): each position is a ``patch_mels x patch_frames`` tile of the
+  spectrogram (Audio-MAE); positions form a (time, frequency) grid, time first.
+
+Clips shorter than the duration are padded with zeros after normalization (the feature mean);
+the positions that hold only padding are marked unreal (``attention_mask`` False) so they are
+neither encoded nor scored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from torch import Tensor
+
+from mmm.shards import Sample, register_source, sample_key
+from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
+
+log = logging.getLogger(__name__)
+
+#: Extensions of the audio members read from shards and of the files ``mmm shards`` packs.
+AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
+
+Normalize = Literal["clip", "dataset"]
+Crop = Literal["start", "center", "random"]
+
+
+@dataclass(frozen=True)
+class LogMelSettings:
+    """How a waveform becomes a log-mel spectrogram (torchaudio ``MelSpectrogram``, then dB).
+
+    The same settings must be used to compute dataset statistics (``mmm audio-stats``) and to
+    train; the statistics file records them and the tokenizer refuses a mismatch.
+    """
+
+    sample_rate: int = 16000
+    """Every clip is resampled to this rate (Hz)."""
+    n_fft: int = 400
+    """FFT size in samples (400 at 16 kHz = 25 ms windows, as in AST and Audio-MAE)."""
+    hop_length: int = 160
+    """Samples between frames (160 at 16 kHz = 10 ms)."""
+    n_mels: int = 64
+    """Mel bands (rows of the spectrogram)."""
+    f_min: float = 0.0
+    """Lowest mel filter frequency (Hz)."""
+    f_max: float | None = None
+    """Highest mel filter frequency (Hz); ``None`` = half the sample rate."""
+    top_db: float = 80.0
+    """Dynamic range kept below each clip's loudest bin, in dB (quieter bins are clamped)."""
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LogMelSettings: {name} must be >= 1, got {getattr(self, name)}")
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        if not 0.0 <= self.f_min < f_max <= nyquist:
+            raise ValueError(
+                f"LogMelSettings: need 0 <= f_min < f_max <= sample_rate / 2 = {nyquist}, got "
+                f"f_min={self.f_min}, f_max={self.f_max}"
+            )
+        if self.top_db <= 0:
+            raise ValueError(f"LogMelSettings: top_db must be > 0, got {self.top_db}")
+
+    def transform(self) -> torch.nn.Module:
+        """The torchaudio pipeline: waveform (N,) -> log-mel (n_mels, 1 + N // hop_length)."""
+        return torch.nn.Sequential(
+            torchaudio.transforms.MelSpectrogram(
+                sample_rate=self.sample_rate,
+                n_fft=self.n_fft,
+                hop_length=self.hop_length,
+                f_min=self.f_min,
+                f_max=self.f_max,
+                n_mels=self.n_mels,
+                power=2.0,
+            ),
+            torchaudio.transforms.AmplitudeToDB(stype="power", top_db=self.top_db),
+        )
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """One decoded clip, what ``collate`` batches.
+
+    Attributes:
+        features: (n_mels, num_frames) normalized log-mel, zero-padded to the duration.
+        real_frames: how many leading frames come from the clip (the rest is padding).
+    """
+
+    features: Tensor
+    real_frames: int
+
+
+# ------------------------------------------------------------------------------ waveforms
+def read_audio(data: bytes) -> tuple[Tensor, int]:
+    """Decode wav/flac/mp3/ogg bytes with libsndfile -> (channels, samples) float32 in [-1, 1],
+    and the file's sample rate. (torchaudio >= 2.9 delegates loading to torchcodec, an extra
+    native dependency; libsndfile reads these formats already.)"""
+    array, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
+    return torch.from_numpy(np.ascontiguousarray(array.T)), rate  # (C, N)
+
+
+def to_mono(waveform: Tensor) -> Tensor:
+    """Average the channels: (C, N) -> (N,)."""
+    return waveform.mean(dim=0)
+
+
+def resample(waveform: Tensor, rate: int, target_rate: int) -> Tensor:
+    """Band-limited sinc resampling (torchaudio) of (..., N) from ``rate`` to ``target_rate``."""
+    if rate == target_rate:
+        return waveform
+    return torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
+
+
+def crop(
+    waveform: Tensor, length: int, mode: Crop, generator: torch.Generator | None = None
+) -> Tensor:
+    """At most ``length`` samples of (N,): the first, the middle, or a random window."""
+    excess = waveform.shape[-1] - length
+    if excess <= 0:
+        return waveform
+    if mode == "start":
+        start = 0
+    elif mode == "center":
+        start = excess // 2
+    else:
+        start = int(torch.randint(excess + 1, (1,), generator=generator))
+    return waveform[..., start : start + length]
+
+
+def peak_dbfs(waveform: Tensor) -> float:
+    """Loudest sample in dB relative to full scale (``-inf`` for digital silence)."""
+    peak = float(waveform.abs().max()) if waveform.numel() else 0.0
+    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
+
+
+# -------------------------------------------------------------------------------- patches
+def patchify(features: Tensor, patch_mels: int, patch_frames: int) -> Tensor:
+    """Cut spectrograms into positions, time-major (all bands of one time step, then the next).
+
+    Args:
+        features: (B, F, T) with F divisible by ``patch_mels`` and T by ``patch_frames``.
+
+    Returns:
+        (B, (T / patch_frames) * (F / patch_mels), patch_mels * patch_frames).
+    """
+    batch, mels, frames = features.shape
+    rows, cols = frames // patch_frames, mels // patch_mels
+    x = features.reshape(batch, cols, patch_mels, rows, patch_frames)  # (B, Fp, pf, Tp, pt)
+    x = x.permute(0, 3, 1, 2, 4)  # (B, Tp, Fp, pf, pt)
+    return x.reshape(batch, rows * cols, patch_mels * patch_frames)
+
+
+def unpatchify(patches: Tensor, n_mels: int, patch_mels: int, patch_frames: int) -> Tensor:
+    """Inverse of ``patchify``: (B, L, patch_mels * patch_frames) -> (B, n_mels, T)."""
+    batch, length, _ = patches.shape
+    cols = n_mels // patch_mels
+    rows = length // cols
+    x = patches.reshape(batch, rows, cols, patch_mels, patch_frames)  # (B, Tp, Fp, pf, pt)
+    x = x.permute(0, 2, 3, 1, 4)  # (B, Fp, pf, Tp, pt)
+    return x.reshape(batch, n_mels, rows * patch_frames)
+
+
+# ------------------------------------------------------------------------------ tokenizer
+class AudioTokenizer(Tokenizer):
+    """Audio clips -> normalized log-mel frames or patches, fixed duration, padding marked.
+
+    Args:
+        features: log-mel settings (rate, FFT, hop, mel bands, dynamic range).
+        duration: seconds per sample; longer clips are cropped, shorter ones padded.
+        patch_frames: spectrogram frames per position (time extent of a patch).
+        patch_mels: mel bands per position; ``None`` = all bands (time frames, a 1-D
+            sequence), else a divisor of ``n_mels`` (time-frequency patches on a grid).
+        normalize: ``clip`` standardizes each clip by its own mean and std; ``dataset`` uses
+            the mean and std in ``stats`` (AST and Audio-MAE normalize by dataset statistics).
+        stats: JSON written by ``mmm audio-stats`` with the same ``features`` settings.
+        crop: which window of a longer clip is kept: ``start``, ``center`` (deterministic, so
+            validation is repeatable) or ``random`` (a new window each time: augmentation).
+        silence_dbfs: clips whose loudest sample is quieter than this (dB full scale) are
+            rejected as silent: they carry nothing to reconstruct and break per-clip scaling.
+    """
+
+    sample_keys = AUDIO_EXTENSIONS
+
+    def __init__(
+        self,
+        features: LogMelSettings | None = None,
+        duration: float = 2.0,
+        patch_frames: int = 4,
+        patch_mels: int | None = None,
+        normalize: Normalize = "clip",
+        stats: str | None = None,
+        crop: Crop = "center",
+        silence_dbfs: float = -60.0,
+    ) -> None:
+        self.features = features if features is not None else LogMelSettings()
+        mels = self.features.n_mels
+        if patch_frames < 1:
+            raise ValueError(f"AudioTokenizer: patch_frames must be >= 1, got {patch_frames}")
+        if patch_mels is not None and (patch_mels < 1 or mels % patch_mels):
+            raise ValueError(
+                f"AudioTokenizer: patch_mels={patch_mels} must divide features.n_mels={mels}"
+            )
+        if normalize not in ("clip", "dataset"):
+            raise ValueError(
+                f"AudioTokenizer: normalize must be 'clip' or 'dataset', got {normalize!r}"
+            )
+        if (normalize == "dataset") != (stats is not None):
+            raise ValueError("AudioTokenizer: normalize='dataset' needs stats=<json>, and only it")
+        if crop not in ("start", "center", "random"):
+            raise ValueError(f"AudioTokenizer: crop must be start, center or random, got {crop!r}")
+        self.duration = duration
+        self.patch_frames = patch_frames
+        self.patch_mels = patch_mels if patch_mels is not None else mels
+        self.normalize = normalize
+        self.stats = stats
+        self.crop = crop
+        self.silence_dbfs = silence_dbfs
+        self.num_samples = round(duration * self.features.sample_rate)
+        # Frames of a full-length clip, cut to whole positions (a trailing part-position is dropped).
+        self.num_frames = (
+            self.num_samples // self.features.hop_length // patch_frames * patch_frames
+        )
+        if self.num_frames < patch_frames:
+            raise ValueError(
+                f"AudioTokenizer: duration={duration} s gives fewer than patch_frames="
+                f"{patch_frames} frames at hop_length={self.features.hop_length}"
+            )
+        # One position needs its first STFT window plus patch_frames - 1 hops.
+        self.min_samples = self.features.n_fft + (patch_frames - 1) * self.features.hop_length
+        self.mean, self.std = self._load_stats(stats) if stats is not None else (0.0, 1.0)
+        self._log_mel = self.features.transform()
+
+    def _load_stats(self, path: str) -> tuple[float, float]:
+        try:
+            stats = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"AudioTokenizer: cannot read stats file {path} ({error})") from error
+        recorded = stats.get("features")
+        if recorded != asdict(self.features):
+            raise ValueError(
+                f"AudioTokenizer: stats file {path} was computed with features={recorded}, but "
+                f"this tokenizer uses {asdict(self.features)}; rerun mmm audio-stats"
+            )
+        return float(stats["mean"]), float(stats["std"])
+
+    # ---------------------------------------------------------------------- geometry
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(time positions, frequency positions) of one sample."""
+        return self.num_frames // self.patch_frames, self.features.n_mels // self.patch_mels
+
+    @property
+    def spec(self) -> ContinuousSpec:
+        rows, cols = self.grid
+        return ContinuousSpec(
+            input_dim=self.patch_mels * self.patch_frames,
+            max_length=rows * cols,
+            grid=(rows, cols) if cols > 1 else None,
+        )
+
+    # ---------------------------------------------------------------------- decoding
+    def waveform(self, sample: dict[str, Any]) -> Tensor:
+        """The sample's audio member as a mono waveform (N,) at ``features.sample_rate``,
+        uncropped. Raises ``SampleError`` naming the sample when it is missing, undecodable,
+        silent or shorter than one position."""
+        key, url = sample.get("__key__"), sample.get("__url__")
+        member = next((ext for ext in self.sample_keys if ext in sample), None)
+        if member is None:
+            found = sorted(k for k in sample if not k.startswith("__"))
+            raise SampleError(f"no audio member {self.sample_keys} (members: {found})", key, url)
+        try:
+            audio, rate = read_audio(sample[member])
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+            raise SampleError(f"cannot decode {member!r} ({error})", key, url) from error
+        wave = resample(to_mono(audio), rate, self.features.sample_rate)  # (N,)
+        if wave.shape[0] < self.min_samples:
+            raise SampleError(
+                f"clip of {wave.shape[0] / self.features.sample_rate:.3f} s is shorter than one "
+                f"position ({self.min_samples / self.features.sample_rate:.3f} s = n_fft + "
+                "(patch_frames - 1) * hop_length)",
+                key,
+                url,
+            )
+        loudest = peak_dbfs(wave)
+        if loudest < self.silence_dbfs:
+            raise SampleError(
+                f"clip is silent (peak {loudest:.1f} dBFS < silence_dbfs={self.silence_dbfs})",
+                key,
+                url,
+            )
+        return wave
+
+    def log_mel(self, wave: Tensor) -> Tensor:
+        """Un-normalized log-mel of a waveform: (N,) -> (n_mels, 1 + N // hop_length) in dB."""
+        return self._log_mel(wave)
+
+    def decode_sample(self, sample: dict[str, Any]) -> AudioItem:
+        wave = crop(self.waveform(sample), self.num_samples, self.crop)
+        mel = self.log_mel(wave)[:, : self.num_frames]  # (F, T_real)
+        if self.normalize == "clip":
+            mel = (mel - mel.mean()) / mel.std().clamp_min(1e-5)
+        else:
+            mel = (mel - self.mean) / self.std
+        real_frames = mel.shape[1]
+        padded = torch.nn.functional.pad(mel, (0, self.num_frames - real_frames))  # (F, T)
+        return AudioItem(features=padded, real_frames=real_frames)
+
+    # ---------------------------------------------------------------------- batching
+    def collate(self, items: list[AudioItem]) -> dict[str, Tensor]:
+        """Stack clips and cut them into positions.
+
+        Returns:
+            ``patches`` (B, L, input_dim) float, ``attention_mask`` and ``maskable`` (B, L)
+            bool (``False`` at positions made only of padding), ``features`` (B, F, T) the
+            normalized spectrograms, ``real_frames`` (B,) long.
+        """
+        features = torch.stack([item.features for item in items])  # (B, F, T)
+        real_frames = torch.tensor([item.real_frames for item in items], dtype=torch.long)
+        return {
+            "patches": self.patchify(features),
+            **self.position_masks(real_frames),
+            "features": features,
+            "real_frames": real_frames,
+        }
+
+    def patchify(self, features: Tensor) -> Tensor:
+        """(B, n_mels, num_frames) spectrograms -> (B, L, input_dim) positions."""
+        return patchify(features, self.patch_mels, self.patch_frames)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """(B, L, input_dim) positions -> (B, n_mels, num_frames) spectrograms."""
+        return unpatchify(patches, self.features.n_mels, self.patch_mels, self.patch_frames)
+
+    def position_masks(self, real_frames: Tensor) -> dict[str, Tensor]:
+        """``attention_mask`` and ``maskable`` (B, L): a position is real when it holds at least
+        one frame of the clip."""
+        rows, cols = self.grid
+        real_rows = torch.div(
+            real_frames + self.patch_frames - 1, self.patch_frames, rounding_mode="floor"
+        )
+        time_real = torch.arange(rows) < real_rows.unsqueeze(1)  # (B, Tp)
+        real = time_real.repeat_interleave(cols, dim=1)  # (B, Tp * Fp), time-major like patchify
+        return {"attention_mask": real, "maskable": real.clone()}
+
+    def __repr__(self) -> str:
+        return (
+            f"AudioTokenizer(features={self.features}, duration={self.duration}, "
+            f"patch_frames={self.patch_frames}, patch_mels={self.patch_mels}, "
+            f"normalize={self.normalize!r})"
+        )
+
+
+# ------------------------------------------------------------------------- shard reader
+@register_source("audio")
+def audio_samples(paths: list[str], root: str | None = None) -> Iterator[Sample]:
+    """Samples from audio files (wav, flac, mp3, ogg; other files are skipped with a warning),
+    the file's bytes unchanged under its extension, and a ``json`` member with ``label`` (the
+    name of the folder holding the file, e.g. ``dog/001.wav`` -> ``dog``) and ``path``.
+
+    Args:
+        paths: audio files (``mmm shards`` expands folders recursively).
+        root: the keys and recorded paths are relative to it; default: the files' common folder.
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        return
+    base = Path(root) if root is not None else Path(os.path.commonpath([f.parent for f in files]))
+    for path in files:
+        extension = path.suffix.lower().lstrip(".")
+        if extension not in AUDIO_EXTENSIONS:
+            log.warning("skipping %s: not an audio file (%s)", path, ", ".join(AUDIO_EXTENSIONS))
+            continue
+        relative = path.relative_to(base)
+        meta = {"label": path.parent.name, "path": str(relative)}
+        yield {
+            "__key__": sample_key(str(relative.with_suffix(""))),
+            extension: path.read_bytes(),
+            "json": json.dumps(meta).encode("utf-8"),
+        }
+
+
+# -------------------------------------------------------------------------- statistics
+def log_mel_stats(tokenizer: AudioTokenizer, samples: Iterable[Sample]) -> dict[str, Any]:
+    """Mean and std of the un-normalized log-mel over every frame of every usable clip (whole
+    clips, not cropped), accumulated in float64; unusable clips are counted and skipped."""
+    total = total_sq = 0.0
+    frames = clips = skipped = 0
+    for sample in samples:
+        try:
+            mel = tokenizer.log_mel(tokenizer.waveform(sample)).double()  # (F, T)
+        except SampleError as error:
+            log.warning("audio-stats: skipping sample: %s", error)
+            skipped += 1
+            continue
+        total += float(mel.sum())
+        total_sq += float(mel.square().sum())
+        frames += mel.shape[1]
+        clips += 1
+    if clips == 0:
+        raise ValueError(f"audio-stats: no usable clip ({skipped} skipped)")
+    count = frames * tokenizer.features.n_mels
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    return {
+        "mean": mean,
+        "std": std,
+        "clips": clips,
+        "frames": frames,
+        "skipped": skipped,
+        "features": asdict(tokenizer.features),
+    }
+
+
+def _stats_samples(inputs: str | list[str]) -> Iterator[Sample]:
+    """Samples of shards (``.tar``) and audio files among the expanded inputs."""
+    import webdataset as wds
+
+    from mmm.tools import _expand_inputs
+
+    paths = _expand_inputs(inputs)
+    shards = [p for p in paths if p.endswith(".tar")]
+    if shards:
+        yield from wds.WebDataset(shards, shardshuffle=False)
+    yield from audio_samples([p for p in paths if not p.endswith(".tar")])
+
+
+def audio_stats_command(
+    *, inputs: str | list[str], output: str, features: LogMelSettings | None = None
+) -> dict[str, Any]:
+    """Compute the dataset mean and std of log-mel features and write them as JSON, for
+    ``AudioTokenizer(normalize="dataset", stats=OUTPUT)`` with the same ``features``.
+
+    Args:
+        inputs: shards (``.tar``), audio files or folders (read recursively), or glob/brace
+            patterns of them; e.g. ``'data/asterisk-en/train-*.tar'``.
+        output: JSON file to write.
+        features: log-mel settings; they must equal the tokenizer's.
+    """
+    tokenizer = AudioTokenizer(features=features)
+    stats = log_mel_stats(tokenizer, _stats_samples(inputs))
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(stats, indent=2) + "\n")
+    print(
+        f"mean {stats['mean']:.3f} dB, std {stats['std']:.3f} dB over {stats['clips']} clips "
+        f"({stats['frames']} frames, {stats['skipped']} skipped) -> {output}"
+    )
+    return stats
