@@ -1,24 +1,40 @@
-"""WebDataset-backed data for every modality: shards in, padded batches out.
+"""WebDataset-backed data for every modality: shards in, padded batches out, at any scale.
 
 One ``ShardDataModule`` serves all modalities: what differs (which shard members to read, how
 to decode and batch them) is the tokenizer's job. Shards may be local paths, globs,
-brace-expanded lists (``data/train-{000000..000009}.tar``) or ``pipe:`` URLs for object storage
+brace-expanded lists (``data/train-{000000..000009}.tar``), text files listing one shard URL
+per line (``shards.txt``), or ``pipe:`` URLs for object storage
 (``pipe:aws s3 cp s3://bucket/train-000000.tar -``), several joined with ``::``.
+
+Every reader (one loader worker of one rank) owns its shards: shards are dealt to
+``ranks x workers`` readers per pass, so no two readers of a pass share a shard. Training reads
+an endless stream (``resampled``: pass after pass, each shuffled with the seed and the pass
+number) cut into epochs of the same number of batches on every rank, so DDP never waits on a
+rank that ran dry; validation reads every sample exactly once (``exact``).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import itertools
 import logging
+import math
 import os
+import random
 import tarfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmm.corpora import ensure_embedded_shards
 from mmm.tokenizers.base import SampleError, Tokenizer
@@ -26,59 +42,207 @@ from mmm.tokenizers.base import SampleError, Tokenizer
 log = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
+Mode = Literal["resampled", "exact"]
+Batch = dict[str, torch.Tensor]
+
+#: Samples per shard of embedded corpora: small shards so that even the small embedded sets
+#: give every reader of a few ranks and workers a shard of its own.
+EMBEDDED_SAMPLES_PER_SHARD = 256
+_SHARD_LIST_SUFFIXES = (".txt", ".list")
+
+# The length we report is exact by construction (every worker yields the same number of
+# batches), which is the case Lightning's generic warning about IterableDataset lengths is not.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")
+# Lightning looks for resume state on the DataLoader; ours is in ShardDataModule.state_dict.
+warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable")
 
 
+# --------------------------------------------------------------------------------- sources
 def _is_remote(url: str) -> bool:
     return url.startswith(("pipe:", "http://", "https://", "s3://", "gs://"))
 
 
-def expand_shards(spec: str) -> list[str]:
+def read_shard_list(path: str) -> list[str]:
+    """Shard patterns listed in a text file, one per line; blank lines and ``#`` comments are
+    ignored, and relative local paths are taken relative to the list file's folder."""
+    folder = Path(path).parent
+    patterns = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip() if not line.startswith("pipe:") else line.strip()
+        if line:
+            relative = not _is_remote(line) and not os.path.isabs(line)
+            patterns.append(str(folder / line) if relative else line)
+    return patterns
+
+
+def expand_shards(spec: str | list[str]) -> list[str]:
     """Turn a shard specification into a list of shard URLs.
 
-    ``spec`` is one or more patterns joined by ``::``; each is brace-expanded, and local ones
-    are glob-expanded and must exist. Remote URLs (``pipe:``, ``http(s)://``, ...) pass as given.
+    ``spec`` is one or more patterns (a list, or joined by ``::``); each is brace-expanded. A
+    local ``.txt``/``.list`` file is read as a list of further patterns. Local patterns are
+    glob-expanded and must exist; remote URLs (``pipe:``, ``http(s)://``, ...) pass as given.
 
     Raises:
         FileNotFoundError: naming the pattern that matches no local file.
     """
+    patterns = [spec] if isinstance(spec, str) else spec
     urls: list[str] = []
-    for pattern in spec.split("::"):
+    for pattern in (part for joined in patterns for part in joined.split("::")):
         for url in braceexpand(pattern):
             if _is_remote(url):
                 urls.append(url)
-                continue
-            matches = sorted(glob.glob(url)) if glob.has_magic(url) else [url]
-            existing = [m for m in matches if os.path.isfile(m)]
-            if not existing:
-                raise FileNotFoundError(f"no shard file matches {url!r} (from {spec!r})")
-            urls.extend(existing)
+            elif url.endswith(_SHARD_LIST_SUFFIXES) and os.path.isfile(url):
+                urls.extend(expand_shards(read_shard_list(url)))
+            else:
+                matches = sorted(glob.glob(url)) if glob.has_magic(url) else [url]
+                existing = [m for m in matches if os.path.isfile(m)]
+                if not existing:
+                    raise FileNotFoundError(f"no shard file matches {url!r} (from {spec!r})")
+                urls.extend(existing)
     return urls
 
 
-def drop_empty_local_shards(urls: list[str]) -> tuple[list[str], list[str]]:
-    """Split off local shards that hold no member (an empty tar): they would silently yield
-    nothing. Reads one header per local shard; remote shards are kept as they are."""
-    kept, empty = [], []
+def _local_sample_count(url: str) -> int:
+    """Samples (distinct keys) in a local tar, read from its member headers only."""
+    with tarfile.open(url) as tar:
+        names = (m.name for m in tar if m.isreg())
+        return len({wds.tariterators.base_plus_ext(name)[0] for name in names} - {None})
+
+
+def usable_local_shards(urls: list[str], on_error: OnError) -> tuple[list[str], int]:
+    """Drop local shards that hold no sample or cannot be read as a tar, and count samples.
+
+    Empty shards would silently yield nothing; unreadable ones are warned about and dropped in
+    ``skip`` mode. Remote shards are kept unread, and their samples are not counted.
+
+    Returns:
+        The usable shards and the number of samples in the local ones.
+
+    Raises:
+        ValueError: naming an unreadable shard, in ``raise`` mode.
+    """
+    kept, samples = [], 0
     for url in urls:
         if _is_remote(url):
             kept.append(url)
             continue
         try:
-            with tarfile.open(url) as tar:
-                has_member = tar.next() is not None
-        except tarfile.ReadError as error:
-            raise ValueError(f"shard {url} is not a readable tar file ({error})") from error
-        (kept if has_member else empty).append(url)
-    return kept, empty
+            count = _local_sample_count(url)
+        except tarfile.TarError as error:
+            if on_error == "raise":
+                raise ValueError(f"shard {url} is not a readable tar file ({error})") from error
+            log.warning("shard %s is not a readable tar file (%s); skipped", url, error)
+            continue
+        if count == 0:
+            log.warning("shard %s holds no samples; skipped", url)
+            continue
+        kept.append(url)
+        samples += count
+    return kept, samples
+
+
+# ------------------------------------------------------------------------------- readers
+@dataclass(frozen=True)
+class Layout:
+    """Where one loader sits among all readers: its rank, the number of ranks, and the loader
+    worker processes per rank (0 reads in the main process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+
+    @property
+    def readers_per_rank(self) -> int:
+        return max(1, self.num_workers)
+
+    @property
+    def readers(self) -> int:
+        return self.world_size * self.readers_per_rank
+
+    def slot(self) -> int:
+        """This reader's index in ``[0, readers)``; call it inside the loader worker."""
+        info = get_worker_info()
+        return self.rank * self.readers_per_rank + (info.id if info is not None else 0)
+
+
+@dataclass
+class Cursor:
+    """How far a reader got in one source: the pass it is in and how many of that pass's
+    shards it has opened. A checkpoint records it; resuming opens the next shard."""
+
+    pass_index: int = 0
+    opened: int = 0
+
+
+class ShardStream:
+    """The shards that one reader opens, in order, for one source.
+
+    In every pass, all readers shuffle the full shard list with the same seed and pass number
+    and reader ``slot`` takes every ``readers``-th shard from position ``slot``: within a pass,
+    readers never share a shard. ``cursor`` moves as shards are opened (lazily, one when the
+    previous one is read to its end).
+    """
+
+    def __init__(
+        self, urls: list[str], seed: int, shuffle: bool, slot: int, readers: int, cursor: Cursor
+    ) -> None:
+        self.urls = urls
+        self.seed = seed
+        self.shuffle = shuffle
+        self.slot = slot
+        self.readers = readers
+        self.cursor = cursor
+        self.current_url: str | None = None
+        self.samples_read = 0
+
+    def pass_shards(self, pass_index: int) -> list[str]:
+        """This reader's shards in pass ``pass_index``."""
+        order = list(self.urls)
+        if self.shuffle:
+            random.Random(wds.utils.make_seed(self.seed, pass_index)).shuffle(order)
+        return order[self.slot :: self.readers]
+
+    def one_pass(self, pass_index: int) -> Iterator[dict[str, str]]:
+        """``{"url": ...}`` for each shard of the pass not opened yet according to the cursor."""
+        shards = self.pass_shards(pass_index)
+        start = self.cursor.opened if self.cursor.pass_index == pass_index else 0
+        for index in range(start, len(shards)):
+            self.cursor = Cursor(pass_index, index + 1)
+            self.current_url = shards[index]
+            yield {"url": shards[index]}
+
+    def endless(self) -> Iterator[dict[str, str]]:
+        """Pass after pass, from the cursor on.
+
+        Raises:
+            RuntimeError: when a whole pass yields no sample (every shard failed), rather than
+                spinning forever.
+        """
+        pass_index = self.cursor.pass_index
+        while True:
+            before = self.samples_read
+            yield from self.one_pass(pass_index)
+            if self.samples_read == before and self.cursor.opened > 0:
+                raise RuntimeError(
+                    f"reader {self.slot}: no shard of pass {pass_index} yielded a sample "
+                    f"({self.pass_shards(pass_index)}); check these shards"
+                )
+            pass_index += 1
+
+    def count(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Pass samples through, counting them (to tell a dead source from a live one)."""
+        for sample in samples:
+            self.samples_read += 1
+            yield sample
 
 
 class SampleDecoder:
     """Pipeline stage that decodes raw samples with the tokenizer and counts what it skips.
 
     It runs inside each loader worker (one copy per worker). Unusable samples and unreadable
-    shard members raise in ``raise`` mode; in ``skip`` mode they are logged with their shard and
-    key and counted, and the count rides along in the next batch (``batch["skipped"]``) so the
-    module can log it per epoch.
+    shard data (truncated or corrupt tar, unreachable URL) raise in ``raise`` mode; in ``skip``
+    mode they are logged with their shard (and key) and counted, and the count rides along in
+    the next batch (``batch["skipped"]``) so the module can log it per epoch.
     """
 
     def __init__(self, tokenizer: Tokenizer, on_error: OnError) -> None:
@@ -86,13 +250,19 @@ class SampleDecoder:
         self.on_error = on_error
         self.skipped = 0
 
-    def handle_shard_error(self, error: Exception) -> bool:
-        """webdataset handler for errors while reading a shard: ``True`` means continue."""
-        if self.on_error == "raise":
-            raise error
-        log.warning("skipping unreadable shard data: %s", error)
-        self.skipped += 1
-        return True
+    def shard_error_handler(self, stream: ShardStream) -> Callable[[Exception], bool]:
+        """A webdataset error handler that names the shard being read; ``True`` = go on."""
+
+        def handle(error: Exception) -> bool:
+            detail = error.args[0] if error.args else ""
+            message = f"shard {stream.current_url}: {type(error).__name__}: {detail}"
+            if self.on_error == "raise":
+                raise OSError(f"{message} (set data.on_error=skip to skip and count)") from error
+            log.warning("skipping unreadable data in %s", message)
+            self.skipped += 1
+            return True
+
+        return handle
 
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[Any]:
         for sample in samples:
@@ -109,26 +279,153 @@ class SampleDecoder:
         return count
 
 
-class BatchCollator:
-    """Pipeline stage: the tokenizer's ``collate`` plus the count of samples skipped since the
-    previous batch."""
+def weighted_interleave(
+    sources: list[Iterator[Any]], weights: list[float], rng: random.Random
+) -> Iterator[Any]:
+    """Draw each next item from source ``i`` with probability ``weights[i] / sum(weights)``.
 
-    def __init__(self, tokenizer: Tokenizer, decoder: SampleDecoder) -> None:
+    Hand-written because webdataset's ``RandomMix`` draws from the global ``random`` state,
+    which is neither seeded per reader nor reproducible on resume.
+    """
+    indices = list(range(len(sources)))
+    while True:
+        [index] = rng.choices(indices, weights=weights)
+        yield next(sources[index])
+
+
+class ShardPipeline(IterableDataset):
+    """The batches of one split on one rank: shards -> samples -> items -> batches.
+
+    In ``resampled`` mode each reader keeps one endless stream alive across epochs (in its
+    persistent worker) and every ``__iter__`` yields its next ``batches_per_reader`` batches,
+    so every rank yields ``len(self)`` batches per epoch. In ``exact`` mode every ``__iter__``
+    is one pass over the reader's shards and ends with a partial batch. With
+    ``record_cursors`` (training), batches also carry ``shard_slot`` and ``shard_cursor``
+    (sources, 2) so the datamodule can record which shards the trained batches came from.
+    """
+
+    def __init__(
+        self,
+        sources: list[list[str]],
+        tokenizer: Tokenizer,
+        layout: Layout,
+        mode: Mode,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int,
+        on_error: OnError,
+        weights: list[float] | None = None,
+        batches_per_reader: int | None = None,
+        cursors: dict[int, list[Cursor]] | None = None,
+        epoch: int = 0,
+        record_cursors: bool = False,
+    ) -> None:
+        super().__init__()
+        self.sources = sources
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.mode = mode
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.on_error = on_error
+        self.weights = weights or [1.0] * len(sources)
+        self.batches_per_reader = batches_per_reader
+        self.cursors = cursors or {}
+        self.epoch = epoch
+        self.record_cursors = record_cursors
+        self._endless: Iterator[Batch] | None = None  # made inside the worker on first use
+
+    def __len__(self) -> int:
+        if self.batches_per_reader is None:
+            raise TypeError("an exact-mode pipeline has no length known in advance")
+        return self.batches_per_reader * self.layout.readers_per_rank
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.mode == "exact":
+            self.epoch += 1
+            return self._batches(epoch=self.epoch - 1)
+        if self._endless is None:
+            self._endless = self._batches(epoch=self.epoch)
+        return itertools.islice(self._endless, self.batches_per_reader)
+
+    def _batches(self, epoch: int) -> Iterator[Batch]:
+        """The batch stream of this reader, in stages."""
+        slot = self.layout.slot()
+        shuffle = self.shuffle_buffer > 0
+        decoder = SampleDecoder(self.tokenizer, self.on_error)
+        saved = self.cursors.get(slot) or [Cursor() for _ in self.sources]
+        streams = [
+            ShardStream(urls, self.seed + index, shuffle, slot, self.layout.readers, cursor)
+            for index, (urls, cursor) in enumerate(zip(self.sources, saved, strict=True))
+        ]
+        # at this point: per source, the shards this reader owns, in order, from its cursor
+        resampled = self.mode == "resampled"
+        samples = [
+            stream.count(
+                wds.tarfile_to_samples(handler=decoder.shard_error_handler(stream))(
+                    stream.endless() if resampled else stream.one_pass(epoch)
+                )
+            )
+            for stream in streams
+        ]
+        # at this point: raw samples ({"__key__", "__url__", ext: bytes}), one iterator a source
+        start = [(c.pass_index, c.opened) for c in saved]
+        rng = random.Random(wds.utils.make_seed(self.seed, slot, epoch, *itertools.chain(*start)))
+        mixed = samples[0] if len(samples) == 1 else weighted_interleave(samples, self.weights, rng)
+        if shuffle:
+            initial = min(self.shuffle_buffer, 100)
+            mixed = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(mixed)
+        # at this point: raw samples of this reader, mixed and shuffled
+        recorded = streams if self.record_cursors else None
+        collate = BatchCollator(self.tokenizer, decoder, recorded, slot)
+        return wds.batched(self.batch_size, collation_fn=collate, partial=not resampled)(
+            decoder(mixed)
+        )
+
+
+class BatchCollator:
+    """Pipeline stage: the tokenizer's ``collate``, plus the count of samples skipped since the
+    previous batch and, for training, where this reader's shard streams stand."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        decoder: SampleDecoder,
+        streams: list[ShardStream] | None,
+        slot: int,
+    ) -> None:
         self.tokenizer = tokenizer
         self.decoder = decoder
+        self.streams = streams
+        self.slot = slot
 
-    def __call__(self, items: list[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[Any]) -> Batch:
         batch = self.tokenizer.collate(items)
         batch["skipped"] = torch.tensor(self.decoder.take_skipped())
+        if self.streams is not None:
+            batch["shard_slot"] = torch.tensor(self.slot)
+            batch["shard_cursor"] = torch.tensor(
+                [[s.cursor.pass_index, s.cursor.opened] for s in self.streams]
+            )  # (sources, 2)
         return batch
 
 
+# ---------------------------------------------------------------------------- datamodule
 class ShardDataModule(L.LightningDataModule):
-    """Batches from WebDataset shards for any modality, split across nodes and workers.
+    """Batches from WebDataset shards for any modality, split across ranks and workers.
+
+    Training (``train_mode="resampled"``, the default) reads an endless, seeded stream: in
+    each pass the shards are shuffled and dealt out so that each rank and each worker reads its
+    own shards; an epoch is ``epoch_samples`` samples over all ranks, the same number of
+    batches on every rank however uneven the shards, so DDP never hangs. Validation, test and
+    predict read every sample exactly once over all ranks and workers (``exact``). A
+    checkpoint records which shards each reader had opened, so resuming mid-epoch continues
+    with the next shard rather than the first one.
 
     Args:
-        train_shards: training shards (see ``expand_shards``); defaults to the embedded
-            corpus's ``train-*.tar`` when ``embedded`` is set.
+        train_shards: training shards: a pattern or list of patterns (see ``expand_shards``);
+            defaults to the embedded corpus's ``train-*.tar`` when ``embedded`` is set.
         val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``.
         test_shards: test shards; defaults to ``val_shards``.
         predict_shards: shards for ``mmm predict``; defaults to ``val_shards``.
@@ -138,22 +435,35 @@ class ShardDataModule(L.LightningDataModule):
         tokenizer: the modality's tokenizer (LightningCLI links ``model.tokenizer`` here).
         batch_size: samples per batch, per device.
         num_workers: loader worker processes per device.
-        shuffle_buffer: samples held in the training shuffle buffer (0 disables shuffling).
-        seed: seed of shard and sample shuffling; the order changes each epoch.
-        on_error: ``skip`` logs, counts and skips bad samples and shards; ``raise`` stops.
+        train_mode: ``resampled`` (endless stream cut into equal epochs; DDP-safe) or
+            ``exact`` (each training sample once per epoch; single device only).
+        epoch_samples: training samples per epoch over all ranks (resampled mode), rounded up
+            to whole batches on every worker. ``None`` counts the samples of the (local)
+            training shards; set it for remote shards.
+        train_weights: with several ``train_shards`` patterns, the share of samples drawn
+            from each (e.g. ``[0.7, 0.3]``); default equal shares. Resampled mode only.
+        shuffle_buffer: samples held in each training reader's shuffle buffer (0 turns off all
+            training shuffling, of shards and samples).
+        seed: seed of shard order, shuffle buffers and mixing; the shard order changes with
+            every pass over the data.
+        on_error: ``skip`` warns with the shard and key, skips and counts bad samples and
+            unreadable shards (logged as ``data/skipped_samples`` per epoch); ``raise`` stops.
     """
 
     def __init__(
         self,
-        train_shards: str | None = None,
-        val_shards: str | None = None,
-        test_shards: str | None = None,
-        predict_shards: str | None = None,
+        train_shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        test_shards: str | list[str] | None = None,
+        predict_shards: str | list[str] | None = None,
         embedded: str | None = None,
         data_dir: str = "data",
         tokenizer: Tokenizer | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
+        train_mode: Mode = "resampled",
+        epoch_samples: int | None = None,
+        train_weights: list[float] | None = None,
         shuffle_buffer: int = 1000,
         seed: int = 0,
         on_error: OnError = "skip",
@@ -161,88 +471,267 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         if train_shards is None and val_shards is None and embedded is None:
             raise ValueError("ShardDataModule: set train_shards/val_shards or an embedded corpus")
-        if batch_size < 1:
-            raise ValueError(f"ShardDataModule: batch_size must be >= 1, got {batch_size}")
-        if on_error not in ("skip", "raise"):
-            raise ValueError(f"ShardDataModule: on_error must be 'skip' or 'raise', got {on_error}")
+        _check_choice("train_mode", train_mode, ("resampled", "exact"))
+        _check_choice("on_error", on_error, ("skip", "raise"))
+        for name, value in (("batch_size", batch_size), ("epoch_samples", epoch_samples)):
+            if value is not None and value < 1:
+                raise ValueError(f"ShardDataModule: {name} must be >= 1, got {value}")
+        if num_workers < 0 or shuffle_buffer < 0:
+            raise ValueError("ShardDataModule: num_workers and shuffle_buffer must be >= 0")
         self.embedded = embedded
         self.embedded_dir = os.path.join(data_dir, embedded) if embedded else None
-        self.train_shards = train_shards or self._embedded_pattern("train")
-        self.val_shards = val_shards or self._embedded_pattern("val")
-        self.test_shards = test_shards or self.val_shards
-        self.predict_shards = predict_shards or self.val_shards
+        self.train_shards = _as_patterns(train_shards) or self._embedded_pattern("train")
+        self.val_shards = _as_patterns(val_shards) or self._embedded_pattern("val")
+        self.test_shards = _as_patterns(test_shards) or self.val_shards
+        self.predict_shards = _as_patterns(predict_shards) or self.val_shards
+        _check_weights(train_weights, self.train_shards, train_mode)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.train_mode = train_mode
+        self.epoch_samples = epoch_samples
+        self.train_weights = train_weights
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.on_error = on_error
+        self._consumed: dict[int, list[list[int]]] = {}  # slot -> per source [pass, opened]
+        self._resume: dict[str, Any] = {}
 
-    def _embedded_pattern(self, split: str) -> str | None:
-        return os.path.join(self.embedded_dir, f"{split}-*.tar") if self.embedded_dir else None
+    def _embedded_pattern(self, split: str) -> list[str] | None:
+        return [os.path.join(self.embedded_dir, f"{split}-*.tar")] if self.embedded_dir else None
 
     def prepare_data(self) -> None:
         if self.embedded:
-            ensure_embedded_shards(self.embedded, self.embedded_dir)
-
-    def shard_urls(self, spec: str) -> list[str]:
-        """Expanded, existing, non-empty shards of ``spec``; empty ones are reported."""
-        urls, empty = drop_empty_local_shards(expand_shards(spec))
-        for url in empty:
-            log.warning("shard %s holds no samples; skipped", url)
-        if not urls:
-            raise ValueError(f"every shard of {spec!r} is empty")
-        return urls
-
-    def make_pipeline(self, spec: str, train: bool) -> wds.DataPipeline:
-        """The streaming pipeline of one split, in stages."""
-        if self.tokenizer is None:
-            raise RuntimeError("ShardDataModule needs a tokenizer (pass tokenizer=...)")
-        decoder = SampleDecoder(self.tokenizer, self.on_error)
-        shuffle = train and self.shuffle_buffer > 0
-        stages: list[Any] = [wds.SimpleShardList(self.shard_urls(spec))]
-        if shuffle:  # same shard order on every rank and worker, new each epoch
-            stages.append(wds.detshuffle(bufsize=10_000, initial=10_000, seed=self.seed))
-        stages += [
-            wds.split_by_node,  # at this point: the shards of this rank
-            wds.split_by_worker,  # at this point: the shards of this loader worker
-            wds.tarfile_to_samples(handler=decoder.handle_shard_error),  # raw samples
-        ]
-        if shuffle:
-            stages.append(
-                wds.detshuffle(
-                    bufsize=self.shuffle_buffer,
-                    initial=min(self.shuffle_buffer, 100),
-                    seed=self.seed + 1,
-                )
+            ensure_embedded_shards(
+                self.embedded, self.embedded_dir, samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD
             )
-        stages += [
-            decoder,  # decoded items; bad ones skipped and counted
-            wds.batched(
-                self.batch_size, collation_fn=BatchCollator(self.tokenizer, decoder), partial=True
-            ),
-        ]
-        return wds.DataPipeline(*stages)
 
-    def _loader(self, spec: str | None, train: bool, split: str) -> wds.WebLoader:
-        if spec is None:
-            raise ValueError(f"ShardDataModule: no {split} shards configured")
-        return wds.WebLoader(
-            self.make_pipeline(spec, train=train),
+    # ----------------------------------------------------------------- layout and shards
+    def layout(self, num_workers: int | None = None) -> Layout:
+        """Rank and world size from the trainer (or torch.distributed), and the workers."""
+        trainer = self.trainer
+        if trainer is not None:
+            rank, world = trainer.global_rank, trainer.world_size
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        workers = self.num_workers if num_workers is None else num_workers
+        return Layout(rank=rank, world_size=world, num_workers=workers)
+
+    def shard_urls(self, patterns: list[str]) -> tuple[list[str], int]:
+        """Expanded, readable, non-empty shards of ``patterns`` and their local sample count.
+
+        Raises:
+            ValueError: when no usable shard is left.
+        """
+        urls, samples = usable_local_shards(expand_shards(patterns), self.on_error)
+        if not urls:
+            raise ValueError(f"every shard of {patterns} is empty or unreadable")
+        return urls, samples
+
+    def _loader(self, pipeline: ShardPipeline) -> DataLoader:
+        workers = pipeline.layout.num_workers
+        return DataLoader(
+            pipeline,
             batch_size=None,  # the pipeline batches in the workers
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,  # keeps per-epoch shuffle counters alive
+            num_workers=workers,
+            persistent_workers=workers > 0,  # keeps each reader's endless stream alive
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> wds.WebLoader:
-        return self._loader(self.train_shards, train=True, split="train")
+    # -------------------------------------------------------------------------- training
+    def train_dataloader(self) -> DataLoader:
+        if self.train_shards is None:
+            raise ValueError("ShardDataModule: no train shards configured")
+        layout = self.layout()
+        if self.train_mode == "exact":
+            if layout.world_size > 1:
+                raise ValueError(
+                    "ShardDataModule: train_mode='exact' gives ranks different numbers of "
+                    "batches, which hangs DDP; use train_mode='resampled' with several devices"
+                )
+            return self._exact_loader(self.train_shards, "train", training=True)
+        counted = [self.shard_urls([pattern]) for pattern in self.train_shards]
+        sources = [urls for urls, _ in counted]
+        for pattern, urls in zip(self.train_shards, sources, strict=True):
+            if len(urls) < layout.readers:
+                raise ValueError(
+                    f"ShardDataModule: train shards {pattern!r} hold {len(urls)} shard(s), but "
+                    f"{layout.world_size} rank(s) x {layout.readers_per_rank} worker(s) need at "
+                    f"least {layout.readers} so that no two readers share a shard; write "
+                    "smaller shards (mmm shards --max_count) or lower data.num_workers"
+                )
+        local_samples = sum(count for _, count in counted)
+        pipeline = self._pipeline(
+            sources,
+            layout,
+            mode="resampled",
+            training=True,
+            batches_per_reader=self._batches_per_reader(layout, sources, local_samples),
+        )
+        return self._loader(pipeline)
 
-    def val_dataloader(self) -> wds.WebLoader | list:
-        return self._loader(self.val_shards, train=False, split="val") if self.val_shards else []
+    def _batches_per_reader(self, layout: Layout, sources: list[list[str]], counted: int) -> int:
+        """Batches each reader yields per epoch, from ``epoch_samples`` (or the local count)."""
+        samples = self.epoch_samples
+        if samples is None:
+            if any(_is_remote(url) for urls in sources for url in urls):
+                raise ValueError(
+                    "ShardDataModule: remote train shards cannot be counted; set "
+                    "data.epoch_samples (training samples per epoch over all ranks)"
+                )
+            samples = counted
+        per_reader = max(1, math.ceil(samples / (self.batch_size * layout.readers)))
+        counted_note = "" if self.epoch_samples is not None else " (counted; set epoch_samples)"
+        rank_zero_info(
+            f"train epoch: {per_reader * layout.readers_per_rank} batches of {self.batch_size} "
+            f"on each of {layout.world_size} rank(s) = {per_reader * layout.readers * self.batch_size}"
+            f" samples for epoch_samples={samples}{counted_note}"
+        )
+        return per_reader
 
-    def test_dataloader(self) -> wds.WebLoader:
-        return self._loader(self.test_shards, train=False, split="test")
+    def _pipeline(
+        self,
+        sources: list[list[str]],
+        layout: Layout,
+        mode: Mode,
+        training: bool,
+        batches_per_reader: int | None = None,
+    ) -> ShardPipeline:
+        """The pipeline of one split; training pipelines shuffle, mix, and resume."""
+        trainer = self.trainer
+        return ShardPipeline(
+            sources,
+            self._require_tokenizer(),
+            layout,
+            mode=mode,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer if training else 0,
+            on_error=self.on_error,
+            weights=self.train_weights if training else None,
+            batches_per_reader=batches_per_reader,
+            cursors=self._resume_cursors(sources, layout) if training else None,
+            epoch=trainer.current_epoch if training and trainer is not None else 0,
+            record_cursors=training,
+        )
 
-    def predict_dataloader(self) -> wds.WebLoader:
-        return self._loader(self.predict_shards, train=False, split="predict")
+    # ------------------------------------------------------------------------ exact mode
+    def _exact_loader(self, patterns: list[str] | None, split: str, training: bool) -> DataLoader:
+        """Every sample of ``patterns`` once over all ranks and workers, per iteration.
+
+        A rank never needs more workers than it has shards: extra workers would read nothing,
+        so the loader uses fewer (and says so). Fewer shards than ranks is an error.
+        """
+        if patterns is None:
+            raise ValueError(f"ShardDataModule: no {split} shards configured")
+        urls, _ = self.shard_urls(patterns)
+        ranks = self.layout().world_size
+        if len(urls) < ranks:
+            raise ValueError(
+                f"ShardDataModule: {split} shards {patterns} hold {len(urls)} shard(s) for "
+                f"{ranks} ranks; every rank needs one (write smaller shards)"
+            )
+        workers = min(self.num_workers, len(urls) // ranks)
+        if workers < self.num_workers:
+            log.info(
+                "%s: %d shard(s) for %d rank(s): %d worker(s)", split, len(urls), ranks, workers
+            )
+        return self._loader(self._pipeline([urls], self.layout(workers), "exact", training))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._exact_loader(self.val_shards, "val", training=False) if self.val_shards else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._exact_loader(self.test_shards, "test", training=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._exact_loader(self.predict_shards, "predict", training=False)
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError("ShardDataModule needs a tokenizer (pass tokenizer=...)")
+        return self.tokenizer
+
+    # -------------------------------------------------------------------------- resuming
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record where the reader of each trained batch stood; the model never sees it."""
+        if isinstance(batch, dict) and "shard_cursor" in batch:
+            slot = int(batch.pop("shard_slot"))
+            cursor = batch.pop("shard_cursor").tolist()
+            if self.trainer is None or self.trainer.training:
+                self._consumed[slot] = cursor
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per reader, the shards its trained batches came from (gathered from all ranks), so
+        that a resumed run opens the next shard of each reader rather than the first."""
+        if not self._consumed:
+            return {}
+        consumed = dict(self._consumed)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[dict[int, list[list[int]]]] = [{}] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, consumed)
+            consumed = {slot: c for part in gathered for slot, c in part.items()}
+        layout = self.layout()
+        return {
+            "train_cursors": consumed,
+            "readers": layout.readers,
+            "train_fingerprint": self._fingerprint(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
+        self._consumed = {int(k): v for k, v in state_dict.get("train_cursors", {}).items()}
+
+    def _fingerprint(self) -> str:
+        patterns = "\n".join(self.train_shards or [])
+        return hashlib.blake2b(patterns.encode(), digest_size=8).hexdigest()
+
+    def _resume_cursors(self, sources: list[list[str]], layout: Layout) -> dict[int, list[Cursor]]:
+        """Where each reader starts: after the shards that trained batches came from (restored
+        from a checkpoint, or recorded earlier in this run). A changed shard set or number of
+        readers cannot be mapped onto the old cursors, so the stream starts a new pass."""
+        if not self._consumed:
+            return {}
+        same = (
+            self._resume.get("readers", layout.readers) == layout.readers
+            and self._resume.get("train_fingerprint", self._fingerprint()) == self._fingerprint()
+            and all(len(c) == len(sources) for c in self._consumed.values())
+        )
+        if same:
+            return {int(slot): [Cursor(p, o) for p, o in c] for slot, c in self._consumed.items()}
+        log.warning(
+            "train shards or ranks x workers changed since the checkpoint (%s readers, now %d): "
+            "the training stream starts a new pass instead of resuming mid-pass",
+            self._resume.get("readers"),
+            layout.readers,
+        )
+        last = max(p for cursors in self._consumed.values() for p, _ in cursors)
+        return {slot: [Cursor(last + 1, 0) for _ in sources] for slot in range(layout.readers)}
+
+
+def _as_patterns(spec: str | list[str] | None) -> list[str] | None:
+    if spec is None:
+        return None
+    return [spec] if isinstance(spec, str) else list(spec)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"ShardDataModule: {name} must be one of {allowed}, got {value!r}")
+
+
+def _check_weights(weights: list[float] | None, patterns: list[str] | None, mode: Mode) -> None:
+    if weights is None:
+        return
+    if mode != "resampled":
+        raise ValueError("ShardDataModule: train_weights needs train_mode='resampled'")
+    if patterns is None or len(weights) != len(patterns):
+        raise ValueError(
+            f"ShardDataModule: train_weights has {len(weights)} weights for "
+            f"{len(patterns or [])} train_shards patterns; give one per pattern"
+        )
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"ShardDataModule: train_weights must be >= 0, not all 0: {weights}")
