@@ -7,12 +7,13 @@ audio, proteins and SMILES, on a shared Transformer encoder.
 from mmm.masking import BlockMasking, Masking, RandomMasking, SpanMasking, WholeWordMasking
 from mmm.models import HFEncoder, PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers import AudioTokenizer, ProteinTokenizer, TextTokenizer
+from mmm.tokenizers import AudioTokenizer, ImageTokenizer, ProteinTokenizer, TextTokenizer
 
 __all__ = [
     "AudioTokenizer",
     "BlockMasking",
     "HFEncoder",
+    "ImageTokenizer",
     "MaskedModelingModule",
     "Masking",
     "PatchDecoderConfig",

@@ -8,6 +8,7 @@ from mmm.tokenizers.base import (
     SampleError,
     Tokenizer,
 )
+from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.text import TextTokenizer, train_tokenizer
 
@@ -16,6 +17,7 @@ __all__ = [
     "ContinuousSpec",
     "DiscreteSpec",
     "DiscreteTokenizer",
+    "ImageTokenizer",
     "LogMelSettings",
     "ProteinTokenizer",
     "SampleError",

@@ -1,0 +1,113 @@
+"""Lightning callbacks: pictures of what a masked autoencoder reconstructs.
+
+A masked autoencoder is judged by looking at it: a loss value says little about whether
+reconstructions are sharp, blurry or wrong. ``ReconstructionImages`` draws, at each
+validation, a few validation samples as original / masked input / reconstruction.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol, runtime_checkable
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+
+@runtime_checkable
+class Renderable(Protocol):
+    """A tokenizer that can draw its vectors: ``render((B, L, P)) -> (B, C, H, W)`` in [0, 1]
+    (image patches as pictures, spectrogram patches as a spectrogram image, ...)."""
+
+    def render(self, patches: Tensor) -> Tensor: ...
+
+
+class ReconstructionImages(L.Callback):
+    """Save (and log) a grid of original / masked / reconstructed validation samples.
+
+    On the first validation batch of every ``every_n_validations``-th validation (sanity check
+    excluded), the first ``num_images`` samples are masked and reconstructed by the module;
+    rows show the originals, the visible input (hidden patches as zeros) and the
+    reconstruction (visible patches kept, hidden ones predicted). The grid is written to
+    ``<log_dir>/reconstructions/step_XXXXXX.png`` and logged to TensorBoard (``add_image``) or
+    to any logger with a ``log_image`` method.
+
+    Works for every continuous modality whose tokenizer has ``render`` (``Renderable``) and
+    whose modality has ``reconstruct`` (``PatchModality``).
+
+    Args:
+        num_images: samples drawn (columns of the grid).
+        every_n_validations: draw at every n-th validation run.
+    """
+
+    def __init__(self, num_images: int = 8, every_n_validations: int = 1) -> None:
+        if num_images < 1:
+            raise ValueError(f"ReconstructionImages: num_images must be >= 1, got {num_images}")
+        if every_n_validations < 1:
+            raise ValueError(
+                f"ReconstructionImages: every_n_validations must be >= 1, got {every_n_validations}"
+            )
+        self.num_images = num_images
+        self.every_n_validations = every_n_validations
+        self._validations = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not isinstance(getattr(pl_module, "tokenizer", None), Renderable):
+            raise TypeError(
+                "ReconstructionImages: the module's tokenizer has no render(patches) method "
+                f"({type(getattr(pl_module, 'tokenizer', None)).__name__})"
+            )
+        if not hasattr(getattr(pl_module, "modality", None), "reconstruct"):
+            raise TypeError(
+                "ReconstructionImages needs a continuous modality with reconstruct() "
+                f"(got {type(getattr(pl_module, 'modality', None)).__name__})"
+            )
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: dict[str, Tensor],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or trainer.sanity_checking:
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations or not trainer.is_global_zero:
+            return
+        grid = self.draw(pl_module, batch)  # (3, H, W)
+        path = os.path.join(
+            trainer.log_dir or trainer.default_root_dir,
+            "reconstructions",
+            f"step_{trainer.global_step:06d}.png",
+        )
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_image(grid, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/reconstructions", grid, trainer.global_step)
+            elif hasattr(logger, "log_image"):  # Weights & Biases, Neptune, ...
+                logger.log_image(key="val/reconstructions", images=[grid], step=trainer.global_step)
+
+    @torch.no_grad()
+    def draw(self, pl_module: L.LightningModule, batch: dict[str, Tensor]) -> Tensor:
+        """The grid for the first ``num_images`` samples of ``batch``: (3, H, W) in [0, 1]."""
+        size = batch["patches"].shape[0]
+        count = min(self.num_images, size)
+        sub = {
+            name: value[:count]
+            for name, value in batch.items()
+            if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size
+        }
+        out = pl_module.forward_masked(sub)
+        original = sub["patches"].float()  # (n, L, P)
+        visible = original * ~out.mask.unsqueeze(-1)  # hidden patches zeroed
+        reconstruction = pl_module.modality.reconstruct(sub, out.mask, out.pred)
+        render = pl_module.tokenizer.render
+        rows = torch.cat([render(original), render(visible), render(reconstruction)])
+        return make_grid(rows.float().cpu(), nrow=count, padding=2, pad_value=1.0)

@@ -1,0 +1,226 @@
+"""Images: files of any mode and size -> fixed-size tensors -> flattened patches (MAE).
+
+``ImageTokenizer`` decodes an image member of a shard sample (jpg, png, webp, ...) with
+Pillow, converts its mode to the configured channel count (grayscale, palette, alpha and 16-bit
+images included), resizes and crops it with torchvision transforms v2, and batches images as
+``patches`` (B, L, patch * patch * channels) on a (rows, cols) grid. Patch geometry lives here
+only: the model sees vectors on a grid (``ContinuousSpec``), and ``unpatchify``/``render`` turn
+vectors back into pictures for the reconstruction callback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import v2
+
+from mmm.shards import Sample, register_source, sample_key
+from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
+
+log = logging.getLogger(__name__)
+
+#: Shard members and file suffixes read as images, in order of preference.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+#: Pillow modes with more than 8 bits per value, and the value that maps to 1.0. ``I`` (32-bit
+#: integer) is how Pillow may open 16-bit PNG and TIFF files, so it is read as 16-bit too.
+_HIGH_DEPTH_MAX = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+_PIL_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """Cut images into non-overlapping square patches, each flattened as (p, p, C) like MAE.
+
+    Args:
+        images: (B, C, H, W), ``H`` and ``W`` multiples of ``patch_size``.
+
+    Returns:
+        (B, L, p * p * C) with ``L = (H / p) * (W / p)`` patches in row-major order.
+    """
+    batch, channels, height, width = images.shape
+    p = patch_size
+    if height % p or width % p:
+        raise ValueError(f"patchify: image {height}x{width} is not a multiple of patch {p}")
+    rows, cols = height // p, width // p
+    x = images.reshape(batch, channels, rows, p, cols, p)  # (B, C, rows, p, cols, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, rows, cols, p, p, C)
+    return x.reshape(batch, rows * cols, p * p * channels)
+
+
+def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> Tensor:
+    """Inverse of ``patchify``: (B, L, p * p * C) -> (B, C, rows * p, cols * p)."""
+    batch = patches.shape[0]
+    rows, cols = grid
+    p = patch_size
+    x = patches.reshape(batch, rows, cols, p, p, channels)  # (B, rows, cols, p, p, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, rows, p, cols, p)
+    return x.reshape(batch, channels, rows * p, cols * p)
+
+
+def image_to_tensor(image: Image.Image, channels: int, background: int = 255) -> Tensor:
+    """A Pillow image of any mode as (channels, H, W) float in [0, 1].
+
+    16-bit and 32-bit integer images are scaled by their full range (Pillow's own conversion to
+    8 bits would clip them), float images are clipped to [0, 1]; transparent images (RGBA, LA,
+    palette with transparency) are composited onto a ``background`` gray level unless
+    ``channels == 4`` keeps alpha; everything else goes through Pillow's ``convert``.
+
+    Raises:
+        ValueError: the mode cannot be converted to ``channels`` channels.
+    """
+    if image.mode in _HIGH_DEPTH_MAX or image.mode == "F":
+        scale = _HIGH_DEPTH_MAX.get(image.mode, 1.0)
+        array = np.asarray(image, dtype=np.float32) / scale  # (H, W)
+        gray = torch.from_numpy(np.clip(array, 0.0, 1.0)).unsqueeze(0)  # (1, H, W)
+        opaque = [torch.ones_like(gray)] if channels == 4 else []
+        return torch.cat([gray] * min(channels, 3) + opaque)  # (C, H, W)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha and channels != 4:
+        canvas = Image.new("RGBA", image.size, (background,) * 3 + (255,))
+        image = Image.alpha_composite(canvas, image.convert("RGBA"))
+    converted = image.convert(_PIL_MODE[channels])
+    return v2.functional.to_dtype(v2.functional.to_image(converted), torch.float32, scale=True)
+
+
+@register_source("image")
+def image_samples(paths: list[str], labels: bool = True) -> Iterator[Sample]:
+    """Samples of image files (``jpg``, ``png``, ``webp``, ...; other files are skipped), the
+    file's bytes under its extension. With ``labels``, the name of the folder holding each file
+    is its class: ``cls`` holds the class index (folder names sorted) and ``json`` holds
+    ``{"label": folder, "file": path}``."""
+    files = [Path(p) for p in paths if Path(p).suffix.lower().lstrip(".") in IMAGE_EXTENSIONS]
+    if len(files) < len(paths):
+        log.warning("image shards: skipped %d non-image files", len(paths) - len(files))
+    classes = {name: index for index, name in enumerate(sorted({f.parent.name for f in files}))}
+    for path in files:
+        extension = path.suffix.lower().lstrip(".")
+        sample: Sample = {
+            "__key__": sample_key(str(path.with_suffix(""))),
+            "jpg" if extension == "jpeg" else extension: path.read_bytes(),
+        }
+        if labels:
+            label = path.parent.name
+            sample["cls"] = str(classes[label]).encode()
+            sample["json"] = json.dumps({"label": label, "file": str(path)}).encode()
+        yield sample
+
+
+class ImageTokenizer(Tokenizer):
+    """Images -> fixed-size tensors -> patches on a grid, for masked autoencoding.
+
+    Args:
+        image_size: output size, an int for square images or ``[height, width]``; both must
+            be multiples of ``patch_size``.
+        patch_size: side of a square patch in pixels.
+        channels: 1 (grayscale), 3 (RGB) or 4 (RGBA); every input mode is converted to it.
+        random_crop_scale: if set, ``(min, max)`` area fraction of a random resized crop
+            (augmentation); else the shorter side is resized to fit and the center is cropped.
+            The tokenizer does not know the split, so this applies to validation data too.
+        horizontal_flip: flip images left-right with probability 0.5 (augmentation).
+        background: gray level (0-255) that transparent pixels are composited onto.
+    """
+
+    sample_keys = IMAGE_EXTENSIONS
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 64,
+        patch_size: int = 8,
+        channels: int = 3,
+        random_crop_scale: tuple[float, float] | None = None,
+        horizontal_flip: bool = False,
+        background: int = 255,
+    ) -> None:
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if patch_size < 1 or height % patch_size or width % patch_size:
+            raise ValueError(
+                f"ImageTokenizer: image_size {height}x{width} must be a positive multiple of "
+                f"patch_size={patch_size}"
+            )
+        if channels not in _PIL_MODE:
+            raise ValueError(f"ImageTokenizer: channels must be 1, 3 or 4, got {channels}")
+        if (
+            random_crop_scale is not None
+            and not 0 < random_crop_scale[0] <= random_crop_scale[1] <= 1
+        ):
+            raise ValueError(
+                f"ImageTokenizer: random_crop_scale must satisfy 0 < min <= max <= 1, "
+                f"got {random_crop_scale}"
+            )
+        self.size = (height, width)
+        self.patch_size = patch_size
+        self.channels = channels
+        self.background = background
+        self.random_crop_scale = random_crop_scale
+        resize = (
+            v2.RandomResizedCrop(self.size, scale=tuple(random_crop_scale), antialias=True)
+            if random_crop_scale is not None
+            else v2.Compose([v2.Resize(min(self.size), antialias=True), v2.CenterCrop(self.size)])
+        )
+        self.transform = v2.Compose(
+            [resize, v2.RandomHorizontalFlip(0.5 if horizontal_flip else 0.0)]
+        )
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of patches."""
+        return self.size[0] // self.patch_size, self.size[1] // self.patch_size
+
+    @property
+    def spec(self) -> ContinuousSpec:
+        rows, cols = self.grid
+        return ContinuousSpec(
+            input_dim=self.patch_size**2 * self.channels, max_length=rows * cols, grid=self.grid
+        )
+
+    def decode_sample(self, sample: dict[str, Any]) -> Tensor:
+        """The first image member of ``sample`` as (C, H, W) float in [0, 1], resized."""
+        key, url = sample.get("__key__"), sample.get("__url__")
+        member = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if member is None:
+            members = sorted(k for k in sample if not k.startswith("__"))
+            raise SampleError(f"no image member {IMAGE_EXTENSIONS} (members: {members})", key, url)
+        try:
+            image = Image.open(io.BytesIO(sample[member]))
+            image.load()  # decode now: a truncated file fails here, not later
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise SampleError(f"{member!r} is not a decodable image ({error})", key, url) from error
+        try:
+            pixels = image_to_tensor(image, self.channels, self.background)  # (C, h, w)
+        except (ValueError, OSError) as error:
+            raise SampleError(
+                f"{member!r} has mode {image.mode!r}, which cannot be converted to "
+                f"{self.channels} channels ({error})",
+                key,
+                url,
+            ) from error
+        return self.transform(pixels)  # (C, H, W)
+
+    def collate(self, items: list[Tensor]) -> dict[str, Tensor]:
+        """Stack images and cut them into patches; every patch is real and maskable."""
+        patches = patchify(torch.stack(items), self.patch_size)  # (B, L, P)
+        present = torch.ones(patches.shape[:2], dtype=torch.bool)  # (B, L)
+        return {"patches": patches, "attention_mask": present, "maskable": present.clone()}
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """(B, L, P) patches -> (B, C, H, W) images."""
+        return unpatchify(patches, self.patch_size, self.grid, self.channels)
+
+    def render(self, patches: Tensor) -> Tensor:
+        """(B, L, P) patches -> (B, C, H, W) pictures in [0, 1] (alpha dropped), for logging."""
+        return self.unpatchify(patches)[:, :3].clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageTokenizer(image_size={self.size}, patch_size={self.patch_size}, "
+            f"channels={self.channels})"
+        )
