@@ -353,6 +353,19 @@ class AudioTokenizer(Tokenizer):
         """(B, L, input_dim) positions -> (B, n_mels, num_frames) spectrograms."""
         return unpatchify(patches, self.features.n_mels, self.patch_mels, self.patch_frames)
 
+    def render(self, patches: Tensor, value_range: float = 3.0) -> Tensor:
+        """Spectrogram pictures for ``mmm.callbacks.ReconstructionImages``: (B, L, P) positions
+        -> (B, 3, n_mels, num_frames) RGB in [0, 1], low frequencies at the bottom, through
+        matplotlib's ``magma`` colormap. Normalized values in ``[-value_range, value_range]``
+        span the colormap (a fixed range, so original, masked and reconstructed rows compare;
+        hidden positions drawn as zeros show as its middle)."""
+        from matplotlib import colormaps
+
+        spectrogram = self.unpatchify(patches.detach().float().cpu()).flip(1)  # (B, F, T)
+        scaled = ((spectrogram + value_range) / (2 * value_range)).clamp(0, 1)
+        rgb = colormaps["magma"](scaled.numpy())[..., :3]  # (B, F, T, 3)
+        return torch.from_numpy(rgb).permute(0, 3, 1, 2).float()  # (B, 3, F, T)
+
     def position_masks(self, real_frames: Tensor) -> dict[str, Tensor]:
         """``attention_mask`` and ``maskable`` (B, L): a position is real when it holds at least
         one frame of the clip."""
