@@ -1,0 +1,166 @@
+"""Real DDP on CPU (2 ranks, gloo, 2 loader workers each) over uneven shards.
+
+The test runs this file as a script in a fresh interpreter, kept apart from pytest's process;
+there Lightning's DDP strategy forks the two ranks (``ddp_fork``: the same ``DDPStrategy`` and
+gloo process group as ``ddp``, without a second interpreter start-up). A probe model records
+the integer id of every sample each rank trains and validates on. Its helpers (``IdTokenizer``, ``Probe``,
+``write_uneven_shards``) also serve ``tests/test_datamodule.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from datamodules import ShardDataModule
+from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
+
+TRAIN_SIZES = [3, 17, 8, 1, 12, 5, 9, 2]  # uneven on purpose: 57 samples in 8 shards
+VAL_SIZES = [7, 1, 11, 4, 2]  # 25 samples in 5 shards
+
+
+class IdTokenizer(Tokenizer):
+    """Samples whose ``id`` member is an integer, batched as ``ids`` (B, 1): lets a test see
+    exactly which samples each batch holds."""
+
+    sample_keys = ("id",)
+
+    @property
+    def spec(self) -> ContinuousSpec:
+        return ContinuousSpec(input_dim=1, max_length=1)
+
+    def decode_sample(self, sample: dict[str, Any]) -> int:
+        raw = sample.get("id", b"")
+        if not raw.isdigit():
+            raise SampleError(
+                f"'id' is not an integer: {raw!r}", sample["__key__"], sample["__url__"]
+            )
+        return int(raw)
+
+    def collate(self, items: list[int]) -> dict[str, torch.Tensor]:
+        ids = torch.tensor(items)[:, None]  # (B, 1)
+        ones = torch.ones_like(ids, dtype=torch.bool)
+        return {"ids": ids, "attention_mask": ones, "maskable": ones}
+
+
+class Probe(L.LightningModule):
+    """A one-weight model that records the sample ids of every step, per stage and epoch, and
+    writes them to ``out/rank<R>.json`` at the end of fitting when ``out`` is set (forked DDP
+    ranks cannot hand objects back)."""
+
+    def __init__(self, out: str | None = None) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[str, dict[int, list[int]]] = {"train": {}, "val": {}}
+        self.out = out
+
+    def _record(self, stage: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        assert "shard_cursor" not in batch  # the datamodule keeps its bookkeeping to itself
+        self.seen[stage].setdefault(self.current_epoch, []).extend(batch["ids"][:, 0].tolist())
+        return (self.weight * batch["ids"].float()).mean()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._record("train", batch)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._record("val", batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def on_fit_end(self) -> None:
+        if self.out is not None:
+            trainer = self.trainer
+            record = {
+                "seen": self.seen,
+                "global_step": trainer.global_step,
+                "length": trainer.num_training_batches,
+            }
+            Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def write_uneven_shards(
+    folder: Path, prefix: str, sizes: list[int], first_id: int = 0
+) -> list[int]:
+    """Shards ``prefix-NNNNNN.tar`` of the given sizes holding ``id`` members; returns the ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = list(range(first_id, first_id + sum(sizes)))
+    start = 0
+    for index, size in enumerate(sizes):
+        with tarfile.open(folder / f"{prefix}-{index:06d}.tar", "w") as tar:
+            for sample_id in ids[start : start + size]:
+                data = str(sample_id).encode()
+                info = tarfile.TarInfo(f"sample{sample_id:05d}.id")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        start += size
+    return ids
+
+
+def run_ddp(shards: str, out: str) -> None:
+    """Fit 2 epochs on 2 CPU ranks; each rank writes what it saw to ``out/rank<R>.json``."""
+    data = ShardDataModule(
+        train_shards=f"{shards}/train-*.tar",
+        val_shards=f"{shards}/val-*.tar",
+        tokenizer=IdTokenizer(),
+        batch_size=4,
+        num_workers=2,
+        epoch_samples=40,
+        shuffle_buffer=8,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",  # DDPStrategy on forked ranks: no second interpreter start-up
+        max_epochs=2,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Probe(out), datamodule=data)
+
+
+def test_ddp_exact_validation_and_resampled_training(tmp_path):
+    train_ids = write_uneven_shards(tmp_path / "shards", "train", TRAIN_SIZES)
+    val_ids = write_uneven_shards(tmp_path / "shards", "val", VAL_SIZES, first_id=1000)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(
+        [sys.executable, __file__, str(tmp_path / "shards"), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+    # resampled training: 40 samples per epoch = 5 batches of 4 per rank, rounded up to whole
+    # batches on each of the 2 workers: 3 per worker, 6 per rank, on both ranks, every epoch
+    assert [r["length"] for r in ranks] == [6, 6]
+    assert [r["global_step"] for r in ranks] == [12, 12]
+    for epoch in ("0", "1"):
+        for rank in ranks:
+            assert len(rank["seen"]["train"][epoch]) == 6 * 4
+            assert set(rank["seen"]["train"][epoch]) <= set(train_ids)
+    # exact validation: each sample once per epoch over both ranks and all their workers
+    for epoch in ("0", "1"):
+        seen = ranks[0]["seen"]["val"][epoch] + ranks[1]["seen"]["val"][epoch]
+        assert sorted(seen) == val_ids
+
+
+if __name__ == "__main__":
+    run_ddp(*sys.argv[1:3])
