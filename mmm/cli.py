@@ -16,6 +16,7 @@ from jsonargparse import auto_cli
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
+from mmm.inference import embed_command
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import audio_stats_command
 from mmm.tools import fill_mask_command, shards_command, tokenizer_command
@@ -33,6 +34,7 @@ TOOLS: dict[str, Callable[..., object]] = {
     "shards": shards_command,
     "tokenizer": tokenizer_command,
     "fill-mask": fill_mask_command,
+    "embed": embed_command,
     "audio-stats": audio_stats_command,
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from mmm.module import MaskedModelingModule
@@ -19,14 +21,18 @@ class Candidate:
     probability: float
 
 
-def load_module(checkpoint: str, map_location: str = "cpu") -> MaskedModelingModule:
-    """Load a module from a Lightning checkpoint written by ``mmm fit`` or by a library run.
+def load_module(
+    checkpoint: str, map_location: str = "cpu", **overrides: object
+) -> MaskedModelingModule:
+    """Load a module, in eval mode, from a Lightning checkpoint.
 
-    Checkpoints hold the tokenizer and encoder configuration, so they are loaded with
-    ``weights_only=False``: load only checkpoints you trust.
+    A checkpoint written by ``mmm fit`` holds the configuration of its tokenizer, encoder and
+    masking, so nothing else is needed. One written by a module built in Python needs them
+    again as ``overrides`` (``tokenizer=..., encoder=...``). Only tensors and plain values are
+    unpickled (``weights_only=True``).
     """
     module = MaskedModelingModule.load_from_checkpoint(
-        checkpoint, map_location=map_location, weights_only=False
+        checkpoint, map_location=map_location, weights_only=True, **overrides
     )
     return module.eval()
 
@@ -108,3 +114,77 @@ def embed_sequences(
     module.train(was_training)
     dim = module.encoder.dim
     return per_token, torch.cat(pooled) if pooled else torch.empty(0, dim)
+
+
+def read_sequences(path: str | Path) -> list[tuple[str, str]]:
+    """(name, sequence) pairs of a file of sequences, gzipped or not:
+
+    - FASTA (first character ``>``): one per record, named by the record ID;
+    - ``.smi`` / ``.smiles``: one per line, the SMILES being the first word and the name the
+      second (the line number when absent); a ``smiles ...`` header line is skipped;
+    - anything else: one per non-empty line, named by its line number.
+
+    Raises:
+        ValueError: naming a file that holds no sequence.
+    """
+    from mmm.tokenizers.protein import open_text, read_fasta
+
+    path = Path(path)
+    with open_text(path) as handle:
+        lines = [(str(number), line.strip()) for number, line in enumerate(handle, start=1)]
+    lines = [(number, line) for number, line in lines if line]
+    if lines and lines[0][1].startswith(">"):
+        return list(read_fasta(path))
+    if not {".smi", ".smiles"}.intersection(path.suffixes):
+        pairs = lines
+    else:
+        rows = [(number, line.split()) for number, line in lines]
+        if rows and rows[0][1][0].lower() == "smiles":  # a header line
+            rows = rows[1:]
+        pairs = [(words[1] if len(words) > 1 else number, words[0]) for number, words in rows]
+    if not pairs:
+        raise ValueError(f"{path}: no sequence in this file")
+    return pairs
+
+
+def embed_command(
+    *,
+    checkpoint: str,
+    inputs: str | list[str],
+    output: str,
+    batch_size: int = 32,
+    per_token: bool = False,
+) -> str:
+    """Embed sequences with a trained discrete model (mean-pooled encoder states) and save them.
+
+    Inputs are FASTA files (``>`` headers, gzipped or not), ``.smi`` files (SMILES, then an
+    optional name) or text files of one sequence per line; see ``read_sequences``.
+
+    Args:
+        checkpoint: a checkpoint written by ``mmm fit``.
+        inputs: files or glob/brace patterns; their sequences are embedded in file order.
+        output: ``.npy``: the pooled (N, D) float32 array, rows in input order; ``.pt``: a dict
+            with ``names`` (N strings), ``pooled`` (N, D) and, with ``per_token``,
+            ``per_token`` (N tensors (L_i, D)).
+        batch_size: sequences per forward pass.
+        per_token: also save per-token states (``.pt`` only).
+    """
+    from mmm.tools import _expand_inputs
+
+    suffix = Path(output).suffix
+    if suffix not in (".npy", ".pt"):
+        raise ValueError(f"embed: output must end in .npy or .pt, got {output!r}")
+    if per_token and suffix != ".pt":
+        raise ValueError("embed: per_token states need a .pt output")
+    records = [pair for path in _expand_inputs(inputs) for pair in read_sequences(path)]
+    names = [name for name, _ in records]
+    module = load_module(checkpoint)
+    tokens, pooled = embed_sequences(module, [seq for _, seq in records], batch_size=batch_size)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(output, pooled.numpy())
+    else:
+        saved = {"names": names, "pooled": pooled, **({"per_token": tokens} if per_token else {})}
+        torch.save(saved, output)
+    print(f"embedded {len(names)} sequences into {output} ({tuple(pooled.shape)})")
+    return output

@@ -13,7 +13,7 @@ import gzip
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import torch
@@ -113,9 +113,12 @@ def random_window(ids: Tensor, length: int, generator: torch.Generator | None = 
     return ids[start : start + length]
 
 
-def _is_gzip(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(2) == b"\x1f\x8b"
+def open_text(path: str | Path) -> TextIO:
+    """Open a UTF-8 text file for reading, gunzipping it when its first bytes say it is gzip
+    (whatever its name)."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")
 
 
 def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
@@ -130,11 +133,9 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
         ValueError: naming the file and line of a header without an ID or of sequence text
             before the first header, or a file with no record.
     """
-    path = Path(path)
-    opener = gzip.open if _is_gzip(path) else open
     record_id: str | None = None
     lines: list[str] = []
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if line.startswith(">"):
                 if record_id is not None:
