@@ -66,7 +66,7 @@ class MaskedModelingModule(L.LightningModule):
         decoder: PatchDecoderConfig | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer", "encoder", "masking"])
+        self.save_hyperparameters(ignore=_unsaved_hyperparameters())
         self.tokenizer = tokenizer
         self.encoder = encoder if encoder is not None else TransformerEncoder()
         self.masking = masking if masking is not None else RandomMasking()
@@ -209,6 +209,22 @@ class MaskedModelingModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _unsaved_hyperparameters() -> list[str]:
+    """Arguments left out of the checkpoint's hyperparameters.
+
+    Under LightningCLI the hyperparameters are the parsed configuration (class paths and
+    plain values), so everything is kept and ``load_from_checkpoint(path)`` rebuilds the whole
+    module. Built in Python, those arguments are live objects: pickling them would duplicate
+    the encoder's weights and make checkpoints unloadable with ``weights_only=True``, so they
+    are left out and passed again: ``load_from_checkpoint(path, tokenizer=..., encoder=...)``.
+    Lightning exposes whether the CLI is instantiating only through this context variable.
+    """
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    cli = _given_hyperparameters.get() is not None
+    return [] if cli else ["tokenizer", "encoder", "masking"]
 
 
 def _prefixed(stage: str, metrics: dict[str, Tensor]) -> dict[str, Tensor]:

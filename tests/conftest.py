@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mmm.module import MaskedModelingModule
 from mmm.models.encoder import TransformerEncoder
+from mmm.module import MaskedModelingModule
 from mmm.shards import write_shards
 from mmm.tokenizers.text import TextTokenizer
 

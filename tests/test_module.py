@@ -1,0 +1,148 @@
+"""The objective: loss only on hidden positions, learning, checkpoints, encoders."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from datamodules import ShardDataModule
+from mmm.masking import SpanMasking, WholeWordMasking
+from mmm.models.encoder import HFEncoder, TransformerEncoder
+from mmm.module import MaskedModelingModule
+from tests.conftest import SENTENCES
+
+
+def _batch(tokenizer, n: int = 8):
+    return tokenizer.collate(SENTENCES[:n])
+
+
+def test_loss_ignores_unmasked_positions(tiny_module, tokenizer):
+    """Changing logits at visible positions leaves the loss unchanged; at hidden ones it moves."""
+    torch.manual_seed(0)
+    batch = _batch(tokenizer)
+    out = tiny_module.forward_masked(batch)
+    vocab = tokenizer.spec.vocab_size
+    full_logits = torch.randn(*batch["input_ids"].shape, vocab)  # (B, L, V)
+    loss = tiny_module.modality.loss_and_metrics(full_logits[out.mask], out.target)[0]
+    perturbed = full_logits.clone()
+    perturbed[~out.mask] += 100.0 * torch.randn_like(perturbed[~out.mask])
+    same = tiny_module.modality.loss_and_metrics(perturbed[out.mask], out.target)[0]
+    assert torch.equal(loss, same)
+    perturbed[out.mask] += 5.0 * torch.randn_like(perturbed[out.mask])
+    moved = tiny_module.modality.loss_and_metrics(perturbed[out.mask], out.target)[0]
+    assert not torch.isclose(loss, moved)
+
+
+def test_head_runs_on_hidden_positions_only(tiny_module, tokenizer):
+    torch.manual_seed(0)
+    out = tiny_module.forward_masked(_batch(tokenizer))
+    assert out.pred.shape == (int(out.mask.sum()), tokenizer.spec.vocab_size)
+    assert not (out.mask & ~_batch(tokenizer)["maskable"]).any()
+
+
+def test_tiny_model_overfits_one_batch(tiny_module, tokenizer):
+    """Same batch, same mask (reseeded each step): the loss must go to near zero."""
+    batch = _batch(tokenizer)
+    optimizer = torch.optim.AdamW(tiny_module.parameters(), lr=3e-3)
+    for _ in range(150):
+        torch.manual_seed(0)
+        loss = tiny_module.forward_masked(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.manual_seed(0)
+    final = tiny_module.eval().forward_masked(batch).loss.item()
+    assert final < 0.05, f"loss after 150 steps: {final:.3f}"
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    settings = {
+        "max_steps": 6,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+        "limit_val_batches": 1,
+        "val_check_interval": 3,
+        "check_val_every_n_epoch": None,
+        "accelerator": "cpu",
+    }
+    settings.update(kwargs)
+    return L.Trainer(**settings)
+
+
+def test_library_use_trains_and_resumes_from_checkpoint(tmp_path, tokenizer, corpus_dir):
+    """The README's library example: build parts in Python, fit, resume with ckpt_path."""
+    L.seed_everything(0)
+    module = MaskedModelingModule(
+        tokenizer=tokenizer,
+        encoder=TransformerEncoder(dim=32, depth=1, num_heads=2),
+        masking=SpanMasking(ratio=0.2),
+    )
+    data = ShardDataModule(
+        train_shards=str(corpus_dir / "train-*.tar"),
+        val_shards=str(corpus_dir / "val-{000000..000000}.tar"),
+        tokenizer=tokenizer,
+        batch_size=8,
+        num_workers=0,
+    )
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 6
+    assert {"val/loss", "val/masked_accuracy", "val/perplexity"} <= set(trainer.callback_metrics)
+    checkpoint = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(checkpoint)
+
+    resumed = MaskedModelingModule(
+        tokenizer=tokenizer, encoder=TransformerEncoder(dim=32, depth=1, num_heads=2)
+    )
+    trainer = _trainer(tmp_path, max_steps=9)
+    trainer.fit(resumed, datamodule=data, ckpt_path=checkpoint)
+    assert trainer.global_step == 9
+    for name, value in module.state_dict().items():  # resumed from the saved weights
+        assert value.shape == resumed.state_dict()[name].shape
+
+
+def test_whole_word_masking_trains(tokenizer):
+    module = MaskedModelingModule(
+        tokenizer=tokenizer,
+        encoder=TransformerEncoder(dim=32, depth=1, num_heads=2),
+        masking=WholeWordMasking(ratio=0.3),
+    )
+    batch = _batch(tokenizer)
+    out = module.forward_masked(batch)
+    words = batch["word_ids"]
+    for row in range(words.shape[0]):
+        for word in words[row][out.mask[row]].unique():
+            assert out.mask[row][words[row] == word].all()
+    out.loss.backward()
+
+
+def test_hugging_face_encoder_behind_the_same_interface(tokenizer):
+    encoder = HFEncoder(
+        config={
+            "model_type": "bert",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 8,
+        }
+    )
+    module = MaskedModelingModule(tokenizer=tokenizer, encoder=encoder)
+    out = module.forward_masked(_batch(tokenizer))
+    assert out.loss.isfinite()
+    out.loss.backward()
+    assert encoder.model.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_padding_does_not_change_encodings(tiny_module, tokenizer):
+    """A sequence encodes the same alone and beside a longer one (the padding mask works)."""
+    tiny_module.eval()
+    alone = tokenizer.collate([SENTENCES[0]])
+    padded = tokenizer.collate([SENTENCES[0], SENTENCES[1] + " " + SENTENCES[2]])
+    length = int(alone["attention_mask"].sum())
+    with torch.no_grad():
+        a = tiny_module(alone)[0, :length]
+        b = tiny_module(padded)[0, :length]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
