@@ -462,8 +462,10 @@ def _stats_samples(inputs: str | list[str]) -> Iterator[Sample]:
 def audio_stats_command(
     *, inputs: str | list[str], output: str, features: LogMelSettings | None = None
 ) -> dict[str, Any]:
-    """Compute the dataset mean and std of log-mel features and write them as JSON, for
-    ``AudioTokenizer(normalize="dataset", stats=OUTPUT)`` with the same ``features``.
+    """Write the dataset mean and std of log-mel features to a JSON file.
+
+    Train with it as ``AudioTokenizer(normalize="dataset", stats=OUTPUT)`` and the same
+    ``features``.
 
     Args:
         inputs: shards (``.tar``), audio files or folders (read recursively), or glob/brace
