@@ -63,13 +63,13 @@ def _is_remote(url: str) -> bool:
 
 
 def read_shard_list(path: str) -> list[str]:
-    """Shard patterns listed in a text file, one per line; blank lines and ``#`` comments are
-    ignored, and relative local paths are taken relative to the list file's folder."""
+    """Shard patterns listed in a text file, one per line; blank lines and lines starting with
+    ``#`` are skipped, and relative local paths are taken relative to the list file's folder."""
     folder = Path(path).parent
     patterns = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip() if not line.startswith("pipe:") else line.strip()
-        if line:
+        line = line.strip()
+        if line and not line.startswith("#"):
             relative = not _is_remote(line) and not os.path.isabs(line)
             patterns.append(str(folder / line) if relative else line)
     return patterns
@@ -102,24 +102,36 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     return urls
 
 
-def _local_sample_count(url: str) -> int:
-    """Samples (distinct keys) in a local tar, read from its member headers only."""
-    with tarfile.open(url) as tar:
-        names = (m.name for m in tar if m.isreg())
-        return len({wds.tariterators.base_plus_ext(name)[0] for name in names} - {None})
+def inspect_local_shard(url: str) -> tuple[int, bool]:
+    """Samples (distinct keys) in a local tar, read from member headers only, and whether the
+    tar is complete. A tar cut short inside a header reads as a shorter, valid tar in Python's
+    ``tarfile``; only the missing end-of-archive marker (1024 zero bytes) gives it away."""
+    keys: set[str] = set()
+    with tarfile.open(url) as tar:  # raises ReadError when not a tar at all
+        try:
+            for member in tar:
+                if member.isreg():
+                    keys.add(wds.tariterators.base_plus_ext(member.name)[0])
+        except tarfile.ReadError:  # cut inside a member
+            return len(keys - {None}), False
+        tar.fileobj.seek(tar.offset)  # where the end-of-archive marker should start
+        complete = tar.fileobj.read(2 * tarfile.BLOCKSIZE) == bytes(2 * tarfile.BLOCKSIZE)
+    return len(keys - {None}), complete
 
 
 def usable_local_shards(urls: list[str], on_error: OnError) -> tuple[list[str], int]:
-    """Drop local shards that hold no sample or cannot be read as a tar, and count samples.
+    """Check local shards before reading them, and count their samples.
 
-    Empty shards would silently yield nothing; unreadable ones are warned about and dropped in
-    ``skip`` mode. Remote shards are kept unread, and their samples are not counted.
+    Shards that hold no sample (they would silently yield nothing) are dropped with a warning.
+    Unreadable ones are dropped and truncated ones kept for their readable samples, with a
+    warning, in ``skip`` mode; both are errors in ``raise`` mode. Remote shards are kept
+    unread, and their samples are not counted.
 
     Returns:
         The usable shards and the number of samples in the local ones.
 
     Raises:
-        ValueError: naming an unreadable shard, in ``raise`` mode.
+        ValueError: naming an unreadable or truncated shard, in ``raise`` mode.
     """
     kept, samples = [], 0
     for url in urls:
@@ -127,18 +139,24 @@ def usable_local_shards(urls: list[str], on_error: OnError) -> tuple[list[str], 
             kept.append(url)
             continue
         try:
-            count = _local_sample_count(url)
+            count, complete = inspect_local_shard(url)
         except tarfile.TarError as error:
-            if on_error == "raise":
-                raise ValueError(f"shard {url} is not a readable tar file ({error})") from error
-            log.warning("shard %s is not a readable tar file (%s); skipped", url, error)
+            _shard_problem(url, f"is not a readable tar file ({error}); skipped", on_error)
             continue
+        if not complete:
+            _shard_problem(url, f"is truncated; reading its {count} readable samples", on_error)
         if count == 0:
             log.warning("shard %s holds no samples; skipped", url)
             continue
         kept.append(url)
         samples += count
     return kept, samples
+
+
+def _shard_problem(url: str, problem: str, on_error: OnError) -> None:
+    if on_error == "raise":
+        raise ValueError(f"shard {url} {problem} (set data.on_error=skip to go on)")
+    log.warning("shard %s %s", url, problem)
 
 
 # ------------------------------------------------------------------------------- readers
