@@ -48,7 +48,7 @@ def run(args: list[str] | None = None) -> MMMCLI | object:
         MaskedModelingModule,
         ShardDataModule,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=args,  # None: LightningCLI reads sys.argv itself
     )
 
 
