@@ -2,29 +2,51 @@
 
 from __future__ import annotations
 
+import glob
+import heapq
 import json
+import logging
 import os
+import queue
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import Manager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import webdataset as wds
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
 #: Reads input files of one modality and yields WebDataset samples (``__key__`` + members).
 SampleSource = Callable[..., Iterator[Sample]]
 
 _SOURCES: dict[str, SampleSource] = {}
+_PER_FILE: set[str] = set()
+_PROGRESS_EVERY = 64  # samples between progress reports of a worker process
 
 
-def register_source(name: str) -> Callable[[SampleSource], SampleSource]:
+def register_source(name: str, per_file: bool = False) -> Callable[[SampleSource], SampleSource]:
     """Register ``fn(paths: list[str], **options) -> Iterator[sample]`` as the reader that
-    ``mmm shards --modality NAME`` uses for input files of that modality."""
+    ``mmm shards --modality NAME`` uses for input files of that modality.
+
+    Args:
+        name: the modality name.
+        per_file: the samples of a file depend on that file alone (not on the other files
+            in ``paths``, e.g. for class indices or relative keys). Then ``mmm shards`` may
+            read parts of the file list in parallel worker processes, and in ``skip`` mode
+            skip a file that fails and go on with the next.
+    """
 
     def decorator(fn: SampleSource) -> SampleSource:
         _SOURCES[name] = fn
+        if per_file:
+            _PER_FILE.add(name)
         return fn
 
     return decorator
@@ -37,6 +59,12 @@ def sample_source(name: str) -> SampleSource:
     if name not in _SOURCES:
         raise ValueError(f"no shard reader for modality {name!r}; available: {sorted(_SOURCES)}")
     return _SOURCES[name]
+
+
+def reads_per_file(name: str) -> bool:
+    """Whether the reader of ``name`` was registered with ``per_file=True``."""
+    sample_source(name)
+    return name in _PER_FILE
 
 
 @dataclass
@@ -60,18 +88,161 @@ def write_shards(
     pattern: str,
     max_count: int = 10_000,
     max_size: float = 1e9,
+    on_sample: Callable[[], None] | None = None,
 ) -> ShardSummary:
     """Write samples to tar shards named by ``pattern`` (e.g. ``out/train-%06d.tar``), starting a
-    new shard after ``max_count`` samples or ``max_size`` bytes, whichever comes first."""
+    new shard after ``max_count`` samples or once a shard holds ``max_size`` bytes (so it may
+    pass it by one sample), whichever comes first; ``on_sample`` is called after each sample
+    (progress)."""
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0) as writer:
         for sample in samples:
             writer.write(sample)
             count += 1
+            if on_sample is not None:
+                on_sample()
         shards = [pattern % i for i in range(writer.shard)] if count else []
     size = sum(os.path.getsize(s) for s in shards)
     return ShardSummary(shards=shards, samples=count, bytes=size)
+
+
+@dataclass
+class ShardJob:
+    """One worker's share of a ``build_shards`` run: read ``paths``, write ``pattern``."""
+
+    paths: list[str]
+    modality: str
+    pattern: str
+    max_count: int
+    max_size: float
+    options: dict[str, Any] = field(default_factory=dict)
+    on_error: Literal["skip", "raise"] = "skip"
+
+    def samples(self, skipped: list[str]) -> Iterator[Sample]:
+        """The reader's samples; per-file readers read one file at a time so that, in ``skip``
+        mode, a file that fails is logged, recorded in ``skipped`` and passed over."""
+        reader = sample_source(self.modality)
+        if not reads_per_file(self.modality):
+            yield from reader(self.paths, **self.options)
+            return
+        for path in self.paths:
+            try:
+                yield from reader([path], **self.options)
+            except Exception as error:  # any reader failure: the file is named, then skipped
+                if self.on_error == "raise":
+                    raise ValueError(f"{path}: {self.modality} reader failed: {error}") from error
+                log.warning("skipping the rest of %s: %s: %s", path, type(error).__name__, error)
+                skipped.append(path)
+
+    def run(self, report: Callable[[int], None]) -> ShardSummary:
+        """Write this job's shards, calling ``report(n)`` every few samples."""
+        pending = 0
+
+        def on_sample() -> None:
+            nonlocal pending
+            pending += 1
+            if pending == _PROGRESS_EVERY:
+                report(pending)
+                pending = 0
+
+        skipped: list[str] = []
+        summary = write_shards(
+            self.samples(skipped), self.pattern, self.max_count, self.max_size, on_sample
+        )
+        report(pending)
+        summary.skipped = len(skipped)
+        return summary
+
+
+def _run_in_worker(job: ShardJob, progress: Any) -> ShardSummary:
+    return job.run(report=progress.put)
+
+
+def split_by_size(paths: list[str], parts: int) -> list[list[str]]:
+    """Deal files to ``parts`` lists of about equal total size (largest first, each to the
+    lightest list), each kept in input order."""
+    heap = [(0, index) for index in range(parts)]
+    assigned: list[list[int]] = [[] for _ in range(parts)]
+    by_size = sorted(range(len(paths)), key=lambda i: os.path.getsize(paths[i]), reverse=True)
+    for i in by_size:
+        load, index = heapq.heappop(heap)
+        assigned[index].append(i)
+        heapq.heappush(heap, (load + os.path.getsize(paths[i]), index))
+    return [[paths[i] for i in sorted(part)] for part in assigned if part]
+
+
+def build_shards(
+    paths: list[str],
+    output: str,
+    modality: str = "text",
+    max_count: int = 10_000,
+    max_size: float = 1e9,
+    workers: int = 1,
+    options: dict[str, Any] | None = None,
+    on_error: Literal["skip", "raise"] = "skip",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ShardSummary:
+    """Read ``paths`` with the modality's reader and write ``output-000000.tar``, ... .
+
+    With ``workers > 1`` and a per-file reader, the files are dealt to worker processes by
+    size; each writes its own shards, which are then numbered in one sequence.
+
+    Raises:
+        FileExistsError: when shards named ``output-NNNNNN.tar`` exist and not ``overwrite``.
+    """
+    existing = sorted(glob.glob(f"{glob.escape(output)}-[0-9]*.tar"))
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} shards exist at {output}-*.tar; set overwrite")
+    for path in existing:
+        os.remove(path)
+    if workers > 1 and not reads_per_file(modality):
+        log.warning("the %s reader needs all files at once: writing with 1 worker", modality)
+        workers = 1
+    staging = Path(f"{output}.parts")
+    shutil.rmtree(staging, ignore_errors=True)
+    jobs = [
+        ShardJob(
+            part,
+            modality,
+            str(staging / f"{index:03d}-%06d.tar"),
+            max_count,
+            max_size,
+            options or {},
+            on_error,
+        )
+        for index, part in enumerate(split_by_size(paths, workers) if workers > 1 else [paths])
+    ]
+    with tqdm(desc=f"shards {Path(output).name}", unit=" samples", disable=not progress) as bar:
+        summaries = _run_jobs(jobs, bar)
+    shards = []
+    for index, shard in enumerate(s for summary in summaries for s in summary.shards):
+        shards.append(f"{output}-{index:06d}.tar")
+        os.replace(shard, shards[-1])
+    shutil.rmtree(staging, ignore_errors=True)
+    return ShardSummary(
+        shards=shards,
+        samples=sum(s.samples for s in summaries),
+        bytes=sum(s.bytes for s in summaries),
+        skipped=sum(s.skipped for s in summaries),
+    )
+
+
+def _run_jobs(jobs: list[ShardJob], bar: tqdm) -> list[ShardSummary]:
+    """Run one job in this process, or several in worker processes that report progress
+    through a queue."""
+    if len(jobs) == 1:
+        return [jobs[0].run(report=bar.update)]
+    with Manager() as manager, ProcessPoolExecutor(max_workers=len(jobs)) as pool:
+        progress = manager.Queue()
+        futures = [pool.submit(_run_in_worker, job, progress) for job in jobs]
+        while not all(f.done() for f in futures) or not progress.empty():
+            try:
+                bar.update(progress.get(timeout=0.2))
+            except queue.Empty:
+                continue
+        return [f.result() for f in futures]
 
 
 def sample_key(text: str) -> str:

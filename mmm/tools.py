@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from braceexpand import braceexpand
 
-from mmm.shards import ShardSummary, sample_source, write_shards
+from mmm.shards import ShardSummary, build_shards
 
 
 def _expand_inputs(inputs: str | list[str]) -> list[str]:
@@ -32,26 +32,43 @@ def shards_command(
     modality: str = "text",
     max_count: int = 10_000,
     max_size_mb: float = 1000.0,
+    workers: int = 1,
     options: dict[str, Any] | None = None,
+    on_error: Literal["skip", "raise"] = "skip",
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> ShardSummary:
     """Turn input files of one modality into WebDataset shards ``output-000000.tar``, ...
 
-    Text: ``.txt`` files (a document each) and ``.jsonl`` files (a document per line).
+    Prints a summary (shards, samples, bytes, skipped files). Text: ``.txt`` files (a document
+    each) and ``.jsonl`` files (a document per line); see each modality for its files.
 
     Args:
         inputs: files, folders (read recursively) or glob/brace patterns.
         output: shard name prefix, e.g. ``data/mytext/train``.
-        modality: which reader turns files into samples (``text``, ...).
+        modality: which reader turns files into samples (``text``, ``image``, ``audio``, ...).
         max_count: most samples per shard.
-        max_size_mb: most megabytes per shard.
+        max_size_mb: a shard is closed once it holds this many megabytes.
+        workers: processes reading files in parallel (for readers that read file by file).
         options: reader options, e.g. ``{text_field: body, max_words: 120}`` for text.
+        on_error: ``skip`` logs and counts a file its reader fails on and goes on (readers
+            that read file by file); ``raise`` stops at the first.
+        overwrite: replace shards already at ``output-*.tar`` (else that is an error).
+        progress: show a progress bar.
     """
-    reader = sample_source(modality)
-    summary = write_shards(
-        reader(_expand_inputs(inputs), **(options or {})),
-        f"{output}-%06d.tar",
+    if workers < 1 or max_count < 1 or max_size_mb <= 0:
+        raise ValueError("shards: workers and max_count must be >= 1, max_size_mb > 0")
+    summary = build_shards(
+        _expand_inputs(inputs),
+        output,
+        modality=modality,
         max_count=max_count,
         max_size=max_size_mb * 1e6,
+        workers=workers,
+        options=options,
+        on_error=on_error,
+        overwrite=overwrite,
+        progress=progress,
     )
     print(summary)
     return summary
