@@ -102,16 +102,25 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     return urls
 
 
-def inspect_local_shard(url: str) -> tuple[int, bool]:
-    """Samples (distinct keys) in a local tar, read from member headers only, and whether the
-    tar is complete. A tar cut short inside a header reads as a shorter, valid tar in Python's
-    ``tarfile``; only the missing end-of-archive marker (1024 zero bytes) gives it away."""
-    keys: set[str] = set()
-    with tarfile.open(url) as tar:  # raises ReadError when not a tar at all
+def inspect_local_shard(url: str, full: bool) -> tuple[int, bool]:
+    """Samples in a local tar and whether the tar is complete, from member headers only.
+
+    With ``full``, every header is read: the count is exact and a tar cut short is caught (one
+    cut inside a header reads as a shorter, valid tar in Python's ``tarfile``; only the missing
+    end-of-archive marker gives it away). Without, only the first header is read (one read per
+    shard, for thousands of shards): the count is 0 or 1 and completeness is not checked.
+
+    Raises:
+        tarfile.ReadError: when the file is not a tar at all.
+    """
+    keys: set[str | None] = set()
+    with tarfile.open(url) as tar:
         try:
             for member in tar:
                 if member.isreg():
                     keys.add(wds.tariterators.base_plus_ext(member.name)[0])
+                if keys - {None} and not full:
+                    return 1, True
         except tarfile.ReadError:  # cut inside a member
             return len(keys - {None}), False
         tar.fileobj.seek(tar.offset)  # where the end-of-archive marker should start
@@ -119,16 +128,16 @@ def inspect_local_shard(url: str) -> tuple[int, bool]:
     return len(keys - {None}), complete
 
 
-def usable_local_shards(urls: list[str], on_error: OnError) -> tuple[list[str], int]:
-    """Check local shards before reading them, and count their samples.
+def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tuple[list[str], int]:
+    """Check local shards before reading them and, with ``count``, count their samples.
 
     Shards that hold no sample (they would silently yield nothing) are dropped with a warning.
-    Unreadable ones are dropped and truncated ones kept for their readable samples, with a
-    warning, in ``skip`` mode; both are errors in ``raise`` mode. Remote shards are kept
-    unread, and their samples are not counted.
+    Unreadable ones are dropped and truncated ones (found when counting) kept for their
+    readable samples, with a warning, in ``skip`` mode; both are errors in ``raise`` mode.
+    Remote shards are kept unread, and their samples are not counted.
 
     Returns:
-        The usable shards and the number of samples in the local ones.
+        The usable shards and the number of samples in the local ones (0 without ``count``).
 
     Raises:
         ValueError: naming an unreadable or truncated shard, in ``raise`` mode.
@@ -139,17 +148,17 @@ def usable_local_shards(urls: list[str], on_error: OnError) -> tuple[list[str], 
             kept.append(url)
             continue
         try:
-            count, complete = inspect_local_shard(url)
+            found, complete = inspect_local_shard(url, full=count)
         except tarfile.TarError as error:
             _shard_problem(url, f"is not a readable tar file ({error}); skipped", on_error)
             continue
         if not complete:
-            _shard_problem(url, f"is truncated; reading its {count} readable samples", on_error)
-        if count == 0:
+            _shard_problem(url, f"is truncated; reading its {found} readable samples", on_error)
+        if found == 0:
             log.warning("shard %s holds no samples; skipped", url)
             continue
         kept.append(url)
-        samples += count
+        samples += found if count else 0
     return kept, samples
 
 
@@ -442,8 +451,10 @@ class ShardDataModule(L.LightningDataModule):
     with the next shard rather than the first one.
 
     Args:
-        train_shards: training shards: a pattern or list of patterns (see ``expand_shards``);
-            defaults to the embedded corpus's ``train-*.tar`` when ``embedded`` is set.
+        train_shards: training shards: a pattern (glob, braces, ``pipe:`` URL, ``.txt`` list
+            file, several joined by ``::``; see ``expand_shards``), or a list of such
+            patterns, one per source to mix (see ``train_weights``); defaults to the embedded
+            corpus's ``train-*.tar`` when ``embedded`` is set.
         val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``.
         test_shards: test shards; defaults to ``val_shards``.
         predict_shards: shards for ``mmm predict``; defaults to ``val_shards``.
@@ -456,8 +467,9 @@ class ShardDataModule(L.LightningDataModule):
         train_mode: ``resampled`` (endless stream cut into equal epochs; DDP-safe) or
             ``exact`` (each training sample once per epoch; single device only).
         epoch_samples: training samples per epoch over all ranks (resampled mode), rounded up
-            to whole batches on every worker. ``None`` counts the samples of the (local)
-            training shards; set it for remote shards.
+            to whole batches on every worker. ``None`` counts the samples of the local
+            training shards (a read of every member header); set it for remote shards, and
+            for large data to skip that count.
         train_weights: with several ``train_shards`` patterns, the share of samples drawn
             from each (e.g. ``[0.7, 0.3]``); default equal shares. Resampled mode only.
         shuffle_buffer: samples held in each training reader's shuffle buffer (0 turns off all
@@ -537,13 +549,14 @@ class ShardDataModule(L.LightningDataModule):
         workers = self.num_workers if num_workers is None else num_workers
         return Layout(rank=rank, world_size=world, num_workers=workers)
 
-    def shard_urls(self, patterns: list[str]) -> tuple[list[str], int]:
-        """Expanded, readable, non-empty shards of ``patterns`` and their local sample count.
+    def shard_urls(self, patterns: list[str], count: bool = False) -> tuple[list[str], int]:
+        """Expanded, readable, non-empty shards of ``patterns`` and, with ``count``, their
+        local sample count (a read of every member header: skipped when not needed).
 
         Raises:
             ValueError: when no usable shard is left.
         """
-        urls, samples = usable_local_shards(expand_shards(patterns), self.on_error)
+        urls, samples = usable_local_shards(expand_shards(patterns), self.on_error, count)
         if not urls:
             raise ValueError(f"every shard of {patterns} is empty or unreadable")
         return urls, samples
@@ -570,7 +583,8 @@ class ShardDataModule(L.LightningDataModule):
                     "batches, which hangs DDP; use train_mode='resampled' with several devices"
                 )
             return self._exact_loader(self.train_shards, "train", training=True)
-        counted = [self.shard_urls([pattern]) for pattern in self.train_shards]
+        count = self.epoch_samples is None
+        counted = [self.shard_urls([pattern], count) for pattern in self.train_shards]
         sources = [urls for urls, _ in counted]
         for pattern, urls in zip(self.train_shards, sources, strict=True):
             if len(urls) < layout.readers:
