@@ -1,10 +1,11 @@
 """Proteins: ESM's residue alphabet, FASTA reading, and random cropping of long sequences.
 
 One token per residue, as in ESM-1b/ESM-2: ``<cls> M K T ... <eos>``. Ids 0-32 are ESM-2's
-(``esm.Alphabet.from_architecture("ESM-1b")``), so its weights or outputs line up with ours; ``J``
-(Leu or Ile), which ESM lacks, is appended as id 33. Sequences are read case-insensitively with
-whitespace and line breaks ignored and a trailing stop ``*`` dropped. Encoding looks every byte
-of a sequence up in one numpy table rather than looping over residues in Python.
+(``esm.Alphabet.from_architecture("ESM-1b")``), so token ids, and tables indexed by them, carry
+over between ESM and mmm; ``J`` (Leu or Ile), which ESM lacks, is appended as id 33. Sequences
+are read case-insensitively with whitespace and line breaks ignored and a trailing stop ``*``
+dropped. Encoding looks every byte of a sequence up in one numpy table rather than looping over
+residues in Python.
 """
 
 from __future__ import annotations
