@@ -525,6 +525,7 @@ class ShardDataModule(L.LightningDataModule):
         self.seed = seed
         self.on_error = on_error
         self._consumed: dict[int, list[list[int]]] = {}  # slot -> per source [pass, opened]
+        self._train_stream: dict[str, Any] = {}  # readers and shards the cursors refer to
         self._resume: dict[str, Any] = {}
 
     def _embedded_pattern(self, split: str) -> list[str] | None:
@@ -633,6 +634,8 @@ class ShardDataModule(L.LightningDataModule):
     ) -> ShardPipeline:
         """The pipeline of one split; training pipelines shuffle, mix, and resume."""
         trainer = self.trainer
+        if training:  # what the recorded cursors refer to
+            self._train_stream = {"readers": layout.readers, "shards": _fingerprint(sources)}
         return ShardPipeline(
             sources,
             self._require_tokenizer(),
@@ -667,8 +670,8 @@ class ShardDataModule(L.LightningDataModule):
             )
         workers = min(self.num_workers, len(urls) // ranks)
         if workers < self.num_workers:
-            log.info(
-                "%s: %d shard(s) for %d rank(s): %d worker(s)", split, len(urls), ranks, workers
+            rank_zero_info(
+                f"{split}: {len(urls)} shard(s) for {ranks} rank(s): {workers} worker(s)"
             )
         return self._loader(self._pipeline([urls], self.layout(workers), "exact", training))
 
@@ -699,27 +702,16 @@ class ShardDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Per reader, the shards its trained batches came from (gathered from all ranks), so
         that a resumed run opens the next shard of each reader rather than the first."""
-        if not self._consumed:
-            return {}
         consumed = dict(self._consumed)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[dict[int, list[list[int]]]] = [{}] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, consumed)
+            torch.distributed.all_gather_object(gathered, consumed)  # every rank calls this
             consumed = {slot: c for part in gathered for slot, c in part.items()}
-        layout = self.layout()
-        return {
-            "train_cursors": consumed,
-            "readers": layout.readers,
-            "train_fingerprint": self._fingerprint(),
-        }
+        return {"train_cursors": consumed, **self._train_stream} if consumed else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict)
         self._consumed = {int(k): v for k, v in state_dict.get("train_cursors", {}).items()}
-
-    def _fingerprint(self) -> str:
-        patterns = "\n".join(self.train_shards or [])
-        return hashlib.blake2b(patterns.encode(), digest_size=8).hexdigest()
 
     def _resume_cursors(self, sources: list[list[str]], layout: Layout) -> dict[int, list[Cursor]]:
         """Where each reader starts: after the shards that trained batches came from (restored
@@ -727,11 +719,8 @@ class ShardDataModule(L.LightningDataModule):
         readers cannot be mapped onto the old cursors, so the stream starts a new pass."""
         if not self._consumed:
             return {}
-        same = (
-            self._resume.get("readers", layout.readers) == layout.readers
-            and self._resume.get("train_fingerprint", self._fingerprint()) == self._fingerprint()
-            and all(len(c) == len(sources) for c in self._consumed.values())
-        )
+        now = {"readers": layout.readers, "shards": _fingerprint(sources)}
+        same = all(self._resume.get(key, value) == value for key, value in now.items())
         if same:
             return {int(slot): [Cursor(p, o) for p, o in c] for slot, c in self._consumed.items()}
         log.warning(
@@ -742,6 +731,12 @@ class ShardDataModule(L.LightningDataModule):
         )
         last = max(p for cursors in self._consumed.values() for p, _ in cursors)
         return {slot: [Cursor(last + 1, 0) for _ in sources] for slot in range(layout.readers)}
+
+
+def _fingerprint(sources: list[list[str]]) -> str:
+    """A short hash of the shard URLs of each source, in order."""
+    text = "\n\n".join("\n".join(urls) for urls in sources)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _as_patterns(spec: str | list[str] | None) -> list[str] | None:
