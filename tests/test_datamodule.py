@@ -12,6 +12,7 @@ import pytest
 
 from datamodules import ShardDataModule, expand_shards
 from datamodules.webdataset import Cursor, ShardStream
+from mmm.shards import write_shards
 from mmm.tokenizers.base import SampleError
 from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
 
@@ -192,3 +193,18 @@ def test_resume_mid_epoch_continues_after_the_consumed_shards(uneven):
 def test_settings_are_checked_in_the_constructor(argument, value):
     with pytest.raises(ValueError, match=argument):
         _data(train_shards="x.tar", **{argument: value})
+
+
+def test_skipped_samples_are_logged_per_epoch(tmp_path, tiny_module, tokenizer, corpus_dir):
+    """The real module and text tokenizer: bad samples show up as ``data/skipped_samples``."""
+    bad = [{"__key__": "empty", "txt": b"  "}, {"__key__": "latin1", "txt": b"caf\xe9"}]
+    write_shards(bad, str(tmp_path / "bad-%06d.tar"))
+    data = ShardDataModule(
+        val_shards=[str(corpus_dir / "val-*.tar"), str(tmp_path / "bad-*.tar")],
+        tokenizer=tokenizer,
+        batch_size=8,
+        num_workers=0,
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    [metrics] = trainer.validate(tiny_module, datamodule=data)
+    assert metrics["data/skipped_samples"] == 2
