@@ -242,14 +242,17 @@ class ShardStream:
         """Pass after pass, from the cursor on.
 
         Raises:
-            RuntimeError: when a whole pass yields no sample (every shard failed), rather than
-                spinning forever.
+            RuntimeError: when a whole pass yields no sample (every shard of the reader
+                failed), rather than spinning forever.
         """
         pass_index = self.cursor.pass_index
         while True:
             before = self.samples_read
-            yield from self.one_pass(pass_index)
-            if self.samples_read == before and self.cursor.opened > 0:
+            opened = 0
+            for shard in self.one_pass(pass_index):
+                opened += 1
+                yield shard
+            if opened == len(self.pass_shards(pass_index)) and self.samples_read == before:
                 raise RuntimeError(
                     f"reader {self.slot}: no shard of pass {pass_index} yielded a sample "
                     f"({self.pass_shards(pass_index)}); check these shards"
@@ -526,7 +529,6 @@ class ShardDataModule(L.LightningDataModule):
         self.on_error = on_error
         self._consumed: dict[int, list[list[int]]] = {}  # slot -> per source [pass, opened]
         self._train_stream: dict[str, Any] = {}  # readers and shards the cursors refer to
-        self._resume: dict[str, Any] = {}
 
     def _embedded_pattern(self, split: str) -> list[str] | None:
         return [os.path.join(self.embedded_dir, f"{split}-*.tar")] if self.embedded_dir else None
@@ -634,8 +636,7 @@ class ShardDataModule(L.LightningDataModule):
     ) -> ShardPipeline:
         """The pipeline of one split; training pipelines shuffle, mix, and resume."""
         trainer = self.trainer
-        if training:  # what the recorded cursors refer to
-            self._train_stream = {"readers": layout.readers, "shards": _fingerprint(sources)}
+        cursors = self._resume_cursors(sources, layout) if training else None
         return ShardPipeline(
             sources,
             self._require_tokenizer(),
@@ -647,7 +648,7 @@ class ShardDataModule(L.LightningDataModule):
             on_error=self.on_error,
             weights=self.train_weights if training else None,
             batches_per_reader=batches_per_reader,
-            cursors=self._resume_cursors(sources, layout) if training else None,
+            cursors=cursors,
             epoch=trainer.current_epoch if training and trainer is not None else 0,
             record_cursors=training,
         )
@@ -710,27 +711,29 @@ class ShardDataModule(L.LightningDataModule):
         return {"train_cursors": consumed, **self._train_stream} if consumed else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume = dict(state_dict)
         self._consumed = {int(k): v for k, v in state_dict.get("train_cursors", {}).items()}
+        self._train_stream = {k: v for k, v in state_dict.items() if k != "train_cursors"}
 
     def _resume_cursors(self, sources: list[list[str]], layout: Layout) -> dict[int, list[Cursor]]:
         """Where each reader starts: after the shards that trained batches came from (restored
         from a checkpoint, or recorded earlier in this run). A changed shard set or number of
         readers cannot be mapped onto the old cursors, so the stream starts a new pass."""
+        now = {"readers": layout.readers, "shards": _fingerprint(sources)}
+        before, self._train_stream = self._train_stream, now
         if not self._consumed:
             return {}
-        now = {"readers": layout.readers, "shards": _fingerprint(sources)}
-        same = all(self._resume.get(key, value) == value for key, value in now.items())
-        if same:
-            return {int(slot): [Cursor(p, o) for p, o in c] for slot, c in self._consumed.items()}
-        log.warning(
-            "train shards or ranks x workers changed since the checkpoint (%s readers, now %d): "
-            "the training stream starts a new pass instead of resuming mid-pass",
-            self._resume.get("readers"),
-            layout.readers,
-        )
-        last = max(p for cursors in self._consumed.values() for p, _ in cursors)
-        return {slot: [Cursor(last + 1, 0) for _ in sources] for slot in range(layout.readers)}
+        if before != now:
+            log.warning(
+                "train shards or ranks x workers changed since the cursors were recorded (%s "
+                "readers, now %d): the training stream starts a new pass, not mid-pass",
+                before.get("readers"),
+                layout.readers,
+            )
+            last = max(p for cursors in self._consumed.values() for p, _ in cursors)
+            self._consumed = {
+                slot: [[last + 1, 0]] * len(sources) for slot in range(layout.readers)
+            }
+        return {slot: [Cursor(p, o) for p, o in c] for slot, c in self._consumed.items()}
 
 
 def _fingerprint(sources: list[list[str]]) -> str:

@@ -146,6 +146,12 @@ def test_faults_are_warned_with_shard_skipped_and_counted(tmp_path, caplog):
     assert "'k1'" in caplog.text  # the bad sample's key
 
 
+def test_training_stream_of_only_failing_shards_stops_instead_of_spinning(tmp_path):
+    data = _data(train_shards=f"pipe:cat {tmp_path}/gone-{{0..1}}.tar", epoch_samples=8)
+    with pytest.raises(RuntimeError, match="no shard of pass 0 yielded a sample"):
+        next(iter(data.train_dataloader()))
+
+
 @pytest.mark.parametrize("fault", ["member", "truncated", "unreadable", "unreachable"])
 def test_strict_mode_raises_naming_the_shard(tmp_path, fault):
     url = _write_faulty_shards(tmp_path)[fault]
@@ -184,6 +190,18 @@ def test_resume_mid_epoch_continues_after_the_consumed_shards(uneven):
     assert not set(before) & set(after)  # nothing trained twice within the pass
     _, replay = _fit(_data(**settings), root, max_steps=6)  # control: a fresh run replays
     assert replay == before
+
+
+def test_changed_worker_count_starts_a_new_pass(uneven, caplog):
+    """Cursors recorded by 1 reader cannot place 2 readers mid-pass: a new pass, not a crash."""
+    root, _ = uneven
+    data = _data(train_shards=f"{root}/train-*.tar", epoch_samples=16)
+    for batch in data.train_dataloader():
+        data.on_before_batch_transfer(batch, dataloader_idx=0)
+    data.num_workers = 2
+    with caplog.at_level(logging.WARNING):
+        assert len(_epoch_ids(data.train_dataloader())) == 4
+    assert "starts a new pass" in caplog.text
 
 
 @pytest.mark.parametrize(
