@@ -134,6 +134,14 @@ def test_loss_ignores_predictions_at_visible_patches(tokenizer, monkeypatch):
     assert not torch.allclose(module.forward_masked(batch).loss, base)
 
 
+def test_bf16_autocast_gives_a_float_loss(tokenizer):
+    module = tiny_module(tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module.forward_masked(image_batch(tokenizer, count=2))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+
+
 @pytest.mark.parametrize(("norm_pix_loss", "factor"), [(True, 0.4), (False, 0.15)])
 def test_tiny_model_overfits_a_batch(tokenizer, monkeypatch, norm_pix_loss, factor):
     """With the mask held fixed, a tiny MAE memorizes the hidden patches of 8 images."""

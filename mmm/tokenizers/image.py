@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.transforms import v2
 
@@ -192,6 +192,7 @@ class ImageTokenizer(Tokenizer):
         try:
             image = Image.open(io.BytesIO(sample[member]))
             image.load()  # decode now: a truncated file fails here, not later
+            image = ImageOps.exif_transpose(image)  # camera photos stored rotated stand upright
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise SampleError(f"{member!r} is not a decodable image ({error})", key, url) from error
         try:
