@@ -80,6 +80,7 @@ class Probe(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.out is not None:
             trainer = self.trainer
+            trainer.save_checkpoint(Path(self.out, "last.ckpt"))  # a collective: every rank
             record = {
                 "seen": self.seen,
                 "global_step": trainer.global_step,
@@ -160,6 +161,9 @@ def test_ddp_exact_validation_and_resampled_training(tmp_path):
     for epoch in ("0", "1"):
         seen = ranks[0]["seen"]["val"][epoch] + ranks[1]["seen"]["val"][epoch]
         assert sorted(seen) == val_ids
+    # the checkpoint (written by rank 0) holds the shard cursors of all 4 readers
+    state = torch.load(out / "last.ckpt", weights_only=True)["ShardDataModule"]
+    assert state["readers"] == 4 and sorted(state["train_cursors"]) == [0, 1, 2, 3]
 
 
 if __name__ == "__main__":
