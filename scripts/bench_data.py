@@ -42,7 +42,9 @@ def build(config: str) -> tuple[MaskedModelingModule, ShardDataModule]:
 
 
 def loader(data: ShardDataModule, workers: int) -> DataLoader:
+    """A fresh training loader with ``workers`` workers (no resume state from earlier loaders)."""
     data.num_workers = workers
+    data.load_state_dict({})
     return data.train_dataloader()
 
 
