@@ -8,6 +8,7 @@ from mmm.masking import BlockMasking, Masking, RandomMasking, SpanMasking, Whole
 from mmm.models import HFEncoder, PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers import AudioTokenizer, ImageTokenizer, ProteinTokenizer, TextTokenizer
+from mmm.tokenizers import SmilesTokenizer
 
 __all__ = [
     "AudioTokenizer",
@@ -19,6 +20,7 @@ __all__ = [
     "PatchDecoderConfig",
     "ProteinTokenizer",
     "RandomMasking",
+    "SmilesTokenizer",
     "SpanMasking",
     "TextTokenizer",
     "TimmEncoder",

@@ -10,6 +10,7 @@ from mmm.tokenizers.base import (
 )
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
+from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer, train_tokenizer
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "LogMelSettings",
     "ProteinTokenizer",
     "SampleError",
+    "SmilesTokenizer",
     "TextTokenizer",
     "Tokenizer",
     "train_tokenizer",
