@@ -134,15 +134,15 @@ def test_bad_samples_name_the_shard_and_key(tokenizer, raw, reason):
 
 def test_invalid_lines_are_skipped_and_counted_or_raise_when_strict(tmp_path, caplog):
     path = tmp_path / "mixed.smi"
-    path.write_text("CCO ethanol\nCC(x) broken\n\nc1ccccc1 benzene\n")
+    path.write_text("SMILES name\nCCO ethanol\nCC(x) broken\n\nc1ccccc1 benzene\n")
     with caplog.at_level(logging.WARNING):
         samples = list(smiles_samples([str(path)]))
     assert [(s["__key__"], s["smi"]) for s in samples] == [
-        ("mixed-1", b"CCO"),
-        ("mixed-4", b"c1ccccc1"),
-    ]
-    assert f"{path}:2: skipped" in caplog.text and "skipped 1 invalid SMILES" in caplog.text
-    with pytest.raises(ValueError, match=f"{path}:2: unexpected character"):
+        ("mixed-2", b"CCO"),
+        ("mixed-5", b"c1ccccc1"),
+    ]  # the header line is not a molecule
+    assert f"{path}:3: skipped" in caplog.text and "skipped 1 invalid SMILES" in caplog.text
+    with pytest.raises(ValueError, match=f"{path}:3: unexpected character"):
         list(smiles_samples([str(path)], strict=True))
 
 

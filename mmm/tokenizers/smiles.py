@@ -93,14 +93,14 @@ def check_smiles_tokens(smiles: str) -> None:
 def heavy_atom_count(smiles: str) -> int:
     """Number of non-hydrogen atoms, counted on the tokens (agrees with RDKit's
     ``GetNumHeavyAtoms`` for valid SMILES; the wildcard ``*`` is not counted)."""
-    count = 0
-    for token in tokenize_smiles(smiles):
-        if token in _ORGANIC_ATOMS:
-            count += 1
-        elif token.startswith("["):
-            element = _BRACKET_ELEMENT.match(token)
-            count += bool(element) and element.group(1) not in ("H", "*")
-    return count
+    return sum(map(_is_heavy_atom, tokenize_smiles(smiles)))
+
+
+def _is_heavy_atom(token: str) -> bool:
+    if token in _ORGANIC_ATOMS:
+        return True
+    element = _BRACKET_ELEMENT.match(token)  # None unless a bracket atom
+    return element is not None and element.group(1) not in ("H", "*")
 
 
 # ------------------------------------------------------------------------------ RDKit helpers
@@ -164,7 +164,7 @@ def randomized_smiles(smiles: str, seed: int | None = None) -> str:
 # ------------------------------------------------------------------------------- shard reader
 def _smiles_lines(path: Path, column: str) -> Iterator[tuple[int, str]]:
     """(line number, SMILES) of a ``.smi`` file (first whitespace-separated field; ``#``
-    comments and blank lines skipped) or a ``.csv``/``.tsv`` file (the ``column`` field),
+    comments, blank lines and a ``smiles ...`` header line skipped) or a ``.csv``/``.tsv`` file (the ``column`` field),
     gzipped or not."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ""
@@ -181,8 +181,11 @@ def _smiles_lines(path: Path, column: str) -> Iterator[tuple[int, str]]:
             return
         for number, line in enumerate(handle, start=1):
             fields = line.split()
-            if fields and not fields[0].startswith("#"):
-                yield number, fields[0]
+            if not fields or fields[0].startswith("#"):
+                continue
+            if number == 1 and fields[0].lower() == "smiles":
+                continue  # a header line
+            yield number, fields[0]
 
 
 @register_source("smiles")
@@ -242,15 +245,13 @@ def iter_training_smiles(source: str) -> Iterator[str]:
                 f"({corpus_names()}) nor a pattern matching any file"
             )
         shards = [p for p in paths if p.endswith(".tar")]
-        files = [p for p in paths if not p.endswith(".tar")]
-        samples = smiles_samples(files) if files else iter(())
-        if shards:  # at this point: raw samples of every shard, in order
+        samples = smiles_samples([p for p in paths if not p.endswith(".tar")])
+        if shards:  # raw samples of every shard, in order, after those of the files
             shard_samples = wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples())
             samples = itertools.chain(samples, shard_samples)
     for sample in samples:
-        if "smi" in sample:
-            raw = sample["smi"]
-            yield raw.decode("utf-8").strip() if isinstance(raw, bytes) else str(raw).strip()
+        if "smi" in sample:  # undecodable bytes become U+FFFD, which the token check rejects
+            yield sample["smi"].decode("utf-8", errors="replace").strip()
 
 
 # -------------------------------------------------------------------------------- vocabulary
