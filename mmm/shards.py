@@ -255,13 +255,17 @@ def text_documents(
     paths: Iterable[str | os.PathLike], text_field: str = "text"
 ) -> Iterator[tuple[str, str]]:
     """(key, text) for each document in ``.txt`` files (one document per file) and ``.jsonl``
-    files (one document per line, text under ``text_field``).
+    files (one document per line, text under ``text_field``). Keys are the files' paths below
+    their common folder, so same-named files in different folders do not collide.
 
     Raises:
         ValueError: naming the file and line of a JSONL record that is not valid JSON or has no
             string ``text_field``.
     """
-    for path in map(Path, paths):
+    files = [Path(p) for p in paths]
+    base = Path(os.path.commonpath([f.parent for f in files])) if files else Path()
+    for path in files:
+        name = str(path.relative_to(base).with_suffix(""))
         if path.suffix == ".jsonl":
             with path.open(encoding="utf-8") as lines:
                 for number, line in enumerate(lines, start=1):
@@ -276,6 +280,6 @@ def text_documents(
                         ) from error
                     if not isinstance(text, str):
                         raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
-                    yield sample_key(f"{path.stem}-{number}"), text
+                    yield sample_key(f"{name}-{number}"), text
         else:
-            yield sample_key(path.stem), path.read_text(encoding="utf-8")
+            yield sample_key(name), path.read_text(encoding="utf-8")

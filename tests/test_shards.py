@@ -127,3 +127,11 @@ def test_split_by_size_balances_bytes(tmp_path):
     parts = split_by_size(paths, 2)
     assert sorted(p for part in parts for p in part) == sorted(paths)
     assert [sum(os.path.getsize(p) for p in part) for part in parts] == [1200, 1200]
+
+
+def test_same_named_text_files_in_different_folders_keep_distinct_keys(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / "docs" / folder).mkdir(parents=True)
+        (tmp_path / "docs" / folder / "README.txt").write_text(f"notes of {folder}")
+    summary = run(["shards", f"--inputs={tmp_path}/docs", f"--output={tmp_path}/out/t"])
+    assert sorted(_keys(summary.shards)) == ["a_README-0", "b_README-0"]
