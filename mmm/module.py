@@ -182,6 +182,7 @@ class MaskedModelingModule(L.LightningModule):
                 reduce_fx="sum",
                 on_step=False,
                 on_epoch=True,
+                sync_dist=True,  # summed over ranks: the count of the whole epoch
                 batch_size=size,
             )
 
