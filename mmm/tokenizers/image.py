@@ -104,7 +104,7 @@ def image_samples(paths: list[str], labels: bool = True) -> Iterator[Sample]:
     for path in files:
         extension = path.suffix.lower().lstrip(".")
         sample: Sample = {
-            "__key__": sample_key(str(path.with_suffix(""))),
+            "__key__": sample_key(str(path)),  # suffix kept: a.png and a.jpg stay apart
             "jpg" if extension == "jpeg" else extension: path.read_bytes(),
         }
         if labels:
