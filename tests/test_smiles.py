@@ -114,6 +114,10 @@ def test_bpe_round_trips_and_merges(smi_file, tmp_path):
     for smiles in MOLECULES:
         assert bpe.decode(bpe.encode(smiles)) == smiles
     assert len(bpe.encode(MOLECULES[-3])) < len(tokenize_smiles(MOLECULES[-3])) + 2
+    with pytest.raises(
+        ValueError, match="bpe.json holds a BPE vocabulary, not one of algorithm='regex'"
+    ):
+        SmilesTokenizer(path=bpe.path, algorithm="regex")
 
 
 # ---------------------------------------------------------------------------- invalid inputs

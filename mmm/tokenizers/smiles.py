@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SmilesAlgorithm = Literal["regex", "bpe"]
+#: The ``tokenizers`` model each algorithm builds (a saved file must match the one asked for).
+_MODEL_TYPES = {"regex": models.WordLevel, "bpe": models.BPE}
 
 #: One SMILES token (Schwaller et al. 2019): a bracket atom, an organic-subset atom (two-letter
 #: ``Br``/``Cl`` first), a bond, branch, dot, stereo mark, or a ring closure (``%NN`` or a digit).
@@ -321,6 +323,10 @@ class SmilesTokenizer(DiscreteTokenizer):
     ) -> None:
         if max_length < 3:
             raise ValueError(f"SmilesTokenizer: max_length must be >= 3, got {max_length}")
+        if algorithm not in _MODEL_TYPES:
+            raise ValueError(
+                f"SmilesTokenizer: algorithm must be one of {sorted(_MODEL_TYPES)}, got {algorithm!r}"
+            )
         if canonicalize and randomize:
             raise ValueError("SmilesTokenizer: choose canonicalize or randomize, not both")
         for name, wanted in (
@@ -366,6 +372,11 @@ class SmilesTokenizer(DiscreteTokenizer):
         missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
             raise ValueError(f"SmilesTokenizer: the tokenizer at {path} lacks tokens {missing}")
+        if not isinstance(tokenizer.model, _MODEL_TYPES[algorithm]):
+            raise ValueError(
+                f"SmilesTokenizer: {path} holds a {type(tokenizer.model).__name__} vocabulary, "
+                f"not one of algorithm={algorithm!r}; set the matching algorithm or another path"
+            )
         return tokenizer
 
     def _usable(self, smiles: str) -> str | None:
