@@ -66,8 +66,10 @@ def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels
     return x.reshape(batch, channels, rows * p, cols * p)
 
 
-def image_to_tensor(image: Image.Image, channels: int, background: int = 255) -> Tensor:
-    """A Pillow image of any mode as (channels, H, W) float in [0, 1].
+def convert_mode(image: Image.Image, channels: int, background: int = 255) -> Image.Image | Tensor:
+    """A Pillow image of any mode with ``channels`` channels: a Pillow image for 8-bit data
+    (resized next by Pillow's fast C code), a (channels, H, W) float tensor in [0, 1] for
+    deeper data, which Pillow cannot hold in more than one 8-bit channel.
 
     16-bit and 32-bit integer images are scaled by their full range (Pillow's own conversion to
     8 bits would clip them), float images are clipped to [0, 1]; transparent images (RGBA, LA,
@@ -87,8 +89,12 @@ def image_to_tensor(image: Image.Image, channels: int, background: int = 255) ->
     if has_alpha and channels != 4:
         canvas = Image.new("RGBA", image.size, (background,) * 3 + (255,))
         image = Image.alpha_composite(canvas, image.convert("RGBA"))
-    converted = image.convert(_PIL_MODE[channels])
-    return v2.functional.to_dtype(v2.functional.to_image(converted), torch.float32, scale=True)
+    return image.convert(_PIL_MODE[channels])
+
+
+def to_float(pixels: Image.Image | Tensor) -> Tensor:
+    """A Pillow image or an image tensor as (C, H, W) float32 in [0, 1]."""
+    return v2.functional.to_dtype(v2.functional.to_image(pixels), torch.float32, scale=True)
 
 
 @register_source("image")
@@ -192,11 +198,11 @@ class ImageTokenizer(Tokenizer):
         try:
             image = Image.open(io.BytesIO(sample[member]))
             image.load()  # decode now: a truncated file fails here, not later
-            image = ImageOps.exif_transpose(image)  # camera photos stored rotated stand upright
+            ImageOps.exif_transpose(image, in_place=True)  # rotated camera photos stand upright
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise SampleError(f"{member!r} is not a decodable image ({error})", key, url) from error
         try:
-            pixels = image_to_tensor(image, self.channels, self.background)  # (C, h, w)
+            pixels = convert_mode(image, self.channels, self.background)
         except (ValueError, OSError) as error:
             raise SampleError(
                 f"{member!r} has mode {image.mode!r}, which cannot be converted to "
@@ -204,7 +210,7 @@ class ImageTokenizer(Tokenizer):
                 key,
                 url,
             ) from error
-        return self.transform(pixels)  # (C, H, W)
+        return to_float(self.transform(pixels))  # (C, H, W)
 
     def collate(self, items: list[Tensor]) -> dict[str, Tensor]:
         """Stack images and cut them into patches; every patch is real and maskable."""
