@@ -7,8 +7,13 @@ audio, proteins and SMILES, on a shared Transformer encoder.
 from mmm.masking import BlockMasking, Masking, RandomMasking, SpanMasking, WholeWordMasking
 from mmm.models import HFEncoder, PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers import AudioTokenizer, ImageTokenizer, ProteinTokenizer, TextTokenizer
-from mmm.tokenizers import SmilesTokenizer
+from mmm.tokenizers import (
+    AudioTokenizer,
+    ImageTokenizer,
+    ProteinTokenizer,
+    SmilesTokenizer,
+    TextTokenizer,
+)
 
 __all__ = [
     "AudioTokenizer",

@@ -78,8 +78,4 @@ def ensure_embedded_shards(
 
 def _import_builtin_corpora() -> None:
     """Import the modules that register the built-in corpora (kept lazy: some read many files)."""
-    from mmm.corpora import text  # noqa: F401
-    from mmm.corpora import image  # noqa: F401
-    from mmm.corpora import smiles  # noqa: F401
-    from mmm.corpora import audio  # noqa: F401
-    from mmm.corpora import protein  # noqa: F401
+    from mmm.corpora import audio, image, protein, smiles, text  # noqa: F401
