@@ -21,7 +21,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from mmm.masking import Masking, RandomMasking, visible_indices
 from mmm.models.encoder import Encoder, TransformerEncoder, gather_positions
 from mmm.models.heads import PatchDecoderConfig
-from mmm.models.modality import build_modality
+from mmm.models.modality import VisibleLayout, build_modality
 from mmm.tokenizers.base import Tokenizer
 
 
@@ -94,13 +94,14 @@ class MaskedModelingModule(L.LightningModule):
         score the hidden positions."""
         mask, ratio = self.choose_mask(batch)
         x = self.modality.embed(batch, mask)  # (B, L, D)
-        ids_keep = None
+        visible = None
         padding = batch["attention_mask"]  # (B, L)
         if self.modality.visible_only:
             ids_keep, padding = visible_indices(batch["attention_mask"] & ~mask)  # (B, V)
+            visible = VisibleLayout(ids_keep, padding, batch["attention_mask"])
             x = gather_positions(x, ids_keep)  # (B, V, D)
         hidden = self.encode(x, padding)
-        pred = self.modality.predict(hidden, mask, ids_keep)
+        pred = self.modality.predict(hidden, mask, visible)
         target = self.modality.targets(batch, mask)
         loss, metrics = self.modality.loss_and_metrics(pred, target)
         return MaskedOutput(loss, metrics, mask, pred, target, ratio)

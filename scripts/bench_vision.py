@@ -22,6 +22,7 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from mmm.masking import RandomMasking
 from mmm.models import PatchDecoderConfig, TransformerEncoder
+from mmm.models.modality import VisibleLayout
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.image import ImageTokenizer, patchify
 
@@ -73,7 +74,8 @@ def loss_all_patches(module: MaskedModelingModule, batch: dict[str, torch.Tensor
     hidden = module.encode(module.modality.embed(batch, mask), batch["attention_mask"])
     batch_size, length = mask.shape
     every = torch.arange(length, device=mask.device).expand(batch_size, length)  # (B, L)
-    pred = module.modality.predict(hidden, mask, every)
+    layout = VisibleLayout(every, ~mask, batch["attention_mask"])  # hidden rows are dropped
+    pred = module.modality.predict(hidden, mask, layout)
     return module.modality.loss_and_metrics(pred, module.modality.targets(batch, mask))[0]
 
 

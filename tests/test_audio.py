@@ -274,6 +274,22 @@ def test_loss_counts_hidden_positions_only():
     assert not torch.isclose(module.forward_masked(moved).loss, out.loss)
 
 
+def test_padding_content_does_not_reach_the_loss():
+    """Garbage in padded positions changes nothing: the encoder never sees padding, the decoder
+    masks it out of attention, and it is never a target."""
+    tokenizer = AudioTokenizer(SMALL, duration=1.0, patch_frames=4, patch_mels=4)
+    module = _tiny_module(tokenizer).eval()
+    batch = _padded_batch(tokenizer)
+    padding = ~batch["attention_mask"]
+    assert padding.any(), "the batch must hold a padded clip"
+    torch.manual_seed(1)
+    loss = module.forward_masked(batch).loss
+    noisy = dict(batch, patches=batch["patches"].clone())
+    noisy["patches"][padding] = 100.0 * torch.randn_like(noisy["patches"][padding])
+    torch.manual_seed(1)
+    torch.testing.assert_close(module.forward_masked(noisy).loss, loss)
+
+
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     tokenizer = AudioTokenizer(SMALL, duration=1.0, patch_frames=4, patch_mels=8)

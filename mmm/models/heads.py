@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from mmm.models.embedders import sincos_positions
+
+if TYPE_CHECKING:
+    from mmm.models.modality import VisibleLayout
 
 
 class TokenHead(nn.Module):
@@ -105,12 +109,12 @@ class PatchDecoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def unshuffle(self, hidden: Tensor, ids_keep: Tensor, mask: Tensor) -> Tensor:
+    def unshuffle(self, hidden: Tensor, visible: VisibleLayout, mask: Tensor) -> Tensor:
         """Put the visible states back at their positions and the mask token everywhere else.
 
         Args:
             hidden: (B, V, D) encoder states of the kept positions.
-            ids_keep: (B, V) their positions in the full sequence.
+            visible: their positions in the full sequence, and which rows are padding.
             mask: (B, L) bool hidden positions.
 
         Returns:
@@ -119,18 +123,20 @@ class PatchDecoder(nn.Module):
         x = self.embed(hidden)  # (B, V, W)
         batch, length = mask.shape
         token = self.mask_token.to(x.dtype).expand(batch, length, -1)  # (B, L, W)
-        # Rows with fewer visible positions than V are padded with ids of hidden positions;
-        # those slots write the mask token, so no padding state lands on a hidden position.
-        real = ~mask.gather(1, ids_keep)  # (B, V)
-        x = torch.where(real.unsqueeze(-1), x, token[:, : x.shape[1]])
-        index = ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (B, V, W)
+        # Padding rows (samples with fewer visible positions than V) write the mask token, so
+        # no padding state lands anywhere; a row's ids are distinct, so the scatter is exact.
+        x = torch.where(visible.keep_valid.unsqueeze(-1), x, token[:, : x.shape[1]])
+        index = visible.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (B, V, W)
         full = token.scatter(1, index, x)  # (B, L, W)
         return full + self.positions[:length].to(x.dtype)
 
-    def forward(self, hidden: Tensor, ids_keep: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, visible: VisibleLayout, mask: Tensor) -> Tensor:
         """Predictions at hidden positions only, (N, output_dim) in row-major order of
-        ``mask``; the blocks see every position, the output projection only hidden ones."""
-        x = self.unshuffle(hidden, ids_keep, mask)  # (B, L, W)
+        ``mask``; the blocks attend over every real position (padding excluded), the output
+        projection runs on hidden ones only."""
+        x = self.unshuffle(hidden, visible, mask)  # (B, L, W)
+        real = visible.attention_mask
+        attn_mask = None if bool(real.all()) else real[:, None, None, :]  # (B, 1, 1, L)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, attn_mask=attn_mask)
         return self.pred(self.norm(x[mask]))  # (N, W) -> (N, output_dim)

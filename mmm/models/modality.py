@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,22 @@ from mmm.masking import Masking, corrupt_tokens
 from mmm.models.embedders import PatchEmbedder, TokenEmbedder
 from mmm.models.heads import PatchDecoder, PatchDecoderConfig, TokenHead
 from mmm.tokenizers.base import ContinuousSpec, DiscreteSpec, ModalitySpec
+
+
+@dataclass(frozen=True)
+class VisibleLayout:
+    """How visible-only encoder states map back onto the full sequence.
+
+    Attributes:
+        ids_keep: (B, V) position in the full sequence of each encoder row.
+        keep_valid: (B, V) bool, ``False`` for the padding rows of samples with fewer than V
+            visible positions.
+        attention_mask: (B, L) bool real (non-padding) positions of the full sequence.
+    """
+
+    ids_keep: Tensor
+    keep_valid: Tensor
+    attention_mask: Tensor
 
 
 class Modality(nn.Module, ABC):
@@ -36,13 +53,14 @@ class Modality(nn.Module, ABC):
         ``visible_only`` is ``False``. Returns (B, L, D)."""
 
     @abstractmethod
-    def predict(self, hidden: Tensor, mask: Tensor, ids_keep: Tensor | None) -> Tensor:
+    def predict(self, hidden: Tensor, mask: Tensor, visible: VisibleLayout | None) -> Tensor:
         """Predictions at hidden positions, (N, ...) in row-major order of ``mask``.
 
         Args:
             hidden: encoder states, (B, L, D), or (B, V, D) when ``visible_only``.
             mask: (B, L) bool hidden positions.
-            ids_keep: (B, V) positions of ``hidden`` in the full sequence when ``visible_only``.
+            visible: where the rows of ``hidden`` sit in the full sequence when
+                ``visible_only``; ``None`` otherwise.
         """
 
     @abstractmethod
@@ -103,7 +121,7 @@ class TokenModality(Modality):
         )
         return self.embedder(corrupted)  # (B, L, D)
 
-    def predict(self, hidden: Tensor, mask: Tensor, ids_keep: Tensor | None) -> Tensor:
+    def predict(self, hidden: Tensor, mask: Tensor, visible: VisibleLayout | None) -> Tensor:
         return self.head(hidden[mask])  # (N, D) -> (N, V), only hidden positions
 
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
@@ -161,10 +179,12 @@ class PatchModality(Modality):
     def embed(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
         return self.embedder(batch["patches"])  # (B, L, D); hidden ones are dropped later
 
-    def predict(self, hidden: Tensor, mask: Tensor, ids_keep: Tensor | None) -> Tensor:
-        if ids_keep is None:
-            raise ValueError("PatchModality.predict needs ids_keep (visible-only encoding)")
-        return self.head(hidden, ids_keep, mask)  # (N, P)
+    def predict(self, hidden: Tensor, mask: Tensor, visible: VisibleLayout | None) -> Tensor:
+        if visible is None:
+            raise ValueError(
+                "PatchModality.predict needs the visible layout (visible-only encoding)"
+            )
+        return self.head(hidden, visible, mask)  # (N, P)
 
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
         target = batch["patches"][mask].float()  # (N, P)
