@@ -190,7 +190,7 @@ def _smiles_lines(path: Path, column: str) -> Iterator[tuple[int, str]]:
             yield number, fields[0]
 
 
-@register_source("smiles")
+@register_source("smiles", per_file=True)
 def smiles_samples(
     paths: list[str], column: str = "smiles", validate: bool = False, strict: bool = False
 ) -> Iterator[Sample]:
