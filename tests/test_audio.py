@@ -34,21 +34,11 @@ from mmm.tokenizers.audio import (
     unpatchify,
 )
 from mmm.tokenizers.base import SampleError
+from tests.test_configs import FAST
 
 CONFIG = Path(__file__).parents[1] / "configs" / "audio_mae.yaml"
 #: Small features for fast tests: 16 bands, 16 ms hops at 8 kHz.
 SMALL = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
-FAST = [
-    "--trainer.max_steps=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.val_check_interval=1",
-    "--trainer.num_sanity_val_steps=0",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--data.num_workers=0",
-    "--data.batch_size=4",
-]
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ from mmm.masking import SpanMasking, WholeWordMasking
 from mmm.models.encoder import HFEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from tests.conftest import SENTENCES
+from tests.helpers import overfit_loss
 
 
 def _batch(tokenizer, n: int = 8):
@@ -43,15 +44,7 @@ def test_head_runs_on_hidden_positions_only(tiny_module, tokenizer):
 def test_tiny_model_overfits_one_batch(tiny_module, tokenizer):
     """Same batch, same mask (reseeded each step): the loss must go to near zero."""
     batch = _batch(tokenizer)
-    optimizer = torch.optim.AdamW(tiny_module.parameters(), lr=3e-3)
-    for _ in range(150):
-        torch.manual_seed(0)
-        loss = tiny_module.forward_masked(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    torch.manual_seed(0)
-    final = tiny_module.eval().forward_masked(batch).loss.item()
+    final = overfit_loss(tiny_module, batch)
     assert final < 0.05, f"loss after 150 steps: {final:.3f}"
 
 

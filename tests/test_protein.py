@@ -23,6 +23,7 @@ from mmm.tokenizers.protein import (
     read_fasta,
 )
 from mmm.tools import shards_command
+from tests.helpers import overfit_loss
 
 # Real proteins: human hemoglobin alpha (start), ubiquitin, insulin B chain.
 SEQUENCES = {
@@ -190,15 +191,7 @@ def test_tiny_model_overfits_one_batch(tokenizer):
     torch.manual_seed(0)
     module = _tiny_module(tokenizer)
     batch = tokenizer.collate([s[:40] for s in SEQUENCES.values()])
-    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
-    for _ in range(150):
-        torch.manual_seed(0)
-        loss = module.forward_masked(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    torch.manual_seed(0)
-    final = module.eval().forward_masked(batch).loss.item()
+    final = overfit_loss(module, batch)
     assert final < 0.05, f"loss after 150 steps: {final:.3f}"
 
 

@@ -26,6 +26,7 @@ from mmm.tokenizers.smiles import (
     smiles_samples,
     tokenize_smiles,
 )
+from tests.helpers import overfit_loss
 
 SMILES_CONFIG = Path(__file__).parents[1] / "configs" / "smiles_mlm.yaml"
 
@@ -242,15 +243,7 @@ def test_tiny_model_overfits_one_batch(tokenizer, one_thread):
     encoder = TransformerEncoder(dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
     module = MaskedModelingModule(tokenizer=tokenizer, encoder=encoder, lr=3e-3, warmup_steps=0)
     batch = tokenizer.collate(MOLECULES[:8])
-    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
-    for _ in range(150):
-        torch.manual_seed(0)
-        loss = module.forward_masked(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    torch.manual_seed(0)
-    final = module.eval().forward_masked(batch).loss.item()
+    final = overfit_loss(module, batch)
     assert final < 0.05, f"loss after 150 steps: {final:.3f}"
 
 
