@@ -1,10 +1,11 @@
 """The ``mmm`` command: LightningCLI for ``fit | validate | test | predict``, plus tools.
 
 ``mmm fit --config configs/text_mlm.yaml`` trains; every constructor argument of the module,
-its tokenizer, encoder and masking, and the datamodule is a typed option
+its tokenizer, encoder, masking and decoder, and the datamodule is a typed option
 (``--model.masking.ratio 0.3``), shown by ``--help`` and ``--print_config``.
 The tools are ``mmm shards`` (files -> WebDataset shards), ``mmm tokenizer`` (train a text
-tokenizer) and ``mmm fill-mask`` (top-k predictions from a checkpoint).
+tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed`` (sequence
+embeddings from a checkpoint) and ``mmm audio-stats`` (dataset mean/std of log-mel features).
 """
 
 from __future__ import annotations
