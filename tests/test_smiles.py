@@ -126,8 +126,8 @@ def test_bpe_round_trips_and_merges(smi_file, tmp_path):
     ("raw", "reason"),
     [
         (b"CC(x)C", "unexpected character 'x' at position 3"),
-        (b"  ", "empty SMILES"),
-        (b"\xffCC", "invalid SMILES"),
+        (b"  ", "'smi' is empty"),
+        (b"\xffCC", "'smi' is not valid UTF-8"),
     ],
 )
 def test_bad_samples_name_the_shard_and_key(tokenizer, raw, reason):

@@ -27,6 +27,27 @@ class SampleError(ValueError):
         self.url = url
 
 
+def read_text_member(sample: dict[str, Any], extension: str) -> str:
+    """The UTF-8 text of one member of a raw WebDataset sample.
+
+    Raises:
+        SampleError: naming the sample's shard and key when the member is missing, is not valid
+            UTF-8, or holds only whitespace.
+    """
+    key, url = sample.get("__key__"), sample.get("__url__")
+    raw = sample.get(extension)
+    if raw is None:
+        members = sorted(k for k in sample if not k.startswith("__"))
+        raise SampleError(f"no {extension!r} member (members: {members})", key, url)
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError as error:
+        raise SampleError(f"{extension!r} is not valid UTF-8 ({error})", key, url) from error
+    if not text.strip():
+        raise SampleError(f"{extension!r} is empty", key, url)
+    return text
+
+
 @dataclass(frozen=True)
 class DiscreteSpec:
     """Inputs are token ids; targets are the original ids of hidden positions.

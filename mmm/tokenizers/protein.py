@@ -21,7 +21,12 @@ import torch
 from torch import Tensor
 
 from mmm.shards import Sample, register_source, sample_key
-from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, SampleError
+from mmm.tokenizers.base import (
+    DiscreteSpec,
+    DiscreteTokenizer,
+    SampleError,
+    read_text_member,
+)
 
 OnUnknown = Literal["error", "x"]
 
@@ -236,13 +241,10 @@ class ProteinTokenizer(DiscreteTokenizer):
     def decode_sample(self, sample: dict[str, Any]) -> str:
         """The cleaned residues of a sample's ``seq`` member, randomly cropped to fit."""
         key, url = sample.get("__key__"), sample.get("__url__")
-        raw = sample.get("seq")
-        if raw is None:
-            members = sorted(k for k in sample if not k.startswith("__"))
-            raise SampleError(f"no 'seq' member (members: {members})", key, url)
+        text = read_text_member(sample, "seq")
         try:
-            ids = self.encode(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw), "'seq'")
-        except (UnicodeDecodeError, ValueError) as error:
+            ids = self.encode(text, "'seq'")
+        except ValueError as error:
             raise SampleError(str(error), key, url) from error
         if ids.numel() == 0:
             raise SampleError("'seq' holds no residue", key, url)

@@ -32,7 +32,12 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trai
 from tokenizers import Tokenizer as RustTokenizer
 
 from mmm.shards import Sample, register_source, sample_key
-from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, SampleError
+from mmm.tokenizers.base import (
+    DiscreteSpec,
+    DiscreteTokenizer,
+    SampleError,
+    read_text_member,
+)
 from mmm.tokenizers.protein import open_text
 
 if TYPE_CHECKING:
@@ -409,15 +414,11 @@ class SmilesTokenizer(DiscreteTokenizer):
         )
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
-        key, url = sample.get("__key__"), sample.get("__url__")
-        raw = sample.get("smi")
-        if raw is None:
-            members = sorted(k for k in sample if not k.startswith("__"))
-            raise SampleError(f"no 'smi' member (members: {members})", key, url)
+        smiles = read_text_member(sample, "smi").strip()
         try:
-            smiles = raw.decode("utf-8").strip() if isinstance(raw, bytes) else str(raw).strip()
             return self.prepare(smiles)
-        except ValueError as error:  # UnicodeDecodeError is a ValueError too
+        except ValueError as error:
+            key, url = sample.get("__key__"), sample.get("__url__")
             raise SampleError(f"invalid SMILES: {error}", key, url) from error
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mmm.shards import Sample, register_source, text_documents
-from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, SampleError
+from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, read_text_member
 
 Algorithm = Literal["wordpiece", "bpe"]
 
@@ -238,17 +238,7 @@ class TextTokenizer(DiscreteTokenizer):
         )
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
-        key, url = sample.get("__key__"), sample.get("__url__")
-        raw = sample.get("txt")
-        if raw is None:
-            raise SampleError(f"no 'txt' member (members: {_members(sample)})", key, url)
-        try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        except UnicodeDecodeError as error:
-            raise SampleError(f"'txt' is not valid UTF-8 ({error})", key, url) from error
-        if not text.strip():
-            raise SampleError("'txt' is empty", key, url)
-        return text
+        return read_text_member(sample, "txt")
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch in one call to the Rust tokenizer, padded to the longest text
@@ -286,7 +276,3 @@ class TextTokenizer(DiscreteTokenizer):
 
     def __repr__(self) -> str:
         return f"TextTokenizer(path={self.path!r}, vocab_size={len(self.hf)})"
-
-
-def _members(sample: dict[str, Any]) -> list[str]:
-    return sorted(k for k in sample if not k.startswith("__"))
