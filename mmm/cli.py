@@ -40,6 +40,14 @@ TOOLS: dict[str, Callable[..., object]] = {
 }
 
 
+DESCRIPTION = (
+    "mmm: masked modeling for text, images, audio, proteins and SMILES. "
+    "Train with `mmm fit --config configs/X.yaml`; tools: "
+    + ", ".join(f"`mmm {name} --help`" for name in TOOLS)
+    + "."
+)
+
+
 def run(args: list[str] | None = None) -> MMMCLI | object:
     """Run ``mmm`` with ``args`` (default: the command line); returns the CLI or tool result."""
     argv = sys.argv[1:] if args is None else args
@@ -49,6 +57,7 @@ def run(args: list[str] | None = None) -> MMMCLI | object:
         MaskedModelingModule,
         ShardDataModule,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION},
         args=args,  # None: LightningCLI reads sys.argv itself
     )
 
