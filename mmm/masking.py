@@ -292,15 +292,17 @@ class Masking:
                 patches), used by block-wise masking and ignored by the other strategies.
         """
         ratio = self.ratio_at(step)
-        return MaskedPositions(self.select(maskable, ratio, word_ids, generator), ratio)
+        return MaskedPositions(self.select(maskable, ratio, word_ids, grid, generator), ratio)
 
     def select(
         self,
         maskable: Tensor,
         ratio: float,
         word_ids: Tensor | None,
+        grid: tuple[int, int] | None,
         generator: torch.Generator | None,
     ) -> Tensor:
+        """The strategy itself: (B, L) bool hidden positions at ``ratio``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -311,7 +313,7 @@ class Masking:
 class RandomMasking(Masking):
     """Hide a uniformly random subset of positions, the exact ratio in every sample."""
 
-    def select(self, maskable, ratio, word_ids, generator):
+    def select(self, maskable, ratio, word_ids, grid, generator):
         return random_mask(maskable, ratio, generator)
 
 
@@ -321,7 +323,7 @@ class WholeWordMasking(Masking):
     Needs ``word_ids`` in the batch (``TextTokenizer`` provides them).
     """
 
-    def select(self, maskable, ratio, word_ids, generator):
+    def select(self, maskable, ratio, word_ids, grid, generator):
         if word_ids is None:
             raise ValueError(
                 "WholeWordMasking needs word_ids in the batch; this tokenizer gives none "
@@ -339,23 +341,8 @@ class SpanMasking(Masking):
         **kwargs: the ``Masking`` settings.
     """
 
-    def __init__(
-        self,
-        ratio: float = 0.15,
-        final_ratio: float | None = None,
-        schedule_steps: int = 0,
-        mask_replace_prob: float = 0.8,
-        random_replace_prob: float = 0.1,
-        mean_span_length: float = 3.0,
-        max_span_length: int = 10,
-    ) -> None:
-        super().__init__(
-            ratio=ratio,
-            final_ratio=final_ratio,
-            schedule_steps=schedule_steps,
-            mask_replace_prob=mask_replace_prob,
-            random_replace_prob=random_replace_prob,
-        )
+    def __init__(self, mean_span_length: float = 3.0, max_span_length: int = 10, **kwargs) -> None:
+        super().__init__(**kwargs)
         if mean_span_length < 1.0:
             raise ValueError(f"SpanMasking: mean_span_length must be >= 1, got {mean_span_length}")
         if max_span_length < 1:
@@ -363,7 +350,7 @@ class SpanMasking(Masking):
         self.mean_span_length = mean_span_length
         self.max_span_length = max_span_length
 
-    def select(self, maskable, ratio, word_ids, generator):
+    def select(self, maskable, ratio, word_ids, grid, generator):
         return span_mask(
             maskable,
             ratio,
@@ -378,20 +365,16 @@ class BlockMasking(Masking):
     sample; needs positions laid out on a grid (the tokenizer's ``spec.grid``).
 
     Args:
+        ratio: fraction of patches hidden (MAE-style default; BEiT uses 0.4).
         min_block: fewest patches in a block (BEiT: 16 of a 14x14 grid).
         min_aspect: most elongated block shape (height / width), BEiT: 0.3.
         **kwargs: the ``Masking`` settings.
     """
 
     def __init__(
-        self,
-        ratio: float = 0.75,
-        final_ratio: float | None = None,
-        schedule_steps: int = 0,
-        min_block: int = 4,
-        min_aspect: float = 0.3,
+        self, ratio: float = 0.75, min_block: int = 4, min_aspect: float = 0.3, **kwargs
     ) -> None:
-        super().__init__(ratio=ratio, final_ratio=final_ratio, schedule_steps=schedule_steps)
+        super().__init__(ratio=ratio, **kwargs)
         if min_block < 1:
             raise ValueError(f"BlockMasking: min_block must be >= 1, got {min_block}")
         if not 0.0 < min_aspect <= 1.0:
@@ -399,14 +382,13 @@ class BlockMasking(Masking):
         self.min_block = min_block
         self.min_aspect = min_aspect
 
-    def __call__(self, maskable, step=0, word_ids=None, generator=None, grid=None):
+    def select(self, maskable, ratio, word_ids, grid, generator):
         if grid is None:
             raise ValueError(
                 "BlockMasking needs positions on a 2-D grid; this tokenizer's spec has no grid "
                 "(use RandomMasking for it)"
             )
-        ratio = self.ratio_at(step)
-        mask = block_mask(
+        return block_mask(
             maskable,
             grid,
             ratio,
@@ -414,7 +396,6 @@ class BlockMasking(Masking):
             min_aspect=self.min_aspect,
             generator=generator,
         )
-        return MaskedPositions(mask, ratio)
 
 
 def visible_indices(visible: Tensor) -> tuple[Tensor, Tensor]:
