@@ -5,7 +5,8 @@ its tokenizer, encoder, masking and decoder, and the datamodule is a typed optio
 (``--model.masking.ratio 0.3``), shown by ``--help`` and ``--print_config``.
 The tools are ``mmm shards`` (files -> WebDataset shards), ``mmm tokenizer`` (train a text
 tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed`` (sequence
-embeddings from a checkpoint) and ``mmm audio-stats`` (dataset mean/std of log-mel features).
+embeddings from a checkpoint), ``mmm audio-stats`` (dataset mean/std of log-mel features) and
+``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from jsonargparse import auto_cli
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
+from mmm.export import export_command
 from mmm.inference import embed_command
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import audio_stats_command
@@ -37,6 +39,7 @@ TOOLS: dict[str, Callable[..., object]] = {
     "fill-mask": fill_mask_command,
     "embed": embed_command,
     "audio-stats": audio_stats_command,
+    "export": export_command,
 }
 
 
