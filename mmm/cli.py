@@ -6,7 +6,8 @@ its tokenizer, encoder, masking and decoder, and the datamodule is a typed optio
 The tools are ``mmm shards`` (files -> WebDataset shards), ``mmm tokenizer`` (train a text
 tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed`` (sequence
 embeddings from a checkpoint), ``mmm audio-stats`` (dataset mean/std of log-mel features) and
-``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load).
+``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load) and
+``mmm probe`` (linear probe of frozen embeddings on a labelled set).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datamodules.webdataset import ShardDataModule
 from mmm.export import export_command
 from mmm.inference import embed_command
 from mmm.module import MaskedModelingModule
+from mmm.probe import probe_command
 from mmm.tokenizers.audio import audio_stats_command
 from mmm.tools import fill_mask_command, shards_command, tokenizer_command
 
@@ -40,6 +42,7 @@ TOOLS: dict[str, Callable[..., object]] = {
     "embed": embed_command,
     "audio-stats": audio_stats_command,
     "export": export_command,
+    "probe": probe_command,
 }
 
 
