@@ -89,10 +89,9 @@ LABELLED_SETS: dict[str, Callable[[], LabelledSet]] = {
 
 def load_labelled(name: str) -> LabelledSet:
     """The labelled set called ``name`` (see ``LABELLED_SETS``)."""
-    try:
-        return LABELLED_SETS[name]()
-    except KeyError:
+    if name not in LABELLED_SETS:
         raise ValueError(f"unknown labelled set {name!r}; choose from {sorted(LABELLED_SETS)}")
+    return LABELLED_SETS[name]()
 
 
 def image_batch(tokenizer: ImageTokenizer, images: list[Tensor]) -> dict[str, Tensor]:

@@ -57,9 +57,7 @@ def test_online_probe_leaves_pretraining_unchanged_and_logs_accuracy():
     alone, _ = _train([])
     probe = OnlineLinearProbe(data="amp", batch_size=16, limit=96)
     probed, trainer = _train([probe])
-    for (name, a), (_, b) in zip(
-        alone.named_parameters(), probed.named_parameters(), strict=True
-    ):
+    for (name, a), (_, b) in zip(alone.named_parameters(), probed.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     accuracy = float(trainer.callback_metrics["probe/accuracy"])
     assert 0.0 <= accuracy <= 1.0
@@ -94,7 +92,9 @@ def test_digit_features_from_an_image_model():
     assert mean_patch.shape == (200, 4 * 4 * 3)
     assert linear_probe_score(mean_patch, labels, "classification") > 0.3  # chance is 0.1
     fresh = randomly_initialized(module)
-    assert not torch.equal(fresh.encoder.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight)
+    assert not torch.equal(
+        fresh.encoder.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight
+    )
 
 
 def test_probe_tool_on_a_checkpoint(tmp_path, monkeypatch, capsys):
