@@ -15,10 +15,22 @@ from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from tests.conftest import SENTENCES
-from tests.test_embeddings import PROTEIN_CONFIG
+from tests.helpers import fit_protein_checkpoint
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C[C@H](N)C(=O)O", "ClC(Cl)Cl", "CCN(CC)CC"]
 PROTEINS = ["MKTLLVAGA", "ACDEFGHIKLMNPQRSTVWY", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]
+
+
+def assert_same_logits(module: MaskedModelingModule, model: torch.nn.Module, sequences) -> None:
+    """mmm's and a Hugging Face masked LM's logits agree (fp32) at every real position of a
+    padded batch (ESM zeroes padding positions; mmm masks them out of attention)."""
+    batch = module.tokenizer.collate(sequences)
+    real = batch["attention_mask"]  # (B, L)
+    assert not real.all()  # rows of different lengths: padding is present, and handled
+    with torch.no_grad():
+        expected = module.modality.head(module(batch))  # (B, L, V)
+        logits = model(input_ids=batch["input_ids"], attention_mask=real.long()).logits
+    torch.testing.assert_close(logits[real], expected[real])
 
 
 def _randomized(module: MaskedModelingModule) -> MaskedModelingModule:
@@ -54,15 +66,7 @@ def module_and_inputs(request, tmp_path):
 
 def test_esm_logits_equal_mmm_logits(module_and_inputs):
     module, sequences, _ = module_and_inputs
-    batch = module.tokenizer.collate(sequences)  # padded: rows of different lengths
-    with torch.no_grad():
-        expected = module.modality.head(module(batch))  # (B, L, V)
-        logits = to_esm(module)(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].long()
-        ).logits
-    real = batch["attention_mask"]
-    assert not real.all()  # padding is present, and handled
-    torch.testing.assert_close(logits[real], expected[real])
+    assert_same_logits(module, to_esm(module), sequences)
 
 
 def test_exported_directory_loads_with_auto_classes_and_pipeline(module_and_inputs, tmp_path):
@@ -133,13 +137,7 @@ def _protein_module(**kwargs) -> MaskedModelingModule:
 def test_init_from_esm_directory_reproduces_its_logits(tmp_path):
     directory = _tiny_esm(tmp_path)
     module = _protein_module(init_from=directory).eval()
-    source = EsmForMaskedLM.from_pretrained(directory).eval()
-    batch = module.tokenizer.collate(PROTEINS)
-    with torch.no_grad():
-        logits = source(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        expected = module.modality.head(module(batch))
-    real = batch["attention_mask"]
-    torch.testing.assert_close(expected[real], logits[real])
+    assert_same_logits(module, EsmForMaskedLM.from_pretrained(directory).eval(), PROTEINS)
 
 
 def test_init_from_refuses_layouts_that_do_not_map(tmp_path):
@@ -153,36 +151,16 @@ def test_fit_from_an_esm_directory_then_export(tmp_path, monkeypatch):
     """``mmm fit --model.init_from DIR`` (the protein YAML, shrunk) -> ``mmm export`` ->
     ``AutoModelForMaskedLM``."""
     monkeypatch.chdir(tmp_path)
-    fasta = tmp_path / "proteins.fasta"
-    fasta.write_text("".join(f">prot{i}\n{s}\n" for i, s in enumerate(PROTEINS * 4)))
-    run(["shards", f"--inputs={fasta}", "--output=shards/train", "--modality=protein"])
-    run(
-        [
-            "fit",
-            f"--config={PROTEIN_CONFIG}",
-            f"--model.init_from={_tiny_esm(tmp_path)}",
-            "--model.tokenizer.max_length=40",
-            "--model.encoder.dim=32",
-            "--model.encoder.depth=2",
-            "--model.encoder.num_heads=4",
-            "--model.encoder.mlp_ratio=2.0",
-            "--data.train_shards=shards/train-*.tar",
-            "--data.val_shards=shards/train-*.tar",
-            "--data.num_workers=0",
-            "--data.batch_size=4",
-            "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
+    checkpoint = fit_protein_checkpoint(
+        tmp_path,
+        PROTEINS * 4,
+        f"--model.init_from={_tiny_esm(tmp_path)}",
+        "--model.tokenizer.max_length=40",
+        "--model.encoder.dim=32",
+        "--model.encoder.depth=2",
+        "--model.encoder.num_heads=4",
+        "--model.encoder.mlp_ratio=2.0",
     )
-    [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
     run(["export", f"--checkpoint={checkpoint}", "--output=exported"])
     model = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "exported")).eval()
-    module = load_module(str(checkpoint))
-    batch = module.tokenizer.collate(PROTEINS)
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        expected = module.modality.head(module(batch))
-    real = batch["attention_mask"]
-    torch.testing.assert_close(logits[real], expected[real])
+    assert_same_logits(load_module(str(checkpoint)), model, PROTEINS)

@@ -21,7 +21,8 @@ from mmm.probe import (
 )
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
-from tests.test_embeddings import PROTEIN_CONFIG, PROTEINS
+from tests.helpers import fit_protein_checkpoint
+from tests.test_embeddings import PROTEINS
 
 pytest.importorskip("modlamp")
 
@@ -97,30 +98,8 @@ def test_digit_features_from_an_image_model():
     )
 
 
-def test_probe_tool_on_a_checkpoint(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    fasta = tmp_path / "proteins.fasta"
-    fasta.write_text("".join(f">prot{i}\n{s}\n" for i, s in enumerate(PROTEINS)))
-    run(["shards", f"--inputs={fasta}", "--output=shards/train", "--modality=protein"])
-    run(
-        [
-            "fit",
-            f"--config={PROTEIN_CONFIG}",
-            "--model.tokenizer.max_length=48",
-            "--model.encoder.dim=16",
-            "--model.encoder.depth=1",
-            "--model.encoder.num_heads=2",
-            "--data.train_shards=shards/train-*.tar",
-            "--data.val_shards=shards/train-*.tar",
-            "--data.num_workers=0",
-            "--data.batch_size=4",
-            "--trainer.max_steps=1",
-            "--trainer.val_check_interval=1",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
-    )
-    [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
+def test_probe_tool_on_a_checkpoint(tmp_path, capsys):
+    checkpoint = fit_protein_checkpoint(tmp_path, PROTEINS)
     scores = run(["probe", f"--checkpoint={checkpoint}", "--data=amp", "--limit=200"])
     assert set(scores) == {"pretrained encoder", "random encoder", "no encoder"}
     assert all(0.0 <= s <= 1.0 for s in scores.values())
