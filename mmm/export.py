@@ -39,6 +39,7 @@ from transformers import (
 from mmm.models.encoder import TransformerEncoder
 from mmm.models.modality import TokenModality
 from mmm.module import MaskedModelingModule
+from mmm.tokenizers import smiles
 from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import TOKENS, ProteinTokenizer
@@ -227,11 +228,11 @@ def hf_tokenizer(tokenizer: Tokenizer, output: Path) -> PreTrainedTokenizerBase:
         rust.no_truncation()
         hf = PreTrainedTokenizerFast(
             tokenizer_object=rust,
-            bos_token="<s>",
-            eos_token="</s>",
-            pad_token="<pad>",
-            unk_token="<unk>",
-            mask_token=tokenizer.mask_token,
+            bos_token=smiles.BOS,
+            eos_token=smiles.EOS,
+            pad_token=smiles.PAD,
+            unk_token=smiles.UNK,
+            mask_token=smiles.MASK,
             model_max_length=tokenizer.max_length,
         )
     else:
