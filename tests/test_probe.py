@@ -24,8 +24,6 @@ from mmm.tokenizers.protein import ProteinTokenizer
 from tests.helpers import fit_protein_checkpoint
 from tests.test_embeddings import PROTEINS
 
-pytest.importorskip("modlamp")
-
 
 def _protein_module() -> MaskedModelingModule:
     torch.manual_seed(0)
@@ -55,6 +53,7 @@ def _train(callbacks: list[L.Callback]) -> tuple[MaskedModelingModule, L.Trainer
 
 
 def test_online_probe_leaves_pretraining_unchanged_and_logs_accuracy():
+    pytest.importorskip("modlamp")  # the `probe` extra
     alone, _ = _train([])
     probe = OnlineLinearProbe(data="amp", batch_size=16, limit=96)
     probed, trainer = _train([probe])
@@ -99,6 +98,7 @@ def test_digit_features_from_an_image_model():
 
 
 def test_probe_tool_on_a_checkpoint(tmp_path, capsys):
+    pytest.importorskip("modlamp")  # the `probe` extra
     checkpoint = fit_protein_checkpoint(tmp_path, PROTEINS)
     scores = run(["probe", f"--checkpoint={checkpoint}", "--data=amp", "--limit=200"])
     assert set(scores) == {"pretrained encoder", "random encoder", "no encoder"}
