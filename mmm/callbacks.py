@@ -1,4 +1,5 @@
-"""Lightning callbacks: pictures of what a masked autoencoder reconstructs.
+"""Lightning callbacks: pictures of what a masked autoencoder reconstructs, and a progress bar
+that tells the truth about step-bounded training.
 
 A masked autoencoder is judged by looking at it: a loss value says little about whether
 reconstructions are sharp, blurry or wrong. ``ReconstructionImages`` draws, at each
@@ -7,11 +8,13 @@ validation, a few validation samples as original / masked input / reconstruction
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
@@ -111,3 +114,27 @@ class ReconstructionImages(L.Callback):
         render = pl_module.tokenizer.render
         rows = torch.cat([render(original), render(visible), render(reconstruction)])
         return make_grid(rows.float().cpu(), nrow=count, padding=2, pad_value=1.0)
+
+
+class TrainingProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, with the epoch count of step-bounded runs.
+
+    mmm's configs bound training by ``max_steps`` (``max_epochs`` is then -1), for which
+    Lightning shows ``Epoch 3/-2``; this bar shows the last epoch that ``max_steps`` reaches
+    (``Epoch 3/3``). It also leaves out ``v_num``, the logger's version number, which the rich
+    bar prints as a float (``v_num: 0.000``); the log folder names the version.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        bounded_by_steps = trainer.max_epochs in (None, -1) and trainer.max_steps > 0
+        if not bounded_by_steps or not 0 < batches < math.inf:
+            return super()._get_train_description(current_epoch)
+        last_epoch = math.ceil(trainer.max_steps / batches) - 1
+        return f"Epoch {current_epoch}/{last_epoch}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
+import lightning as L
 from jsonargparse import auto_cli
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
+from mmm.callbacks import TrainingProgressBar
 from mmm.inference import embed_command
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import audio_stats_command
@@ -29,6 +33,16 @@ class MMMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One tokenizer instance sizes the model's embedder/head and batches the data.
         parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The configured trainer, with Lightning's default rich progress bar (when it is on)
+        replaced by one that shows the epochs of step-bounded runs."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [
+            TrainingProgressBar() if type(callback) is RichProgressBar else callback
+            for callback in trainer.callbacks
+        ]
+        return trainer
 
 
 TOOLS: dict[str, Callable[..., object]] = {

@@ -31,9 +31,9 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from torch import Tensor
 
+from mmm import optional
 from mmm.shards import Sample, register_source, sample_key
 from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
 
@@ -85,8 +85,9 @@ class LogMelSettings:
 
     def transform(self) -> torch.nn.Module:
         """The torchaudio pipeline: waveform (N,) -> log-mel (n_mels, 1 + N // hop_length)."""
+        transforms = optional.torchaudio().transforms
         return torch.nn.Sequential(
-            torchaudio.transforms.MelSpectrogram(
+            transforms.MelSpectrogram(
                 sample_rate=self.sample_rate,
                 n_fft=self.n_fft,
                 hop_length=self.hop_length,
@@ -95,7 +96,7 @@ class LogMelSettings:
                 n_mels=self.n_mels,
                 power=2.0,
             ),
-            torchaudio.transforms.AmplitudeToDB(stype="power", top_db=self.top_db),
+            transforms.AmplitudeToDB(stype="power", top_db=self.top_db),
         )
 
 
@@ -130,7 +131,7 @@ def resample(waveform: Tensor, rate: int, target_rate: int) -> Tensor:
     """Band-limited sinc resampling (torchaudio) of (..., N) from ``rate`` to ``target_rate``."""
     if rate == target_rate:
         return waveform
-    return torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
+    return optional.torchaudio().functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
 
 
 def crop(

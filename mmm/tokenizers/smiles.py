@@ -31,6 +31,7 @@ from filelock import FileLock
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
 
+from mmm.optional import require
 from mmm.shards import Sample, register_source, sample_key
 from mmm.tokenizers.base import (
     DiscreteSpec,
@@ -69,7 +70,7 @@ _ORGANIC_ATOMS = frozenset(
 #: The element of a bracket atom: optional isotope, then the symbol (``*`` is a wildcard atom).
 _BRACKET_ELEMENT = re.compile(r"\[\d*([A-Z][a-z]?|se|as|te|[bcnops]|\*)")
 
-_RDKIT_HINT = "pip install mmm[chem]"
+_RDKIT_HINT = "Install it with: pip install mmm[chem]"
 
 
 def tokenize_smiles(smiles: str) -> list[str]:
@@ -113,13 +114,9 @@ def _is_heavy_atom(token: str) -> bool:
 # ------------------------------------------------------------------------------ RDKit helpers
 def _chem() -> Any:
     """``rdkit.Chem``, or an ImportError that says how to install it."""
-    try:
-        from rdkit import Chem
-    except ImportError as error:
-        raise ImportError(
-            f"RDKit is needed to validate, canonicalize or randomize SMILES: {_RDKIT_HINT}"
-        ) from error
-    return Chem
+    return require(
+        "rdkit.Chem", feature="Validating, canonicalizing or randomizing SMILES", fix=_RDKIT_HINT
+    )
 
 
 def require_rdkit(feature: str) -> None:
