@@ -637,9 +637,10 @@ class ShardDataModule(L.LightningDataModule):
         """The pipeline of one split; training pipelines shuffle, mix, and resume."""
         trainer = self.trainer
         cursors = self._resume_cursors(sources, layout) if training else None
+        tokenizer = self._require_tokenizer()
         return ShardPipeline(
             sources,
-            self._require_tokenizer(),
+            tokenizer if training else tokenizer.for_evaluation(),  # no random views held out
             layout,
             mode=mode,
             batch_size=self.batch_size,

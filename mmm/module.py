@@ -10,6 +10,8 @@ encoder sees hidden positions in corrupted form (discrete tokens) or only visibl
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
@@ -132,10 +134,10 @@ class MaskedModelingModule(L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+        self._evaluation_step(batch, batch_idx, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+        self._evaluation_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         hidden, pooled = self.embed(batch)
@@ -147,10 +149,15 @@ class MaskedModelingModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_means("test")
 
-    def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> None:
+    def _evaluation_step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
         """Accumulate loss and metrics weighted by hidden-position count, so the epoch value is
-        the mean over hidden positions (not over batches), synchronized across DDP ranks."""
-        out = self.forward_masked(batch)
+        the mean over hidden positions (not over batches), synchronized across DDP ranks.
+
+        The hidden positions (and BERT's replacements) of the n-th evaluation batch are drawn
+        from a generator seeded with n, apart from the training RNG: evaluating one checkpoint
+        twice gives the same numbers, and evaluation does not shift the training stream."""
+        with seeded_rng(batch_idx, self.device):
+            out = self.forward_masked(batch)
         weight = float(out.target.shape[0])
         for name, value in {"loss": out.loss, **out.metrics}.items():
             self._epoch_mean(stage, name).update(value.detach().float(), weight)
@@ -211,6 +218,16 @@ class MaskedModelingModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with torch's RNG (CPU, and ``device`` if it is a GPU) seeded with ``seed``,
+    restoring the previous RNG state afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _unsaved_hyperparameters() -> list[str]:

@@ -35,7 +35,14 @@ from torch import Tensor
 
 from mmm import optional
 from mmm.shards import Sample, register_source, sample_key
-from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
+from mmm.tokenizers.base import (
+    ContinuousSpec,
+    Crop,
+    SampleError,
+    Tokenizer,
+    copy_with,
+    crop_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,6 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
 Normalize = Literal["clip", "dataset"]
-Crop = Literal["start", "center", "random"]
 
 
 @dataclass(frozen=True)
@@ -132,22 +138,6 @@ def resample(waveform: Tensor, rate: int, target_rate: int) -> Tensor:
     if rate == target_rate:
         return waveform
     return optional.torchaudio().functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
-
-
-def crop(
-    waveform: Tensor, length: int, mode: Crop, generator: torch.Generator | None = None
-) -> Tensor:
-    """At most ``length`` samples of (N,): the first, the middle, or a random window."""
-    excess = waveform.shape[-1] - length
-    if excess <= 0:
-        return waveform
-    if mode == "start":
-        start = 0
-    elif mode == "center":
-        start = excess // 2
-    else:
-        start = int(torch.randint(excess + 1, (1,), generator=generator))
-    return waveform[..., start : start + length]
 
 
 def peak_dbfs(waveform: Tensor) -> float:
@@ -318,7 +308,7 @@ class AudioTokenizer(Tokenizer):
         return self._log_mel(wave)
 
     def decode_sample(self, sample: dict[str, Any]) -> AudioItem:
-        wave = crop(self.waveform(sample), self.num_samples, self.crop)
+        wave = crop_window(self.waveform(sample), self.num_samples, self.crop)
         mel = self.log_mel(wave)[:, : self.num_frames]  # (F, T_real)
         if self.normalize == "clip":
             mel = (mel - mel.mean()) / mel.std().clamp_min(1e-5)
@@ -329,6 +319,10 @@ class AudioTokenizer(Tokenizer):
         return AudioItem(features=padded, real_frames=real_frames)
 
     # ---------------------------------------------------------------------- batching
+    def for_evaluation(self) -> AudioTokenizer:
+        """The same settings with the middle window of long clips instead of a random one."""
+        return self if self.crop != "random" else copy_with(self, crop="center")
+
     def collate(self, items: list[AudioItem]) -> dict[str, Tensor]:
         """Stack clips and cut them into positions.
 

@@ -8,11 +8,19 @@ head must be, so that the model never hard-codes a vocabulary, channel count or 
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import torch
 from torch import Tensor
+
+TokenizerT = TypeVar("TokenizerT")
+
+#: Which window of a too-long sample is kept: the first, the middle (deterministic) or a random
+#: one (augmentation).
+Crop = Literal["start", "center", "random"]
 
 
 class SampleError(ValueError):
@@ -46,6 +54,35 @@ def read_text_member(sample: dict[str, Any], extension: str) -> str:
     if not text.strip():
         raise SampleError(f"{extension!r} is empty", key, url)
     return text
+
+
+def crop_window(
+    values: Tensor, length: int, mode: Crop, generator: torch.Generator | None = None
+) -> Tensor:
+    """At most ``length`` entries of (..., N) along the last axis: the first, the middle, or a
+    random window (drawn from torch's RNG, so crops differ every epoch yet repeat under
+    ``seed_everything``; loader workers are seeded from it)."""
+    excess = values.shape[-1] - length
+    if excess <= 0:
+        return values
+    if mode == "start":
+        start = 0
+    elif mode == "center":
+        start = excess // 2
+    else:
+        start = int(torch.randint(excess + 1, (1,), generator=generator))
+    return values[..., start : start + length]
+
+
+def copy_with(tokenizer: TokenizerT, **changes: Any) -> TokenizerT:
+    """A shallow copy of ``tokenizer`` with some attributes changed (its loaded vocabulary and
+    transforms are shared, not rebuilt)."""
+    changed = copy.copy(tokenizer)
+    for name, value in changes.items():
+        if not hasattr(changed, name):
+            raise AttributeError(f"{type(tokenizer).__name__} has no setting {name!r}")
+        setattr(changed, name, value)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -105,6 +142,13 @@ class Tokenizer(ABC):
 
         Every batch carries ``attention_mask`` (B, L) bool (``True`` = real position) and
         ``maskable`` (B, L) bool (``True`` = may be hidden: not padding, not special)."""
+
+    def for_evaluation(self) -> Tokenizer:
+        """This tokenizer with random augmentation switched off, for validation, test and
+        predict: held-out numbers are measured on the data, not on a random view of it, and
+        two evaluations of one checkpoint agree. Tokenizers without augmentation return
+        themselves."""
+        return self
 
 
 class DiscreteTokenizer(Tokenizer):

@@ -22,9 +22,12 @@ from torch import Tensor
 
 from mmm.shards import Sample, register_source, sample_key
 from mmm.tokenizers.base import (
+    Crop,
     DiscreteSpec,
     DiscreteTokenizer,
     SampleError,
+    copy_with,
+    crop_window,
     read_text_member,
 )
 
@@ -106,19 +109,6 @@ def decode_residues(ids: Tensor) -> str:
     return "".join(_ID_TO_TOKEN[kept].tolist())
 
 
-def random_window(ids: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
-    """A random window of ``length`` positions of ``ids`` (all of it when shorter).
-
-    ESM trains on random crops of proteins longer than its context; drawing the start from
-    torch's RNG makes crops differ every epoch yet repeat under ``seed_everything`` (loader
-    workers are seeded from it).
-    """
-    if ids.shape[0] <= length:
-        return ids
-    start = int(torch.randint(ids.shape[0] - length + 1, (1,), generator=generator))
-    return ids[start : start + length]
-
-
 def open_text(path: str | Path) -> TextIO:
     """Open a UTF-8 text file for reading, gunzipping it when its first bytes say it is gzip
     (whatever its name)."""
@@ -195,24 +185,37 @@ class ProteinTokenizer(DiscreteTokenizer):
 
     Args:
         max_length: longest sequence in tokens, ``<cls>`` and ``<eos>`` included (ESM-2:
-            1024). Longer proteins read from shards are cropped to a random window of
-            ``max_length - 2`` residues, a new one each epoch; strings passed to ``collate``
-            directly (fill-mask, embeddings) keep their first ``max_length - 2`` residues.
+            1024). Longer proteins read from shards are cropped to a window of
+            ``max_length - 2`` residues; strings passed to ``collate`` directly (fill-mask,
+            embeddings) keep their first ``max_length - 2`` residues.
         on_unknown: ``error`` rejects a sequence holding a character outside the alphabet
             (naming record and position); ``x`` reads such characters as ``X``.
+        crop: which window of a longer protein is kept: ``random`` (a new one each epoch,
+            as ESM trains; evaluation takes the middle one instead), ``center`` or ``start``.
     """
 
     sample_keys = ("seq",)
 
-    def __init__(self, max_length: int = 1024, on_unknown: OnUnknown = "error") -> None:
+    def __init__(
+        self, max_length: int = 1024, on_unknown: OnUnknown = "error", crop: Crop = "random"
+    ) -> None:
         if max_length < 3:
             raise ValueError(f"ProteinTokenizer: max_length must be >= 3, got {max_length}")
         if on_unknown not in ("error", "x"):
             raise ValueError(
                 f"ProteinTokenizer: on_unknown must be 'error' or 'x', got {on_unknown!r}"
             )
+        if crop not in ("start", "center", "random"):
+            raise ValueError(
+                f"ProteinTokenizer: crop must be start, center or random, got {crop!r}"
+            )
         self.max_length = max_length
         self.on_unknown = on_unknown
+        self.crop = crop
+
+    def for_evaluation(self) -> ProteinTokenizer:
+        """The same alphabet with the middle window of long proteins instead of a random one."""
+        return self if self.crop != "random" else copy_with(self, crop="center")
 
     @property
     def spec(self) -> DiscreteSpec:
@@ -239,7 +242,7 @@ class ProteinTokenizer(DiscreteTokenizer):
         return decode_residues(ids)
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
-        """The cleaned residues of a sample's ``seq`` member, randomly cropped to fit."""
+        """The cleaned residues of a sample's ``seq`` member, cropped to fit (``crop``)."""
         key, url = sample.get("__key__"), sample.get("__url__")
         text = read_text_member(sample, "seq")
         try:
@@ -248,7 +251,7 @@ class ProteinTokenizer(DiscreteTokenizer):
             raise SampleError(str(error), key, url) from error
         if ids.numel() == 0:
             raise SampleError("'seq' holds no residue", key, url)
-        return self.decode(random_window(ids, self.max_length - 2))
+        return self.decode(crop_window(ids, self.max_length - 2, self.crop))
 
     def collate(self, items: list[str]) -> dict[str, Tensor]:
         """Encode and pad a batch: ``<cls> residues <eos> <pad>...``, the width rounded up to a
@@ -279,4 +282,7 @@ class ProteinTokenizer(DiscreteTokenizer):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "maskable": maskable}
 
     def __repr__(self) -> str:
-        return f"ProteinTokenizer(max_length={self.max_length}, on_unknown={self.on_unknown!r})"
+        return (
+            f"ProteinTokenizer(max_length={self.max_length}, on_unknown={self.on_unknown!r}, "
+            f"crop={self.crop!r})"
+        )

@@ -37,6 +37,7 @@ from mmm.tokenizers.base import (
     DiscreteSpec,
     DiscreteTokenizer,
     SampleError,
+    copy_with,
     read_text_member,
 )
 from mmm.tokenizers.protein import open_text
@@ -306,7 +307,7 @@ class SmilesTokenizer(DiscreteTokenizer):
         validate: parse each molecule with RDKit and reject invalid ones (needs RDKit).
         canonicalize: feed RDKit's canonical SMILES (needs RDKit).
         randomize: feed a different random SMILES of the molecule each time a sample is drawn,
-            as augmentation (needs RDKit). It applies to every split read with this tokenizer.
+            as augmentation (needs RDKit); evaluation reads canonical SMILES instead.
     """
 
     sample_keys = ("smi",)
@@ -409,6 +410,11 @@ class SmilesTokenizer(DiscreteTokenizer):
             mask_token_id=self.rust.token_to_id(MASK),
             max_length=self.max_length,
         )
+
+    def for_evaluation(self) -> SmilesTokenizer:
+        """The same vocabulary with canonical SMILES instead of randomized ones (RDKit is
+        installed whenever ``randomize`` is on)."""
+        return copy_with(self, randomize=False, canonicalize=True) if self.randomize else self
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
         smiles = read_text_member(sample, "smi").strip()
