@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 
 from datamodules import ShardDataModule, expand_shards
-from datamodules.webdataset import Cursor, ShardStream
+from datamodules.webdataset import ShardStream
 from mmm.shards import write_shards
 from mmm.tokenizers.base import SampleError
 from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
@@ -72,7 +72,7 @@ def test_resampled_epochs_are_equal_full_and_seeded(uneven):
 
 def test_readers_own_disjoint_shards_in_every_pass():
     urls = [f"s{i}.tar" for i in range(8)]
-    streams = [ShardStream(urls, 0, True, slot, 6, Cursor()) for slot in range(6)]
+    streams = [ShardStream(urls, 0, 0, True, slot, 6, handler=bool) for slot in range(6)]
     for pass_index in range(3):
         parts = [s.pass_shards(pass_index) for s in streams]
         assert sorted(u for part in parts for u in part) == sorted(urls)
@@ -176,24 +176,32 @@ def _fit(data: ShardDataModule, root: Path, max_steps: int, ckpt_path: Path | No
     return trainer, _flat(probe.seen["train"].values())
 
 
-def test_resume_mid_epoch_continues_after_the_consumed_shards(uneven):
-    root, ids = uneven
-    settings = {"train_shards": f"{root}/train-*.tar", "batch_size": 2, "num_workers": 2}
-    trainer, before = _fit(_data(**settings), root, max_steps=6)
+@pytest.mark.parametrize("sources", [1, 2], ids=["one-source", "two-mixed-sources"])
+def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, sources):
+    """Train 23 steps straight, or 7 steps, a checkpoint, and a resume to 23: the batches after
+    the resume are the ones the uninterrupted run trained on, sample for sample, across epoch
+    and pass boundaries, with 2 workers, a shuffle buffer spanning shards and weighted mixing."""
+    root, _ = uneven
+    patterns = [f"{root}/train-00000[0-3].tar", f"{root}/train-00000[4-7].tar"][:sources]
+    settings = {
+        "train_shards": patterns,
+        "train_weights": [0.6, 0.4][:sources],
+        "batch_size": 2,
+        "num_workers": 2,
+        "epoch_samples": 20,  # 5 batches per worker, 10 per epoch
+        "shuffle_buffer": 6,
+    }
+    _, straight = _fit(_data(**settings), root, max_steps=23)
+    trainer, first = _fit(_data(**settings), root, max_steps=7)  # stops mid-epoch, worker 0's turn
     checkpoint = root / "mid-epoch.ckpt"
     trainer.save_checkpoint(checkpoint)
-    state = trainer.datamodule.state_dict()
-    assert state["readers"] == 2 and set(state["train_cursors"]) == {0, 1}
-
-    _, after = _fit(_data(**settings), root, max_steps=12, ckpt_path=checkpoint)
-    assert len(before) == len(after) == 12
-    assert not set(before) & set(after)  # nothing trained twice within the pass
-    _, replay = _fit(_data(**settings), root, max_steps=6)  # control: a fresh run replays
-    assert replay == before
+    assert sorted(trainer.datamodule.state_dict()["train_readers"]) == [0, 1]
+    _, rest = _fit(_data(**settings), root, max_steps=23, ckpt_path=checkpoint)
+    assert first + rest == straight
 
 
 def test_changed_worker_count_starts_a_new_pass(uneven, caplog):
-    """Cursors recorded by 1 reader cannot place 2 readers mid-pass: a new pass, not a crash."""
+    """States recorded by 1 reader cannot place 2 readers mid-pass: a new pass, not a crash."""
     root, _ = uneven
     data = _data(train_shards=f"{root}/train-*.tar", epoch_samples=16)
     for batch in data.train_dataloader():
