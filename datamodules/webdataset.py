@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmm.corpora import ensure_embedded_shards
+from mmm.rng import seeded
 from mmm.tokenizers.base import SampleError, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -350,11 +351,21 @@ class SampleDecoder:
     the next batch (``batch["skipped"]``) so the module can log it per epoch.
     """
 
-    def __init__(self, tokenizer: Tokenizer, on_error: OnError) -> None:
+    def __init__(self, tokenizer: Tokenizer, on_error: OnError, seed: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.on_error = on_error
+        self.seed = seed
         self.skipped = 0
-        self.stream: ShardStream | None = None  # the stream whose shard is being read
+
+    def decode(self, sample: dict[str, Any]) -> Any:
+        """The tokenizer's item for ``sample``. With a ``seed`` (training), random
+        augmentation draws from a generator seeded with the sample's address, so a resumed
+        stream augments every sample as the uninterrupted one did (and a sample met again in
+        a later pass gets another view)."""
+        if self.seed is None:
+            return self.tokenizer.decode_sample(sample)
+        with seeded(wds.utils.make_seed(self.seed, *sample["__address__"])):
+            return self.tokenizer.decode_sample(sample)
 
     def shard_error_handler(self, streams: list[ShardStream], source: int):
         """A webdataset error handler that names the shard being read; ``True`` = go on."""
@@ -374,7 +385,7 @@ class SampleDecoder:
     def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[Any]:
         for sample in samples:
             try:
-                yield self.tokenizer.decode_sample(sample)
+                yield self.decode(sample)
             except SampleError as error:
                 if self.on_error == "raise":
                     raise
@@ -517,7 +528,7 @@ class ShardPipeline(IterableDataset):
     def _training_batches(self, slot: int, state: ReaderState) -> Iterator[Batch]:
         """The batch stream of one training reader, rebuilt from ``state``, in stages."""
         shuffle = self.shuffle_buffer > 0
-        decoder = SampleDecoder(self.tokenizer, self.on_error)
+        decoder = SampleDecoder(self.tokenizer, self.on_error, seed=self.seed)
         streams = self._streams(slot, decoder, shuffle)
         for stream, position in zip(streams, state.sources, strict=True):
             stream.position = position

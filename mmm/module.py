@@ -10,8 +10,6 @@ encoder sees hidden positions in corrupted form (discrete tokens) or only visibl
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
@@ -24,6 +22,7 @@ from mmm.masking import Masking, RandomMasking, visible_indices
 from mmm.models.encoder import Encoder, TransformerEncoder, gather_positions
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import VisibleLayout, build_modality
+from mmm.rng import seeded
 from mmm.tokenizers.base import Tokenizer
 
 
@@ -156,7 +155,7 @@ class MaskedModelingModule(L.LightningModule):
         The hidden positions (and BERT's replacements) of the n-th evaluation batch are drawn
         from a generator seeded with n, apart from the training RNG: evaluating one checkpoint
         twice gives the same numbers, and evaluation does not shift the training stream."""
-        with seeded_rng(batch_idx, self.device):
+        with seeded(batch_idx, self.device):
             out = self.forward_masked(batch)
         weight = float(out.target.shape[0])
         for name, value in {"loss": out.loss, **out.metrics}.items():
@@ -218,16 +217,6 @@ class MaskedModelingModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-
-@contextmanager
-def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Run a block with torch's RNG (CPU, and ``device`` if it is a GPU) seeded with ``seed``,
-    restoring the previous RNG state afterwards."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _unsaved_hyperparameters() -> list[str]:

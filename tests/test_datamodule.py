@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 from datamodules import ShardDataModule, expand_shards
 from datamodules.webdataset import ShardStream
@@ -176,14 +177,24 @@ def _fit(data: ShardDataModule, root: Path, max_steps: int, ckpt_path: Path | No
     return trainer, _flat(probe.seen["train"].values())
 
 
+class AugmentingTokenizer(IdTokenizer):
+    """Each sample's id times 1000 plus a random view (0-999) drawn from torch's RNG, as an
+    image crop or a protein window would be."""
+
+    def decode_sample(self, sample):
+        return super().decode_sample(sample) * 1000 + int(torch.randint(1000, ()))
+
+
 @pytest.mark.parametrize("sources", [1, 2], ids=["one-source", "two-mixed-sources"])
 def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, sources):
     """Train 23 steps straight, or 7 steps, a checkpoint, and a resume to 23: the batches after
-    the resume are the ones the uninterrupted run trained on, sample for sample, across epoch
-    and pass boundaries, with 2 workers, a shuffle buffer spanning shards and weighted mixing."""
+    the resume are the ones the uninterrupted run trained on, sample for sample and view for
+    view, across epoch and pass boundaries, with 2 workers, a shuffle buffer spanning shards,
+    weighted mixing and random augmentation."""
     root, _ = uneven
     patterns = [f"{root}/train-00000[0-3].tar", f"{root}/train-00000[4-7].tar"][:sources]
     settings = {
+        "tokenizer": AugmentingTokenizer(),
         "train_shards": patterns,
         "train_weights": [0.6, 0.4][:sources],
         "batch_size": 2,
