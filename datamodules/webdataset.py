@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmm.corpora import ensure_embedded_shards
 from mmm.rng import seeded
+from mmm.shards import indexed_counts
 from mmm.tokenizers.base import SampleError, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ def inspect_local_shard(url: str, full: bool) -> tuple[int, bool]:
 
 
 def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tuple[list[str], int]:
-    """Check local shards before reading them and, with ``count``, count their samples.
+    """Check local shards before reading them and, with ``count``, count their samples (from
+    the shard index ``mmm shards`` writes beside them, else from their member headers).
 
     Shards that hold no sample (they would silently yield nothing) are dropped with a warning.
     Unreadable ones are dropped and truncated ones (found when counting) kept for their
@@ -145,9 +147,18 @@ def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tupl
         ValueError: naming an unreadable or truncated shard, in ``raise`` mode.
     """
     kept, samples = [], 0
+    indexed: dict[str, int] = {}
+    if count:  # counts written beside the shards by `mmm shards` spare a scan of every header
+        for folder in {os.path.dirname(url) or "." for url in urls if not _is_remote(url)}:
+            indexed.update(indexed_counts(folder))
     for url in urls:
         if _is_remote(url):
             kept.append(url)
+            continue
+        known = indexed.get(str(Path(os.path.dirname(url) or ".") / os.path.basename(url)))
+        if known:
+            kept.append(url)
+            samples += known
             continue
         try:
             found, complete = inspect_local_shard(url, full=count)

@@ -75,6 +75,8 @@ class ShardSummary:
     samples: int
     bytes: int
     skipped: int = 0
+    counts: list[int] = field(default_factory=list)
+    """Samples in each of ``shards``."""
 
     def __str__(self) -> str:
         return (
@@ -95,16 +97,59 @@ def write_shards(
     pass it by one sample), whichever comes first; ``on_sample`` is called after each sample
     (progress)."""
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
-    count = 0
+    counts: list[int] = []
     with wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0) as writer:
         for sample in samples:
             writer.write(sample)
-            count += 1
+            counts += [0] * (writer.shard - len(counts))  # the writer opened a new shard
+            counts[-1] += 1
             if on_sample is not None:
                 on_sample()
-        shards = [pattern % i for i in range(writer.shard)] if count else []
+    shards = [pattern % i for i in range(len(counts))]
+    write_shard_index(shards, counts)
     size = sum(os.path.getsize(s) for s in shards)
-    return ShardSummary(shards=shards, samples=count, bytes=size)
+    return ShardSummary(shards=shards, samples=sum(counts), bytes=size, counts=counts)
+
+
+#: The shard index beside shards written from ``train-%06d.tar`` is ``train.shards.json``.
+SHARD_INDEX_SUFFIX = ".shards.json"
+
+
+def write_shard_index(shards: list[str], counts: list[int]) -> Path | None:
+    """Record the sample count and size of each shard in a small JSON beside them, so that
+    readers need not scan every member header to count samples. The format is webdataset's
+    ``wids`` shard index (``shardlist`` of ``url`` + ``nsamples``), with each file's size
+    added so that a reader can tell a shard rewritten since."""
+    if not shards:
+        return None
+    first = Path(shards[0])
+    stem = re.sub(r"[-_.]?\d+$", "", first.stem) or first.stem
+    index = first.with_name(stem + SHARD_INDEX_SUFFIX)
+    entries = [
+        {"url": Path(shard).name, "nsamples": count, "filesize": os.path.getsize(shard)}
+        for shard, count in zip(shards, counts, strict=True)
+    ]
+    document = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "shardlist": entries}
+    index.write_text(json.dumps(document, indent=1))
+    return index
+
+
+def indexed_counts(folder: str | os.PathLike) -> dict[str, int]:
+    """Sample counts of the shards in ``folder`` that a shard index lists and that still have
+    the size it recorded (path -> samples); shards written by other tools are absent."""
+    counts: dict[str, int] = {}
+    for index in sorted(Path(folder).glob(f"*{SHARD_INDEX_SUFFIX}")):
+        try:
+            entries = json.loads(index.read_text())["shardlist"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring shard index %s (%s); counting samples instead", index, error)
+            continue
+        for entry in entries:
+            path = Path(folder) / str(entry.get("url", ""))
+            size = path.stat().st_size if path.is_file() else None
+            if size is not None and size == entry.get("filesize"):
+                counts[str(path)] = int(entry["nsamples"])
+    return counts
 
 
 @dataclass
@@ -221,11 +266,14 @@ def build_shards(
         shards.append(f"{output}-{index:06d}.tar")
         os.replace(shard, shards[-1])
     shutil.rmtree(staging, ignore_errors=True)
+    counts = [count for summary in summaries for count in summary.counts]
+    write_shard_index(shards, counts)
     return ShardSummary(
         shards=shards,
-        samples=sum(s.samples for s in summaries),
+        samples=sum(counts),
         bytes=sum(s.bytes for s in summaries),
         skipped=sum(s.skipped for s in summaries),
+        counts=counts,
     )
 
 

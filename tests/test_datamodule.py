@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tarfile
 from pathlib import Path
@@ -11,8 +12,8 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import ShardDataModule, expand_shards
-from datamodules.webdataset import ShardStream
+from datamodules import ShardDataModule, expand_shards, webdataset
+from datamodules.webdataset import ShardStream, usable_local_shards
 from mmm.shards import write_shards
 from mmm.tokenizers.base import SampleError
 from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
@@ -245,3 +246,24 @@ def test_skipped_samples_are_logged_per_epoch(tmp_path, tiny_module, tokenizer, 
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     [metrics] = trainer.validate(tiny_module, datamodule=data)
     assert metrics["data/skipped_samples"] == 2
+
+
+def test_sample_counts_come_from_the_shard_index(tmp_path, monkeypatch):
+    """`write_shards` leaves `train.shards.json` (webdataset's wids index format, with sizes)
+    beside the shards; counting reads it instead of every member header, and falls back to
+    the headers for a shard rewritten since."""
+    samples = [{"__key__": f"k{i:03d}", "id": str(i).encode()} for i in range(12)]
+    summary = write_shards(samples, str(tmp_path / "train-%06d.tar"), max_count=5)
+    index = json.loads((tmp_path / "train.shards.json").read_text())
+    assert [e["nsamples"] for e in index["shardlist"]] == summary.counts == [5, 5, 2]
+    urls = expand_shards(f"{tmp_path}/train-*.tar")
+
+    def no_scan(url, full):
+        raise AssertionError(f"scanned {url}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(webdataset, "inspect_local_shard", no_scan)
+        assert usable_local_shards(urls, "raise", count=True) == (urls, 12)
+    write_shards(samples[:3], str(tmp_path / "other-%06d.tar"))  # rewrite shard 0: 3 samples
+    (tmp_path / "other-000000.tar").replace(urls[0])
+    assert usable_local_shards(urls, "raise", count=True) == (urls, 10)
