@@ -285,6 +285,7 @@ class ShardStream:
         self.handler = handler
         self.position = position or SourcePosition()
         self.current_url: str | None = None
+        self.pass_samples: int | None = None  # raw samples of the last whole pass read
 
     def pass_shards(self, pass_index: int) -> list[str]:
         """This reader's shards in pass ``pass_index``."""
@@ -329,6 +330,8 @@ class ShardStream:
             for sample in self.one_pass(pass_index):
                 read += 1
                 yield sample
+            if whole_pass:
+                self.pass_samples = read
             if read == 0 and whole_pass:
                 raise RuntimeError(
                     f"reader {self.slot}: no shard of pass {pass_index} yielded a sample "
@@ -353,20 +356,37 @@ class ShardStream:
         return found
 
 
+#: Skipped samples logged one by one before the log switches to periodic summaries.
+LOGGED_SKIPS = 10
+#: After the first ones, one summary line per this many skipped samples.
+SKIP_SUMMARY_EVERY = 1000
+
+
+class UndecodableDataError(RuntimeError):
+    """A reader went through a whole pass over its shards without decoding one sample."""
+
+
 class SampleDecoder:
     """Pipeline stage that decodes raw samples with the tokenizer and counts what it skips.
 
     It runs inside each loader worker (one copy per worker). Unusable samples and unreadable
     shard data (truncated or corrupt tar, unreachable URL) raise in ``raise`` mode; in ``skip``
-    mode they are logged with their shard (and key) and counted, and the count rides along in
-    the next batch (``batch["skipped"]``) so the module can log it per epoch.
+    mode they are counted, the first few logged with their shard and key and then one summary
+    line per ``SKIP_SUMMARY_EVERY``, and the count rides along in the next batch
+    (``batch["skipped"]``) so the module can log it per epoch. A reader that skips every
+    sample of a whole pass (shards of another modality, say) stops with an
+    ``UndecodableDataError`` instead of skipping forever.
     """
 
     def __init__(self, tokenizer: Tokenizer, on_error: OnError, seed: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.on_error = on_error
         self.seed = seed
-        self.skipped = 0
+        self.skipped = 0  # since the last batch
+        self.total_skipped = 0
+        self.consecutive_skips = 0
+        self.read = 0
+        self.reasons: list[str] = []  # the first few, for the error message
 
     def decode(self, sample: dict[str, Any]) -> Any:
         """The tokenizer's item for ``sample``. With a ``seed`` (training), random
@@ -387,21 +407,60 @@ class SampleDecoder:
             message = f"shard {url}: {type(error).__name__}: {detail}"
             if self.on_error == "raise":
                 raise OSError(f"{message} (set data.on_error=skip to skip and count)") from error
-            log.warning("skipping unreadable data in %s", message)
-            self.skipped += 1
+            self._skip(f"unreadable data in {message}")
             return True
 
         return handle
 
-    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[Any]:
+    def __call__(
+        self, samples: Iterator[dict[str, Any]], pass_size: Callable[[], int | None] = lambda: None
+    ) -> Iterator[Any]:
+        """Decoded items of ``samples``. ``pass_size`` gives the raw samples of one whole pass
+        of the reader plus its shuffle buffer once known: that many skips in a row mean the
+        reader's data holds nothing this tokenizer can decode."""
+        decoded = 0
         for sample in samples:
+            self.read += 1
             try:
-                yield self.decode(sample)
+                item = self.decode(sample)
             except SampleError as error:
                 if self.on_error == "raise":
                     raise
-                log.warning("skipping sample: %s", error)
-                self.skipped += 1
+                self._skip(str(error))
+                self.consecutive_skips += 1
+                limit = pass_size()
+                if limit is not None and self.consecutive_skips > limit:
+                    raise self._undecodable() from error
+                continue
+            self.consecutive_skips = 0
+            decoded += 1
+            yield item
+        if self.read and not decoded:  # a finite pass (evaluation) with nothing usable
+            raise self._undecodable()
+
+    def _skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.total_skipped += 1
+        if len(self.reasons) < 3:
+            self.reasons.append(reason)
+        if self.total_skipped <= LOGGED_SKIPS:
+            log.warning("skipping sample: %s", reason)
+        elif self.total_skipped % SKIP_SUMMARY_EVERY == 0:
+            log.warning(
+                "skipped %d of %d samples read so far (latest: %s)",
+                self.total_skipped,
+                self.read,
+                reason,
+            )
+
+    def _undecodable(self) -> UndecodableDataError:
+        members = getattr(self.tokenizer, "sample_keys", ())
+        return UndecodableDataError(
+            f"{type(self.tokenizer).__name__} could not decode any sample of a whole pass over "
+            f"this reader's shards: {self.read} read, {self.total_skipped} skipped. First "
+            f"reasons: {'; '.join(self.reasons)}. Are these shards of another modality? This "
+            f"tokenizer reads the members {list(members)}."
+        )
 
     def take_skipped(self) -> int:
         count, self.skipped = self.skipped, 0
@@ -556,7 +615,12 @@ class ShardPipeline(IterableDataset):
             decoder,
             ReaderTracker(self.seed, slot, state.batches, streams, buffer, rng),
         )
-        return batched(decoder(mixed), self.batch_size, collate, partial=False)
+
+        def pass_size() -> int | None:
+            sizes = [stream.pass_samples for stream in streams]
+            return None if None in sizes else sum(sizes) + self.shuffle_buffer
+
+        return batched(decoder(mixed, pass_size), self.batch_size, collate, partial=False)
 
     @staticmethod
     def _refill(streams: list[ShardStream], addresses: list[Address]) -> list[dict[str, Any]]:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
+from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -138,3 +142,41 @@ class TrainingProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+
+class StopOnSigterm(L.Callback):
+    """Stop at once on SIGTERM, also while the run waits for data.
+
+    Lightning's SIGTERM handler only sets a flag that its loops check between batches, so a
+    run whose loader stalls (shards that stream slowly, or none) ignored SIGTERM. Once
+    Lightning's handlers are in place, this adds one that, after Lightning's own, raises
+    Lightning's ``SIGTERMException`` in the main thread: Lightning then stops the loader
+    workers and the run ends with exit code 143 (128 + SIGTERM).
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        previous = signal.getsignal(signal.SIGTERM)
+        if getattr(previous, "stops_on_sigterm", False):
+            return
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            raise SIGTERMException(128 + signal.SIGTERM)
+
+        stop.stops_on_sigterm = True  # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, stop)

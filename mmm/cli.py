@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
-from mmm.callbacks import TrainingProgressBar
+from mmm.callbacks import StopOnSigterm, TrainingProgressBar
 from mmm.inference import embed_command
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import audio_stats_command
@@ -36,12 +36,13 @@ class MMMCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with Lightning's default rich progress bar (when it is on)
-        replaced by one that shows the epochs of step-bounded runs."""
+        replaced by one that shows the epochs of step-bounded runs, and a SIGTERM that stops
+        the run even while it waits for data."""
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [
             TrainingProgressBar() if type(callback) is RichProgressBar else callback
             for callback in trainer.callbacks
-        ]
+        ] + [StopOnSigterm()]
         return trainer
 
 
