@@ -123,6 +123,7 @@ class MaskedModelingModule(L.LightningModule):
     # ------------------------------------------------------------------------ lightning
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.forward_masked(batch)
+        self._check_finite(out.loss, f"training step {self.global_step}")
         size = out.mask.shape[0]
         metrics = {"loss": out.loss, **out.metrics, **self.modality.metrics_from_loss(out.loss)}
         values = _prefixed("train", metrics)
@@ -157,15 +158,29 @@ class MaskedModelingModule(L.LightningModule):
         twice gives the same numbers, and evaluation does not shift the training stream."""
         with seeded(batch_idx, self.device):
             out = self.forward_masked(batch)
+        self._check_finite(out.loss, f"{stage} batch {batch_idx} (after step {self.global_step})")
         weight = float(out.target.shape[0])
         for name, value in {"loss": out.loss, **out.metrics}.items():
             self._epoch_mean(stage, name).update(value.detach().float(), weight)
         self._log_skipped(batch, out.mask.shape[0])
 
+    @staticmethod
+    def _check_finite(loss: Tensor, where: str) -> None:
+        """Stop at the first NaN or infinite loss rather than train on (or average in) it:
+        one such step turns every weight into NaN, and a NaN validation batch would be dropped
+        from the mean without a trace. One scalar check per step; anomaly detection would
+        cost a full extra pass."""
+        if not bool(torch.isfinite(loss.detach())):
+            raise FloatingPointError(
+                f"{where}: the loss is {loss.item()}. A sample with NaN/inf values, or a "
+                "learning rate too high for this model (try a lower --model.lr or more "
+                "--model.warmup_steps)."
+            )
+
     def _epoch_mean(self, stage: str, name: str) -> MeanMetric:
         key = f"{stage}_{name}"
         if key not in self._epoch_means:
-            self._epoch_means[key] = MeanMetric().to(self.device)
+            self._epoch_means[key] = MeanMetric(nan_strategy="error").to(self.device)
         return self._epoch_means[key]
 
     def _log_epoch_means(self, stage: str) -> None:

@@ -3,18 +3,29 @@ a silent NaN, lost data or a silently swapped vocabulary. Bad inputs are made he
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
+import soundfile as sf
+import torch
+from PIL import Image
 
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
+from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
+from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
 
 ROOT = Path(__file__).parents[1]
@@ -77,3 +88,99 @@ def test_sigterm_stops_a_run_that_waits_for_data(tmp_path, corpus_dir, tokenizer
     start = time.monotonic()
     code = run.wait(timeout=60)
     assert time.monotonic() - start < 15 and code == 128 + signal.SIGTERM
+
+
+def _float_wav(values: np.ndarray, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, values.astype(np.float32), rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def _tone(seconds: float = 0.5, rate: int = 8000) -> np.ndarray:
+    return 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)
+
+
+def _audio_tokenizer(**kwargs) -> AudioTokenizer:
+    settings = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    return AudioTokenizer(settings, duration=0.5, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_non_finite_audio_is_a_bad_sample_named_as_such(bad):
+    """One +inf in a float WAV used to turn every later loss into NaN; NaN clips were
+    reported as silent."""
+    values = _tone()
+    values[100] = bad
+    sample = {"__key__": "clip-7", "__url__": "a-000000.tar", "wav": _float_wav(values)}
+    with pytest.raises(SampleError, match=r"a-000000\.tar.*'clip-7'.*1 non-finite values"):
+        _audio_tokenizer().decode_sample(sample)
+
+
+def test_a_header_claiming_billions_of_frames_is_rejected_before_decoding():
+    """A 2 KB MP3 whose Xing header claims 10^12 frames used to die with `Unable to allocate
+    29.1 GiB`, naming no sample."""
+    buffer = io.BytesIO()
+    sf.write(buffer, _tone(1.0).astype(np.float32), 8000, format="MP3")
+    data = bytearray(buffer.getvalue())
+    xing = data.find(b"Xing")
+    data[xing + 8 : xing + 12] = struct.pack(">I", 0x7FFFFFFF)  # the frame count
+    sample = {"__key__": "liar", "__url__": "a-000000.tar", "mp3": bytes(data)}
+    assert len(data) < 4096
+    with pytest.raises(SampleError, match=r"'liar'.*declares \d+ frames.*max_clip_seconds"):
+        _audio_tokenizer().decode_sample(sample)
+
+
+def test_running_out_of_memory_while_decoding_is_a_bad_sample(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 29.1 GiB")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_memory)
+    sample = {"__key__": "big", "wav": _float_wav(_tone())}
+    with pytest.raises(SampleError, match="'big'.*Unable to allocate"):
+        _audio_tokenizer().decode_sample(sample)
+
+
+@pytest.mark.parametrize("content", ['{"mean": NaN, "std": 1.0}', '{"mean": 0.0, "std": 0.0}'])
+def test_statistics_files_with_unusable_values_are_refused(tmp_path, content):
+    settings = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    stats = json.loads(content.replace("NaN", '"nan"'))
+    stats["features"] = dataclasses.asdict(settings)
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(stats).replace('"nan"', "NaN"))
+    with pytest.raises(ValueError, match=r"stats\.json holds mean=.*finite and std > 0"):
+        AudioTokenizer(settings, normalize="dataset", stats=str(path))
+
+
+def test_a_non_finite_float_image_is_a_bad_sample():
+    pixels = np.zeros((8, 8), dtype=np.float32)
+    pixels[2, 3] = np.nan
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF")
+    sample = {"__key__": "nan-image", "tif": buffer.getvalue()}
+    with pytest.raises(SampleError, match="'nan-image'.*non-finite pixel values"):
+        ImageTokenizer(image_size=8, patch_size=4).decode_sample(sample)
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate"])
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, tokenizer, corpus_dir, stage):
+    """A diverged model (here: a weight set to NaN) used to train on, save NaN weights and
+    exit 0, while validation dropped the NaN batch and reported a normal-looking loss."""
+    with torch.no_grad():
+        tiny_module.encoder.norm.weight[0] = float("nan")
+    data = ShardDataModule(
+        train_shards=str(corpus_dir / "train-*.tar"),
+        val_shards=str(corpus_dir / "val-*.tar"),
+        tokenizer=tokenizer,
+        batch_size=8,
+        num_workers=0,
+    )
+    trainer = L.Trainer(
+        max_steps=3,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    where = "training step 0" if stage == "fit" else "val batch 0"
+    with pytest.raises(FloatingPointError, match=rf"{where}.*the loss is nan.*--model.lr"):
+        getattr(trainer, stage)(tiny_module, datamodule=data)

@@ -220,6 +220,8 @@ class ImageTokenizer(Tokenizer):
             ImageOps.exif_transpose(image, in_place=True)  # rotated camera photos stand upright
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise SampleError(f"{member!r} is not a decodable image ({error})", key, url) from error
+        if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+            raise SampleError(f"{member!r} holds non-finite pixel values (NaN or inf)", key, url)
         try:
             pixels = convert_mode(image, self.channels, self.background)
         except (ValueError, OSError) as error:
