@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import glob
+import gzip
 import heapq
+import inspect
 import json
 import logging
 import os
 import queue
 import re
 import shutil
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,25 +33,33 @@ SampleSource = Callable[..., Iterator[Sample]]
 
 _SOURCES: dict[str, SampleSource] = {}
 _PER_FILE: set[str] = set()
+_EXTENSIONS: dict[str, tuple[str, ...]] = {}
 _PROGRESS_EVERY = 64  # samples between progress reports of a worker process
 
 
-def register_source(name: str, per_file: bool = False) -> Callable[[SampleSource], SampleSource]:
+def register_source(
+    name: str, per_file: bool = False, extensions: tuple[str, ...] = ()
+) -> Callable[[SampleSource], SampleSource]:
     """Register ``fn(paths: list[str], **options) -> Iterator[sample]`` as the reader that
     ``mmm shards --modality NAME`` uses for input files of that modality.
 
     Args:
         name: the modality name.
         per_file: the samples of a file depend on that file alone (not on the other files
-            in ``paths``, e.g. for class indices or relative keys). Then ``mmm shards`` may
-            read parts of the file list in parallel worker processes, and in ``skip`` mode
-            skip a file that fails and go on with the next.
+            in ``paths``, e.g. for class indices). Then ``mmm shards`` may read parts of the
+            file list in parallel worker processes, and in ``skip`` mode skip a file that
+            fails and go on with the next. A per-file reader that takes a ``root`` option
+            gets the inputs' common folder, so its keys stay relative to it.
+        extensions: the file name endings the reader takes (e.g. ``(".txt", ".jsonl")``);
+            ``mmm shards`` leaves other files out and says how many of each it left out.
     """
 
     def decorator(fn: SampleSource) -> SampleSource:
         _SOURCES[name] = fn
         if per_file:
             _PER_FILE.add(name)
+        if extensions:
+            _EXTENSIONS[name] = extensions
         return fn
 
     return decorator
@@ -96,11 +108,24 @@ def write_shards(
     """Write samples to tar shards named by ``pattern`` (e.g. ``out/train-%06d.tar``), starting a
     new shard after ``max_count`` samples or once a shard holds ``max_size`` bytes (so it may
     pass it by one sample), whichever comes first; ``on_sample`` is called after each sample
-    (progress)."""
+    (progress). A sample's optional ``__source__`` (its file, line or record) is not written;
+    it names the sample in errors.
+
+    Raises:
+        ValueError: when two samples share a key, naming both sources.
+    """
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     counts: list[int] = []
+    sources: dict[str, str] = {}  # key -> where its sample came from
     with wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0) as writer:
         for sample in samples:
+            key, source = sample["__key__"], str(sample.get("__source__", "a sample"))
+            if key in sources:
+                raise ValueError(
+                    f"duplicate sample key {key!r}: {sources[key]} and {source} (readers would "
+                    "silently drop one); give the inputs distinct names"
+                )
+            sources[key] = source
             writer.write(sample)
             counts += [0] * (writer.shard - len(counts))  # the writer opened a new shard
             counts[-1] += 1
@@ -233,20 +258,24 @@ def build_shards(
     """Read ``paths`` with the modality's reader and write ``output-000000.tar``, ... .
 
     With ``workers > 1`` and a per-file reader, the files are dealt to worker processes by
-    size; each writes its own shards, which are then numbered in one sequence.
+    size; each writes its own shards, which are then numbered in one sequence. Shards are
+    written to a staging folder first: existing shards at ``output`` (with ``overwrite``)
+    are replaced only once the new ones are complete, so a failed run loses nothing, and
+    they are never read as inputs.
 
     Raises:
         FileExistsError: when shards named ``output-NNNNNN.tar`` exist and not ``overwrite``.
+        ValueError: when no sample was written (the old shards, if any, are kept).
     """
     existing = sorted(glob.glob(f"{glob.escape(output)}-[0-9]*.tar"))
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} shards exist at {output}-*.tar; set overwrite")
-    for path in existing:
-        os.remove(path)
+    staging = Path(f"{output}.parts")
+    paths = _readable_inputs(paths, modality, own=[*existing, str(staging)])
     if workers > 1 and not reads_per_file(modality):
         log.warning("the %s reader needs all files at once: writing with 1 worker", modality)
         workers = 1
-    staging = Path(f"{output}.parts")
+    options = _with_root(modality, paths, options or {})
     shutil.rmtree(staging, ignore_errors=True)
     jobs = [
         ShardJob(
@@ -255,27 +284,73 @@ def build_shards(
             str(staging / f"{index:03d}-%06d.tar"),
             max_count,
             max_size,
-            options or {},
+            options,
             on_error,
         )
         for index, part in enumerate(split_by_size(paths, workers) if workers > 1 else [paths])
     ]
-    with tqdm(desc=f"shards {Path(output).name}", unit=" samples", disable=not progress) as bar:
-        summaries = _run_jobs(jobs, bar)
-    shards = []
-    for index, shard in enumerate(s for summary in summaries for s in summary.shards):
-        shards.append(f"{output}-{index:06d}.tar")
-        os.replace(shard, shards[-1])
-    shutil.rmtree(staging, ignore_errors=True)
-    counts = [count for summary in summaries for count in summary.counts]
+    try:
+        with tqdm(desc=f"shards {Path(output).name}", unit=" samples", disable=not progress) as bar:
+            summaries = _run_jobs(jobs, bar)
+        counts = [count for summary in summaries for count in summary.counts]
+        skipped = sum(s.skipped for s in summaries)
+        if not counts:
+            kept = f"; the {len(existing)} existing shards are kept" if existing else ""
+            raise ValueError(
+                f"no sample written from {len(paths)} input file(s) ({skipped} skipped){kept}"
+            )
+        for path in existing:  # the new shards are complete: now the old ones may go
+            os.remove(path)
+        shards = []
+        for index, shard in enumerate(s for summary in summaries for s in summary.shards):
+            shards.append(f"{output}-{index:06d}.tar")
+            os.replace(shard, shards[-1])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     write_shard_index(shards, counts)
     return ShardSummary(
         shards=shards,
         samples=sum(counts),
         bytes=sum(s.bytes for s in summaries),
-        skipped=sum(s.skipped for s in summaries),
+        skipped=skipped,
         counts=counts,
     )
+
+
+def _readable_inputs(paths: list[str], modality: str, own: list[str]) -> list[str]:
+    """The inputs the reader of ``modality`` takes: not the output's own shards, staging
+    folder or index, and (for readers that declare them) only files with its extensions; says
+    what it left out."""
+    own_paths = [os.path.abspath(p) for p in own]
+
+    def is_own(path: str) -> bool:
+        absolute = os.path.abspath(path)
+        return absolute in own_paths or any(absolute.startswith(p + os.sep) for p in own_paths)
+
+    kept = [p for p in paths if not is_own(p) and not p.endswith(SHARD_INDEX_SUFFIX)]
+    if len(kept) < len(paths):
+        log.warning("not reading %d file(s) of the output itself", len(paths) - len(kept))
+    extensions = _EXTENSIONS.get(modality)
+    if extensions is None:
+        return kept
+    taken = [p for p in kept if p.lower().endswith(extensions)]
+    ignored = Counter(Path(p).suffix.lower() or Path(p).name for p in kept if p not in taken)
+    if ignored:
+        listing = ", ".join(f"{n} {suffix}" for suffix, n in ignored.most_common())
+        log.warning(
+            "the %s reader takes %s files: ignored %s", modality, "/".join(extensions), listing
+        )
+    return taken
+
+
+def _with_root(modality: str, paths: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus ``root`` (the inputs' common folder) for a per-file reader that takes
+    it, so that files read one at a time keep keys relative to the same folder."""
+    reader = sample_source(modality)
+    takes_root = "root" in inspect.signature(reader).parameters
+    if not paths or not takes_root or "root" in options or not reads_per_file(modality):
+        return options
+    return {**options, "root": os.path.commonpath([str(Path(p).parent) for p in paths])}
 
 
 def _run_jobs(jobs: list[ShardJob], bar: tqdm) -> list[ShardSummary]:
@@ -392,40 +467,62 @@ def _manifest_file(manifest: Path, value: str, where: str) -> tuple[str, bytes]:
 
 
 def sample_key(text: str) -> str:
-    """A WebDataset-safe key: letters, digits, ``_`` and ``-`` only (a dot would split the key
-    from the file extension inside the tar)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+    """A WebDataset-safe key: letters and digits of any script, ``_`` and ``-``; anything else
+    (a dot would split the key from the file extension inside the tar) becomes ``_``."""
+    return re.sub(r"[^\w-]", "_", text)
+
+
+#: The files the text reader takes: plain text and JSON lines, optionally gzipped.
+TEXT_EXTENSIONS = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
 
 
 def text_documents(
-    paths: Iterable[str | os.PathLike], text_field: str = "text"
-) -> Iterator[tuple[str, str]]:
-    """(key, text) for each document in ``.txt`` files (one document per file) and ``.jsonl``
-    files (one document per line, text under ``text_field``). Keys are the files' paths below
-    their common folder, so same-named files in different folders do not collide.
+    paths: Iterable[str | os.PathLike], text_field: str = "text", root: str | None = None
+) -> Iterator[tuple[str, str, str]]:
+    """(key, text, source) for each document in ``.txt`` files (one document per file) and
+    ``.jsonl`` files (one document per line, text under ``text_field``), either gzipped.
+    Keys are the files' paths below ``root`` (default: their common folder), extension
+    included, so that ``a.txt`` and ``a.jsonl``, or same-named files in different folders, do
+    not collide; ``source`` names the file (and line).
 
     Raises:
-        ValueError: naming the file and line of a JSONL record that is not valid JSON or has no
-            string ``text_field``.
+        ValueError: naming the file (and line) that is not UTF-8 text, not valid gzip, or a
+            JSONL record that is not valid JSON or has no string ``text_field``.
     """
     files = [Path(p) for p in paths]
-    base = Path(os.path.commonpath([f.parent for f in files])) if files else Path()
+    if not files:
+        return
+    base = Path(root) if root is not None else Path(os.path.commonpath([f.parent for f in files]))
     for path in files:
-        name = str(path.relative_to(base).with_suffix(""))
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)[text_field]
-                    except (json.JSONDecodeError, KeyError, TypeError) as error:
-                        raise ValueError(
-                            f"{path}:{number}: expected a JSON object with a string "
-                            f"{text_field!r} field ({error!r})"
-                        ) from error
-                    if not isinstance(text, str):
-                        raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
-                    yield sample_key(f"{name}-{number}"), text
-        else:
-            yield sample_key(name), path.read_text(encoding="utf-8")
+        name = str(path.relative_to(base))
+        try:
+            if path.name.lower().endswith((".jsonl", ".jsonl.gz")):
+                yield from _jsonl_documents(path, name, text_field)
+            else:
+                yield sample_key(name), _read_text(path), str(path)
+        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise ValueError(f"{path}: not readable as UTF-8 text ({error})") from error
+
+
+def _read_text(path: Path) -> str:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _jsonl_documents(path: Path, name: str, text_field: str) -> Iterator[tuple[str, str, str]]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(
+                    f"{path}:{number}: expected a JSON object with a string "
+                    f"{text_field!r} field ({error!r})"
+                ) from error
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
+            yield sample_key(f"{name}-{number}"), text, f"{path}:{number}"

@@ -4,6 +4,7 @@ a silent NaN, lost data or a silently swapped vocabulary. Bad inputs are made he
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import json
 import logging
@@ -20,13 +21,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import webdataset as wds
 from PIL import Image
 
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
+from mmm.corpora.text import chunk_text
+from mmm.shards import write_shards
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
+from mmm.tools import shards_command
 
 ROOT = Path(__file__).parents[1]
 
@@ -184,3 +189,99 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, tokenizer,
     where = "training step 0" if stage == "fit" else "val batch 0"
     with pytest.raises(FloatingPointError, match=rf"{where}.*the loss is nan.*--model.lr"):
         getattr(trainer, stage)(tiny_module, datamodule=data)
+
+
+def _docs(root: Path) -> Path:
+    (root / "docs").mkdir(parents=True, exist_ok=True)
+    (root / "docs" / "a.txt").write_text("the first document\n\nwith two paragraphs")
+    (root / "docs" / "b.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    return root / "docs"
+
+
+def _shards(root: Path, prefix: str = "t") -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.glob(f"{prefix}-*.tar"))}
+
+
+def test_a_failed_overwrite_keeps_the_old_shards(tmp_path):
+    """`--overwrite true` used to delete the old shards before the new ones existed."""
+    docs = _docs(tmp_path)
+    out = tmp_path / "out"
+    shards_command(inputs=str(docs), output=str(out / "t"), progress=False)
+    before = _shards(out)
+    (docs / "c.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"c\.txt: not readable as UTF-8"):
+        shards_command(
+            inputs=str(docs),
+            output=str(out / "t"),
+            overwrite=True,
+            on_error="raise",
+            progress=False,
+        )
+    assert _shards(out) == before and not (out / "t.parts").exists()
+
+
+def test_the_output_inside_the_inputs_is_not_read_again(tmp_path):
+    docs = _docs(tmp_path)
+    first = shards_command(inputs=str(docs), output=str(docs / "out" / "t"), progress=False)
+    again = shards_command(
+        inputs=str(docs), output=str(docs / "out" / "t"), overwrite=True, progress=False
+    )
+    assert again.samples == first.samples == 3
+
+
+def test_duplicate_keys_are_refused_naming_both_sources(tmp_path):
+    samples = [
+        {"__key__": "a", "txt": b"x", "__source__": "docs/a.md"},
+        {"__key__": "a", "txt": b"y", "__source__": "docs/a.txt"},
+    ]
+    with pytest.raises(ValueError, match=r"duplicate sample key 'a': docs/a\.md and docs/a\.txt"):
+        write_shards(samples, str(tmp_path / "t-%06d.tar"))
+
+
+def test_non_ascii_and_same_stem_names_keep_distinct_keys(tmp_path):
+    """`日本.txt` and `中文.txt` both used to become key `__`; `a.txt` and `a.jsonl` both `a`."""
+    (tmp_path / "docs").mkdir()
+    for name in ("日本.txt", "中文.txt", "a.txt"):
+        (tmp_path / "docs" / name).write_text(f"text of {name}")
+    (tmp_path / "docs" / "a.jsonl").write_text('{"text": "a line"}\n')
+    summary = shards_command(inputs=str(tmp_path / "docs"), output=str(tmp_path / "t"))
+    keys = sorted(s["__key__"] for s in wds.WebDataset(summary.shards, shardshuffle=False))
+    assert keys == ["a_jsonl-1-0", "a_txt-0", "中文_txt-0", "日本_txt-0"]
+
+
+def test_text_inputs_not_utf8_are_named_skipped_or_raised_and_gzip_is_read(tmp_path, caplog):
+    docs = _docs(tmp_path)
+    (docs / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (docs / "binary.txt").write_bytes(bytes(range(256)))
+    (docs / "more.jsonl.gz").write_bytes(gzip.compress(b'{"text": "zipped"}\n'))
+    (docs / "data.json").write_text("{}")
+    (docs / "table.csv").write_text("a,b\n")
+    with caplog.at_level(logging.WARNING):
+        summary = shards_command(inputs=str(docs), output=str(tmp_path / "t"), progress=False)
+    assert summary.samples == 4 and summary.skipped == 2  # a.txt, b.jsonl x2, more.jsonl.gz
+    assert "latin1.txt: not readable as UTF-8" in caplog.text and "binary.txt" in caplog.text
+    assert "ignored 1 .json, 1 .csv" in caplog.text
+    assert not list(tmp_path.glob("*.parts"))
+
+
+def test_writing_no_sample_is_an_error_not_exit_0(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.md").write_text("not a documented text input")
+    with pytest.raises(ValueError, match=r"no sample written from 0 input file"):
+        shards_command(inputs=str(tmp_path / "docs"), output=str(tmp_path / "t"), progress=False)
+
+
+def _chunking_seconds(words: int) -> float:
+    line = " ".join(["word"] * words)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        chunk_text(line)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_chunking_a_long_line_is_linear():
+    """A 10 MB single line took 4 minutes (2x words, 4x time). 4x the words may now take
+    about 4x the time; quadratic chunking took 16x."""
+    assert _chunking_seconds(400_000) < 8 * _chunking_seconds(100_000)
