@@ -742,7 +742,8 @@ class ShardDataModule(L.LightningDataModule):
         train_shards: training shards: a pattern (glob, braces, ``pipe:`` URL, ``.txt`` list
             file, several joined by ``::``; see ``expand_shards``), or a list of such
             patterns, one per source to mix (see ``train_weights``); defaults to the embedded
-            corpus's ``train-*.tar`` when ``embedded`` is set.
+            corpus's ``train-*.tar`` when ``embedded`` is set. A ``pipe:`` URL, also one
+            listed in a ``.txt`` file, runs its command in a shell: use trusted lists only.
         val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``.
         test_shards: test shards; defaults to ``val_shards``.
         predict_shards: shards for ``mmm predict``; defaults to ``val_shards``.

@@ -34,6 +34,15 @@ class MMMCLI(LightningCLI):
         # One tokenizer instance sizes the model's embedder/head and batches the data.
         parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
 
+    def _load_weights_only(self) -> None:
+        """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning
+        leaves it unset, which lets ``torch.load`` run pickled code from a checkpoint file."""
+        arguments = self.config_init[self.subcommand]
+        if arguments.get("weights_only") is None:
+            arguments["weights_only"] = True
+
+    before_fit = before_validate = before_test = before_predict = _load_weights_only
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with Lightning's default rich progress bar (when it is on)
         replaced by one that shows the epochs of step-bounded runs, and a SIGTERM that stops

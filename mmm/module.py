@@ -164,6 +164,24 @@ class MaskedModelingModule(L.LightningModule):
             self._epoch_mean(stage, name).update(value.detach().float(), weight)
         self._log_skipped(batch, out.mask.shape[0])
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_fingerprint"] = self.tokenizer.fingerprint()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse weights trained with another vocabulary than the tokenizer's now: a
+        tokenizer directory retrained in place keeps its size, so the weights would load and
+        silently predict other tokens."""
+        saved = checkpoint.get("tokenizer_fingerprint")
+        current = self.tokenizer.fingerprint()
+        if saved is not None and saved != current:
+            where = getattr(self.tokenizer, "path", type(self.tokenizer).__name__)
+            raise ValueError(
+                f"this checkpoint was trained with a tokenizer of fingerprint {saved}, but the "
+                f"tokenizer at {where} now has fingerprint {current}: its vocabulary changed "
+                "since (retrained or replaced?). Load the checkpoint with the tokenizer it was "
+                "trained with."
+            )
+
     @staticmethod
     def _check_finite(loss: Tensor, where: str) -> None:
         """Stop at the first NaN or infinite loss rather than train on (or average in) it:

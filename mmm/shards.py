@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
+#: The member of the note a reader yields, instead of a sample, for an input it left out.
+SKIPPED = "__skipped__"
 #: Reads input files of one modality and yields WebDataset samples (``__key__`` + members).
 SampleSource = Callable[..., Iterator[Sample]]
 
@@ -109,16 +111,21 @@ def write_shards(
     new shard after ``max_count`` samples or once a shard holds ``max_size`` bytes (so it may
     pass it by one sample), whichever comes first; ``on_sample`` is called after each sample
     (progress). A sample's optional ``__source__`` (its file, line or record) is not written;
-    it names the sample in errors.
+    it names the sample in errors. A reader that leaves out an input it cannot use yields
+    ``{SKIPPED: reason}`` instead of a sample, and the summary counts it.
 
     Raises:
         ValueError: when two samples share a key, naming both sources.
     """
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     counts: list[int] = []
+    skipped = 0
     sources: dict[str, str] = {}  # key -> where its sample came from
     with wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0) as writer:
         for sample in samples:
+            if SKIPPED in sample:  # a reader's note of an input it left out
+                skipped += 1
+                continue
             key, source = sample["__key__"], str(sample.get("__source__", "a sample"))
             if key in sources:
                 raise ValueError(
@@ -134,7 +141,9 @@ def write_shards(
     shards = [pattern % i for i in range(len(counts))]
     write_shard_index(shards, counts)
     size = sum(os.path.getsize(s) for s in shards)
-    return ShardSummary(shards=shards, samples=sum(counts), bytes=size, counts=counts)
+    return ShardSummary(
+        shards=shards, samples=sum(counts), bytes=size, skipped=skipped, counts=counts
+    )
 
 
 #: The shard index beside shards written from ``train-%06d.tar`` is ``train.shards.json``.
@@ -222,7 +231,7 @@ class ShardJob:
             self.samples(skipped), self.pattern, self.max_count, self.max_size, on_sample
         )
         report(pending)
-        summary.skipped = len(skipped)
+        summary.skipped += len(skipped)
         return summary
 
 

@@ -82,6 +82,7 @@ def tokenizer_command(
     algorithm: Literal["wordpiece", "bpe"] = "wordpiece",
     lowercase: bool = True,
     min_frequency: int = 2,
+    overwrite: bool = False,
 ) -> str:
     """Train a WordPiece or byte-level BPE tokenizer and save it as a Hugging Face tokenizer
     directory (use it with ``--model.tokenizer.path OUTPUT``).
@@ -94,8 +95,16 @@ def tokenizer_command(
         algorithm: ``wordpiece`` (BERT) or ``bpe`` (RoBERTa).
         lowercase: lowercase before tokenizing.
         min_frequency: least count of a merge or word piece.
+        overwrite: replace a tokenizer already at ``output``. Checkpoints trained with it
+            record its fingerprint and refuse to load with the new one.
     """
-    from mmm.tokenizers.text import train_tokenizer
+    from mmm.tokenizers.text import _has_tokenizer_files, train_tokenizer
+
+    if _has_tokenizer_files(Path(output)) and not overwrite:
+        raise FileExistsError(
+            f"a tokenizer exists at {output}; models trained with it need it unchanged. Choose "
+            "another --output, or set --overwrite true"
+        )
 
     tokenizer = train_tokenizer(
         source,

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -27,11 +28,17 @@ from PIL import Image
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
 from mmm.corpora.text import chunk_text
+from mmm.inference import embed_sequences, fill_mask, load_module, read_sequences
+from mmm.models.encoder import TransformerEncoder
+from mmm.module import MaskedModelingModule
 from mmm.shards import write_shards
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
-from mmm.tools import shards_command
+from mmm.tokenizers.protein import ProteinTokenizer, read_fasta
+from mmm.tokenizers.smiles import SmilesTokenizer
+from mmm.tokenizers.text import TextTokenizer
+from mmm.tools import shards_command, tokenizer_command
 
 ROOT = Path(__file__).parents[1]
 
@@ -285,3 +292,95 @@ def test_chunking_a_long_line_is_linear():
     """A 10 MB single line took 4 minutes (2x words, 4x time). 4x the words may now take
     about 4x the time; quadratic chunking took 16x."""
     assert _chunking_seconds(400_000) < 8 * _chunking_seconds(100_000)
+
+
+def test_a_tokenizer_directory_is_not_overwritten_silently(tmp_path, corpus_dir):
+    output = tmp_path / "tok"
+    source = str(corpus_dir / "train-*.tar")
+    tokenizer_command(source=source, output=str(output), vocab_size=120)
+    with pytest.raises(FileExistsError, match="a tokenizer exists at .*--overwrite true"):
+        tokenizer_command(source=source, output=str(output), vocab_size=120)
+    tokenizer_command(source=source, output=str(output), vocab_size=120, overwrite=True)
+
+
+def test_a_checkpoint_refuses_a_tokenizer_retrained_in_place(
+    tmp_path, tiny_module, tokenizer, tokenizer_dir
+):
+    """Same size, other ids: the weights used to load and silently predict other tokens."""
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(tiny_module)
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tokenizer_dir, retrained)
+    config = json.loads((retrained / "tokenizer.json").read_text())
+    vocab = config["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[-2:]  # two ordinary tokens trade ids
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (retrained / "tokenizer.json").write_text(json.dumps(config))
+    other = TextTokenizer(path=str(retrained), max_length=32)
+    assert other.spec == tokenizer.spec and other.fingerprint() != tokenizer.fingerprint()
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+    assert load_module(str(checkpoint), tokenizer=tokenizer, encoder=encoder)
+    with pytest.raises(ValueError, match=r"fingerprint \w+, but the tokenizer at .*retrained"):
+        load_module(str(checkpoint), tokenizer=other, encoder=encoder)
+
+
+@pytest.mark.parametrize("content", [b"", b"model:\n  lr: 0.1\n"], ids=["empty", "yaml"])
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"model\.ckpt is not a checkpoint written by mmm fit"):
+        load_module(str(path))
+
+
+def test_fill_mask_says_what_is_wrong(tiny_module, tokenizer):
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        fill_mask(tiny_module, ["the [MASK] fox"], top_k=-1)
+    long = " ".join(["word"] * 60) + " [MASK]"
+    with pytest.raises(ValueError, match="beyond max_length=32 tokens"):
+        fill_mask(tiny_module, [long])
+
+
+def test_embedding_errors_name_the_record(tmp_path):
+    fasta = tmp_path / "p.fasta"
+    records = [f">good{n}\nMKTAYIAK\n" for n in range(40)] + [">bad41\nMKT@YIAK\n"]
+    fasta.write_text("".join(records))
+    module = MaskedModelingModule(
+        tokenizer=ProteinTokenizer(max_length=16),
+        encoder=TransformerEncoder(dim=16, depth=1, num_heads=2),
+    )
+    names = [f"{fasta}: record {name!r}" for name, _ in read_sequences(fasta)]
+    sequences = [sequence for _, sequence in read_sequences(fasta)]
+    with pytest.raises(ValueError, match=r"p\.fasta: record 'bad41'"):
+        embed_sequences(module, sequences, batch_size=32, names=names)
+
+
+def test_a_truncated_gzipped_fasta_is_named(tmp_path):
+    path = tmp_path / "p.fasta.gz"
+    records = "".join(
+        f">p{n}\n{'ACDEFGHIKLMNPQRSTVWY'[n % 20] * (n % 50 + 1)}\n" for n in range(500)
+    )
+    whole = gzip.compress(records.encode())
+    path.write_bytes(whole[: len(whole) // 2])  # cut in the middle of the stream
+    with pytest.raises(ValueError, match=r"p\.fasta\.gz: cannot be read as \(gzipped\) UTF-8"):
+        list(read_fasta(path))
+
+
+def test_smiles_skips_are_counted_and_unknown_tokens_are_not_silent(tmp_path, caplog):
+    (tmp_path / "mols.smi").write_text("CCO\nC1CC\nc1ccccc1\nC%%C\n")
+    summary = shards_command(
+        inputs=str(tmp_path / "mols.smi"),
+        output=str(tmp_path / "s"),
+        modality="smiles",
+        progress=False,
+    )
+    assert summary.samples == 3 and summary.skipped == 1  # the summary used to say 0
+    source = tmp_path / "vocab.smi"
+    source.write_text("CCO\nc1ccccc1O\n[NH4+]\n")
+    tokenizer = SmilesTokenizer(path=str(tmp_path / "v.json"), train_source=str(source))
+    with pytest.raises(SampleError, match=r"'odd'.*outside the vocabulary.*\['\[Xx\]'\]"):
+        tokenizer.decode_sample({"__key__": "odd", "smi": b"CC[Xx]O"})
+    with caplog.at_level(logging.WARNING):
+        tokenizer.collate(["CC[Xx]O"])  # strings given directly: read as <unk>, with a warning
+    assert "[Xx]" in caplog.text

@@ -9,6 +9,7 @@ head must be, so that the model never hard-codes a vocabulary, channel count or 
 from __future__ import annotations
 
 import copy
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -143,6 +144,12 @@ class Tokenizer(ABC):
         Every batch carries ``attention_mask`` (B, L) bool (``True`` = real position) and
         ``maskable`` (B, L) bool (``True`` = may be hidden: not padding, not special)."""
 
+    def fingerprint(self) -> str:
+        """A short hash of what the model's embedder and head were sized and trained for: a
+        checkpoint records it, and loading refuses a tokenizer with another one (a vocabulary
+        retrained in place has the same size but other ids)."""
+        return _digest(type(self).__name__, repr(self.spec))
+
     def for_evaluation(self) -> Tokenizer:
         """This tokenizer with random augmentation switched off, for validation, test and
         predict: held-out numbers are measured on the data, not on a random view of it, and
@@ -170,3 +177,12 @@ class DiscreteTokenizer(Tokenizer):
 
     @abstractmethod
     def collate(self, items: list[str]) -> dict[str, Tensor]: ...
+
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary: every id's token, in order."""
+        tokens = (self.id_to_token(i) for i in range(self.spec.vocab_size))
+        return _digest(type(self).__name__, *tokens)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8).hexdigest()

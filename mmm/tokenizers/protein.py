@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -127,8 +128,16 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
 
     Raises:
         ValueError: naming the file and line of a header without an ID or of sequence text
-            before the first header, or a file with no record.
+            before the first header, a file with no record, or one that is cut short or not
+            UTF-8.
     """
+    try:
+        yield from _fasta_records(path)
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as (gzipped) UTF-8 FASTA ({error})") from error
+
+
+def _fasta_records(path: str | Path) -> Iterator[tuple[str, str]]:
     record_id: str | None = None
     lines: list[str] = []
     with open_text(path) as handle:

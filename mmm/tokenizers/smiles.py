@@ -32,7 +32,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trai
 from tokenizers import Tokenizer as RustTokenizer
 
 from mmm.optional import require
-from mmm.shards import Sample, register_source, sample_key
+from mmm.shards import SKIPPED, Sample, register_source, sample_key
 from mmm.tokenizers.base import (
     DiscreteSpec,
     DiscreteTokenizer,
@@ -225,6 +225,7 @@ def smiles_samples(
                     raise ValueError(f"{path}:{number}: {error}") from error
                 log.warning("%s:%d: skipped: %s", path, number, error)
                 skipped += 1
+                yield {SKIPPED: f"{path}:{number}: {error}"}
                 continue
             yield {"__key__": sample_key(f"{stem}-{number}"), "smi": smiles.encode("utf-8")}
         if skipped:
@@ -418,16 +419,36 @@ class SmilesTokenizer(DiscreteTokenizer):
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
         smiles = read_text_member(sample, "smi").strip()
+        key, url = sample.get("__key__"), sample.get("__url__")
         try:
-            return self.prepare(smiles)
+            prepared = self.prepare(smiles)
         except ValueError as error:
-            key, url = sample.get("__key__"), sample.get("__url__")
             raise SampleError(f"invalid SMILES: {error}", key, url) from error
+        unknown = self.unknown_tokens(prepared)
+        if unknown:
+            raise SampleError(
+                f"{prepared!r} holds tokens outside the vocabulary of {self.path}: {unknown} "
+                "(they would all read as <unk>)",
+                key,
+                url,
+            )
+        return prepared
+
+    def unknown_tokens(self, smiles: str) -> list[str]:
+        """The pieces of ``smiles`` that the vocabulary lacks (they would become ``<unk>``)."""
+        encoding = self.rust.encode(smiles)
+        unk = self.rust.token_to_id(UNK)
+        pieces = zip(encoding.ids, encoding.offsets, strict=True)
+        return [smiles[a:b] for i, (a, b) in pieces if i == unk]
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch in one Rust call, padded to the longest molecule rounded up to a
         multiple of 8. Strings may contain ``<mask>`` (fill-mask)."""
         encodings = self.rust.encode_batch(items)
+        unk = self.rust.token_to_id(UNK)
+        if any(unk in e.ids for e in encodings):  # strings given directly (fill-mask, embed)
+            unknown = sorted({piece for item in items for piece in self.unknown_tokens(item)})
+            log.warning("SMILES tokens outside the vocabulary read as <unk>: %s", unknown)
         fields = torch.tensor(
             [(e.ids, e.attention_mask, e.special_tokens_mask) for e in encodings], dtype=torch.long
         )  # (B, 3, L)
