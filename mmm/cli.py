@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import StopOnSigterm, TrainingProgressBar
-from mmm.inference import embed_command
+from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import audio_stats_command
 from mmm.tools import fill_mask_command, shards_command, tokenizer_command
@@ -33,6 +33,15 @@ class MMMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One tokenizer instance sizes the model's embedder/head and batches the data.
         parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's reading of the hyperparameters in ``--ckpt_path``, with a file that is
+        no checkpoint named as such instead of a bare ``EOFError`` or ``IndexError``."""
+        try:
+            super()._parse_ckpt_path()
+        except UNREADABLE_CHECKPOINT as error:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise unreadable_checkpoint(path, error) from error
 
     def _load_weights_only(self) -> None:
         """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning

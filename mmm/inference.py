@@ -38,12 +38,22 @@ def load_module(
         module = MaskedModelingModule.load_from_checkpoint(
             checkpoint, map_location=map_location, weights_only=True, **overrides
         )
-    except (EOFError, IndexError, KeyError, RuntimeError, pickle.UnpicklingError) as error:
-        raise ValueError(
-            f"{checkpoint} is not a checkpoint written by mmm fit (a Lightning .ckpt file): "
-            f"{type(error).__name__}: {error}"
-        ) from error
+    except UNREADABLE_CHECKPOINT as error:
+        raise unreadable_checkpoint(checkpoint, error) from error
     return module.eval()
+
+
+#: What ``torch.load`` raises on a file that is no checkpoint (empty, YAML, text, cut short,
+#: or holding pickled code that ``weights_only`` refuses).
+UNREADABLE_CHECKPOINT = (EOFError, IndexError, KeyError, RuntimeError, pickle.UnpicklingError)
+
+
+def unreadable_checkpoint(path: str, error: BaseException) -> ValueError:
+    """The error for a checkpoint file that cannot be loaded, naming it and what was wanted."""
+    return ValueError(
+        f"{path} is not a checkpoint written by mmm fit (a Lightning .ckpt file of tensors and "
+        f"plain values): {type(error).__name__}: {error}"
+    )
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from PIL import Image
 
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
+from mmm.cli import run
 from mmm.corpora.text import chunk_text
 from mmm.inference import embed_sequences, fill_mask, load_module, read_sequences
 from mmm.models.encoder import TransformerEncoder
@@ -332,6 +333,9 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=r"model\.ckpt is not a checkpoint written by mmm fit"):
         load_module(str(path))
+    config = str(ROOT / "configs" / "text_mlm.yaml")
+    with pytest.raises(ValueError, match=r"model\.ckpt is not a checkpoint written by mmm fit"):
+        run(["fit", f"--config={config}", f"--ckpt_path={path}"])  # resuming from it
 
 
 def test_fill_mask_says_what_is_wrong(tiny_module, tokenizer):
