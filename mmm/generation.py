@@ -235,17 +235,17 @@ def fill_masked(
     banned[list(tokenizer.special_token_ids)] = True
     sampler = TokenSampler(settings, banned, generator)
     ids, real = batch["input_ids"].clone(), batch["attention_mask"]
-    times = torch.linspace(1.0, 0.0, settings.steps + 1, device=device)  # (T + 1,)
-    hidden_share = settings.noise(module).mask_probability(times)  # (T + 1,), 0 at t = 0
+    times = torch.linspace(1.0, 0.0, settings.steps + 1, dtype=torch.float64)  # (T + 1,)
+    hidden_share = settings.noise(module).mask_probability(times).tolist()  # 0 at t = 0
     initial = fill.sum(dim=1)  # (B,)
     for step in range(settings.steps):
         hidden = fill & (ids == spec.mask_token_id)  # (B, L) still to generate
+        now, after = hidden_share[step], hidden_share[step + 1]
         if settings.sampler == "ancestral":
-            now, after = hidden_share[step], hidden_share[step + 1]
-            reveal_prob = float(((now - after) / now.clamp_min(1e-12)).clamp(0.0, 1.0))
+            reveal_prob = min(max((now - after) / max(now, 1e-12), 0.0), 1.0)
             _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, settings.cache)
         else:
-            keep_hidden = torch.floor(initial * hidden_share[step + 1]).long()  # (B,)
+            keep_hidden = torch.floor(initial * after).long()  # (B,)
             _maskgit_step(module, ids, real, hidden, keep_hidden, sampler)
         if progress is not None:
             progress.update(1)

@@ -300,10 +300,10 @@ def _score_mutation_csv(
             raise ValueError(f"{path}: {error}") from error
         for i, value in zip(indices, values, strict=True):
             rows[i][score_column] = value
+    if score_column not in fields:
+        fields.append(score_column)
     with open(output, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=fields + [score_column] * (score_column not in fields)
-        )
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     print(f"scored {len(rows)} mutations into {output} (column {score_column!r})")
