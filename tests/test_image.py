@@ -128,8 +128,9 @@ def test_loss_ignores_predictions_at_visible_patches(tokenizer, monkeypatch):
     torch.manual_seed(0)
     module = tiny_module(tokenizer)
     batch = image_batch(tokenizer)
-    mask = RandomMasking(ratio=0.75)(batch["maskable"]).mask
-    monkeypatch.setattr(module, "choose_mask", lambda batch: (mask, 0.75))
+    masked = RandomMasking(ratio=0.75)(batch["maskable"])
+    monkeypatch.setattr(module, "choose_mask", lambda batch: masked)
+    mask = masked.mask
     base = module.forward_masked(batch).loss
 
     def shift(where):  # perturb the decoder's last states at `where` positions
@@ -158,8 +159,8 @@ def test_tiny_model_overfits_a_batch(tokenizer, monkeypatch, one_thread, norm_pi
     torch.manual_seed(0)
     module = tiny_module(tokenizer, norm_pix_loss=norm_pix_loss)
     batch = image_batch(tokenizer)
-    mask = RandomMasking(ratio=0.75)(batch["maskable"]).mask
-    monkeypatch.setattr(module, "choose_mask", lambda batch: (mask, 0.75))
+    masked = RandomMasking(ratio=0.75)(batch["maskable"])
+    monkeypatch.setattr(module, "choose_mask", lambda batch: masked)
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
     losses = []
     for _ in range(100):
