@@ -28,6 +28,7 @@ from mmm.scoring import parse_mutations
 from mmm.shards import write_shards
 from mmm.tokenizers import ProteinTokenizer
 from mmm.tokenizers.protein import TOKEN_IDS
+from tests.helpers import single_thread
 
 CORPUS = ["MKTAYIAK", "GIGKFLHS", "MNVWEPLC", "ACDEFGHI"]
 PROTEIN_MDLM = Path(__file__).parents[1] / "configs" / "protein_mdlm.yaml"
@@ -45,21 +46,19 @@ def _protein_module(masking=None, dim: int = 32) -> MaskedModelingModule:
 @pytest.fixture(scope="module")
 def memorizer() -> MaskedModelingModule:
     """A tiny diffusion model trained on four proteins until it knows them by heart."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small runs fastest on one thread
     torch.manual_seed(0)
     module = _protein_module().train()
     batch = module.tokenizer.collate(CORPUS * 16)
     optimizer = torch.optim.AdamW(module.parameters(), lr=5e-3)
     steps = 400
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
-    for _ in range(steps):
-        loss = module.forward_masked(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    torch.set_num_threads(threads)
+    with single_thread():
+        for _ in range(steps):
+            loss = module.forward_masked(batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
     return module.eval()
 
 
@@ -178,7 +177,7 @@ def test_text_infill_fills_a_span_of_the_chosen_length_and_keeps_the_rest(tiny_m
     ).any()
 
 
-def test_generation_is_reproducible_with_a_seed():
+def test_generation_is_reproducible_with_a_seed(one_thread):
     module = _protein_module()
     settings = SamplingSettings(steps=16)
     first = generate(module, 6, length=10, seed=3, batch_size=4, settings=settings)
@@ -190,7 +189,7 @@ def test_generation_is_reproducible_with_a_seed():
 
 
 @pytest.mark.parametrize(("sampler", "least"), [("ancestral", 0.6), ("maskgit", 0.9)])
-def test_a_model_of_a_tiny_corpus_regenerates_it(memorizer, sampler, least):
+def test_a_model_of_a_tiny_corpus_regenerates_it(memorizer, sampler, least, one_thread):
     settings = SamplingSettings(steps=32, sampler=sampler)
     samples = generate(memorizer, 40, length=8, settings=settings, seed=0)
     share = sum(sample in CORPUS for sample in samples) / len(samples)

@@ -55,16 +55,6 @@ def image_batch(tokenizer: ImageTokenizer, count: int = 8) -> dict[str, torch.Te
 
 
 @pytest.fixture
-def one_thread():
-    """Run on one CPU thread: tiny matrices gain nothing from more, and on a busy machine
-    waiting threads cost far more (a 100-step loop took 90 s on two threads, 6 s on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def tokenizer() -> ImageTokenizer:
     return ImageTokenizer(image_size=16, patch_size=4, channels=3)
 
