@@ -21,7 +21,7 @@ from mmm.generation import (
     sample_lengths,
 )
 from mmm.inference import load_module, read_sequences, score, score_mutations
-from mmm.masking import NOISE_SCHEDULES, DiffusionMasking, MaskedPositions
+from mmm.masking import NOISE_SCHEDULES, DiffusionMasking, MaskedPositions, RandomMasking
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.scoring import parse_mutations
@@ -293,3 +293,12 @@ def test_score_and_generate_commands(protein_checkpoint, tmp_path):
     generated = read_sequences(output)
     assert [name for name, _ in generated] == ["generated_1", "generated_2", "generated_3"]
     assert all(len(sequence.strip()) == 8 for _, sequence in generated), "training lengths: 8"
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "maskgit"])
+def test_a_bert_style_checkpoint_generates_with_the_linear_schedule(sampler):
+    module = _protein_module(RandomMasking(ratio=0.15))
+    settings = SamplingSettings(steps=6, sampler=sampler)
+    assert settings.noise(module) is NOISE_SCHEDULES["linear"]
+    samples = generate(module, 3, length=7, settings=settings, seed=0)
+    assert [len(sample) for sample in samples] == [7, 7, 7]
