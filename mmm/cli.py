@@ -5,7 +5,9 @@ its tokenizer, encoder, masking and decoder, and the datamodule is a typed optio
 (``--model.masking.ratio 0.3``), shown by ``--help`` and ``--print_config``.
 The tools are ``mmm shards`` (files -> WebDataset shards), ``mmm tokenizer`` (train a text
 tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed`` (sequence
-embeddings from a checkpoint) and ``mmm audio-stats`` (dataset mean/std of log-mel features).
+embeddings from a checkpoint), ``mmm generate`` (sample or infill sequences), ``mmm score``
+(pseudo-log-likelihoods, mutation effects) and ``mmm audio-stats`` (dataset mean/std of log-mel
+features).
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from mmm.callbacks import StopOnSigterm, TrainingProgressBar
 from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import audio_stats_command
-from mmm.tools import fill_mask_command, shards_command, tokenizer_command
+from mmm.tools import (
+    fill_mask_command,
+    generate_command,
+    score_command,
+    shards_command,
+    tokenizer_command,
+)
 
 
 class MMMCLI(LightningCLI):
@@ -69,6 +77,8 @@ TOOLS: dict[str, Callable[..., object]] = {
     "tokenizer": tokenizer_command,
     "fill-mask": fill_mask_command,
     "embed": embed_command,
+    "generate": generate_command,
+    "score": score_command,
     "audio-stats": audio_stats_command,
 }
 

@@ -1,4 +1,8 @@
-"""Using a trained discrete model: fill in mask tokens, and embed sequences."""
+"""Using a trained discrete model: fill in mask tokens, embed, generate, infill and score.
+
+``generate`` / ``infill`` live in ``mmm.generation`` and ``score`` / ``score_mutations`` in
+``mmm.scoring``; they are re-exported here so that one import serves every use of a model.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmm.generation import SamplingSettings, generate, infill
 from mmm.module import MaskedModelingModule
+from mmm.scoring import SequenceScore, score, score_mutations
 from mmm.tokenizers.base import DiscreteTokenizer
+
+__all__ = [
+    "Candidate",
+    "SamplingSettings",
+    "SequenceScore",
+    "embed_command",
+    "embed_sequences",
+    "fill_mask",
+    "generate",
+    "infill",
+    "load_module",
+    "read_sequences",
+    "score",
+    "score_mutations",
+]
 
 
 @dataclass(frozen=True)
@@ -195,6 +216,28 @@ def read_sequences(path: str | Path) -> list[tuple[str, str]]:
     if not pairs:
         raise ValueError(f"{path}: no sequence in this file")
     return pairs
+
+
+FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
+
+
+def write_sequences(path: str | Path, names: list[str], sequences: list[str]) -> None:
+    """Write named sequences in the format the file name asks for: FASTA (``.fasta``, ``.fa``,
+    ``.faa``, ``.fas``; 60 residues a line), ``.smi`` (``SMILES<TAB>name``) or one sequence a
+    line (anything else); ``read_sequences`` reads each back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in FASTA_SUFFIXES:
+        lines = []
+        for name, sequence in zip(names, sequences, strict=True):
+            lines.append(f">{name}")
+            lines += [sequence[i : i + 60] for i in range(0, len(sequence), 60)] or [""]
+    elif suffix in (".smi", ".smiles"):
+        lines = [f"{seq}\t{name}" for name, seq in zip(names, sequences, strict=True)]
+    else:
+        lines = list(sequences)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def embed_command(

@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from mmm.masking import Masking, RandomMasking, visible_indices
+from mmm.masking import MaskedPositions, Masking, RandomMasking, visible_indices
 from mmm.models.encoder import Encoder, TransformerEncoder, gather_positions
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import VisibleLayout, build_modality
@@ -35,7 +35,8 @@ class MaskedOutput:
     mask: Tensor  # (B, L) bool hidden positions
     pred: Tensor  # (N, ...) predictions at hidden positions
     target: Tensor  # (N, ...) targets at hidden positions
-    ratio: float
+    ratio: Tensor  # (B,) per-sample masking ratios
+    loss_count: int  # positions the loss is a mean over (hidden, or maskable when per token)
 
 
 class MaskedModelingModule(L.LightningModule):
@@ -73,27 +74,35 @@ class MaskedModelingModule(L.LightningModule):
         self.masking = masking if masking is not None else RandomMasking()
         self.modality = build_modality(tokenizer.spec, self.encoder.dim, self.masking, decoder)
         self._epoch_means = torch.nn.ModuleDict()  # stage -> name -> MeanMetric, made on use
+        # How many training samples had each number of maskable positions: saved with the
+        # checkpoint so that generation can draw lengths like the training data's.
+        lengths = torch.zeros(tokenizer.spec.max_length + 1, dtype=torch.long)
+        self.register_buffer("length_counts", lengths)
 
     # ----------------------------------------------------------------------------- stages
-    def choose_mask(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
-        """Hidden positions of the batch, (B, L) bool, and the ratio in force."""
-        step = self.global_step if self._trainer is not None else 0
-        masked = self.masking(
+    def _step(self) -> int:
+        return self.global_step if self._trainer is not None else 0
+
+    def choose_mask(self, batch: dict[str, Tensor]) -> MaskedPositions:
+        """Hidden positions of the batch, with per-sample ratios and loss weights."""
+        return self.masking(
             batch["maskable"],
-            step=step,
+            step=self._step(),
             word_ids=batch.get("word_ids"),
             grid=getattr(self.tokenizer.spec, "grid", None),
         )
-        return masked.mask, masked.ratio
 
     def encode(self, x: Tensor, padding_mask: Tensor) -> Tensor:
         """Run the trunk; skip the attention mask when nothing is padding (fastest SDPA path)."""
         return self.encoder(x, None if bool(padding_mask.all()) else padding_mask)
 
-    def forward_masked(self, batch: dict[str, Tensor]) -> MaskedOutput:
-        """Mask, embed, encode (visible positions only for MAE-style modalities), predict and
-        score the hidden positions."""
-        mask, ratio = self.choose_mask(batch)
+    def forward_masked(
+        self, batch: dict[str, Tensor], masked: MaskedPositions | None = None
+    ) -> MaskedOutput:
+        """Mask (or take ``masked``), embed, encode (visible positions only for MAE-style
+        modalities), predict and score the hidden positions."""
+        masked = masked if masked is not None else self.choose_mask(batch)
+        mask = masked.mask
         x = self.modality.embed(batch, mask)  # (B, L, D)
         visible = None
         padding = batch["attention_mask"]  # (B, L)
@@ -104,8 +113,10 @@ class MaskedModelingModule(L.LightningModule):
         hidden = self.encode(x, padding)
         pred = self.modality.predict(hidden, mask, visible)
         target = self.modality.targets(batch, mask)
-        loss, metrics = self.modality.loss_and_metrics(pred, target)
-        return MaskedOutput(loss, metrics, mask, pred, target, ratio)
+        weight = masked.position_weights(batch["maskable"])  # (N,) or None: plain mean
+        loss, metrics = self.modality.loss_and_metrics(pred, target, weight=weight)
+        count = masked.loss_count(batch["maskable"])
+        return MaskedOutput(loss, metrics, mask, pred, target, masked.ratio, count)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Encoder states of an unmasked batch, (B, L, D)."""
@@ -129,7 +140,9 @@ class MaskedModelingModule(L.LightningModule):
         values = _prefixed("train", metrics)
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=size)
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
-        self.log("train/mask_ratio", out.ratio, on_step=True, on_epoch=False, batch_size=size)
+        ratio = out.ratio.float().mean()
+        self.log("train/mask_ratio", ratio, on_step=True, on_epoch=False, batch_size=size)
+        self._count_lengths(batch)
         self._log_skipped(batch, size)
         return out.loss
 
@@ -150,27 +163,38 @@ class MaskedModelingModule(L.LightningModule):
         self._log_epoch_means("test")
 
     def _evaluation_step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        """Accumulate loss and metrics weighted by hidden-position count, so the epoch value is
-        the mean over hidden positions (not over batches), synchronized across DDP ranks.
+        """Score the batch under each of the masking's evaluation masks and accumulate the loss
+        weighted by the positions it is a mean over, metrics by hidden-position count, so the
+        epoch value is a mean over positions (not over batches), synchronized across DDP
+        ranks.
 
         The hidden positions (and BERT's replacements) of the n-th evaluation batch are drawn
         from a generator seeded with n, apart from the training RNG: evaluating one checkpoint
         twice gives the same numbers, and evaluation does not shift the training stream."""
         with seeded(batch_idx, self.device):
-            out = self.forward_masked(batch)
-        self._check_finite(out.loss, f"{stage} batch {batch_idx} (after step {self.global_step})")
-        weight = float(out.target.shape[0])
-        for name, value in {"loss": out.loss, **out.metrics}.items():
-            self._epoch_mean(stage, name).update(value.detach().float(), weight)
-        self._log_skipped(batch, out.mask.shape[0])
+            masks = self.masking.evaluation_masks(
+                batch["maskable"],
+                step=self._step(),
+                word_ids=batch.get("word_ids"),
+                grid=getattr(self.tokenizer.spec, "grid", None),
+            )
+            outputs = [self.forward_masked(batch, masked) for masked in masks]
+        for out in outputs:
+            self._check_finite(out.loss, f"{stage} batch {batch_idx} (after step {self._step()})")
+            self._epoch_mean(stage, "loss").update(out.loss.detach().float(), out.loss_count)
+            for name, value in out.metrics.items():
+                self._epoch_mean(stage, name).update(value.detach().float(), out.target.shape[0])
+        self._log_skipped(batch, batch["maskable"].shape[0])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer_fingerprint"] = self.tokenizer.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse weights trained with another vocabulary than the tokenizer's now: a
+        """Refuse weights trained with another vocabulary than the tokenizer's now (a
         tokenizer directory retrained in place keeps its size, so the weights would load and
-        silently predict other tokens."""
+        silently predict other tokens)."""
+        # Checkpoints written before training lengths were counted load with no counts.
+        checkpoint["state_dict"].setdefault("length_counts", torch.zeros_like(self.length_counts))
         saved = checkpoint.get("tokenizer_fingerprint")
         current = self.tokenizer.fingerprint()
         if saved is not None and saved != current:
@@ -213,6 +237,10 @@ class MaskedModelingModule(L.LightningModule):
         if values:
             self.log_dict(values)
             self.log(f"{stage}_loss", values[f"{stage}/loss"], prog_bar=True, logger=False)
+
+    def _count_lengths(self, batch: dict[str, Tensor]) -> None:
+        lengths = batch["maskable"].sum(dim=1).clamp(max=self.length_counts.shape[0] - 1)  # (B,)
+        self.length_counts += torch.bincount(lengths, minlength=self.length_counts.shape[0])
 
     def _log_skipped(self, batch: dict[str, Tensor], size: int) -> None:
         if "skipped" in batch:

@@ -55,16 +55,6 @@ def image_batch(tokenizer: ImageTokenizer, count: int = 8) -> dict[str, torch.Te
 
 
 @pytest.fixture
-def one_thread():
-    """Run on one CPU thread: tiny matrices gain nothing from more, and on a busy machine
-    waiting threads cost far more (a 100-step loop took 90 s on two threads, 6 s on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def tokenizer() -> ImageTokenizer:
     return ImageTokenizer(image_size=16, patch_size=4, channels=3)
 
@@ -128,8 +118,9 @@ def test_loss_ignores_predictions_at_visible_patches(tokenizer, monkeypatch):
     torch.manual_seed(0)
     module = tiny_module(tokenizer)
     batch = image_batch(tokenizer)
-    mask = RandomMasking(ratio=0.75)(batch["maskable"]).mask
-    monkeypatch.setattr(module, "choose_mask", lambda batch: (mask, 0.75))
+    masked = RandomMasking(ratio=0.75)(batch["maskable"])
+    monkeypatch.setattr(module, "choose_mask", lambda batch: masked)
+    mask = masked.mask
     base = module.forward_masked(batch).loss
 
     def shift(where):  # perturb the decoder's last states at `where` positions
@@ -158,8 +149,8 @@ def test_tiny_model_overfits_a_batch(tokenizer, monkeypatch, one_thread, norm_pi
     torch.manual_seed(0)
     module = tiny_module(tokenizer, norm_pix_loss=norm_pix_loss)
     batch = image_batch(tokenizer)
-    mask = RandomMasking(ratio=0.75)(batch["maskable"]).mask
-    monkeypatch.setattr(module, "choose_mask", lambda batch: (mask, 0.75))
+    masked = RandomMasking(ratio=0.75)(batch["maskable"])
+    monkeypatch.setattr(module, "choose_mask", lambda batch: masked)
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
     losses = []
     for _ in range(100):

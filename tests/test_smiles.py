@@ -229,16 +229,6 @@ def test_rdkit_features_say_how_to_install_it(tokenizer, monkeypatch):
 
 
 # ------------------------------------------------------------------------- training, inference
-@pytest.fixture
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine thread
-    synchronization makes 150 small steps take minutes instead of seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tiny_model_overfits_one_batch(tokenizer, one_thread):
     """Same batch, same mask (reseeded each step): the loss must go to near zero."""
     torch.manual_seed(0)

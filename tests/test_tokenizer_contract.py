@@ -104,6 +104,10 @@ def test_batches_mark_real_and_maskable_positions(case):
     assert real.shape[1] <= built.spec.max_length
     assert maskable.any(dim=1).all(), "every sample must have something to predict"
     assert not (maskable & ~real).any(), "padding must never be maskable"
+    if isinstance(built, DiscreteTokenizer):  # generation never samples special tokens
+        special = torch.tensor(sorted(built.special_token_ids))
+        assert {built.spec.pad_token_id, built.spec.mask_token_id} <= built.special_token_ids
+        assert not torch.isin(batch["input_ids"][maskable], special).any()
 
 
 def test_a_batch_trains_through_the_one_objective(case):

@@ -175,6 +175,16 @@ class DiscreteTokenizer(Tokenizer):
     def id_to_token(self, token_id: int) -> str:
         """The string of one token id."""
 
+    @property
+    @abstractmethod
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids that are never a sequence's content (padding, mask, frame and unknown tokens):
+        generation never samples them."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """The string spelled by ``ids``, special tokens and padding dropped."""
+
     @abstractmethod
     def collate(self, items: list[str]) -> dict[str, Tensor]: ...
 

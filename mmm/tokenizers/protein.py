@@ -242,11 +242,15 @@ class ProteinTokenizer(DiscreteTokenizer):
     def id_to_token(self, token_id: int) -> str:
         return TOKENS[token_id]
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(TOKEN_IDS[t] for t in (CLS, PAD, EOS, UNK, MASK, "<null_1>"))
+
     def encode(self, text: str, name: str = "sequence") -> Tensor:
         """Residue ids of ``text`` (see ``encode_residues``), (L,) long."""
         return encode_residues(text, name=name, on_unknown=self.on_unknown)
 
-    def decode(self, ids: Tensor) -> str:
+    def decode(self, ids: Tensor | list[int]) -> str:
         """The residue string of ``ids``, special tokens and padding dropped."""
         return decode_residues(ids)
 

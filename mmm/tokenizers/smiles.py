@@ -467,6 +467,10 @@ class SmilesTokenizer(DiscreteTokenizer):
     def id_to_token(self, token_id: int) -> str:
         return self.rust.id_to_token(token_id)
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(self.rust.token_to_id(t) for t in SPECIAL_TOKENS)
+
     def encode(self, smiles: str) -> list[int]:
         """Token ids of one SMILES, ``<s>`` and ``</s>`` included, without padding."""
         encoding = self.rust.encode(smiles)

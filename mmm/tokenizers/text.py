@@ -272,6 +272,10 @@ class TextTokenizer(DiscreteTokenizer):
     def id_to_token(self, token_id: int) -> str:
         return self.hf.convert_ids_to_tokens(token_id)
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(self.hf.all_special_ids)
+
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
 
