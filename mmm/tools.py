@@ -162,8 +162,9 @@ def generate_command(
     device: str | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Sample sequences from a masked model (MDLM ancestral sampling or MaskGIT), or fill in
-    the masks of templates (infill), and write them as FASTA, .smi or text lines.
+    """Sample sequences from a masked model, or fill in the masks of templates (infill).
+
+    MDLM ancestral sampling or MaskGIT; written as FASTA, .smi or text lines.
 
     Any discrete checkpoint works, whether trained with masked diffusion
     (``--model.masking mmm.masking.DiffusionMasking``) or BERT-style.
@@ -232,9 +233,10 @@ def score_command(
     batch_size: int = 64,
     device: str | None = None,
 ) -> str:
-    """Score with a masked model: the pseudo-log-likelihood of sequences (``--inputs``), or
-    masked-marginal scores of point mutations (``--mutations``, ESM-1v) written back to their
-    CSV with a score column.
+    """Score sequences (pseudo-log-likelihood) or point mutations (masked marginals).
+
+    ``--inputs``: each sequence's pseudo-log-likelihood into a CSV; ``--mutations``: ESM-1v
+    masked-marginal scores written back to the mutations' CSV as a score column.
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
