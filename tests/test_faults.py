@@ -388,3 +388,16 @@ def test_smiles_skips_are_counted_and_unknown_tokens_are_not_silent(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         tokenizer.collate(["CC[Xx]O"])  # strings given directly: read as <unk>, with a warning
     assert "[Xx]" in caplog.text
+
+
+def test_every_torch_load_refuses_pickled_code():
+    """Checkpoints and saved tensors are loaded with ``weights_only=True`` everywhere (mmm,
+    the datamodule, the scripts), so a crafted file cannot run code."""
+    files = [*ROOT.glob("mmm/**/*.py"), *ROOT.glob("datamodules/*.py"), *ROOT.glob("scripts/*.py")]
+    unsafe = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "torch.load(" in line and "weights_only=True" not in line
+    ]
+    assert not unsafe
