@@ -134,7 +134,7 @@ class MaskedModelingModule(L.LightningModule):
     # ------------------------------------------------------------------------ lightning
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.forward_masked(batch)
-        self._check_finite(out.loss, f"training step {self.global_step}")
+        self._check_finite(out.loss, f"training step {self.global_step}", across_ranks=True)
         size = out.mask.shape[0]
         metrics = {"loss": out.loss, **out.metrics, **self.modality.metrics_from_loss(out.loss)}
         values = _prefixed("train", metrics)
@@ -206,16 +206,25 @@ class MaskedModelingModule(L.LightningModule):
                 "trained with."
             )
 
-    @staticmethod
-    def _check_finite(loss: Tensor, where: str) -> None:
+    def _check_finite(self, loss: Tensor, where: str, across_ranks: bool = False) -> None:
         """Stop at the first NaN or infinite loss rather than train on (or average in) it:
         one such step turns every weight into NaN, and a NaN validation batch would be dropped
         from the mean without a trace. One scalar check per step; anomaly detection would
-        cost a full extra pass."""
-        if not bool(torch.isfinite(loss.detach())):
+        cost a full extra pass.
+
+        ``across_ranks`` (training): the DDP ranks agree first, so that all of them stop at the
+        same step; a rank stopping alone would leave the others waiting for its gradients.
+        Training steps are the same number on every rank; evaluation batches are not (each
+        sample is read once), so a per-batch collective there could itself hang."""
+        finite_here = bool(torch.isfinite(loss.detach()))
+        finite = finite_here
+        if across_ranks and self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite_here, all=True)
+        if not finite:
+            loss_is = f"{loss.item()}" if not finite_here else "not finite on another rank"
             raise FloatingPointError(
-                f"{where}: the loss is {loss.item()}. A sample with NaN/inf values, or a "
-                "learning rate too high for this model (try a lower --model.lr or more "
+                f"{where}: the loss is {loss_is}. A sample with NaN/inf values, or a learning "
+                "rate too high for this model (try a lower --model.lr or more "
                 "--model.warmup_steps)."
             )
 

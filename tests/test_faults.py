@@ -199,6 +199,83 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, tokenizer,
         getattr(trainer, stage)(tiny_module, datamodule=data)
 
 
+def test_a_rank_stops_with_the_others_when_one_sees_a_non_finite_loss(
+    tiny_module, tokenizer, corpus_dir, monkeypatch
+):
+    """Under DDP a rank whose own loss is finite must stop at the step another rank's loss
+    is not: alone it would wait for the stopped rank's gradients forever. The ranks' vote is
+    played here by the strategy's ``reduce_boolean_decision`` saying "not all finite"."""
+    data = ShardDataModule(
+        train_shards=str(corpus_dir / "train-*.tar"),
+        tokenizer=tokenizer,
+        batch_size=8,
+        num_workers=0,
+    )
+    trainer = L.Trainer(
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    votes = []
+    monkeypatch.setattr(
+        trainer.strategy,
+        "reduce_boolean_decision",
+        lambda decision, all=True: votes.append(decision) or False,
+    )
+    with pytest.raises(FloatingPointError, match="training step 0: the loss is not finite on"):
+        trainer.fit(tiny_module, datamodule=data)
+    assert votes == [True]  # this rank's own loss was finite, and it voted so
+
+
+def test_mmm_fit_diverging_at_lr_1e3_stops_naming_the_step(tmp_path, tokenizer_dir, corpus_dir):
+    """``--model.lr 1e3`` used to train on NaN, exit 0 and save a checkpoint of NaN weights."""
+    args = [
+        f"--config={ROOT / 'configs' / 'text_mlm.yaml'}",
+        f"--model.tokenizer.path={tokenizer_dir}",
+        "--model.tokenizer.max_length=32",
+        "--model.encoder.dim=32",
+        "--model.encoder.depth=1",
+        "--model.encoder.num_heads=2",
+        "--model.lr=1e3",
+        "--model.warmup_steps=0",
+        f"--data.train_shards={corpus_dir}/train-*.tar",
+        f"--data.val_shards={corpus_dir}/val-*.tar",
+        "--data.num_workers=0",
+        "--data.batch_size=8",
+        "--trainer.max_steps=40",
+        "--trainer.val_check_interval=20",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    with pytest.raises(FloatingPointError, match=r"training step \d+: the loss is (nan|inf)"):
+        run(["fit", *args])
+    assert not list(tmp_path.rglob("*.ckpt"))  # no checkpoint of NaN weights
+
+
+def test_audio_stats_skip_a_clip_holding_inf_and_write_finite_values(tmp_path):
+    """``mmm audio-stats`` used to write ``"mean": NaN`` after one +inf sample."""
+    bad = _tone()
+    bad[10] = np.inf
+    (tmp_path / "good.wav").write_bytes(_float_wav(_tone()))
+    (tmp_path / "bad.wav").write_bytes(_float_wav(bad))
+    settings = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    output = tmp_path / "stats.json"
+    run(
+        [
+            "audio-stats",
+            f"--inputs={tmp_path}/*.wav",
+            f"--output={output}",
+            "--features.sample_rate=8000",
+            "--features.n_fft=256",
+            "--features.hop_length=128",
+            "--features.n_mels=16",
+        ]
+    )
+    stats = json.loads(output.read_text())
+    assert (stats["clips"], stats["skipped"]) == (1, 1)
+    assert np.isfinite([stats["mean"], stats["std"]]).all()
+    AudioTokenizer(settings, normalize="dataset", stats=str(output))  # accepted
+
+
 def _docs(root: Path) -> Path:
     (root / "docs").mkdir(parents=True, exist_ok=True)
     (root / "docs" / "a.txt").write_text("the first document\n\nwith two paragraphs")
