@@ -102,6 +102,14 @@ class ShardSummary:
         )
 
 
+def duplicate_key_error(key: str, first: str, second: str) -> ValueError:
+    """The error for two samples sharing ``key``, naming where each came from."""
+    return ValueError(
+        f"duplicate sample key {key!r}: {first} and {second} (readers would silently drop "
+        "one); give the inputs distinct names"
+    )
+
+
 def write_shards(
     samples: Iterable[dict[str, Any]],
     pattern: str,
@@ -130,10 +138,7 @@ def write_shards(
                 continue
             key, source = sample["__key__"], str(sample.get("__source__", "a sample"))
             if key in sources:
-                raise ValueError(
-                    f"duplicate sample key {key!r}: {sources[key]} and {source} (readers would "
-                    "silently drop one); give the inputs distinct names"
-                )
+                raise duplicate_key_error(key, first=sources[key], second=source)
             sources[key] = source
             writer.write(sample)
             counts += [0] * (writer.shard - len(counts))  # the writer opened a new shard
@@ -345,10 +350,7 @@ def _refuse_keys_shared_by_jobs(summaries: list[ShardSummary]) -> None:
     for summary in summaries:
         for key, source in summary.sources.items():
             if key in seen:
-                raise ValueError(
-                    f"duplicate sample key {key!r}: {seen[key]} and {source} (readers would "
-                    "silently drop one); give the inputs distinct names"
-                )
+                raise duplicate_key_error(key, first=seen[key], second=source)
             seen[key] = source
 
 
