@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any, Protocol, runtime_checkable
@@ -151,8 +152,22 @@ class StopOnSigterm(L.Callback):
     run whose loader stalls (shards that stream slowly, or none) ignored SIGTERM. Once
     Lightning's handlers are in place, this adds one that, after Lightning's own, raises
     Lightning's ``SIGTERMException`` in the main thread: Lightning then stops the loader
-    workers and the run ends with exit code 143 (128 + SIGTERM).
+    workers and the run ends with exit code 143 (128 + SIGTERM). Lightning's teardown may
+    itself wait on what stalled (webdataset waits for a ``pipe:`` shard command to end when
+    the main process reads shards itself, ``num_workers=0``), so the process exits without
+    it once ``teardown_timeout_s`` has passed.
+
+    Args:
+        teardown_timeout_s: seconds Lightning's teardown gets after SIGTERM before the
+            process exits (code 143) without it.
     """
+
+    def __init__(self, teardown_timeout_s: float = 10.0) -> None:
+        if teardown_timeout_s <= 0:
+            raise ValueError(
+                f"StopOnSigterm: teardown_timeout_s must be > 0, got {teardown_timeout_s}"
+            )
+        self.teardown_timeout_s = teardown_timeout_s
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()
@@ -176,7 +191,24 @@ class StopOnSigterm(L.Callback):
         def stop(signum: int, frame: FrameType | None) -> None:
             if callable(previous):
                 previous(signum, frame)
+            self._exit_if_teardown_stalls()
             raise SIGTERMException(128 + signal.SIGTERM)
 
         stop.stops_on_sigterm = True  # type: ignore[attr-defined]
         signal.signal(signal.SIGTERM, stop)
+
+    def _exit_if_teardown_stalls(self) -> None:
+        """Exit with 143 in ``teardown_timeout_s`` unless the process has ended by then (a
+        daemon thread: signal handlers may be reset by the teardown it guards)."""
+
+        def exit_now() -> None:
+            print(
+                f"SIGTERM: teardown did not end within {self.teardown_timeout_s} s; exiting",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + signal.SIGTERM)
+
+        timer = threading.Timer(self.teardown_timeout_s, exit_now)
+        timer.daemon = True
+        timer.start()

@@ -92,12 +92,22 @@ class ShardSummary:
     skipped: int = 0
     counts: list[int] = field(default_factory=list)
     """Samples in each of ``shards``."""
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
+    """Key -> source of each sample written (for the duplicate check across worker jobs)."""
 
     def __str__(self) -> str:
         return (
             f"wrote {self.samples} samples in {len(self.shards)} shards "
             f"({self.bytes / 1e6:.1f} MB), skipped {self.skipped}"
         )
+
+
+def duplicate_key_error(key: str, first: str, second: str) -> ValueError:
+    """The error for two samples sharing ``key``, naming where each came from."""
+    return ValueError(
+        f"duplicate sample key {key!r}: {first} and {second} (readers would silently drop "
+        "one); give the inputs distinct names"
+    )
 
 
 def write_shards(
@@ -128,10 +138,7 @@ def write_shards(
                 continue
             key, source = sample["__key__"], str(sample.get("__source__", "a sample"))
             if key in sources:
-                raise ValueError(
-                    f"duplicate sample key {key!r}: {sources[key]} and {source} (readers would "
-                    "silently drop one); give the inputs distinct names"
-                )
+                raise duplicate_key_error(key, first=sources[key], second=source)
             sources[key] = source
             writer.write(sample)
             counts += [0] * (writer.shard - len(counts))  # the writer opened a new shard
@@ -142,7 +149,12 @@ def write_shards(
     write_shard_index(shards, counts)
     size = sum(os.path.getsize(s) for s in shards)
     return ShardSummary(
-        shards=shards, samples=sum(counts), bytes=size, skipped=skipped, counts=counts
+        shards=shards,
+        samples=sum(counts),
+        bytes=size,
+        skipped=skipped,
+        counts=counts,
+        sources=sources,
     )
 
 
@@ -303,6 +315,7 @@ def build_shards(
             summaries = _run_jobs(jobs, bar)
         counts = [count for summary in summaries for count in summary.counts]
         skipped = sum(s.skipped for s in summaries)
+        _refuse_keys_shared_by_jobs(summaries)
         if not counts:
             kept = f"; the {len(existing)} existing shards are kept" if existing else ""
             raise ValueError(
@@ -324,6 +337,21 @@ def build_shards(
         skipped=skipped,
         counts=counts,
     )
+
+
+def _refuse_keys_shared_by_jobs(summaries: list[ShardSummary]) -> None:
+    """Each worker job's ``write_shards`` refuses duplicates among its own samples; this
+    refuses a key that two jobs (files dealt to different processes) both wrote.
+
+    Raises:
+        ValueError: naming the key and both sources.
+    """
+    seen: dict[str, str] = {}
+    for summary in summaries:
+        for key, source in summary.sources.items():
+            if key in seen:
+                raise duplicate_key_error(key, first=seen[key], second=source)
+            seen[key] = source
 
 
 def _readable_inputs(paths: list[str], modality: str, own: list[str]) -> list[str]:

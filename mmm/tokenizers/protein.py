@@ -158,13 +158,16 @@ def _fasta_records(path: str | Path) -> Iterator[tuple[str, str]]:
     yield record_id, "".join(lines)
 
 
-@register_source("protein")
+@register_source("protein", per_file=True)
 def protein_samples(paths: list[str], on_unknown: OnUnknown = "error") -> Iterator[Sample]:
     """``seq`` samples from FASTA files (gzipped or not), one per record, keyed by the record
     ID (characters a WebDataset key cannot hold, such as ``.`` and ``|``, become ``_``).
 
     Sequences are validated and stored cleaned (upper case, no line breaks, no trailing
-    ``*``), whole: cropping happens at training time.
+    ``*``), whole: cropping happens at training time. ``mmm shards`` reads the files one at
+    a time (in ``--workers`` processes; ``--on_error skip`` skips and counts a file that fails,
+    such as a truncated ``.gz``); record IDs repeated across files are refused by
+    ``write_shards``, naming both records.
 
     Raises:
         ValueError: naming file, record and position of an unknown residue (unless
@@ -182,7 +185,7 @@ def protein_samples(paths: list[str], on_unknown: OnUnknown = "error") -> Iterat
                 )
             first_seen[key] = name
             residues = decode_residues(encode_residues(raw, name=name, on_unknown=on_unknown))
-            yield {"__key__": key, "seq": residues.encode("ascii")}
+            yield {"__key__": key, "__source__": name, "seq": residues.encode("ascii")}
 
 
 def _round_up(value: int, multiple: int) -> int:

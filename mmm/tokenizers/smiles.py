@@ -227,7 +227,11 @@ def smiles_samples(
                 skipped += 1
                 yield {SKIPPED: f"{path}:{number}: {error}"}
                 continue
-            yield {"__key__": sample_key(f"{stem}-{number}"), "smi": smiles.encode("utf-8")}
+            yield {
+                "__key__": sample_key(f"{stem}-{number}"),
+                "__source__": f"{path}:{number}",
+                "smi": smiles.encode("utf-8"),
+            }
         if skipped:
             log.warning("%s: skipped %d invalid SMILES", path, skipped)
 
