@@ -413,11 +413,11 @@ class SampleDecoder:
         return handle
 
     def __call__(
-        self, samples: Iterator[dict[str, Any]], pass_size: Callable[[], int | None] = lambda: None
+        self, samples: Iterator[dict[str, Any]], skip_limit: Callable[[], int | None] = lambda: None
     ) -> Iterator[Any]:
-        """Decoded items of ``samples``. ``pass_size`` gives the raw samples of one whole pass
-        of the reader plus its shuffle buffer once known: that many skips in a row mean the
-        reader's data holds nothing this tokenizer can decode."""
+        """Decoded items of ``samples``. ``skip_limit`` gives, once the reader's pass size is
+        known, how many skips in a row mean that its data holds nothing this tokenizer can
+        decode (more than a whole pass's samples)."""
         decoded = 0
         for sample in samples:
             self.read += 1
@@ -428,7 +428,7 @@ class SampleDecoder:
                     raise
                 self._skip(str(error))
                 self.consecutive_skips += 1
-                limit = pass_size()
+                limit = skip_limit()
                 if limit is not None and self.consecutive_skips > limit:
                     raise self._undecodable() from error
                 continue
@@ -616,11 +616,13 @@ class ShardPipeline(IterableDataset):
             ReaderTracker(self.seed, slot, state.batches, streams, buffer, rng),
         )
 
-        def pass_size() -> int | None:
+        def skip_limit() -> int | None:
+            # Two whole passes and four buffers of skips in a row: a rare good sample can
+            # wait in the shuffle buffer well past one buffer's worth of draws.
             sizes = [stream.pass_samples for stream in streams]
-            return None if None in sizes else sum(sizes) + self.shuffle_buffer
+            return None if None in sizes else 2 * sum(sizes) + 4 * self.shuffle_buffer
 
-        return batched(decoder(mixed, pass_size), self.batch_size, collate, partial=False)
+        return batched(decoder(mixed, skip_limit), self.batch_size, collate, partial=False)
 
     @staticmethod
     def _refill(streams: list[ShardStream], addresses: list[Address]) -> list[dict[str, Any]]:
