@@ -15,6 +15,7 @@ rank that ran dry; validation reads every sample exactly once (``exact``).
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import itertools
@@ -37,6 +38,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmm.corpora import ensure_embedded_shards
+from mmm.rng import seeded
+from mmm.shards import indexed_counts
 from mmm.tokenizers.base import SampleError, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -129,7 +132,8 @@ def inspect_local_shard(url: str, full: bool) -> tuple[int, bool]:
 
 
 def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tuple[list[str], int]:
-    """Check local shards before reading them and, with ``count``, count their samples.
+    """Check local shards before reading them and, with ``count``, count their samples (from
+    the shard index ``mmm shards`` writes beside them, else from their member headers).
 
     Shards that hold no sample (they would silently yield nothing) are dropped with a warning.
     Unreadable ones are dropped and truncated ones (found when counting) kept for their
@@ -143,9 +147,18 @@ def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tupl
         ValueError: naming an unreadable or truncated shard, in ``raise`` mode.
     """
     kept, samples = [], 0
+    indexed: dict[str, int] = {}
+    if count:  # counts written beside the shards by `mmm shards` spare a scan of every header
+        for folder in {os.path.dirname(url) or "." for url in urls if not _is_remote(url)}:
+            indexed.update(indexed_counts(folder))
     for url in urls:
         if _is_remote(url):
             kept.append(url)
+            continue
+        known = indexed.get(str(Path(os.path.dirname(url) or ".") / os.path.basename(url)))
+        if known:
+            kept.append(url)
+            samples += known
             continue
         try:
             found, complete = inspect_local_shard(url, full=count)
@@ -186,41 +199,93 @@ class Layout:
     def readers(self) -> int:
         return self.world_size * self.readers_per_rank
 
-    def slot(self) -> int:
-        """This reader's index in ``[0, readers)``; call it inside the loader worker."""
+    def slot(self, rotation: int = 0) -> int:
+        """This reader's index in ``[0, readers)``; call it inside the loader worker. Worker
+        ``w`` plays this rank's reader ``(w + rotation) % readers_per_rank``."""
         info = get_worker_info()
-        return self.rank * self.readers_per_rank + (info.id if info is not None else 0)
+        worker = info.id if info is not None else 0
+        return self.rank * self.readers_per_rank + (worker + rotation) % self.readers_per_rank
+
+
+#: Where a raw sample sits in a reader's stream: (source, pass, shard position in the reader's
+#: shards of that pass, sample number in that shard).
+Address = tuple[int, int, int, int]
 
 
 @dataclass
-class Cursor:
-    """How far a reader got in one source: the pass it is in and how many of that pass's
-    shards it has opened. A checkpoint records it; resuming opens the next shard."""
+class SourcePosition:
+    """Where a reader stands in one source: the next raw sample it reads is sample ``sample``
+    of shard ``shard`` (a position in the reader's shards of pass ``pass_index``)."""
 
     pass_index: int = 0
-    opened: int = 0
+    shard: int = 0
+    sample: int = 0
+
+
+@dataclass
+class ReaderState:
+    """Everything a training reader's next batches depend on, so that a reader rebuilt from it
+    continues sample for sample: the batches it has delivered (its RNG is reseeded from that
+    count at every batch), its position in each source, and which raw samples its shuffle
+    buffer holds, in order. Small: a few numbers per source and four per buffered sample."""
+
+    batches: int
+    sources: list[SourcePosition]
+    buffer: list[Address]
+
+    @classmethod
+    def fresh(cls, num_sources: int) -> ReaderState:
+        return cls(0, [SourcePosition() for _ in range(num_sources)], [])
+
+    def encode(self) -> torch.Tensor:
+        """(3 + 3 * sources + 4 * buffered,) long: a tensor that rides along with a batch."""
+        head = [self.batches, len(self.sources), len(self.buffer)]
+        positions = [v for p in self.sources for v in (p.pass_index, p.shard, p.sample)]
+        return torch.tensor(head + positions + [v for a in self.buffer for v in a])
+
+    @classmethod
+    def decode(cls, values: list[int]) -> ReaderState:
+        batches, num_sources, num_buffered = values[:3]
+        positions = values[3 : 3 + 3 * num_sources]
+        flat = values[3 + 3 * num_sources :][: 4 * num_buffered]
+        return cls(
+            batches,
+            [SourcePosition(*positions[i : i + 3]) for i in range(0, len(positions), 3)],
+            [tuple(flat[i : i + 4]) for i in range(0, len(flat), 4)],
+        )
 
 
 class ShardStream:
-    """The shards that one reader opens, in order, for one source.
+    """The raw samples one reader reads from one source, each tagged with its ``Address``.
 
     In every pass, all readers shuffle the full shard list with the same seed and pass number
     and reader ``slot`` takes every ``readers``-th shard from position ``slot``: within a pass,
-    readers never share a shard. ``cursor`` moves as shards are opened (lazily, one when the
-    previous one is read to its end).
+    readers never share a shard. Shards are opened one at a time, lazily; ``position`` is the
+    next raw sample to read, so a stream started from a saved position skips the samples
+    before it without decoding them.
     """
 
     def __init__(
-        self, urls: list[str], seed: int, shuffle: bool, slot: int, readers: int, cursor: Cursor
+        self,
+        urls: list[str],
+        source: int,
+        seed: int,
+        shuffle: bool,
+        slot: int,
+        readers: int,
+        handler: Callable[[Exception], bool],
+        position: SourcePosition | None = None,
     ) -> None:
         self.urls = urls
+        self.source = source
         self.seed = seed
         self.shuffle = shuffle
         self.slot = slot
         self.readers = readers
-        self.cursor = cursor
+        self.handler = handler
+        self.position = position or SourcePosition()
         self.current_url: str | None = None
-        self.samples_read = 0
+        self.pass_samples: int | None = None  # raw samples of the last whole pass read
 
     def pass_shards(self, pass_index: int) -> list[str]:
         """This reader's shards in pass ``pass_index``."""
@@ -229,41 +294,76 @@ class ShardStream:
             random.Random(wds.utils.make_seed(self.seed, pass_index)).shuffle(order)
         return order[self.slot :: self.readers]
 
-    def one_pass(self, pass_index: int) -> Iterator[dict[str, str]]:
-        """``{"url": ...}`` for each shard of the pass not opened yet according to the cursor."""
-        shards = self.pass_shards(pass_index)
-        start = self.cursor.opened if self.cursor.pass_index == pass_index else 0
-        for index in range(start, len(shards)):
-            self.cursor = Cursor(pass_index, index + 1)
-            self.current_url = shards[index]
-            yield {"url": shards[index]}
+    def read_shard(self, pass_index: int, shard: int) -> Iterator[dict[str, Any]]:
+        """The raw samples of one shard of a pass, in order, tagged with their address."""
+        self.current_url = self.pass_shards(pass_index)[shard]
+        samples = wds.tarfile_to_samples(handler=self.handler)([{"url": self.current_url}])
+        for index, sample in enumerate(samples):
+            sample["__address__"] = (self.source, pass_index, shard, index)
+            yield sample
 
-    def endless(self) -> Iterator[dict[str, str]]:
-        """Pass after pass, from the cursor on.
+    def one_pass(self, pass_index: int) -> Iterator[dict[str, Any]]:
+        """The samples of pass ``pass_index`` from ``position`` on (the whole pass when the
+        position lies in an earlier pass)."""
+        start = self.position if self.position.pass_index == pass_index else None
+        first_shard, skip = (start.shard, start.sample) if start else (0, 0)
+        for shard in range(first_shard, len(self.pass_shards(pass_index))):
+            for sample in self.read_shard(pass_index, shard):
+                index = sample["__address__"][3]
+                if shard == first_shard and index < skip:
+                    continue  # delivered before the saved position: read past, not decoded
+                self.position = SourcePosition(pass_index, shard, index + 1)
+                yield sample
+            self.position = SourcePosition(pass_index, shard + 1, 0)
+
+    def endless(self) -> Iterator[dict[str, Any]]:
+        """Pass after pass, from ``position`` on.
 
         Raises:
             RuntimeError: when a whole pass yields no sample (every shard of the reader
                 failed), rather than spinning forever.
         """
-        pass_index = self.cursor.pass_index
+        pass_index = self.position.pass_index
         while True:
-            before = self.samples_read
-            opened = 0
-            for shard in self.one_pass(pass_index):
-                opened += 1
-                yield shard
-            if opened == len(self.pass_shards(pass_index)) and self.samples_read == before:
+            whole_pass = self.position == SourcePosition(pass_index)
+            read = 0
+            for sample in self.one_pass(pass_index):
+                read += 1
+                yield sample
+            if whole_pass:
+                self.pass_samples = read
+            if read == 0 and whole_pass:
                 raise RuntimeError(
                     f"reader {self.slot}: no shard of pass {pass_index} yielded a sample "
                     f"({self.pass_shards(pass_index)}); check these shards"
                 )
             pass_index += 1
+            self.position = SourcePosition(pass_index, 0, 0)
 
-    def count(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Pass samples through, counting them (to tell a dead source from a live one)."""
-        for sample in samples:
-            self.samples_read += 1
-            yield sample
+    def fetch(self, addresses: list[Address]) -> dict[Address, dict[str, Any]]:
+        """Read the samples at ``addresses`` again (to refill a restored shuffle buffer),
+        opening each of their shards once and reading no further than needed."""
+        found: dict[Address, dict[str, Any]] = {}
+        wanted = sorted(set(addresses))
+        for (pass_index, shard), group in itertools.groupby(wanted, key=lambda a: a[1:3]):
+            needed = {a[3] for a in group}
+            for sample in self.read_shard(pass_index, shard):
+                index = sample["__address__"][3]
+                if index in needed:
+                    found[sample["__address__"]] = sample
+                if index >= max(needed):
+                    break
+        return found
+
+
+#: Skipped samples logged one by one before the log switches to periodic summaries.
+LOGGED_SKIPS = 10
+#: After the first ones, one summary line per this many skipped samples.
+SKIP_SUMMARY_EVERY = 1000
+
+
+class UndecodableDataError(RuntimeError):
+    """A reader went through a whole pass over its shards without decoding one sample."""
 
 
 class SampleDecoder:
@@ -271,38 +371,96 @@ class SampleDecoder:
 
     It runs inside each loader worker (one copy per worker). Unusable samples and unreadable
     shard data (truncated or corrupt tar, unreachable URL) raise in ``raise`` mode; in ``skip``
-    mode they are logged with their shard (and key) and counted, and the count rides along in
-    the next batch (``batch["skipped"]``) so the module can log it per epoch.
+    mode they are counted, the first few logged with their shard and key and then one summary
+    line per ``SKIP_SUMMARY_EVERY``, and the count rides along in the next batch
+    (``batch["skipped"]``) so the module can log it per epoch. A reader that skips every
+    sample of a whole pass (shards of another modality, say) stops with an
+    ``UndecodableDataError`` instead of skipping forever.
     """
 
-    def __init__(self, tokenizer: Tokenizer, on_error: OnError) -> None:
+    def __init__(self, tokenizer: Tokenizer, on_error: OnError, seed: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.on_error = on_error
-        self.skipped = 0
+        self.seed = seed
+        self.skipped = 0  # since the last batch
+        self.total_skipped = 0
+        self.consecutive_skips = 0
+        self.read = 0
+        self.reasons: list[str] = []  # the first few, for the error message
 
-    def shard_error_handler(self, stream: ShardStream) -> Callable[[Exception], bool]:
+    def decode(self, sample: dict[str, Any]) -> Any:
+        """The tokenizer's item for ``sample``. With a ``seed`` (training), random
+        augmentation draws from a generator seeded with the sample's address, so a resumed
+        stream augments every sample as the uninterrupted one did (and a sample met again in
+        a later pass gets another view)."""
+        if self.seed is None:
+            return self.tokenizer.decode_sample(sample)
+        with seeded(wds.utils.make_seed(self.seed, *sample["__address__"])):
+            return self.tokenizer.decode_sample(sample)
+
+    def shard_error_handler(self, streams: list[ShardStream], source: int):
         """A webdataset error handler that names the shard being read; ``True`` = go on."""
 
         def handle(error: Exception) -> bool:
             detail = error.args[0] if error.args else ""
-            message = f"shard {stream.current_url}: {type(error).__name__}: {detail}"
+            url = streams[source].current_url if streams else None
+            message = f"shard {url}: {type(error).__name__}: {detail}"
             if self.on_error == "raise":
                 raise OSError(f"{message} (set data.on_error=skip to skip and count)") from error
-            log.warning("skipping unreadable data in %s", message)
-            self.skipped += 1
+            self._skip(f"unreadable data in {message}")
             return True
 
         return handle
 
-    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[Any]:
+    def __call__(
+        self, samples: Iterator[dict[str, Any]], skip_limit: Callable[[], int | None] = lambda: None
+    ) -> Iterator[Any]:
+        """Decoded items of ``samples``. ``skip_limit`` gives, once the reader's pass size is
+        known, how many skips in a row mean that its data holds nothing this tokenizer can
+        decode (more than a whole pass's samples)."""
+        decoded = 0
         for sample in samples:
+            self.read += 1
             try:
-                yield self.tokenizer.decode_sample(sample)
+                item = self.decode(sample)
             except SampleError as error:
                 if self.on_error == "raise":
                     raise
-                log.warning("skipping sample: %s", error)
-                self.skipped += 1
+                self._skip(str(error))
+                self.consecutive_skips += 1
+                limit = skip_limit()
+                if limit is not None and self.consecutive_skips > limit:
+                    raise self._undecodable() from error
+                continue
+            self.consecutive_skips = 0
+            decoded += 1
+            yield item
+        if self.read and not decoded:  # a finite pass (evaluation) with nothing usable
+            raise self._undecodable()
+
+    def _skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.total_skipped += 1
+        if len(self.reasons) < 3:
+            self.reasons.append(reason)
+        if self.total_skipped <= LOGGED_SKIPS:
+            log.warning("skipping sample: %s", reason)
+        elif self.total_skipped % SKIP_SUMMARY_EVERY == 0:
+            log.warning(
+                "skipped %d of %d samples read so far (latest: %s)",
+                self.total_skipped,
+                self.read,
+                reason,
+            )
+
+    def _undecodable(self) -> UndecodableDataError:
+        members = getattr(self.tokenizer, "sample_keys", ())
+        return UndecodableDataError(
+            f"{type(self.tokenizer).__name__} could not decode any sample of a whole pass over "
+            f"this reader's shards: {self.read} read, {self.total_skipped} skipped. First "
+            f"reasons: {'; '.join(self.reasons)}. Are these shards of another modality? This "
+            f"tokenizer reads the members {list(members)}."
+        )
 
     def take_skipped(self) -> int:
         count, self.skipped = self.skipped, 0
@@ -323,15 +481,44 @@ def weighted_interleave(
         yield next(sources[index])
 
 
+class ShuffleBuffer:
+    """Pipeline stage: a seeded shuffle buffer whose contents can be saved and restored.
+
+    Each incoming sample joins the buffer; once it holds ``size`` samples, a random one leaves.
+    Hand-written because webdataset's ``shuffle`` keeps its buffer private: a reader rebuilt
+    after a resume could not hold the same samples, so its order would differ.
+    """
+
+    def __init__(self, size: int, rng: random.Random, contents: list[dict[str, Any]]) -> None:
+        self.size = size
+        self.rng = rng
+        self.contents = contents
+
+    def addresses(self) -> list[Address]:
+        return [sample["__address__"] for sample in self.contents]
+
+    def __call__(self, samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        buffer = self.contents
+        for sample in samples:
+            buffer.append(sample)
+            if len(buffer) >= self.size:
+                index = self.rng.randrange(len(buffer))
+                buffer[index], buffer[-1] = buffer[-1], buffer[index]
+                yield buffer.pop()
+        while buffer:  # a finite stream (not used in training) drains the buffer
+            yield buffer.pop(self.rng.randrange(len(buffer)))
+
+
 class ShardPipeline(IterableDataset):
     """The batches of one split on one rank: shards -> samples -> items -> batches.
 
-    In ``resampled`` mode each reader keeps one endless stream alive across epochs (in its
-    persistent worker) and every ``__iter__`` yields its next ``batches_per_reader`` batches,
-    so every rank yields ``len(self)`` batches per epoch. In ``exact`` mode every ``__iter__``
-    is one pass over the reader's shards and ends with a partial batch. With
-    ``record_cursors`` (training), batches also carry ``shard_slot`` and ``shard_cursor``
-    (sources, 2) so the datamodule can record which shards the trained batches came from.
+    In ``exact`` mode every ``__iter__`` is one pass over the reader's shards and ends with a
+    partial batch. In ``resampled`` mode (training) each reader reads an endless stream, and
+    every ``__iter__`` rebuilds each reader from its ``ReaderState`` in ``states`` and yields
+    the batches left in the epoch (``batches_per_reader`` at a fresh epoch), so every rank
+    yields ``len(self)`` batches per epoch. Training batches carry ``reader_state``, the
+    state of their reader after them; ``TrainLoader`` records it as batches are delivered and
+    the datamodule as they are trained on, so that a resumed run continues sample for sample.
     """
 
     def __init__(
@@ -346,9 +533,7 @@ class ShardPipeline(IterableDataset):
         on_error: OnError,
         weights: list[float] | None = None,
         batches_per_reader: int | None = None,
-        cursors: dict[int, list[Cursor]] | None = None,
-        epoch: int = 0,
-        record_cursors: bool = False,
+        states: dict[int, ReaderState] | None = None,
     ) -> None:
         super().__init__()
         self.sources = sources
@@ -361,10 +546,8 @@ class ShardPipeline(IterableDataset):
         self.on_error = on_error
         self.weights = weights or [1.0] * len(sources)
         self.batches_per_reader = batches_per_reader
-        self.cursors = cursors or {}
-        self.epoch = epoch
-        self.record_cursors = record_cursors
-        self._endless: Iterator[Batch] | None = None  # made inside the worker on first use
+        self.states = states if states is not None else {}
+        self.passes = 0  # exact mode: passes made by this copy of the pipeline
 
     def __len__(self) -> int:
         if self.batches_per_reader is None:
@@ -373,72 +556,176 @@ class ShardPipeline(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         if self.mode == "exact":
-            self.epoch += 1
-            return self._batches(epoch=self.epoch - 1)
-        if self._endless is None:
-            self._endless = self._batches(epoch=self.epoch)
-        return itertools.islice(self._endless, self.batches_per_reader)
+            self.passes += 1
+            return self._exact_batches(self.layout.slot(), pass_index=self.passes - 1)
+        slot = self.layout.slot(rotation=self._rotation())
+        state = self.states.get(slot) or ReaderState.fresh(len(self.sources))
+        left = self.batches_per_reader - state.batches % self.batches_per_reader
+        return itertools.islice(self._training_batches(slot, state), left)
 
-    def _batches(self, epoch: int) -> Iterator[Batch]:
-        """The batch stream of this reader, in stages."""
-        slot = self.layout.slot()
-        shuffle = self.shuffle_buffer > 0
-        decoder = SampleDecoder(self.tokenizer, self.on_error)
-        saved = self.cursors.get(slot) or [Cursor() for _ in self.sources]
-        streams = [
-            ShardStream(urls, self.seed + index, shuffle, slot, self.layout.readers, cursor)
-            for index, (urls, cursor) in enumerate(zip(self.sources, saved, strict=True))
-        ]
-        # at this point: per source, the shards this reader owns, in order, from its cursor
-        resampled = self.mode == "resampled"
-        samples = [
-            stream.count(
-                wds.tarfile_to_samples(handler=decoder.shard_error_handler(stream))(
-                    stream.endless() if resampled else stream.one_pass(epoch)
+    def _rotation(self) -> int:
+        """Which of this rank's readers delivers the epoch's next batch. The loader takes
+        batches from its workers in turn, starting with worker 0; after a resume mid-epoch,
+        worker 0 must play the reader whose turn it was."""
+        per_rank = self.layout.readers_per_rank
+        first = self.layout.rank * per_rank
+        done = [self._delivered_this_epoch(first + worker) for worker in range(per_rank)]
+        return sum(done) % per_rank
+
+    def _delivered_this_epoch(self, slot: int) -> int:
+        state = self.states.get(slot)
+        return state.batches % self.batches_per_reader if state else 0
+
+    def _streams(self, slot: int, decoder: SampleDecoder, shuffle: bool) -> list[ShardStream]:
+        streams: list[ShardStream] = []
+        for index, urls in enumerate(self.sources):
+            handler = decoder.shard_error_handler(streams, index)
+            streams.append(
+                ShardStream(
+                    urls, index, self.seed + index, shuffle, slot, self.layout.readers, handler
                 )
             )
-            for stream in streams
-        ]
-        # at this point: raw samples ({"__key__", "__url__", ext: bytes}), one iterator a source
-        start = [(c.pass_index, c.opened) for c in saved]
-        rng = random.Random(wds.utils.make_seed(self.seed, slot, epoch, *itertools.chain(*start)))
+        return streams
+
+    def _exact_batches(self, slot: int, pass_index: int) -> Iterator[Batch]:
+        """One pass over this reader's shards, every sample once, in order."""
+        decoder = SampleDecoder(self.tokenizer, self.on_error)
+        [stream] = self._streams(slot, decoder, shuffle=False)
+        collate = BatchCollator(self.tokenizer, decoder)
+        samples = stream.one_pass(pass_index)
+        return batched(decoder(samples), self.batch_size, collate, partial=True)
+
+    def _training_batches(self, slot: int, state: ReaderState) -> Iterator[Batch]:
+        """The batch stream of one training reader, rebuilt from ``state``, in stages."""
+        shuffle = self.shuffle_buffer > 0
+        decoder = SampleDecoder(self.tokenizer, self.on_error, seed=self.seed)
+        streams = self._streams(slot, decoder, shuffle)
+        for stream, position in zip(streams, state.sources, strict=True):
+            stream.position = position
+        # at this point: per source, the shards this reader owns, from its saved position
+        rng = random.Random(reader_seed(self.seed, slot, state.batches))
+        samples = [stream.endless() for stream in streams]
         mixed = samples[0] if len(samples) == 1 else weighted_interleave(samples, self.weights, rng)
+        buffer = ShuffleBuffer(self.shuffle_buffer, rng, self._refill(streams, state.buffer))
         if shuffle:
-            initial = min(self.shuffle_buffer, 100)
-            mixed = wds.shuffle(self.shuffle_buffer, initial, rng=rng)(mixed)
+            mixed = buffer(mixed)
         # at this point: raw samples of this reader, mixed and shuffled
-        recorded = streams if self.record_cursors else None
-        collate = BatchCollator(self.tokenizer, decoder, recorded, slot)
-        return wds.batched(self.batch_size, collation_fn=collate, partial=not resampled)(
-            decoder(mixed)
+        collate = BatchCollator(
+            self.tokenizer,
+            decoder,
+            ReaderTracker(self.seed, slot, state.batches, streams, buffer, rng),
         )
+
+        def skip_limit() -> int | None:
+            # Two whole passes and four buffers of skips in a row: a rare good sample can
+            # wait in the shuffle buffer well past one buffer's worth of draws.
+            sizes = [stream.pass_samples for stream in streams]
+            return None if None in sizes else 2 * sum(sizes) + 4 * self.shuffle_buffer
+
+        return batched(decoder(mixed, skip_limit), self.batch_size, collate, partial=False)
+
+    @staticmethod
+    def _refill(streams: list[ShardStream], addresses: list[Address]) -> list[dict[str, Any]]:
+        """The raw samples a saved shuffle buffer held, read again, in the saved order."""
+        found: dict[Address, dict[str, Any]] = {}
+        for source, stream in enumerate(streams):
+            found.update(stream.fetch([a for a in addresses if a[0] == source]))
+        missing = [a for a in addresses if a not in found]
+        if missing:
+            raise RuntimeError(
+                f"resuming: {len(missing)} buffered sample(s) are gone from their shards (first: "
+                f"{missing[0]}); the shards changed since the checkpoint"
+            )
+        return [found[a] for a in addresses]
+
+
+def batched(
+    items: Iterator[Any], size: int, collate: Callable[[list[Any]], Batch], partial: bool
+) -> Iterator[Batch]:
+    """Group items into batches of ``size``.
+
+    An endless (training) stream collates a batch the moment it is full, so the reader's
+    state taken then covers exactly its samples; hand-written because webdataset's
+    ``batched`` reads one item past a full batch first. A finite stream (``partial``: its last
+    batch may be short) collates a full batch once the next item arrives or the stream ends,
+    so the last batch also counts the samples skipped after it.
+    """
+    batch: list[Any] = []
+    for item in items:
+        if partial and len(batch) == size:
+            yield collate(batch)
+            batch = []
+        batch.append(item)
+        if not partial and len(batch) == size:
+            yield collate(batch)
+            batch = []
+    if batch and partial:
+        yield collate(batch)
+
+
+def reader_seed(seed: int, slot: int, batches: int) -> int:
+    """The seed of a training reader's RNG (mixing and shuffle draws) for its next batch."""
+    return wds.utils.make_seed(seed, slot, batches)
+
+
+class ReaderTracker:
+    """Counts a training reader's batches, reseeds its RNG at every batch boundary (so the
+    state is small), and reads off its ``ReaderState``."""
+
+    def __init__(
+        self,
+        seed: int,
+        slot: int,
+        batches: int,
+        streams: list[ShardStream],
+        buffer: ShuffleBuffer,
+        rng: random.Random,
+    ) -> None:
+        self.seed = seed
+        self.slot = slot
+        self.batches = batches
+        self.streams = streams
+        self.buffer = buffer
+        self.rng = rng
+
+    def next_batch(self) -> ReaderState:
+        """The state after the batch just completed; the RNG moves on to the next batch."""
+        self.batches += 1
+        self.rng.seed(reader_seed(self.seed, self.slot, self.batches))
+        positions = [copy.copy(stream.position) for stream in self.streams]
+        return ReaderState(self.batches, positions, self.buffer.addresses())
 
 
 class BatchCollator:
     """Pipeline stage: the tokenizer's ``collate``, plus the count of samples skipped since the
-    previous batch and, for training, where this reader's shard streams stand."""
+    previous batch and, for training, the reader's slot and state after this batch."""
 
     def __init__(
-        self,
-        tokenizer: Tokenizer,
-        decoder: SampleDecoder,
-        streams: list[ShardStream] | None,
-        slot: int,
+        self, tokenizer: Tokenizer, decoder: SampleDecoder, tracker: ReaderTracker | None = None
     ) -> None:
         self.tokenizer = tokenizer
         self.decoder = decoder
-        self.streams = streams
-        self.slot = slot
+        self.tracker = tracker
 
     def __call__(self, items: list[Any]) -> Batch:
         batch = self.tokenizer.collate(items)
         batch["skipped"] = torch.tensor(self.decoder.take_skipped())
-        if self.streams is not None:
-            batch["shard_slot"] = torch.tensor(self.slot)
-            batch["shard_cursor"] = torch.tensor(
-                [[s.cursor.pass_index, s.cursor.opened] for s in self.streams]
-            )  # (sources, 2)
+        if self.tracker is not None:
+            batch["reader_slot"] = torch.tensor(self.tracker.slot)
+            batch["reader_state"] = self.tracker.next_batch().encode()
         return batch
+
+
+class TrainLoader(DataLoader):
+    """The training loader: records the state of each batch's reader as the batch is handed
+    out, so that the next epoch rebuilds every reader where it stopped (its workers start
+    afresh each epoch, and may play other readers after a resume)."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        states = self.dataset.states
+        for batch in super().__iter__():
+            states[int(batch["reader_slot"])] = ReaderState.decode(batch["reader_state"].tolist())
+            yield batch
 
 
 # ---------------------------------------------------------------------------- datamodule
@@ -450,14 +737,15 @@ class ShardDataModule(L.LightningDataModule):
     own shards; an epoch is ``epoch_samples`` samples over all ranks, the same number of
     batches on every rank however uneven the shards, so DDP never hangs. Validation, test and
     predict read every sample exactly once over all ranks and workers (``exact``). A
-    checkpoint records which shards each reader had opened, so resuming mid-epoch continues
-    with the next shard rather than the first one.
+    checkpoint records the state of every training reader after the last batch trained on,
+    so a resumed run trains on exactly the batches the uninterrupted run would have.
 
     Args:
         train_shards: training shards: a pattern (glob, braces, ``pipe:`` URL, ``.txt`` list
             file, several joined by ``::``; see ``expand_shards``), or a list of such
             patterns, one per source to mix (see ``train_weights``); defaults to the embedded
-            corpus's ``train-*.tar`` when ``embedded`` is set.
+            corpus's ``train-*.tar`` when ``embedded`` is set. A ``pipe:`` URL, also one
+            listed in a ``.txt`` file, runs its command in a shell: use trusted lists only.
         val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``.
         test_shards: test shards; defaults to ``val_shards``.
         predict_shards: shards for ``mmm predict``; defaults to ``val_shards``.
@@ -527,8 +815,8 @@ class ShardDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.on_error = on_error
-        self._consumed: dict[int, list[list[int]]] = {}  # slot -> per source [pass, opened]
-        self._train_stream: dict[str, Any] = {}  # readers and shards the cursors refer to
+        self._trained: dict[int, list[int]] = {}  # slot -> encoded state after its last batch
+        self._train_stream: dict[str, Any] = {}  # shards, readers, batching the states refer to
 
     def _embedded_pattern(self, split: str) -> list[str] | None:
         return [os.path.join(self.embedded_dir, f"{split}-*.tar")] if self.embedded_dir else None
@@ -566,11 +854,14 @@ class ShardDataModule(L.LightningDataModule):
 
     def _loader(self, pipeline: ShardPipeline) -> DataLoader:
         workers = pipeline.layout.num_workers
-        return DataLoader(
+        resampled = pipeline.mode == "resampled"
+        return (TrainLoader if resampled else DataLoader)(
             pipeline,
             batch_size=None,  # the pipeline batches in the workers
             num_workers=workers,
-            persistent_workers=workers > 0,  # keeps each reader's endless stream alive
+            # training readers are rebuilt from their states every epoch; evaluation workers
+            # are kept (a pass costs them nothing to restart)
+            persistent_workers=workers > 0 and not resampled,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -635,11 +926,10 @@ class ShardDataModule(L.LightningDataModule):
         batches_per_reader: int | None = None,
     ) -> ShardPipeline:
         """The pipeline of one split; training pipelines shuffle, mix, and resume."""
-        trainer = self.trainer
-        cursors = self._resume_cursors(sources, layout) if training else None
+        tokenizer = self._require_tokenizer()
         return ShardPipeline(
             sources,
-            self._require_tokenizer(),
+            tokenizer if training else tokenizer.for_evaluation(),  # no random views held out
             layout,
             mode=mode,
             batch_size=self.batch_size,
@@ -648,9 +938,7 @@ class ShardDataModule(L.LightningDataModule):
             on_error=self.on_error,
             weights=self.train_weights if training else None,
             batches_per_reader=batches_per_reader,
-            cursors=cursors,
-            epoch=trainer.current_epoch if training and trainer is not None else 0,
-            record_cursors=training,
+            states=self._resume_states(sources, layout, batches_per_reader) if training else None,
         )
 
     # ------------------------------------------------------------------------ exact mode
@@ -692,48 +980,55 @@ class ShardDataModule(L.LightningDataModule):
 
     # -------------------------------------------------------------------------- resuming
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Record where the reader of each trained batch stood; the model never sees it."""
-        if isinstance(batch, dict) and "shard_cursor" in batch:
-            slot = int(batch.pop("shard_slot"))
-            cursor = batch.pop("shard_cursor").tolist()
+        """Record the state of the reader of each trained batch; the model never sees it."""
+        if isinstance(batch, dict) and "reader_state" in batch:
+            slot = int(batch.pop("reader_slot"))
+            state = batch.pop("reader_state").tolist()
             if self.trainer is None or self.trainer.training:
-                self._consumed[slot] = cursor
+                self._trained[slot] = state
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Per reader, the shards its trained batches came from (gathered from all ranks), so
-        that a resumed run opens the next shard of each reader rather than the first."""
-        consumed = dict(self._consumed)
+        """Per reader, its state after the last batch trained on (gathered from all ranks),
+        and what the states refer to (shards, readers, batch geometry)."""
+        trained = dict(self._trained)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[dict[int, list[list[int]]]] = [{}] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, consumed)  # every rank calls this
-            consumed = {slot: c for part in gathered for slot, c in part.items()}
-        return {"train_cursors": consumed, **self._train_stream} if consumed else {}
+            gathered: list[dict[int, list[int]]] = [{}] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, trained)  # every rank calls this
+            trained = {slot: state for part in gathered for slot, state in part.items()}
+        return {"train_readers": trained, **self._train_stream} if trained else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._consumed = {int(k): v for k, v in state_dict.get("train_cursors", {}).items()}
-        self._train_stream = {k: v for k, v in state_dict.items() if k != "train_cursors"}
+        self._trained = {int(k): v for k, v in state_dict.get("train_readers", {}).items()}
+        self._train_stream = {k: v for k, v in state_dict.items() if k != "train_readers"}
 
-    def _resume_cursors(self, sources: list[list[str]], layout: Layout) -> dict[int, list[Cursor]]:
-        """Where each reader starts: after the shards that trained batches came from (restored
-        from a checkpoint, or recorded earlier in this run). A changed shard set or number of
-        readers cannot be mapped onto the old cursors, so the stream starts a new pass."""
-        now = {"readers": layout.readers, "shards": _fingerprint(sources)}
+    def _resume_states(
+        self, sources: list[list[str]], layout: Layout, batches_per_reader: int | None
+    ) -> dict[int, ReaderState]:
+        """Where each training reader starts: the state after the last batch trained on
+        (restored from a checkpoint), so the batches that follow are those an uninterrupted
+        run would have trained on. States of another shard set, reader count or batch
+        geometry cannot be mapped: the stream then starts a new pass (with a warning)."""
+        now = {
+            "readers": layout.readers,
+            "shards": _fingerprint(sources),
+            "batching": [self.batch_size, batches_per_reader, self.shuffle_buffer, self.seed],
+        }
         before, self._train_stream = self._train_stream, now
-        if not self._consumed:
+        if not self._trained:
             return {}
-        if before != now:
-            log.warning(
-                "train shards or ranks x workers changed since the cursors were recorded (%s "
-                "readers, now %d): the training stream starts a new pass, not mid-pass",
-                before.get("readers"),
-                layout.readers,
-            )
-            last = max(p for cursors in self._consumed.values() for p, _ in cursors)
-            self._consumed = {
-                slot: [[last + 1, 0]] * len(sources) for slot in range(layout.readers)
-            }
-        return {slot: [Cursor(p, o) for p, o in c] for slot, c in self._consumed.items()}
+        states = {slot: ReaderState.decode(values) for slot, values in self._trained.items()}
+        if before == now:
+            return states
+        log.warning(
+            "train shards, ranks x workers or batching changed since the checkpoint (%s readers, "
+            "now %d): the training stream starts a new pass instead of resuming exactly",
+            before.get("readers"),
+            layout.readers,
+        )
+        last = max(p.pass_index for state in states.values() for p in state.sources)
+        restart = [SourcePosition(last + 1, 0, 0) for _ in sources]
+        return {slot: ReaderState(0, list(restart), []) for slot in range(layout.readers)}
 
 
 def _fingerprint(sources: list[list[str]]) -> str:

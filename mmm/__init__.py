@@ -4,7 +4,14 @@ One objective (hide positions, encode the rest, predict what was hidden) for tex
 audio, proteins and SMILES, on a shared Transformer encoder.
 """
 
-from mmm.masking import BlockMasking, Masking, RandomMasking, SpanMasking, WholeWordMasking
+from mmm.masking import (
+    BlockMasking,
+    DiffusionMasking,
+    Masking,
+    RandomMasking,
+    SpanMasking,
+    WholeWordMasking,
+)
 from mmm.models import HFEncoder, PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers import (
@@ -18,6 +25,7 @@ from mmm.tokenizers import (
 __all__ = [
     "AudioTokenizer",
     "BlockMasking",
+    "DiffusionMasking",
     "HFEncoder",
     "ImageTokenizer",
     "MaskedModelingModule",

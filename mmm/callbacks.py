@@ -1,5 +1,6 @@
-"""Lightning callbacks: pictures of what a masked autoencoder reconstructs, and an online
-linear probe of what the encoder learned.
+"""Lightning callbacks: pictures of what a masked autoencoder reconstructs, a progress bar
+that tells the truth about step-bounded training, and an online linear probe of what the
+encoder learned.
 
 A masked autoencoder is judged by looking at it: a loss value says little about whether
 reconstructions are sharp, blurry or wrong. ``ReconstructionImages`` draws, at each
@@ -8,12 +9,19 @@ validation, a few validation samples as original / masked input / reconstruction
 
 from __future__ import annotations
 
+import math
 import os
+import signal
+import sys
+import threading
+from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -112,6 +120,99 @@ class ReconstructionImages(L.Callback):
         render = pl_module.tokenizer.render
         rows = torch.cat([render(original), render(visible), render(reconstruction)])
         return make_grid(rows.float().cpu(), nrow=count, padding=2, pad_value=1.0)
+
+
+class TrainingProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, with the epoch count of step-bounded runs.
+
+    mmm's configs bound training by ``max_steps`` (``max_epochs`` is then -1), for which
+    Lightning shows ``Epoch 3/-2``; this bar shows the last epoch that ``max_steps`` reaches
+    (``Epoch 3/3``). It also leaves out ``v_num``, the logger's version number, which the rich
+    bar prints as a float (``v_num: 0.000``); the log folder names the version.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        bounded_by_steps = trainer.max_epochs in (None, -1) and trainer.max_steps > 0
+        if not bounded_by_steps or not 0 < batches < math.inf:
+            return super()._get_train_description(current_epoch)
+        last_epoch = math.ceil(trainer.max_steps / batches) - 1
+        return f"Epoch {current_epoch}/{last_epoch}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class StopOnSigterm(L.Callback):
+    """Stop at once on SIGTERM, also while the run waits for data.
+
+    Lightning's SIGTERM handler only sets a flag that its loops check between batches, so a
+    run whose loader stalls (shards that stream slowly, or none) ignored SIGTERM. Once
+    Lightning's handlers are in place, this adds one that, after Lightning's own, raises
+    Lightning's ``SIGTERMException`` in the main thread: Lightning then stops the loader
+    workers and the run ends with exit code 143 (128 + SIGTERM). Lightning's teardown may
+    itself wait on what stalled (webdataset waits for a ``pipe:`` shard command to end when
+    the main process reads shards itself, ``num_workers=0``), so the process exits without
+    it once ``teardown_timeout_s`` has passed.
+
+    Args:
+        teardown_timeout_s: seconds Lightning's teardown gets after SIGTERM before the
+            process exits (code 143) without it.
+    """
+
+    def __init__(self, teardown_timeout_s: float = 10.0) -> None:
+        if teardown_timeout_s <= 0:
+            raise ValueError(
+                f"StopOnSigterm: teardown_timeout_s must be > 0, got {teardown_timeout_s}"
+            )
+        self.teardown_timeout_s = teardown_timeout_s
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        previous = signal.getsignal(signal.SIGTERM)
+        if getattr(previous, "stops_on_sigterm", False):
+            return
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            self._exit_if_teardown_stalls()
+            raise SIGTERMException(128 + signal.SIGTERM)
+
+        stop.stops_on_sigterm = True  # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, stop)
+
+    def _exit_if_teardown_stalls(self) -> None:
+        """Exit with 143 in ``teardown_timeout_s`` unless the process has ended by then (a
+        daemon thread: signal handlers may be reset by the teardown it guards)."""
+
+        def exit_now() -> None:
+            print(
+                f"SIGTERM: teardown did not end within {self.teardown_timeout_s} s; exiting",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + signal.SIGTERM)
+
+        timer = threading.Timer(self.teardown_timeout_s, exit_now)
+        timer.daemon = True
+        timer.start()
 
 
 class OnlineLinearProbe(L.Callback):

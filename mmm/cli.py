@@ -5,26 +5,37 @@ its tokenizer, encoder, masking and decoder, and the datamodule is a typed optio
 (``--model.masking.ratio 0.3``), shown by ``--help`` and ``--print_config``.
 The tools are ``mmm shards`` (files -> WebDataset shards), ``mmm tokenizer`` (train a text
 tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed`` (sequence
-embeddings from a checkpoint), ``mmm audio-stats`` (dataset mean/std of log-mel features) and
-``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load) and
-``mmm probe`` (linear probe of frozen embeddings on a labelled set).
+embeddings from a checkpoint), ``mmm generate`` (sample or infill sequences), ``mmm score``
+(pseudo-log-likelihoods, mutation effects), ``mmm audio-stats`` (dataset mean/std of log-mel
+features), ``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load)
+and ``mmm probe`` (linear probe of frozen embeddings on a labelled set).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
+import lightning as L
 from jsonargparse import auto_cli
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
+from mmm.callbacks import StopOnSigterm, TrainingProgressBar
 from mmm.export import export_command
-from mmm.inference import embed_command
+from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.probe import probe_command
 from mmm.tokenizers.audio import audio_stats_command
-from mmm.tools import fill_mask_command, shards_command, tokenizer_command
+from mmm.tools import (
+    fill_mask_command,
+    generate_command,
+    score_command,
+    shards_command,
+    tokenizer_command,
+)
 
 
 class MMMCLI(LightningCLI):
@@ -34,12 +45,43 @@ class MMMCLI(LightningCLI):
         # One tokenizer instance sizes the model's embedder/head and batches the data.
         parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's reading of the hyperparameters in ``--ckpt_path``, with a file that is
+        no checkpoint named as such instead of a bare ``EOFError`` or ``IndexError``."""
+        try:
+            super()._parse_ckpt_path()
+        except UNREADABLE_CHECKPOINT as error:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise unreadable_checkpoint(path, error) from error
+
+    def _load_weights_only(self) -> None:
+        """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning
+        leaves it unset, which lets ``torch.load`` run pickled code from a checkpoint file."""
+        arguments = self.config_init[self.subcommand]
+        if arguments.get("weights_only") is None:
+            arguments["weights_only"] = True
+
+    before_fit = before_validate = before_test = before_predict = _load_weights_only
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The configured trainer, with Lightning's default rich progress bar (when it is on)
+        replaced by one that shows the epochs of step-bounded runs, and a SIGTERM that stops
+        the run even while it waits for data."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [
+            TrainingProgressBar() if type(callback) is RichProgressBar else callback
+            for callback in trainer.callbacks
+        ] + [StopOnSigterm()]
+        return trainer
+
 
 TOOLS: dict[str, Callable[..., object]] = {
     "shards": shards_command,
     "tokenizer": tokenizer_command,
     "fill-mask": fill_mask_command,
     "embed": embed_command,
+    "generate": generate_command,
+    "score": score_command,
     "audio-stats": audio_stats_command,
     "export": export_command,
     "probe": probe_command,

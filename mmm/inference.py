@@ -1,15 +1,37 @@
-"""Using a trained discrete model: fill in mask tokens, and embed sequences."""
+"""Using a trained discrete model: fill in mask tokens, embed, generate, infill and score.
+
+``generate`` / ``infill`` live in ``mmm.generation`` and ``score`` / ``score_mutations`` in
+``mmm.scoring``; they are re-exported here so that one import serves every use of a model.
+"""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmm.generation import SamplingSettings, generate, infill
 from mmm.module import MaskedModelingModule
+from mmm.scoring import SequenceScore, score, score_mutations
 from mmm.tokenizers.base import DiscreteTokenizer
+
+__all__ = [
+    "Candidate",
+    "SamplingSettings",
+    "SequenceScore",
+    "embed_command",
+    "embed_sequences",
+    "fill_mask",
+    "generate",
+    "infill",
+    "load_module",
+    "read_sequences",
+    "score",
+    "score_mutations",
+]
 
 
 @dataclass(frozen=True)
@@ -31,10 +53,28 @@ def load_module(
     again as ``overrides`` (``tokenizer=..., encoder=...``). Only tensors and plain values are
     unpickled (``weights_only=True``).
     """
-    module = MaskedModelingModule.load_from_checkpoint(
-        checkpoint, map_location=map_location, weights_only=True, **overrides
-    )
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
+    try:
+        module = MaskedModelingModule.load_from_checkpoint(
+            checkpoint, map_location=map_location, weights_only=True, **overrides
+        )
+    except UNREADABLE_CHECKPOINT as error:
+        raise unreadable_checkpoint(checkpoint, error) from error
     return module.eval()
+
+
+#: What ``torch.load`` raises on a file that is no checkpoint (empty, YAML, text, cut short,
+#: or holding pickled code that ``weights_only`` refuses).
+UNREADABLE_CHECKPOINT = (EOFError, IndexError, KeyError, RuntimeError, pickle.UnpicklingError)
+
+
+def unreadable_checkpoint(path: str, error: BaseException) -> ValueError:
+    """The error for a checkpoint file that cannot be loaded, naming it and what was wanted."""
+    return ValueError(
+        f"{path} is not a checkpoint written by mmm fit (a Lightning .ckpt file of tensors and "
+        f"plain values): {type(error).__name__}: {error}"
+    )
 
 
 @torch.no_grad()
@@ -47,17 +87,26 @@ def fill_mask(
     ``<mask>`` for BPE ones). Returns, per text, one list of candidates per mask token.
 
     Raises:
-        ValueError: naming a text that contains no mask token.
+        ValueError: naming a text that contains no mask token, or whose masks lie beyond the
+            tokenizer's ``max_length``; or a ``top_k`` below 1.
     """
     tokenizer = module.tokenizer
     if not isinstance(tokenizer, DiscreteTokenizer):
         raise TypeError("fill_mask needs a discrete modality (text, protein, SMILES)")
+    if top_k < 1:
+        raise ValueError(f"fill_mask: top_k must be >= 1, got {top_k}")
     spec = tokenizer.spec
     batch = {k: v.to(module.device) for k, v in module.tokenizer.collate(texts).items()}
     positions = batch["input_ids"] == spec.mask_token_id  # (B, L)
     for text, row in zip(texts, positions, strict=True):
-        if not row.any():
-            raise ValueError(f"no mask token in {text!r}; write masks as {tokenizer.mask_token!r}")
+        if row.any():
+            continue
+        if tokenizer.mask_token in text:
+            raise ValueError(
+                f"the masks of {text!r} lie beyond max_length={spec.max_length} tokens, where "
+                "the text is cut off; shorten the text before the mask"
+            )
+        raise ValueError(f"no mask token in {text!r}; write masks as {tokenizer.mask_token!r}")
     hidden = module(batch)  # (B, L, D)
     probs = module.modality.predict(hidden, positions, None).float().softmax(dim=-1)  # (N, V)
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
@@ -72,7 +121,10 @@ def fill_mask(
 
 @torch.no_grad()
 def embed_sequences(
-    module: MaskedModelingModule, sequences: list[str], batch_size: int = 32
+    module: MaskedModelingModule,
+    sequences: list[str],
+    batch_size: int = 32,
+    names: list[str] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Encoder states of unmasked sequences, per token and mean-pooled, for any discrete
     modality (text, protein, SMILES).
@@ -85,6 +137,7 @@ def embed_sequences(
         module: a trained module whose tokenizer is a ``DiscreteTokenizer``.
         sequences: raw strings, as the tokenizer's ``collate`` accepts them.
         batch_size: sequences per forward pass.
+        names: how errors name each sequence (e.g. its file and record); default its index.
 
     Returns:
         ``per_token``: one float32 CPU tensor (L_i, D) per sequence, its real positions
@@ -104,9 +157,12 @@ def embed_sequences(
     module.eval()
     per_token: list[torch.Tensor] = []
     pooled: list[torch.Tensor] = []
+    names = names if names is not None else [f"sequence {n}" for n in range(len(sequences))]
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        batch = {k: v.to(module.device) for k, v in tokenizer.collate(chunk).items()}
+        batch = {
+            k: v.to(module.device) for k, v in _collate(tokenizer, chunk, names[start:]).items()
+        }
         hidden, mean = module.embed(batch)  # (B, L, D), (B, D)
         for states, real in zip(hidden.float().cpu(), batch["attention_mask"].cpu(), strict=True):
             per_token.append(states[real])  # (L_i, D)
@@ -114,6 +170,21 @@ def embed_sequences(
     module.train(was_training)
     dim = module.encoder.dim
     return per_token, torch.cat(pooled) if pooled else torch.empty(0, dim)
+
+
+def _collate(
+    tokenizer: DiscreteTokenizer, sequences: list[str], names: list[str]
+) -> dict[str, torch.Tensor]:
+    """``tokenizer.collate(sequences)``; a sequence it rejects is named by ``names``."""
+    try:
+        return tokenizer.collate(sequences)
+    except ValueError:
+        for sequence, name in zip(sequences, names, strict=False):
+            try:
+                tokenizer.collate([sequence])
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from error
+        raise
 
 
 def read_sequences(path: str | Path) -> list[tuple[str, str]]:
@@ -147,6 +218,28 @@ def read_sequences(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
+FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
+
+
+def write_sequences(path: str | Path, names: list[str], sequences: list[str]) -> None:
+    """Write named sequences in the format the file name asks for: FASTA (``.fasta``, ``.fa``,
+    ``.faa``, ``.fas``; 60 residues a line), ``.smi`` (``SMILES<TAB>name``) or one sequence a
+    line (anything else); ``read_sequences`` reads each back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in FASTA_SUFFIXES:
+        lines = []
+        for name, sequence in zip(names, sequences, strict=True):
+            lines.append(f">{name}")
+            lines += [sequence[i : i + 60] for i in range(0, len(sequence), 60)] or [""]
+    elif suffix in (".smi", ".smiles"):
+        lines = [f"{seq}\t{name}" for name, seq in zip(names, sequences, strict=True)]
+    else:
+        lines = list(sequences)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
 def embed_command(
     *,
     checkpoint: str,
@@ -176,10 +269,19 @@ def embed_command(
         raise ValueError(f"embed: output must end in .npy or .pt, got {output!r}")
     if per_token and suffix != ".pt":
         raise ValueError("embed: per_token states need a .pt output")
-    records = [pair for path in _expand_inputs(inputs) for pair in read_sequences(path)]
-    names = [name for name, _ in records]
+    records = [
+        (path, name, sequence)
+        for path in _expand_inputs(inputs)
+        for name, sequence in read_sequences(path)
+    ]
+    names = [name for _, name, _ in records]
     module = load_module(checkpoint)
-    tokens, pooled = embed_sequences(module, [seq for _, seq in records], batch_size=batch_size)
+    tokens, pooled = embed_sequences(
+        module,
+        [sequence for _, _, sequence in records],
+        batch_size=batch_size,
+        names=[f"{path}: record {name!r}" for path, name, _ in records],
+    )
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(output, pooled.numpy())

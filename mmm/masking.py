@@ -11,7 +11,9 @@ typed settings that LightningCLI exposes (``--model.masking.ratio 0.3``).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -21,22 +23,48 @@ def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Gene
     return torch.rand(shape, device=device, generator=generator)
 
 
-def num_to_mask(count: Tensor, ratio: float) -> Tensor:
+#: A masking ratio: one float for the whole batch, or a (B,) float tensor, one per sample
+#: (masked diffusion draws one per sample).
+Ratio = float | Tensor
+
+
+def per_sample(ratio: Ratio, batch: int, device: torch.device) -> Tensor:
+    """``ratio`` as a (B,) float tensor on ``device``.
+
+    Raises:
+        ValueError: when a tensor ratio does not hold one value per sample.
+    """
+    ratios = torch.as_tensor(ratio, dtype=torch.float, device=device)
+    if ratios.ndim == 0:
+        return ratios.expand(batch)
+    if ratios.shape != (batch,):
+        raise ValueError(
+            f"a per-sample ratio must have shape ({batch},), got {tuple(ratios.shape)}"
+        )
+    return ratios
+
+
+def num_to_mask(count: Tensor, ratio: Ratio) -> Tensor:
     """Per-sample number of positions to hide: ``round(ratio * count)``, at least one when
     ``ratio > 0`` and the sample has a maskable position (a sample with nothing to predict
-    contributes nothing to the loss and wastes its slot)."""
-    n = torch.round(count.float() * ratio).long()
-    if ratio > 0:
-        n = torch.maximum(n, (count > 0).long())
+    contributes nothing to the loss and wastes its slot).
+
+    Args:
+        count: (B,) long, maskable positions per sample.
+        ratio: a float, or (B,) per-sample ratios.
+    """
+    ratios = per_sample(ratio, count.shape[0], count.device)  # (B,)
+    n = torch.round(count.float() * ratios).long()
+    n = torch.where((ratios > 0) & (count > 0), n.clamp_min(1), n)
     return torch.minimum(n, count)
 
 
-def random_mask(maskable: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+def random_mask(maskable: Tensor, ratio: Ratio, generator: torch.Generator | None = None) -> Tensor:
     """Hide exactly ``num_to_mask(n_maskable, ratio)`` uniformly chosen positions per sample.
 
     Args:
         maskable: (B, L) bool, positions that may be hidden.
-        ratio: fraction of maskable positions to hide.
+        ratio: fraction of maskable positions to hide: a float, or (B,) per-sample ratios.
         generator: optional RNG for reproducible masks.
 
     Returns:
@@ -50,7 +78,7 @@ def random_mask(maskable: Tensor, ratio: float, generator: torch.Generator | Non
 
 
 def whole_word_mask(
-    word_ids: Tensor, maskable: Tensor, ratio: float, generator: torch.Generator | None = None
+    word_ids: Tensor, maskable: Tensor, ratio: Ratio, generator: torch.Generator | None = None
 ) -> Tensor:
     """Hide whole words: every sub-token of a chosen word is hidden together (BERT-wwm).
 
@@ -58,7 +86,7 @@ def whole_word_mask(
         word_ids: (B, L) long, index of the word each token belongs to; negative for tokens
             that belong to no word (special tokens, padding).
         maskable: (B, L) bool.
-        ratio: fraction of words to hide.
+        ratio: fraction of words to hide: a float, or (B,) per-sample ratios.
 
     Returns:
         (B, L) bool mask.
@@ -75,7 +103,7 @@ def whole_word_mask(
 
 def span_mask(
     maskable: Tensor,
-    ratio: float,
+    ratio: Ratio,
     mean_span_length: float = 3.0,
     max_span_length: int = 10,
     generator: torch.Generator | None = None,
@@ -86,18 +114,20 @@ def span_mask(
     distribution with mean ``mean_span_length``, clipped to ``max_span_length``; overlapping
     spans merge. ``q`` is set so that the expected covered fraction is ``ratio``:
     coverage ``= 1 - exp(-q * E[len])``, hence ``q = -log(1 - ratio) / E[len]``. Spans never
-    cover unmaskable positions (they are cut there).
+    cover unmaskable positions (they are cut there). ``ratio`` is a float or (B,) per-sample
+    ratios.
 
     Returns:
         (B, L) bool mask.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"span_mask needs 0 <= ratio < 1, got {ratio}")
     batch, length = maskable.shape
     device = maskable.device
+    ratios = per_sample(ratio, batch, device)  # (B,)
+    if ((ratios < 0) | (ratios >= 1)).any():
+        raise ValueError(f"span_mask needs 0 <= ratio < 1, got {ratio}")
     p = 1.0 / mean_span_length  # geometric success probability, E[len] = 1 / p
     expected_len = sum((1 - p) ** k for k in range(max_span_length))  # mean of the clipped law
-    start_prob = -math.log(1.0 - ratio) / expected_len
+    start_prob = (-torch.log1p(-ratios) / expected_len).unsqueeze(1)  # (B, 1)
     starts = _uniform((batch, length), device, generator) < start_prob  # (B, L)
     u = _uniform((batch, length), device, generator).clamp_min(1e-12)
     lengths = (torch.log(u) / math.log(1 - p)).floor().long() + 1 if p < 1 else torch.ones_like(u)
@@ -115,7 +145,7 @@ def span_mask(
 def block_mask(
     maskable: Tensor,
     grid: tuple[int, int],
-    ratio: float,
+    ratio: Ratio,
     min_block: int = 4,
     min_aspect: float = 0.3,
     generator: torch.Generator | None = None,
@@ -134,7 +164,7 @@ def block_mask(
     Args:
         maskable: (B, L) bool with ``L = rows * cols``, positions in row-major order.
         grid: (rows, cols).
-        ratio: fraction of maskable positions to hide.
+        ratio: fraction of maskable positions to hide: a float, or (B,) per-sample ratios.
         min_block: fewest positions in a block.
         min_aspect: most elongated block shape allowed (height / width).
         generator: optional RNG.
@@ -150,7 +180,8 @@ def block_mask(
         raise ValueError(f"block_mask: min_aspect must lie in (0, 1], got {min_aspect}")
     device = maskable.device
     num_blocks = math.ceil(length / min_block)
-    max_area = max(float(min_block), ratio * length)
+    ratios = per_sample(ratio, batch, device)  # (B,)
+    max_area = (ratios * length).clamp_min(float(min_block)).view(batch, 1, 1, 1)
     u = _uniform((4, batch, num_blocks, 1, 1), device, generator)  # four draws per block
     area = min_block + u[0] * (max_area - min_block)
     log_aspect = math.log(min_aspect) * (1 - 2 * u[1])
@@ -211,11 +242,35 @@ class MaskedPositions:
 
     Attributes:
         mask: (B, L) bool, ``True`` where a position is hidden and must be predicted.
-        ratio: the masking ratio in force for this batch (it may follow a schedule).
+        ratio: (B,) float, each sample's masking ratio (it may follow a schedule, or be drawn
+            per sample as in masked diffusion).
+        weight: (B,) float, the loss weight of every hidden position of a sample, or ``None``.
+            ``None``: hidden positions count alike and the loss is their mean (BERT, MAE).
+            Set: the loss is ``sum_b weight_b * (sum of sample b's hidden-position losses)``
+            divided by the number of maskable positions in the batch, a per-token loss
+            (masked diffusion's ELBO weights make it a bound on the NLL per token).
     """
 
     mask: Tensor
-    ratio: float
+    ratio: Tensor
+    weight: Tensor | None = None
+
+    def position_weights(self, maskable: Tensor) -> Tensor | None:
+        """The loss weight of each hidden position, (N,) in row-major order of ``mask``, such
+        that the loss is the weighted sum of the positions' losses; ``None`` for a plain mean.
+
+        Args:
+            maskable: (B, L) bool, the batch's maskable positions (the per-token denominator).
+        """
+        if self.weight is None:
+            return None
+        per_position = self.weight.unsqueeze(1).expand_as(self.mask)[self.mask]  # (N,)
+        return per_position / maskable.sum().clamp_min(1)
+
+    def loss_count(self, maskable: Tensor) -> int:
+        """How many positions the loss is a mean over (a batch's weight in an epoch mean):
+        the hidden ones, or every maskable one when the loss is per token."""
+        return int((self.mask if self.weight is None else maskable).sum())
 
 
 class Masking:
@@ -291,19 +346,39 @@ class Masking:
             grid: (rows, cols) layout of the positions when they form a 2-D grid (image
                 patches), used by block-wise masking and ignored by the other strategies.
         """
-        ratio = self.ratio_at(step)
-        return MaskedPositions(self.select(maskable, ratio, word_ids, grid, generator), ratio)
+        ratio, weight = self.sample_ratios(maskable.shape[0], step, maskable.device, generator)
+        mask = self.select(maskable, ratio, word_ids, grid, generator)
+        return MaskedPositions(mask, ratio, weight)
+
+    def sample_ratios(
+        self, batch_size: int, step: int, device: torch.device, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Per-sample masking ratios, (B,), and per-sample loss weights of hidden positions,
+        (B,) or ``None`` (see ``MaskedPositions``). Here: the scheduled ratio for every sample,
+        no weights."""
+        return torch.full((batch_size,), self.ratio_at(step), device=device), None
 
     def select(
         self,
         maskable: Tensor,
-        ratio: float,
+        ratio: Tensor,
         word_ids: Tensor | None,
         grid: tuple[int, int] | None,
         generator: torch.Generator | None,
     ) -> Tensor:
-        """The strategy itself: (B, L) bool hidden positions at ``ratio``."""
+        """The strategy itself: (B, L) bool hidden positions at the (B,) per-sample ``ratio``."""
         raise NotImplementedError
+
+    def evaluation_masks(
+        self,
+        maskable: Tensor,
+        step: int = 0,
+        word_ids: Tensor | None = None,
+        grid: tuple[int, int] | None = None,
+    ) -> list[MaskedPositions]:
+        """The masks a held-out batch is scored under (its losses are averaged): one draw of
+        the training masking here; masked diffusion scores a fixed set of noise levels."""
+        return [self(maskable, step=step, word_ids=word_ids, grid=grid)]
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -396,6 +471,171 @@ class BlockMasking(Masking):
             min_aspect=self.min_aspect,
             generator=generator,
         )
+
+
+def bernoulli_mask(
+    maskable: Tensor, ratio: Ratio, generator: torch.Generator | None = None
+) -> Tensor:
+    """Hide every maskable position independently with probability ``ratio`` (the forward
+    process of masked diffusion: the count per sample varies, as the ELBO assumes).
+
+    Args:
+        maskable: (B, L) bool.
+        ratio: hiding probability: a float, or (B,) per sample.
+
+    Returns:
+        (B, L) bool mask.
+    """
+    ratios = per_sample(ratio, maskable.shape[0], maskable.device)  # (B,)
+    return (_uniform(maskable.shape, maskable.device, generator) < ratios.unsqueeze(1)) & maskable
+
+
+class NoiseSchedule(ABC):
+    """How much of a sequence masked diffusion hides at time ``t`` in (0, 1], and how the
+    loss at ``t`` is weighted so that its integral over ``t`` bounds the NLL (MDLM, eq. 10):
+    with ``alpha(t)`` the probability that a token is still visible,
+    ``mask_probability(t) = 1 - alpha(t)`` and ``elbo_weight(t) = -alpha'(t) / (1 - alpha(t))``.
+    ``alpha(0) = 1`` for every schedule, so the reverse process unmasks everything by t = 0.
+    """
+
+    @abstractmethod
+    def mask_probability(self, t: Tensor) -> Tensor:
+        """``1 - alpha(t)``, elementwise."""
+
+    @abstractmethod
+    def elbo_weight(self, t: Tensor) -> Tensor:
+        """``-alpha'(t) / (1 - alpha(t))``, elementwise, for ``t`` in (0, 1]."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LinearSchedule(NoiseSchedule):
+    """``alpha(t) = 1 - t``: a fraction ``t`` hidden, weight ``1 / t``."""
+
+    def mask_probability(self, t: Tensor) -> Tensor:
+        return t
+
+    def elbo_weight(self, t: Tensor) -> Tensor:
+        return 1.0 / t
+
+
+class LogLinearSchedule(NoiseSchedule):
+    """MDLM's default, ``alpha(t) = 1 - (1 - eps) t`` (total noise ``-log(1 - (1 - eps) t)``
+    is log-linear): as linear, but a token stays visible with probability ``eps`` at t = 1.
+    Weight ``1 / t``."""
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        self.eps = eps
+
+    def mask_probability(self, t: Tensor) -> Tensor:
+        return (1.0 - self.eps) * t
+
+    def elbo_weight(self, t: Tensor) -> Tensor:
+        return 1.0 / t
+
+
+class CosineSchedule(NoiseSchedule):
+    """``alpha(t) = 1 - sin(pi t / 2)`` (MaskGIT's cosine mask ratio, MD4): more of a
+    sequence hidden early, weight ``(pi / 2) cos(pi t / 2) / sin(pi t / 2)``."""
+
+    def mask_probability(self, t: Tensor) -> Tensor:
+        return torch.sin(0.5 * math.pi * t)
+
+    def elbo_weight(self, t: Tensor) -> Tensor:
+        angle = 0.5 * math.pi * t
+        # cos(pi/2) is -4e-8 in float32, not 0: clamp so the weight at t = 1 is never negative
+        return (0.5 * math.pi * torch.cos(angle) / torch.sin(angle)).clamp_min(0.0)
+
+
+NOISE_SCHEDULES: dict[str, NoiseSchedule] = {
+    "linear": LinearSchedule(),
+    "loglinear": LogLinearSchedule(),
+    "cosine": CosineSchedule(),
+}
+ScheduleName = Literal["linear", "loglinear", "cosine"]
+
+
+class DiffusionMasking(Masking):
+    """Masked diffusion (MDLM, Sahoo et al. 2024): the masking of a discrete diffusion model.
+
+    Each sample draws a time ``t`` in ``[min_t, 1]`` (stratified across the batch: one draw in
+    each of ``B`` equal bins, MDLM's low-discrepancy sampler), every maskable token is hidden
+    independently with probability ``mask_probability(t)``, hidden tokens are shown as the
+    mask token only (the absorbing state; no 80/10/10), and each hidden token's cross-entropy
+    is weighted by ``elbo_weight(t)`` (``1 / t`` for the linear schedule), summed and divided
+    by the number of maskable tokens: the loss is an upper bound on the NLL per token. The
+    model is the usual masked-token model, so ``mmm generate`` samples from it.
+
+    Held-out batches are scored at ``eval_times`` fixed times (midpoints of equal bins of
+    ``[min_t, 1]``) with masks from a generator seeded with ``eval_seed`` for each batch, and
+    the losses averaged: ``val/loss`` is a deterministic estimate of the NLL bound per token,
+    ``val/perplexity`` its exponential, comparable across runs.
+
+    The fixed-ratio settings of ``Masking`` (``ratio``, ``final_ratio``, ``schedule_steps``)
+    do not apply: the noise schedule sets each sample's ratio.
+
+    Args:
+        schedule: the noise schedule, ``linear`` (``alpha = 1 - t``), ``loglinear`` (MDLM's
+            default) or ``cosine``.
+        min_t: smallest training time (MDLM's ``sampling_eps``); it bounds the weight
+            ``1 / t`` at ``1 / min_t``.
+        eval_times: how many fixed times each held-out batch is scored at.
+        eval_seed: seed of the held-out masks.
+    """
+
+    def __init__(
+        self,
+        schedule: ScheduleName = "linear",
+        min_t: float = 1e-3,
+        eval_times: int = 8,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__(mask_replace_prob=1.0, random_replace_prob=0.0)
+        if schedule not in NOISE_SCHEDULES:
+            raise ValueError(
+                f"DiffusionMasking: schedule must be one of {sorted(NOISE_SCHEDULES)}, "
+                f"got {schedule!r}"
+            )
+        if not 0.0 < min_t < 1.0:
+            raise ValueError(f"DiffusionMasking: min_t must lie in (0, 1), got {min_t}")
+        if eval_times < 1:
+            raise ValueError(f"DiffusionMasking: eval_times must be >= 1, got {eval_times}")
+        self.schedule = schedule
+        self.min_t = min_t
+        self.eval_times = eval_times
+        self.eval_seed = eval_seed
+
+    @property
+    def noise(self) -> NoiseSchedule:
+        return NOISE_SCHEDULES[self.schedule]
+
+    def noise_levels(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Masking ratios and loss weights at times ``t``, both shaped like ``t``."""
+        return self.noise.mask_probability(t), self.noise.elbo_weight(t)
+
+    def sample_ratios(self, batch_size, step, device, generator):
+        offset = _uniform((1,), device, generator)
+        strata = torch.arange(batch_size, device=device) / batch_size  # (B,)
+        t = self.min_t + (1.0 - self.min_t) * ((offset + strata) % 1.0)  # (B,) one per bin
+        return self.noise_levels(t)
+
+    def select(self, maskable, ratio, word_ids, grid, generator):
+        return bernoulli_mask(maskable, ratio, generator)
+
+    def evaluation_times(self) -> Tensor:
+        """The fixed held-out times, (eval_times,): midpoints of equal bins of [min_t, 1]."""
+        midpoints = (torch.arange(self.eval_times, dtype=torch.float) + 0.5) / self.eval_times
+        return self.min_t + (1.0 - self.min_t) * midpoints
+
+    def evaluation_masks(self, maskable, step=0, word_ids=None, grid=None):
+        batch, device = maskable.shape[0], maskable.device
+        generator = torch.Generator(device=device).manual_seed(self.eval_seed)
+        masks = []
+        for t in self.evaluation_times().tolist():
+            ratio, weight = self.noise_levels(torch.full((batch,), t, device=device))
+            masks.append(MaskedPositions(bernoulli_mask(maskable, ratio, generator), ratio, weight))
+        return masks
 
 
 def visible_indices(visible: Tensor) -> tuple[Tensor, Tensor]:

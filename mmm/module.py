@@ -18,10 +18,11 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from mmm.masking import Masking, RandomMasking, visible_indices
+from mmm.masking import MaskedPositions, Masking, RandomMasking, visible_indices
 from mmm.models.encoder import Encoder, TransformerEncoder, gather_positions
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import VisibleLayout, build_modality
+from mmm.rng import seeded
 from mmm.tokenizers.base import Tokenizer
 
 
@@ -34,7 +35,8 @@ class MaskedOutput:
     mask: Tensor  # (B, L) bool hidden positions
     pred: Tensor  # (N, ...) predictions at hidden positions
     target: Tensor  # (N, ...) targets at hidden positions
-    ratio: float
+    ratio: Tensor  # (B,) per-sample masking ratios
+    loss_count: int  # positions the loss is a mean over (hidden, or maskable when per token)
 
 
 class MaskedModelingModule(L.LightningModule):
@@ -80,27 +82,35 @@ class MaskedModelingModule(L.LightningModule):
 
             init_from_esm(self, init_from)
         self._epoch_means = torch.nn.ModuleDict()  # stage -> name -> MeanMetric, made on use
+        # How many training samples had each number of maskable positions: saved with the
+        # checkpoint so that generation can draw lengths like the training data's.
+        lengths = torch.zeros(tokenizer.spec.max_length + 1, dtype=torch.long)
+        self.register_buffer("length_counts", lengths)
 
     # ----------------------------------------------------------------------------- stages
-    def choose_mask(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
-        """Hidden positions of the batch, (B, L) bool, and the ratio in force."""
-        step = self.global_step if self._trainer is not None else 0
-        masked = self.masking(
+    def _step(self) -> int:
+        return self.global_step if self._trainer is not None else 0
+
+    def choose_mask(self, batch: dict[str, Tensor]) -> MaskedPositions:
+        """Hidden positions of the batch, with per-sample ratios and loss weights."""
+        return self.masking(
             batch["maskable"],
-            step=step,
+            step=self._step(),
             word_ids=batch.get("word_ids"),
             grid=getattr(self.tokenizer.spec, "grid", None),
         )
-        return masked.mask, masked.ratio
 
     def encode(self, x: Tensor, padding_mask: Tensor) -> Tensor:
         """Run the trunk; skip the attention mask when nothing is padding (fastest SDPA path)."""
         return self.encoder(x, None if bool(padding_mask.all()) else padding_mask)
 
-    def forward_masked(self, batch: dict[str, Tensor]) -> MaskedOutput:
-        """Mask, embed, encode (visible positions only for MAE-style modalities), predict and
-        score the hidden positions."""
-        mask, ratio = self.choose_mask(batch)
+    def forward_masked(
+        self, batch: dict[str, Tensor], masked: MaskedPositions | None = None
+    ) -> MaskedOutput:
+        """Mask (or take ``masked``), embed, encode (visible positions only for MAE-style
+        modalities), predict and score the hidden positions."""
+        masked = masked if masked is not None else self.choose_mask(batch)
+        mask = masked.mask
         x = self.modality.embed(batch, mask)  # (B, L, D)
         visible = None
         padding = batch["attention_mask"]  # (B, L)
@@ -111,8 +121,10 @@ class MaskedModelingModule(L.LightningModule):
         hidden = self.encode(x, padding)
         pred = self.modality.predict(hidden, mask, visible)
         target = self.modality.targets(batch, mask)
-        loss, metrics = self.modality.loss_and_metrics(pred, target)
-        return MaskedOutput(loss, metrics, mask, pred, target, ratio)
+        weight = masked.position_weights(batch["maskable"])  # (N,) or None: plain mean
+        loss, metrics = self.modality.loss_and_metrics(pred, target, weight=weight)
+        count = masked.loss_count(batch["maskable"])
+        return MaskedOutput(loss, metrics, mask, pred, target, masked.ratio, count)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Encoder states of an unmasked batch, (B, L, D)."""
@@ -130,20 +142,23 @@ class MaskedModelingModule(L.LightningModule):
     # ------------------------------------------------------------------------ lightning
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.forward_masked(batch)
+        self._check_finite(out.loss, f"training step {self.global_step}", across_ranks=True)
         size = out.mask.shape[0]
         metrics = {"loss": out.loss, **out.metrics, **self.modality.metrics_from_loss(out.loss)}
         values = _prefixed("train", metrics)
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=size)
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
-        self.log("train/mask_ratio", out.ratio, on_step=True, on_epoch=False, batch_size=size)
+        ratio = out.ratio.float().mean()
+        self.log("train/mask_ratio", ratio, on_step=True, on_epoch=False, batch_size=size)
+        self._count_lengths(batch)
         self._log_skipped(batch, size)
         return out.loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+        self._evaluation_step(batch, batch_idx, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+        self._evaluation_step(batch, batch_idx, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         hidden, pooled = self.embed(batch)
@@ -155,19 +170,76 @@ class MaskedModelingModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_means("test")
 
-    def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> None:
-        """Accumulate loss and metrics weighted by hidden-position count, so the epoch value is
-        the mean over hidden positions (not over batches), synchronized across DDP ranks."""
-        out = self.forward_masked(batch)
-        weight = float(out.target.shape[0])
-        for name, value in {"loss": out.loss, **out.metrics}.items():
-            self._epoch_mean(stage, name).update(value.detach().float(), weight)
-        self._log_skipped(batch, out.mask.shape[0])
+    def _evaluation_step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+        """Score the batch under each of the masking's evaluation masks and accumulate the loss
+        weighted by the positions it is a mean over, metrics by hidden-position count, so the
+        epoch value is a mean over positions (not over batches), synchronized across DDP
+        ranks.
+
+        The hidden positions (and BERT's replacements) of the n-th evaluation batch are drawn
+        from a generator seeded with n, apart from the training RNG: evaluating one checkpoint
+        twice gives the same numbers, and evaluation does not shift the training stream."""
+        with seeded(batch_idx, self.device):
+            masks = self.masking.evaluation_masks(
+                batch["maskable"],
+                step=self._step(),
+                word_ids=batch.get("word_ids"),
+                grid=getattr(self.tokenizer.spec, "grid", None),
+            )
+            outputs = [self.forward_masked(batch, masked) for masked in masks]
+        for out in outputs:
+            self._check_finite(out.loss, f"{stage} batch {batch_idx} (after step {self._step()})")
+            self._epoch_mean(stage, "loss").update(out.loss.detach().float(), out.loss_count)
+            for name, value in out.metrics.items():
+                self._epoch_mean(stage, name).update(value.detach().float(), out.target.shape[0])
+        self._log_skipped(batch, batch["maskable"].shape[0])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_fingerprint"] = self.tokenizer.fingerprint()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse weights trained with another vocabulary than the tokenizer's now (a
+        tokenizer directory retrained in place keeps its size, so the weights would load and
+        silently predict other tokens)."""
+        # Checkpoints written before training lengths were counted load with no counts.
+        checkpoint["state_dict"].setdefault("length_counts", torch.zeros_like(self.length_counts))
+        saved = checkpoint.get("tokenizer_fingerprint")
+        current = self.tokenizer.fingerprint()
+        if saved is not None and saved != current:
+            where = getattr(self.tokenizer, "path", type(self.tokenizer).__name__)
+            raise ValueError(
+                f"this checkpoint was trained with a tokenizer of fingerprint {saved}, but the "
+                f"tokenizer at {where} now has fingerprint {current}: its vocabulary changed "
+                "since (retrained or replaced?). Load the checkpoint with the tokenizer it was "
+                "trained with."
+            )
+
+    def _check_finite(self, loss: Tensor, where: str, across_ranks: bool = False) -> None:
+        """Stop at the first NaN or infinite loss rather than train on (or average in) it:
+        one such step turns every weight into NaN, and a NaN validation batch would be dropped
+        from the mean without a trace. One scalar check per step; anomaly detection would
+        cost a full extra pass.
+
+        ``across_ranks`` (training): the DDP ranks agree first, so that all of them stop at the
+        same step; a rank stopping alone would leave the others waiting for its gradients.
+        Training steps are the same number on every rank; evaluation batches are not (each
+        sample is read once), so a per-batch collective there could itself hang."""
+        finite_here = bool(torch.isfinite(loss.detach()))
+        finite = finite_here
+        if across_ranks and self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite_here, all=True)
+        if not finite:
+            loss_is = f"{loss.item()}" if not finite_here else "not finite on another rank"
+            raise FloatingPointError(
+                f"{where}: the loss is {loss_is}. A sample with NaN/inf values, or a learning "
+                "rate too high for this model (try a lower --model.lr or more "
+                "--model.warmup_steps)."
+            )
 
     def _epoch_mean(self, stage: str, name: str) -> MeanMetric:
         key = f"{stage}_{name}"
         if key not in self._epoch_means:
-            self._epoch_means[key] = MeanMetric().to(self.device)
+            self._epoch_means[key] = MeanMetric(nan_strategy="error").to(self.device)
         return self._epoch_means[key]
 
     def _log_epoch_means(self, stage: str) -> None:
@@ -182,6 +254,10 @@ class MaskedModelingModule(L.LightningModule):
         if values:
             self.log_dict(values)
             self.log(f"{stage}_loss", values[f"{stage}/loss"], prog_bar=True, logger=False)
+
+    def _count_lengths(self, batch: dict[str, Tensor]) -> None:
+        lengths = batch["maskable"].sum(dim=1).clamp(max=self.length_counts.shape[0] - 1)  # (B,)
+        self.length_counts += torch.bincount(lengths, minlength=self.length_counts.shape[0])
 
     def _log_skipped(self, batch: dict[str, Tensor], size: int) -> None:
         if "skipped" in batch:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import glob
+import gzip
 import heapq
+import inspect
 import json
 import logging
 import os
 import queue
 import re
 import shutil
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -23,30 +28,40 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
+#: The member of the note a reader yields, instead of a sample, for an input it left out.
+SKIPPED = "__skipped__"
 #: Reads input files of one modality and yields WebDataset samples (``__key__`` + members).
 SampleSource = Callable[..., Iterator[Sample]]
 
 _SOURCES: dict[str, SampleSource] = {}
 _PER_FILE: set[str] = set()
+_EXTENSIONS: dict[str, tuple[str, ...]] = {}
 _PROGRESS_EVERY = 64  # samples between progress reports of a worker process
 
 
-def register_source(name: str, per_file: bool = False) -> Callable[[SampleSource], SampleSource]:
+def register_source(
+    name: str, per_file: bool = False, extensions: tuple[str, ...] = ()
+) -> Callable[[SampleSource], SampleSource]:
     """Register ``fn(paths: list[str], **options) -> Iterator[sample]`` as the reader that
     ``mmm shards --modality NAME`` uses for input files of that modality.
 
     Args:
         name: the modality name.
         per_file: the samples of a file depend on that file alone (not on the other files
-            in ``paths``, e.g. for class indices or relative keys). Then ``mmm shards`` may
-            read parts of the file list in parallel worker processes, and in ``skip`` mode
-            skip a file that fails and go on with the next.
+            in ``paths``, e.g. for class indices). Then ``mmm shards`` may read parts of the
+            file list in parallel worker processes, and in ``skip`` mode skip a file that
+            fails and go on with the next. A per-file reader that takes a ``root`` option
+            gets the inputs' common folder, so its keys stay relative to it.
+        extensions: the file name endings the reader takes (e.g. ``(".txt", ".jsonl")``);
+            ``mmm shards`` leaves other files out and says how many of each it left out.
     """
 
     def decorator(fn: SampleSource) -> SampleSource:
         _SOURCES[name] = fn
         if per_file:
             _PER_FILE.add(name)
+        if extensions:
+            _EXTENSIONS[name] = extensions
         return fn
 
     return decorator
@@ -75,12 +90,24 @@ class ShardSummary:
     samples: int
     bytes: int
     skipped: int = 0
+    counts: list[int] = field(default_factory=list)
+    """Samples in each of ``shards``."""
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
+    """Key -> source of each sample written (for the duplicate check across worker jobs)."""
 
     def __str__(self) -> str:
         return (
             f"wrote {self.samples} samples in {len(self.shards)} shards "
             f"({self.bytes / 1e6:.1f} MB), skipped {self.skipped}"
         )
+
+
+def duplicate_key_error(key: str, first: str, second: str) -> ValueError:
+    """The error for two samples sharing ``key``, naming where each came from."""
+    return ValueError(
+        f"duplicate sample key {key!r}: {first} and {second} (readers would silently drop "
+        "one); give the inputs distinct names"
+    )
 
 
 def write_shards(
@@ -93,18 +120,83 @@ def write_shards(
     """Write samples to tar shards named by ``pattern`` (e.g. ``out/train-%06d.tar``), starting a
     new shard after ``max_count`` samples or once a shard holds ``max_size`` bytes (so it may
     pass it by one sample), whichever comes first; ``on_sample`` is called after each sample
-    (progress)."""
+    (progress). A sample's optional ``__source__`` (its file, line or record) is not written;
+    it names the sample in errors. A reader that leaves out an input it cannot use yields
+    ``{SKIPPED: reason}`` instead of a sample, and the summary counts it.
+
+    Raises:
+        ValueError: when two samples share a key, naming both sources.
+    """
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
-    count = 0
+    counts: list[int] = []
+    skipped = 0
+    sources: dict[str, str] = {}  # key -> where its sample came from
     with wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0) as writer:
         for sample in samples:
+            if SKIPPED in sample:  # a reader's note of an input it left out
+                skipped += 1
+                continue
+            key, source = sample["__key__"], str(sample.get("__source__", "a sample"))
+            if key in sources:
+                raise duplicate_key_error(key, first=sources[key], second=source)
+            sources[key] = source
             writer.write(sample)
-            count += 1
+            counts += [0] * (writer.shard - len(counts))  # the writer opened a new shard
+            counts[-1] += 1
             if on_sample is not None:
                 on_sample()
-        shards = [pattern % i for i in range(writer.shard)] if count else []
+    shards = [pattern % i for i in range(len(counts))]
+    write_shard_index(shards, counts)
     size = sum(os.path.getsize(s) for s in shards)
-    return ShardSummary(shards=shards, samples=count, bytes=size)
+    return ShardSummary(
+        shards=shards,
+        samples=sum(counts),
+        bytes=size,
+        skipped=skipped,
+        counts=counts,
+        sources=sources,
+    )
+
+
+#: The shard index beside shards written from ``train-%06d.tar`` is ``train.shards.json``.
+SHARD_INDEX_SUFFIX = ".shards.json"
+
+
+def write_shard_index(shards: list[str], counts: list[int]) -> Path | None:
+    """Record the sample count and size of each shard in a small JSON beside them, so that
+    readers need not scan every member header to count samples. The format is webdataset's
+    ``wids`` shard index (``shardlist`` of ``url`` + ``nsamples``), with each file's size
+    added so that a reader can tell a shard rewritten since."""
+    if not shards:
+        return None
+    first = Path(shards[0])
+    stem = re.sub(r"[-_.]?\d+$", "", first.stem) or first.stem
+    index = first.with_name(stem + SHARD_INDEX_SUFFIX)
+    entries = [
+        {"url": Path(shard).name, "nsamples": count, "filesize": os.path.getsize(shard)}
+        for shard, count in zip(shards, counts, strict=True)
+    ]
+    document = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "shardlist": entries}
+    index.write_text(json.dumps(document, indent=1))
+    return index
+
+
+def indexed_counts(folder: str | os.PathLike) -> dict[str, int]:
+    """Sample counts of the shards in ``folder`` that a shard index lists and that still have
+    the size it recorded (path -> samples); shards written by other tools are absent."""
+    counts: dict[str, int] = {}
+    for index in sorted(Path(folder).glob(f"*{SHARD_INDEX_SUFFIX}")):
+        try:
+            entries = json.loads(index.read_text())["shardlist"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring shard index %s (%s); counting samples instead", index, error)
+            continue
+        for entry in entries:
+            path = Path(folder) / str(entry.get("url", ""))
+            size = path.stat().st_size if path.is_file() else None
+            if size is not None and size == entry.get("filesize"):
+                counts[str(path)] = int(entry["nsamples"])
+    return counts
 
 
 @dataclass
@@ -151,7 +243,7 @@ class ShardJob:
             self.samples(skipped), self.pattern, self.max_count, self.max_size, on_sample
         )
         report(pending)
-        summary.skipped = len(skipped)
+        summary.skipped += len(skipped)
         return summary
 
 
@@ -187,20 +279,24 @@ def build_shards(
     """Read ``paths`` with the modality's reader and write ``output-000000.tar``, ... .
 
     With ``workers > 1`` and a per-file reader, the files are dealt to worker processes by
-    size; each writes its own shards, which are then numbered in one sequence.
+    size; each writes its own shards, which are then numbered in one sequence. Shards are
+    written to a staging folder first: existing shards at ``output`` (with ``overwrite``)
+    are replaced only once the new ones are complete, so a failed run loses nothing, and
+    they are never read as inputs.
 
     Raises:
         FileExistsError: when shards named ``output-NNNNNN.tar`` exist and not ``overwrite``.
+        ValueError: when no sample was written (the old shards, if any, are kept).
     """
     existing = sorted(glob.glob(f"{glob.escape(output)}-[0-9]*.tar"))
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} shards exist at {output}-*.tar; set overwrite")
-    for path in existing:
-        os.remove(path)
+    staging = Path(f"{output}.parts")
+    paths = _readable_inputs(paths, modality, own=[*existing, str(staging)])
     if workers > 1 and not reads_per_file(modality):
         log.warning("the %s reader needs all files at once: writing with 1 worker", modality)
         workers = 1
-    staging = Path(f"{output}.parts")
+    options = _with_root(modality, paths, options or {})
     shutil.rmtree(staging, ignore_errors=True)
     jobs = [
         ShardJob(
@@ -209,24 +305,89 @@ def build_shards(
             str(staging / f"{index:03d}-%06d.tar"),
             max_count,
             max_size,
-            options or {},
+            options,
             on_error,
         )
         for index, part in enumerate(split_by_size(paths, workers) if workers > 1 else [paths])
     ]
-    with tqdm(desc=f"shards {Path(output).name}", unit=" samples", disable=not progress) as bar:
-        summaries = _run_jobs(jobs, bar)
-    shards = []
-    for index, shard in enumerate(s for summary in summaries for s in summary.shards):
-        shards.append(f"{output}-{index:06d}.tar")
-        os.replace(shard, shards[-1])
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tqdm(desc=f"shards {Path(output).name}", unit=" samples", disable=not progress) as bar:
+            summaries = _run_jobs(jobs, bar)
+        counts = [count for summary in summaries for count in summary.counts]
+        skipped = sum(s.skipped for s in summaries)
+        _refuse_keys_shared_by_jobs(summaries)
+        if not counts:
+            kept = f"; the {len(existing)} existing shards are kept" if existing else ""
+            raise ValueError(
+                f"no sample written from {len(paths)} input file(s) ({skipped} skipped){kept}"
+            )
+        for path in existing:  # the new shards are complete: now the old ones may go
+            os.remove(path)
+        shards = []
+        for index, shard in enumerate(s for summary in summaries for s in summary.shards):
+            shards.append(f"{output}-{index:06d}.tar")
+            os.replace(shard, shards[-1])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_shard_index(shards, counts)
     return ShardSummary(
         shards=shards,
-        samples=sum(s.samples for s in summaries),
+        samples=sum(counts),
         bytes=sum(s.bytes for s in summaries),
-        skipped=sum(s.skipped for s in summaries),
+        skipped=skipped,
+        counts=counts,
     )
+
+
+def _refuse_keys_shared_by_jobs(summaries: list[ShardSummary]) -> None:
+    """Each worker job's ``write_shards`` refuses duplicates among its own samples; this
+    refuses a key that two jobs (files dealt to different processes) both wrote.
+
+    Raises:
+        ValueError: naming the key and both sources.
+    """
+    seen: dict[str, str] = {}
+    for summary in summaries:
+        for key, source in summary.sources.items():
+            if key in seen:
+                raise duplicate_key_error(key, first=seen[key], second=source)
+            seen[key] = source
+
+
+def _readable_inputs(paths: list[str], modality: str, own: list[str]) -> list[str]:
+    """The inputs the reader of ``modality`` takes: not the output's own shards, staging
+    folder or index, and (for readers that declare them) only files with its extensions; says
+    what it left out."""
+    own_paths = [os.path.abspath(p) for p in own]
+
+    def is_own(path: str) -> bool:
+        absolute = os.path.abspath(path)
+        return absolute in own_paths or any(absolute.startswith(p + os.sep) for p in own_paths)
+
+    kept = [p for p in paths if not is_own(p) and not p.endswith(SHARD_INDEX_SUFFIX)]
+    if len(kept) < len(paths):
+        log.warning("not reading %d file(s) of the output itself", len(paths) - len(kept))
+    extensions = _EXTENSIONS.get(modality)
+    if extensions is None:
+        return kept
+    taken = [p for p in kept if p.lower().endswith(extensions)]
+    ignored = Counter(Path(p).suffix.lower() or Path(p).name for p in kept if p not in taken)
+    if ignored:
+        listing = ", ".join(f"{n} {suffix}" for suffix, n in ignored.most_common())
+        log.warning(
+            "the %s reader takes %s files: ignored %s", modality, "/".join(extensions), listing
+        )
+    return taken
+
+
+def _with_root(modality: str, paths: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus ``root`` (the inputs' common folder) for a per-file reader that takes
+    it, so that files read one at a time keep keys relative to the same folder."""
+    reader = sample_source(modality)
+    takes_root = "root" in inspect.signature(reader).parameters
+    if not paths or not takes_root or "root" in options or not reads_per_file(modality):
+        return options
+    return {**options, "root": os.path.commonpath([str(Path(p).parent) for p in paths])}
 
 
 def _run_jobs(jobs: list[ShardJob], bar: tqdm) -> list[ShardSummary]:
@@ -245,41 +406,160 @@ def _run_jobs(jobs: list[ShardJob], bar: tqdm) -> list[ShardSummary]:
         return [f.result() for f in futures]
 
 
+#: Manifest fields whose values name files (NeMo/ESPnet ``audio_filepath``, Hugging Face
+#: ``metadata.csv``'s ``file_name``, or a modality's name); the file's extension names its member.
+MANIFEST_FILE_FIELDS = ("audio", "audio_filepath", "image", "file_name", "path")
+#: Member extension of manifest fields given inline, by field name (what each tokenizer reads).
+MANIFEST_INLINE_MEMBERS = {
+    "text": "txt",
+    "transcript": "txt",
+    "caption": "txt",
+    "protein": "seq",
+    "sequence": "seq",
+    "smiles": "smi",
+}
+
+
+@register_source("manifest", per_file=True)
+def manifest_samples(
+    paths: list[str],
+    key_field: str = "key",
+    file_fields: list[str] | None = None,
+    members: dict[str, str] | None = None,
+) -> Iterator[Sample]:
+    """Paired samples from manifests: JSONL (one JSON object per line, as NeMo and ESPnet write
+    them) or CSV with a header (Hugging Face ``metadata.csv``). Each line is one sample; each
+    field is one member of it:
+
+    - a field in ``file_fields`` names a file, relative to the manifest's folder (or absolute),
+      stored under its own extension (``{"audio": "clips/a.wav"}`` -> ``wav``);
+    - a field in ``members`` or ``MANIFEST_INLINE_MEMBERS`` holds inline content, stored under
+      that extension (``{"text": "Please hold."}`` -> ``txt``);
+    - any other field (``duration``, ``label``, ...) goes into the sample's ``json`` member.
+
+    Args:
+        paths: manifest files (``.jsonl`` or ``.csv``).
+        key_field: the field holding the sample key; without it, the key is the manifest's
+            name and line number.
+        file_fields: fields that name files (default ``MANIFEST_FILE_FIELDS``).
+        members: extra or overriding field -> member extension for inline fields.
+
+    Raises:
+        ValueError: naming the manifest and line of a record that is not a JSON object, names
+            a missing file, or puts two fields in one member.
+    """
+    file_names = set(file_fields if file_fields is not None else MANIFEST_FILE_FIELDS)
+    inline = {**MANIFEST_INLINE_MEMBERS, **(members or {})}
+    for manifest in map(Path, paths):
+        for line, record in _manifest_records(manifest):
+            where = f"{manifest}:{line}"
+            key = str(record.pop(key_field, "") or f"{manifest.stem}-{line}")
+            sample: Sample = {"__key__": sample_key(key)}
+            metadata = {}
+            for field_name, value in record.items():
+                if field_name in file_names:
+                    extension, content = _manifest_file(manifest, str(value), where)
+                elif field_name in inline:
+                    extension, content = inline[field_name], str(value).encode("utf-8")
+                else:
+                    metadata[field_name] = value
+                    continue
+                if extension in sample:
+                    raise ValueError(f"{where}: two fields would both be the {extension!r} member")
+                sample[extension] = content
+            if metadata:
+                sample["json"] = json.dumps(metadata).encode("utf-8")
+            yield sample
+
+
+def _manifest_records(manifest: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSONL or CSV manifest."""
+    suffix = manifest.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        raise ValueError(f"{manifest}: a manifest is a .jsonl or .csv file")
+    with manifest.open(encoding="utf-8", newline="") as handle:
+        if suffix == ".csv":
+            for line, row in enumerate(csv.DictReader(handle), start=2):  # line 1: the header
+                yield line, dict(row)
+            return
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{manifest}:{line}: not valid JSON ({error})") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{manifest}:{line}: expected a JSON object, got {record!r}")
+            yield line, record
+
+
+def _manifest_file(manifest: Path, value: str, where: str) -> tuple[str, bytes]:
+    """The member extension and bytes of a file named in a manifest."""
+    path = Path(value) if Path(value).is_absolute() else manifest.parent / value
+    extension = path.suffix.lower().lstrip(".")
+    if not path.is_file() or not extension:
+        raise ValueError(f"{where}: {value!r} is not a file with an extension ({path})")
+    return extension, path.read_bytes()
+
+
 def sample_key(text: str) -> str:
-    """A WebDataset-safe key: letters, digits, ``_`` and ``-`` only (a dot would split the key
-    from the file extension inside the tar)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+    """A WebDataset-safe key: letters and digits of any script, ``_`` and ``-``; anything else
+    (a dot would split the key from the file extension inside the tar) becomes ``_``."""
+    return re.sub(r"[^\w-]", "_", text)
+
+
+#: The files the text reader takes: plain text and JSON lines, optionally gzipped.
+TEXT_EXTENSIONS = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
 
 
 def text_documents(
-    paths: Iterable[str | os.PathLike], text_field: str = "text"
-) -> Iterator[tuple[str, str]]:
-    """(key, text) for each document in ``.txt`` files (one document per file) and ``.jsonl``
-    files (one document per line, text under ``text_field``). Keys are the files' paths below
-    their common folder, so same-named files in different folders do not collide.
+    paths: Iterable[str | os.PathLike], text_field: str = "text", root: str | None = None
+) -> Iterator[tuple[str, str, str]]:
+    """(key, text, source) for each document in ``.txt`` files (one document per file) and
+    ``.jsonl`` files (one document per line, text under ``text_field``), either gzipped.
+    Keys are the files' paths below ``root`` (default: their common folder), extension
+    included, so that ``a.txt`` and ``a.jsonl``, or same-named files in different folders, do
+    not collide; ``source`` names the file (and line).
 
     Raises:
-        ValueError: naming the file and line of a JSONL record that is not valid JSON or has no
-            string ``text_field``.
+        ValueError: naming the file (and line) that is not UTF-8 text, not valid gzip, or a
+            JSONL record that is not valid JSON or has no string ``text_field``.
     """
     files = [Path(p) for p in paths]
-    base = Path(os.path.commonpath([f.parent for f in files])) if files else Path()
+    if not files:
+        return
+    base = Path(root) if root is not None else Path(os.path.commonpath([f.parent for f in files]))
     for path in files:
-        name = str(path.relative_to(base).with_suffix(""))
-        if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)[text_field]
-                    except (json.JSONDecodeError, KeyError, TypeError) as error:
-                        raise ValueError(
-                            f"{path}:{number}: expected a JSON object with a string "
-                            f"{text_field!r} field ({error!r})"
-                        ) from error
-                    if not isinstance(text, str):
-                        raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
-                    yield sample_key(f"{name}-{number}"), text
-        else:
-            yield sample_key(name), path.read_text(encoding="utf-8")
+        name = str(path.relative_to(base))
+        try:
+            if path.name.lower().endswith((".jsonl", ".jsonl.gz")):
+                yield from _jsonl_documents(path, name, text_field)
+            else:
+                yield sample_key(name), _read_text(path), str(path)
+        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise ValueError(f"{path}: not readable as UTF-8 text ({error})") from error
+
+
+def _read_text(path: Path) -> str:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _jsonl_documents(path: Path, name: str, text_field: str) -> Iterator[tuple[str, str, str]]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(
+                    f"{path}:{number}: expected a JSON object with a string "
+                    f"{text_field!r} field ({error!r})"
+                ) from error
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
+            yield sample_key(f"{name}-{number}"), text, f"{path}:{number}"

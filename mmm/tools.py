@@ -1,14 +1,17 @@
-"""Commands beside training: build shards, train a tokenizer, fill in masks from a checkpoint.
+"""Commands beside training: build shards, train a tokenizer, and use a checkpoint: fill in
+masks, generate or infill sequences, score sequences and mutations.
 
 Each is a typed function; ``mmm <tool> --help`` is generated from its signature and docstring.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from braceexpand import braceexpand
 
 from mmm.shards import ShardSummary, build_shards
@@ -82,6 +85,7 @@ def tokenizer_command(
     algorithm: Literal["wordpiece", "bpe"] = "wordpiece",
     lowercase: bool = True,
     min_frequency: int = 2,
+    overwrite: bool = False,
 ) -> str:
     """Train a WordPiece or byte-level BPE tokenizer and save it as a Hugging Face tokenizer
     directory (use it with ``--model.tokenizer.path OUTPUT``).
@@ -94,8 +98,16 @@ def tokenizer_command(
         algorithm: ``wordpiece`` (BERT) or ``bpe`` (RoBERTa).
         lowercase: lowercase before tokenizing.
         min_frequency: least count of a merge or word piece.
+        overwrite: replace a tokenizer already at ``output``. Checkpoints trained with it
+            record its fingerprint and refuse to load with the new one.
     """
-    from mmm.tokenizers.text import train_tokenizer
+    from mmm.tokenizers.text import _has_tokenizer_files, train_tokenizer
+
+    if _has_tokenizer_files(Path(output)) and not overwrite:
+        raise FileExistsError(
+            f"a tokenizer exists at {output}; models trained with it need it unchanged. Choose "
+            "another --output, or set --overwrite true"
+        )
 
     tokenizer = train_tokenizer(
         source,
@@ -126,3 +138,184 @@ def fill_mask_command(*, checkpoint: str, text: str | list[str], top_k: int = 5)
         for index, candidates in enumerate(masks, start=1):
             shown = "  ".join(f"{c.token} {c.probability:.3f}" for c in candidates)
             print(f"  mask {index}: {shown}")
+
+
+def _device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def generate_command(
+    *,
+    checkpoint: str,
+    output: str | None = None,
+    num_samples: int = 10,
+    length: int | None = None,
+    template: str | list[str] | None = None,
+    steps: int = 64,
+    sampler: Literal["ancestral", "maskgit"] = "ancestral",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    schedule: Literal["linear", "loglinear", "cosine"] | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Sample sequences from a masked model, or fill in the masks of templates (infill).
+
+    MDLM ancestral sampling or MaskGIT; written as FASTA, .smi or text lines.
+
+    Any discrete checkpoint works, whether trained with masked diffusion
+    (``--model.masking mmm.masking.DiffusionMasking``) or BERT-style.
+
+    Args:
+        checkpoint: a checkpoint written by ``mmm fit``.
+        output: ``.fasta``/``.fa``/``.faa``: FASTA; ``.smi``: ``SMILES<TAB>name``; anything
+            else: one sequence a line. Unset: printed.
+        num_samples: sequences to generate, or samples per template.
+        length: tokens per generated sequence (special tokens not counted); unset: drawn
+            from the training data's lengths, recorded in the checkpoint.
+        template: infill instead of generating: strings whose mask tokens (``<mask>``,
+            ``[MASK]``) are filled and whose other positions are kept; ``<mask>x12`` is 12
+            masks, e.g. ``MKT<mask>x12GLS``.
+        steps: unmasking steps.
+        sampler: ``ancestral`` (MDLM) or ``maskgit`` (most confident first).
+        temperature: logits are divided by it before sampling.
+        top_k: sample among the k most likely tokens only.
+        top_p: nucleus sampling: the smallest set of tokens with this much probability.
+        schedule: unmasking schedule; unset: the checkpoint's diffusion schedule, else linear.
+        seed: the same seed gives the same samples (same settings and device).
+        batch_size: sequences sampled together.
+        device: ``cpu``, ``cuda``, ...; unset: CUDA when available.
+        progress: show a progress bar.
+    """
+    from mmm.inference import SamplingSettings, generate, infill, load_module, write_sequences
+
+    module = load_module(checkpoint, map_location=_device(device))
+    settings = SamplingSettings(
+        steps=steps,
+        sampler=sampler,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        schedule=schedule,
+    )
+    common = {"settings": settings, "seed": seed, "batch_size": batch_size, "progress": progress}
+    if template is None:
+        sequences = generate(module, num_samples, length=length, **common)
+        names = [f"generated_{index}" for index in range(1, len(sequences) + 1)]
+    else:
+        templates = [template] if isinstance(template, str) else template
+        repeated = [t for t in templates for _ in range(num_samples)]
+        sequences = infill(module, repeated, **common)
+        names = [
+            f"infill_{i // num_samples + 1}_{i % num_samples + 1}" for i in range(len(repeated))
+        ]
+    if output is None:
+        print("\n".join(sequences))
+    else:
+        write_sequences(output, names, sequences)
+        print(f"wrote {len(sequences)} sequences to {output}")
+    return sequences
+
+
+def score_command(
+    *,
+    checkpoint: str,
+    inputs: str | list[str] | None = None,
+    mutations: str | None = None,
+    sequence: str | None = None,
+    output: str | None = None,
+    mutation_column: str = "mutant",
+    sequence_column: str = "sequence",
+    score_column: str = "score",
+    batch_size: int = 64,
+    device: str | None = None,
+) -> str:
+    """Score sequences (pseudo-log-likelihood) or point mutations (masked marginals).
+
+    ``--inputs``: each sequence's pseudo-log-likelihood into a CSV; ``--mutations``: ESM-1v
+    masked-marginal scores written back to the mutations' CSV as a score column.
+
+    Args:
+        checkpoint: a checkpoint written by ``mmm fit``.
+        inputs: FASTA, ``.smi`` or one-sequence-a-line files (or patterns): each sequence's
+            pseudo-log-likelihood (every position hidden in turn) goes to ``output`` as CSV
+            columns ``name,length,pll,pseudo_perplexity``.
+        mutations: a CSV with a ``mutation_column`` of mutations such as ``A23G`` or
+            ``A23G:K45R`` (1-based positions): each gets ``log p(mutant) - log p(wild type)``
+            at its hidden positions, summed.
+        sequence: the wild type of every mutation; unset: each row's ``sequence_column``.
+        output: where the CSV goes; unset: ``scores.csv`` for ``inputs``, the ``mutations``
+            file itself (written back) for mutations.
+        mutation_column: CSV column of the mutations.
+        sequence_column: CSV column of the wild types when ``sequence`` is unset.
+        score_column: name of the added column.
+        batch_size: hidden copies per forward pass.
+        device: ``cpu``, ``cuda``, ...; unset: CUDA when available.
+    """
+    from mmm.inference import load_module
+
+    if (inputs is None) == (mutations is None):
+        raise ValueError("score: give either --inputs (pseudo-log-likelihood) or --mutations")
+    module = load_module(checkpoint, map_location=_device(device))
+    if inputs is not None:
+        return _score_sequences(module, inputs, output or "scores.csv", batch_size)
+    return _score_mutation_csv(
+        module,
+        mutations,
+        output or mutations,
+        sequence=sequence,
+        columns=(mutation_column, sequence_column, score_column),
+        batch_size=batch_size,
+    )
+
+
+def _score_sequences(module, inputs: str | list[str], output: str, batch_size: int) -> str:
+    from mmm.inference import read_sequences, score
+
+    records = [pair for path in _expand_inputs(inputs) for pair in read_sequences(path)]
+    scores = score(module, [seq for _, seq in records], batch_size=batch_size)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "length", "pll", "pseudo_perplexity"])
+        for (name, _), result in zip(records, scores, strict=True):
+            writer.writerow([name, result.length, result.pll, result.pseudo_perplexity])
+    print(f"scored {len(records)} sequences into {output}")
+    return output
+
+
+def _score_mutation_csv(
+    module, path: str, output: str, sequence: str | None, columns: tuple[str, str, str], batch_size
+) -> str:
+    from mmm.inference import score_mutations
+
+    mutation_column, sequence_column, score_column = columns
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    needed = [mutation_column] + ([] if sequence is not None else [sequence_column])
+    missing = [c for c in needed if c not in fields]
+    if missing:
+        raise ValueError(f"{path}: no column {missing} (columns: {fields})")
+    groups: dict[str, list[int]] = {}  # wild type -> its rows, each scored in one pass
+    for index, row in enumerate(rows):
+        groups.setdefault(sequence or row[sequence_column], []).append(index)
+    for wild_type, indices in groups.items():
+        texts = [rows[i][mutation_column] for i in indices]
+        try:
+            values = score_mutations(module, wild_type, texts, batch_size=batch_size)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
+        for i, value in zip(indices, values, strict=True):
+            rows[i][score_column] = value
+    if score_column not in fields:
+        fields.append(score_column)
+    with open(output, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"scored {len(rows)} mutations into {output} (column {score_column!r})")
+    return output

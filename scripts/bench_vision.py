@@ -70,7 +70,7 @@ def mmm_batch(images: torch.Tensor) -> dict[str, torch.Tensor]:
 def loss_all_patches(module: MaskedModelingModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The MAE loss with the encoder run on every patch (hidden ones included), the decoder
     given only the visible states as usual: what visible-only encoding saves."""
-    mask, _ = module.choose_mask(batch)
+    mask = module.choose_mask(batch).mask
     hidden = module.encode(module.modality.embed(batch, mask), batch["attention_mask"])
     batch_size, length = mask.shape
     every = torch.arange(length, device=mask.device).expand(batch_size, length)  # (B, L)

@@ -8,6 +8,7 @@ from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.shards import write_shards
 from mmm.tokenizers.text import TextTokenizer
+from tests.helpers import single_thread
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -50,3 +51,10 @@ def tokenizer(tokenizer_dir):
 def tiny_module(tokenizer):
     encoder = TransformerEncoder(dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
     return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder, lr=3e-3, warmup_steps=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one CPU thread (see ``single_thread``)."""
+    with single_thread():
+        yield

@@ -29,7 +29,6 @@ from mmm.shards import write_shards
 from mmm.tokenizers.audio import (
     AudioTokenizer,
     LogMelSettings,
-    crop,
     patchify,
     unpatchify,
 )
@@ -119,15 +118,6 @@ def test_decodes_every_supported_format(fmt):
     wave = tokenizer.waveform(sample(tone(1.0, 8000), 8000, fmt=fmt))
     assert abs(wave.shape[0] - 8000) < 1200  # lossy codecs may pad a frame
     assert float(wave.abs().max()) > 0.3
-
-
-def test_crop_modes():
-    ramp = torch.arange(10.0)
-    assert crop(ramp, 4, "start").tolist() == [0, 1, 2, 3]
-    assert crop(ramp, 4, "center").tolist() == [3, 4, 5, 6]
-    window = crop(ramp, 4, "random", generator=torch.Generator().manual_seed(0))
-    assert window.tolist() == list(range(int(window[0]), int(window[0]) + 4))
-    assert crop(ramp, 20, "center").tolist() == ramp.tolist()  # shorter: unchanged
 
 
 def test_long_clips_are_cropped_and_short_ones_padded_with_padding_marked():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mmm.callbacks import TrainingProgressBar
 from mmm.cli import run
 from tests.conftest import SENTENCES
 
@@ -99,3 +100,14 @@ def test_shards_and_tokenizer_tools_round_trip(tmp_path):
         ]
     )
     assert Path(output, "tokenizer.json").exists()
+
+
+def test_progress_bar_counts_the_epochs_max_steps_reaches(fit_args):
+    """The quickstart is bounded by max_steps (max_epochs -1): the bar shows `Epoch 1/1`, not
+    Lightning's `Epoch 1/-2`, and no `v_num`."""
+    args = [a for a in fit_args if not a.startswith("--trainer.enable_progress_bar")]
+    cli = run(["fit", *args, "--trainer.max_steps=6", "--trainer.limit_train_batches=4"])
+    bar = cli.trainer.progress_bar_callback
+    assert isinstance(bar, TrainingProgressBar)
+    assert bar._get_train_description(current_epoch=1).strip() == "Epoch 1/1"  # 6 steps / 4
+    assert "v_num" not in bar.get_metrics(cli.trainer, cli.model)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tarfile
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
-from datamodules import ShardDataModule, expand_shards
-from datamodules.webdataset import Cursor, ShardStream
+from datamodules import ShardDataModule, expand_shards, webdataset
+from datamodules.webdataset import ShardStream, usable_local_shards
 from mmm.shards import write_shards
 from mmm.tokenizers.base import SampleError
 from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
@@ -72,7 +74,7 @@ def test_resampled_epochs_are_equal_full_and_seeded(uneven):
 
 def test_readers_own_disjoint_shards_in_every_pass():
     urls = [f"s{i}.tar" for i in range(8)]
-    streams = [ShardStream(urls, 0, True, slot, 6, Cursor()) for slot in range(6)]
+    streams = [ShardStream(urls, 0, 0, True, slot, 6, handler=bool) for slot in range(6)]
     for pass_index in range(3):
         parts = [s.pass_shards(pass_index) for s in streams]
         assert sorted(u for part in parts for u in part) == sorted(urls)
@@ -176,24 +178,42 @@ def _fit(data: ShardDataModule, root: Path, max_steps: int, ckpt_path: Path | No
     return trainer, _flat(probe.seen["train"].values())
 
 
-def test_resume_mid_epoch_continues_after_the_consumed_shards(uneven):
-    root, ids = uneven
-    settings = {"train_shards": f"{root}/train-*.tar", "batch_size": 2, "num_workers": 2}
-    trainer, before = _fit(_data(**settings), root, max_steps=6)
+class AugmentingTokenizer(IdTokenizer):
+    """Each sample's id times 1000 plus a random view (0-999) drawn from torch's RNG, as an
+    image crop or a protein window would be."""
+
+    def decode_sample(self, sample):
+        return super().decode_sample(sample) * 1000 + int(torch.randint(1000, ()))
+
+
+@pytest.mark.parametrize("sources", [1, 2], ids=["one-source", "two-mixed-sources"])
+def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, sources):
+    """Train 23 steps straight, or 7 steps, a checkpoint, and a resume to 23: the batches after
+    the resume are the ones the uninterrupted run trained on, sample for sample and view for
+    view, across epoch and pass boundaries, with 2 workers, a shuffle buffer spanning shards,
+    weighted mixing and random augmentation."""
+    root, _ = uneven
+    patterns = [f"{root}/train-00000[0-3].tar", f"{root}/train-00000[4-7].tar"][:sources]
+    settings = {
+        "tokenizer": AugmentingTokenizer(),
+        "train_shards": patterns,
+        "train_weights": [0.6, 0.4][:sources],
+        "batch_size": 2,
+        "num_workers": 2,
+        "epoch_samples": 20,  # 5 batches per worker, 10 per epoch
+        "shuffle_buffer": 6,
+    }
+    _, straight = _fit(_data(**settings), root, max_steps=23)
+    trainer, first = _fit(_data(**settings), root, max_steps=7)  # stops mid-epoch, worker 0's turn
     checkpoint = root / "mid-epoch.ckpt"
     trainer.save_checkpoint(checkpoint)
-    state = trainer.datamodule.state_dict()
-    assert state["readers"] == 2 and set(state["train_cursors"]) == {0, 1}
-
-    _, after = _fit(_data(**settings), root, max_steps=12, ckpt_path=checkpoint)
-    assert len(before) == len(after) == 12
-    assert not set(before) & set(after)  # nothing trained twice within the pass
-    _, replay = _fit(_data(**settings), root, max_steps=6)  # control: a fresh run replays
-    assert replay == before
+    assert sorted(trainer.datamodule.state_dict()["train_readers"]) == [0, 1]
+    _, rest = _fit(_data(**settings), root, max_steps=23, ckpt_path=checkpoint)
+    assert first + rest == straight
 
 
 def test_changed_worker_count_starts_a_new_pass(uneven, caplog):
-    """Cursors recorded by 1 reader cannot place 2 readers mid-pass: a new pass, not a crash."""
+    """States recorded by 1 reader cannot place 2 readers mid-pass: a new pass, not a crash."""
     root, _ = uneven
     data = _data(train_shards=f"{root}/train-*.tar", epoch_samples=16)
     for batch in data.train_dataloader():
@@ -226,3 +246,24 @@ def test_skipped_samples_are_logged_per_epoch(tmp_path, tiny_module, tokenizer, 
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     [metrics] = trainer.validate(tiny_module, datamodule=data)
     assert metrics["data/skipped_samples"] == 2
+
+
+def test_sample_counts_come_from_the_shard_index(tmp_path, monkeypatch):
+    """`write_shards` leaves `train.shards.json` (webdataset's wids index format, with sizes)
+    beside the shards; counting reads it instead of every member header, and falls back to
+    the headers for a shard rewritten since."""
+    samples = [{"__key__": f"k{i:03d}", "id": str(i).encode()} for i in range(12)]
+    summary = write_shards(samples, str(tmp_path / "train-%06d.tar"), max_count=5)
+    index = json.loads((tmp_path / "train.shards.json").read_text())
+    assert [e["nsamples"] for e in index["shardlist"]] == summary.counts == [5, 5, 2]
+    urls = expand_shards(f"{tmp_path}/train-*.tar")
+
+    def no_scan(url, full):
+        raise AssertionError(f"scanned {url}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(webdataset, "inspect_local_shard", no_scan)
+        assert usable_local_shards(urls, "raise", count=True) == (urls, 12)
+    write_shards(samples[:3], str(tmp_path / "other-%06d.tar"))  # rewrite shard 0: 3 samples
+    (tmp_path / "other-000000.tar").replace(urls[0])
+    assert usable_local_shards(urls, "raise", count=True) == (urls, 10)

@@ -64,7 +64,7 @@ class Probe(L.LightningModule):
         self.out = out
 
     def _record(self, stage: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        assert "shard_cursor" not in batch  # the datamodule keeps its bookkeeping to itself
+        assert "reader_state" not in batch  # the datamodule keeps its bookkeeping to itself
         self.seen[stage].setdefault(self.current_epoch, []).extend(batch["ids"][:, 0].tolist())
         return (self.weight * batch["ids"].float()).mean()
 
@@ -161,9 +161,9 @@ def test_ddp_exact_validation_and_resampled_training(tmp_path):
     for epoch in ("0", "1"):
         seen = ranks[0]["seen"]["val"][epoch] + ranks[1]["seen"]["val"][epoch]
         assert sorted(seen) == val_ids
-    # the checkpoint (written by rank 0) holds the shard cursors of all 4 readers
+    # the checkpoint (written by rank 0) holds the reader states of all 4 readers
     state = torch.load(out / "last.ckpt", weights_only=True)["ShardDataModule"]
-    assert state["readers"] == 4 and sorted(state["train_cursors"]) == [0, 1, 2, 3]
+    assert state["readers"] == 4 and sorted(state["train_readers"]) == [0, 1, 2, 3]
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from mmm.masking import (
+    DiffusionMasking,
     RandomMasking,
     SpanMasking,
     WholeWordMasking,
+    bernoulli_mask,
+    block_mask,
     corrupt_tokens,
+    num_to_mask,
     random_mask,
     span_mask,
     visible_indices,
@@ -123,7 +127,7 @@ def test_ratio_schedule_moves_linearly():
     assert masking.ratio_at(50) == pytest.approx(0.225)
     assert masking.ratio_at(1000) == pytest.approx(0.15)
     out = masking(torch.ones(8, 100, dtype=torch.bool), step=50)
-    assert out.ratio == pytest.approx(0.225)
+    assert out.ratio.tolist() == pytest.approx([0.225] * 8)
     assert torch.equal(out.mask.sum(1), torch.full((8,), 22))
 
 
@@ -152,3 +156,56 @@ def test_visible_indices_pack_visible_positions_first():
     assert ids_keep[0].tolist() == [0, 2, 3]
     assert ids_keep[1, 0].item() == 1
     assert keep_valid.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_per_sample_ratios_give_each_sample_its_own_count():
+    maskable = _maskable(batch=6)
+    ratios = torch.tensor([0.1, 0.2, 0.4, 0.6, 0.8, 0.95])
+    mask = random_mask(maskable, ratios, torch.Generator().manual_seed(0))
+    expected = torch.round(maskable.sum(1).float() * ratios).long().clamp(min=1)
+    assert torch.equal(mask.sum(1), expected)
+    assert torch.equal(num_to_mask(maskable.sum(1), ratios), expected)
+    assert torch.equal(num_to_mask(torch.tensor([5, 0]), torch.tensor([0.0, 0.5])), torch.zeros(2))
+
+
+@pytest.mark.parametrize("strategy", ["span", "block", "whole_word"])
+def test_every_strategy_takes_per_sample_ratios(strategy):
+    maskable = torch.ones(400, 64, dtype=torch.bool)
+    ratios = torch.tensor([0.1, 0.5]).repeat(200)  # (B,) alternating
+    g = torch.Generator().manual_seed(0)
+    if strategy == "span":
+        mask = span_mask(maskable, ratios, generator=g)
+    elif strategy == "block":
+        mask = block_mask(maskable, (8, 8), ratios, generator=g)
+    else:
+        word_ids = torch.arange(64).expand(400, 64) // 2  # two tokens per word
+        mask = whole_word_mask(word_ids, maskable, ratios, generator=g)
+    shares = mask.float().mean(1)
+    assert shares[0::2].mean().item() == pytest.approx(0.1, abs=0.03)
+    assert shares[1::2].mean().item() == pytest.approx(0.5, abs=0.03)
+
+
+def test_a_per_sample_ratio_of_the_wrong_shape_is_an_error():
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        random_mask(torch.ones(4, 8, dtype=torch.bool), torch.tensor([0.1, 0.2]))
+
+
+def test_bernoulli_mask_hides_each_position_with_its_sample_probability():
+    maskable = _maskable(batch=2000, length=32)
+    ratios = torch.tensor([0.2, 0.7]).repeat(1000)
+    mask = bernoulli_mask(maskable, ratios, torch.Generator().manual_seed(0))
+    assert not (mask & ~maskable).any()
+    share = mask.sum(1).float() / maskable.sum(1)
+    assert share[0::2].mean().item() == pytest.approx(0.2, abs=0.01)
+    assert share[1::2].mean().item() == pytest.approx(0.7, abs=0.01)
+    counts = mask[0::2].sum(1).float()
+    assert counts.var() > 1.0, "counts vary per sample (independent positions), not exact"
+
+
+def test_diffusion_masking_settings_are_validated():
+    with pytest.raises(ValueError, match="schedule"):
+        DiffusionMasking(schedule="square")
+    with pytest.raises(ValueError, match="min_t"):
+        DiffusionMasking(min_t=0.0)
+    with pytest.raises(ValueError, match="eval_times"):
+        DiffusionMasking(eval_times=0)

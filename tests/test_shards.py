@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+from PIL import Image
 
 from mmm import shards
 from mmm.cli import run
@@ -107,15 +108,28 @@ def test_existing_shards_are_kept_unless_overwrite(tmp_path, lines_reader):
 
 
 def test_reader_that_needs_all_files_runs_in_one_process(tmp_path, caplog):
-    """Text's reader is registered without ``per_file``: workers fall back to 1, with a note."""
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs/a.txt").write_text("first paragraph\n\nsecond paragraph")
-    (tmp_path / "docs/b.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    """Image's reader numbers classes over all files (no ``per_file``): workers fall back to 1,
+    with a note. Text is read file by file, with keys relative to all inputs' folder."""
+    for label in ("cat", "dog"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8), label == "cat" and "red" or "blue").save(
+            tmp_path / "photos" / label / "1.png"
+        )
     with caplog.at_level(logging.WARNING):
         summary = run(
-            ["shards", f"--inputs={tmp_path}/docs", f"--output={tmp_path}/out/t", "--workers=2"]
+            ["shards", f"--inputs={tmp_path}/photos", f"--output={tmp_path}/out/i", "--workers=2"]
+            + ["--modality=image"]
         )
-    assert summary.samples == 3 and "1 worker" in caplog.text
+    assert summary.samples == 2 and "1 worker" in caplog.text
+    (tmp_path / "docs" / "x").mkdir(parents=True)
+    (tmp_path / "docs/a.txt").write_text("first paragraph\n\nsecond paragraph")
+    (tmp_path / "docs/x/a.txt").write_text("same name, other folder")
+    (tmp_path / "docs/b.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    summary = run(
+        ["shards", f"--inputs={tmp_path}/docs", f"--output={tmp_path}/out/t", "--workers=2"]
+    )
+    keys = sorted(s["__key__"] for s in wds.WebDataset(summary.shards, shardshuffle=False))
+    assert keys == ["a_txt-0", "b_jsonl-1-0", "b_jsonl-2-0", "x_a_txt-0"]
 
 
 def test_split_by_size_balances_bytes(tmp_path):
@@ -134,4 +148,4 @@ def test_same_named_text_files_in_different_folders_keep_distinct_keys(tmp_path)
         (tmp_path / "docs" / folder).mkdir(parents=True)
         (tmp_path / "docs" / folder / "README.txt").write_text(f"notes of {folder}")
     summary = run(["shards", f"--inputs={tmp_path}/docs", f"--output={tmp_path}/out/t"])
-    assert sorted(_keys(summary.shards)) == ["a_README-0", "b_README-0"]
+    assert sorted(_keys(summary.shards)) == ["a_README_txt-0", "b_README_txt-0"]

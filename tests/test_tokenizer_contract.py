@@ -27,6 +27,7 @@ from mmm.tokenizers import (
     Tokenizer,
 )
 from mmm.tokenizers.audio import LogMelSettings
+from mmm.tokenizers.base import crop_window
 from tests.conftest import SENTENCES
 from tests.test_audio import clips
 from tests.test_image import photo, png_bytes
@@ -103,6 +104,10 @@ def test_batches_mark_real_and_maskable_positions(case):
     assert real.shape[1] <= built.spec.max_length
     assert maskable.any(dim=1).all(), "every sample must have something to predict"
     assert not (maskable & ~real).any(), "padding must never be maskable"
+    if isinstance(built, DiscreteTokenizer):  # generation never samples special tokens
+        special = torch.tensor(sorted(built.special_token_ids))
+        assert {built.spec.pad_token_id, built.spec.mask_token_id} <= built.special_token_ids
+        assert not torch.isin(batch["input_ids"][maskable], special).any()
 
 
 def test_a_batch_trains_through_the_one_objective(case):
@@ -121,3 +126,83 @@ def test_a_sample_without_its_member_names_the_sample(case):
     built, _ = case
     with pytest.raises(SampleError, match=r"contract-000000.tar.*'lost'"):
         built.decode_sample({"__key__": "lost", "__url__": "contract-000000.tar", "nope": b"x"})
+
+
+def test_crop_window_modes():
+    ramp = torch.arange(10)
+    assert crop_window(ramp, 4, "start").tolist() == [0, 1, 2, 3]
+    assert crop_window(ramp, 4, "center").tolist() == [3, 4, 5, 6]
+    assert crop_window(ramp, 20, "random").tolist() == ramp.tolist()  # shorter: unchanged
+    torch.manual_seed(0)
+    first = [crop_window(ramp, 4, "random") for _ in range(6)]
+    torch.manual_seed(0)
+    again = [crop_window(ramp, 4, "random") for _ in range(6)]
+    assert [w.tolist() for w in first] == [w.tolist() for w in again]  # repeats under a seed
+    assert all(w.tolist() == list(range(int(w[0]), int(w[0]) + 4)) for w in first)
+    assert len({int(w[0]) for w in first}) > 1  # and varies
+
+
+def _augmented_image(tmp_path):
+    built = ImageTokenizer(
+        image_size=16, patch_size=4, random_crop_scale=(0.2, 1.0), horizontal_flip=True
+    )
+    return built, _samples("png", [png_bytes(photo(seed)) for seed in range(2)])
+
+
+def _augmented_audio(tmp_path):
+    settings = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    return AudioTokenizer(settings, duration=0.4, patch_frames=4, crop="random"), clips(2, 0.8)
+
+
+def _augmented_protein(tmp_path):
+    long = b"MVLSPADKTNVKAAWGKVGAHAGEYGAEALERMFLSFPTTKTYFPHFDLSHGSAQVKGHGKKVADALTNAVAHV"
+    return ProteinTokenizer(max_length=12, crop="random"), _samples("seq", [long])
+
+
+def _augmented_smiles(tmp_path):
+    pytest.importorskip("rdkit")
+    source = tmp_path / "mols.smi"
+    source.write_text("\n".join(MOLECULES) + "\n")
+    built = SmilesTokenizer(path=str(tmp_path / "v.json"), train_source=str(source), randomize=True)
+    return built, _samples("smi", [b"CC(=O)Nc1ccc(O)cc1"])
+
+
+AUGMENTED: dict[str, Callable] = {
+    "image": _augmented_image,
+    "audio": _augmented_audio,
+    "protein": _augmented_protein,
+    "smiles": _augmented_smiles,
+}
+
+
+def _views(tokenizer: Tokenizer, sample: dict, draws: int = 8) -> list:
+    views = []
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        item = tokenizer.decode_sample(sample)
+        views.append(item.features if hasattr(item, "features") else item)
+    return views
+
+
+def _distinct(views: list) -> int:
+    return len({v.numpy().tobytes() if isinstance(v, torch.Tensor) else v for v in views})
+
+
+@pytest.mark.parametrize("name", sorted(AUGMENTED))
+def test_evaluation_sees_the_data_not_a_random_view(name, tmp_path):
+    """Training draws random views; ``for_evaluation`` decodes every sample one way, so
+    held-out numbers repeat. The model-facing spec is the same for both."""
+    built, samples = AUGMENTED[name](tmp_path)
+    evaluation = built.for_evaluation()
+    assert evaluation.spec == built.spec
+    assert _distinct(_views(built, samples[0])) > 1, "augmentation should vary in training"
+    for sample in samples:
+        assert _distinct(_views(evaluation, sample)) == 1
+    assert _distinct(_views(built, samples[0])) > 1, "the training tokenizer is unchanged"
+
+
+def test_evaluation_decoding_repeats(case):
+    built, samples = case
+    evaluation = built.for_evaluation()
+    assert evaluation.spec == built.spec
+    assert all(_distinct(_views(evaluation, sample, draws=3)) == 1 for sample in samples)

@@ -52,3 +52,28 @@ def sample_photo_crops() -> Iterator[Sample]:
             buffer = io.BytesIO()
             crop.save(buffer, format="JPEG", quality=92)
             yield {"__key__": f"{stem}-{index:05d}", "jpg": buffer.getvalue()}
+
+
+#: Digit classes written as words: the text side of the image + label pairs.
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@register_corpus("digits-words")
+def digits_words() -> Iterator[Sample]:
+    """scikit-learn's 1,797 handwritten digits (8x8 pixels, 17 gray levels) as paired samples:
+    the image as ``png`` (gray levels scaled to 0-255), its label written as a word as
+    ``txt`` (``seven``) and as a class index ``cls``. Image + label text for cross-modal masked
+    modeling (a hidden label word predicted from the image, and the reverse)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        gray = Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8))  # 2-D: mode L
+        buffer = io.BytesIO()
+        gray.save(buffer, format="PNG")
+        yield {
+            "__key__": f"digit-{index:04d}",
+            "png": buffer.getvalue(),
+            "txt": DIGIT_WORDS[int(label)].encode("utf-8"),
+            "cls": str(int(label)).encode("utf-8"),
+        }

@@ -26,13 +26,14 @@ def chunk_text(text: str, max_words: int = 80) -> list[str]:
     current: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
         words = paragraph.split()
-        while words:
+        start = 0  # an offset, not words[room:]: slicing the rest made long lines quadratic
+        while start < len(words):
             room = max_words - len(current)
             if room <= 0:
                 chunks.append(" ".join(current))
                 current, room = [], max_words
-            current.extend(words[:room])
-            words = words[room:]
+            current.extend(words[start : start + room])
+            start += room
     if current:
         chunks.append(" ".join(current))
     return chunks

@@ -40,6 +40,13 @@ class VisibleLayout:
     attention_mask: Tensor
 
 
+def reduce_loss(per_position: Tensor, weight: Tensor | None) -> Tensor:
+    """The mean of per-position losses (N,), or their ``weight``-weighted sum."""
+    if weight is None:
+        return per_position.mean()
+    return (per_position * weight.to(per_position.dtype)).sum()
+
+
 class Modality(nn.Module, ABC):
     """One modality's embedder, head and loss around a shared encoder."""
 
@@ -68,9 +75,19 @@ class Modality(nn.Module, ABC):
         """Targets at hidden positions, (N, ...) in row-major order of ``mask``."""
 
     @abstractmethod
-    def loss_and_metrics(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_and_metrics(
+        self, pred: Tensor, target: Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss over hidden positions and the metrics logged beside it (means over hidden
-        positions)."""
+        positions).
+
+        Args:
+            pred: (N, ...) predictions at hidden positions.
+            target: (N, ...) targets.
+            weight: (N,) per-position loss weights (the loss is the weighted sum of the
+                positions' losses, e.g. masked diffusion's ELBO weights), or ``None`` for the
+                mean over hidden positions.
+        """
 
     def metrics_from_loss(self, loss: Tensor) -> dict[str, Tensor]:
         """Metrics that are functions of the mean loss (e.g. perplexity), computed from the
@@ -127,11 +144,13 @@ class TokenModality(Modality):
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
         return batch["input_ids"][mask]  # (N,)
 
-    def loss_and_metrics(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_and_metrics(
+        self, pred: Tensor, target: Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if target.numel() == 0:  # nothing hidden: zero loss that still reaches every parameter
             zero = pred.sum() * 0.0
             return zero, {"masked_accuracy": zero.detach()}
-        loss = F.cross_entropy(pred.float(), target)
+        loss = reduce_loss(F.cross_entropy(pred.float(), target, reduction="none"), weight)
         with torch.no_grad():
             accuracy = (pred.argmax(dim=-1) == target).float().mean()
         return loss, {"masked_accuracy": accuracy}
@@ -190,10 +209,13 @@ class PatchModality(Modality):
         target = batch["patches"][mask].float()  # (N, P)
         return normalize_patches(target) if self.norm_pix_loss else target
 
-    def loss_and_metrics(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_and_metrics(
+        self, pred: Tensor, target: Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if target.numel() == 0:  # nothing hidden: zero loss that still reaches every parameter
             return pred.sum() * 0.0, {}
-        return F.mse_loss(pred.float(), target), {}
+        per_position = F.mse_loss(pred.float(), target, reduction="none").mean(dim=-1)  # (N,)
+        return reduce_loss(per_position, weight), {}
 
     @torch.no_grad()
     def reconstruct(self, batch: dict[str, Tensor], mask: Tensor, pred: Tensor) -> Tensor:

@@ -31,11 +31,18 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from torch import Tensor
 
+from mmm import optional
 from mmm.shards import Sample, register_source, sample_key
-from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
+from mmm.tokenizers.base import (
+    ContinuousSpec,
+    Crop,
+    SampleError,
+    Tokenizer,
+    copy_with,
+    crop_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,6 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
 Normalize = Literal["clip", "dataset"]
-Crop = Literal["start", "center", "random"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,9 @@ class LogMelSettings:
 
     def transform(self) -> torch.nn.Module:
         """The torchaudio pipeline: waveform (N,) -> log-mel (n_mels, 1 + N // hop_length)."""
+        transforms = optional.torchaudio().transforms
         return torch.nn.Sequential(
-            torchaudio.transforms.MelSpectrogram(
+            transforms.MelSpectrogram(
                 sample_rate=self.sample_rate,
                 n_fft=self.n_fft,
                 hop_length=self.hop_length,
@@ -95,7 +102,7 @@ class LogMelSettings:
                 n_mels=self.n_mels,
                 power=2.0,
             ),
-            torchaudio.transforms.AmplitudeToDB(stype="power", top_db=self.top_db),
+            transforms.AmplitudeToDB(stype="power", top_db=self.top_db),
         )
 
 
@@ -113,11 +120,28 @@ class AudioItem:
 
 
 # ------------------------------------------------------------------------------ waveforms
-def read_audio(data: bytes) -> tuple[Tensor, int]:
+def read_audio(data: bytes, max_seconds: float | None = None) -> tuple[Tensor, int]:
     """Decode wav/flac/mp3/ogg bytes with libsndfile -> (channels, samples) float32 in [-1, 1],
     and the file's sample rate. (torchaudio >= 2.9 delegates loading to torchcodec, an extra
-    native dependency; libsndfile reads these formats already.)"""
-    array, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
+    native dependency; libsndfile reads these formats already.)
+
+    Raises:
+        ValueError: when the file declares more than ``max_seconds`` of audio (a corrupt
+            header can claim billions of frames, which decoding would try to allocate), or
+            holds non-finite values (NaN or inf, possible in float WAV files).
+    """
+    with sf.SoundFile(io.BytesIO(data)) as audio:
+        rate, declared = audio.samplerate, audio.frames
+        if max_seconds is not None and declared > max_seconds * rate:
+            raise ValueError(
+                f"declares {declared} frames ({declared / rate / 3600:.1f} h at {rate} Hz), more "
+                f"than max_clip_seconds={max_seconds}: a corrupt header, or a recording to cut "
+                "before sharding"
+            )
+        array = audio.read(dtype="float32", always_2d=True)  # (N, C)
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ValueError(f"holds {int((~finite).sum())} non-finite values (NaN or inf)")
     return torch.from_numpy(np.ascontiguousarray(array.T)), rate  # (C, N)
 
 
@@ -130,23 +154,7 @@ def resample(waveform: Tensor, rate: int, target_rate: int) -> Tensor:
     """Band-limited sinc resampling (torchaudio) of (..., N) from ``rate`` to ``target_rate``."""
     if rate == target_rate:
         return waveform
-    return torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
-
-
-def crop(
-    waveform: Tensor, length: int, mode: Crop, generator: torch.Generator | None = None
-) -> Tensor:
-    """At most ``length`` samples of (N,): the first, the middle, or a random window."""
-    excess = waveform.shape[-1] - length
-    if excess <= 0:
-        return waveform
-    if mode == "start":
-        start = 0
-    elif mode == "center":
-        start = excess // 2
-    else:
-        start = int(torch.randint(excess + 1, (1,), generator=generator))
-    return waveform[..., start : start + length]
+    return optional.torchaudio().functional.resample(waveform, orig_freq=rate, new_freq=target_rate)
 
 
 def peak_dbfs(waveform: Tensor) -> float:
@@ -199,6 +207,8 @@ class AudioTokenizer(Tokenizer):
             validation is repeatable) or ``random`` (a new window each time: augmentation).
         silence_dbfs: clips whose loudest sample is quieter than this (dB full scale) are
             rejected as silent: they carry nothing to reconstruct and break per-clip scaling.
+        max_clip_seconds: clips that declare a longer length are rejected before decoding (a
+            corrupt header can claim billions of frames); cut longer recordings first.
     """
 
     sample_keys = AUDIO_EXTENSIONS
@@ -213,6 +223,7 @@ class AudioTokenizer(Tokenizer):
         stats: str | None = None,
         crop: Crop = "center",
         silence_dbfs: float = -60.0,
+        max_clip_seconds: float = 600.0,
     ) -> None:
         self.features = features if features is not None else LogMelSettings()
         mels = self.features.n_mels
@@ -237,6 +248,7 @@ class AudioTokenizer(Tokenizer):
         self.stats = stats
         self.crop = crop
         self.silence_dbfs = silence_dbfs
+        self.max_clip_seconds = max_clip_seconds
         self.num_samples = round(duration * self.features.sample_rate)
         # Frames of a full-length clip, cut to whole positions (a trailing part-position is dropped).
         self.num_frames = (
@@ -263,7 +275,13 @@ class AudioTokenizer(Tokenizer):
                 f"AudioTokenizer: stats file {path} was computed with features={recorded}, but "
                 f"this tokenizer uses {asdict(self.features)}; rerun mmm audio-stats"
             )
-        return float(stats["mean"]), float(stats["std"])
+        mean, std = float(stats.get("mean", "nan")), float(stats.get("std", "nan"))
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(
+                f"AudioTokenizer: stats file {path} holds mean={mean}, std={std}; both must be "
+                "finite and std > 0 (rerun mmm audio-stats)"
+            )
+        return mean, std
 
     # ---------------------------------------------------------------------- geometry
     @property
@@ -291,9 +309,9 @@ class AudioTokenizer(Tokenizer):
             found = sorted(k for k in sample if not k.startswith("__"))
             raise SampleError(f"no audio member {self.sample_keys} (members: {found})", key, url)
         try:
-            audio, rate = read_audio(sample[member])
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-            raise SampleError(f"cannot decode {member!r} ({error})", key, url) from error
+            audio, rate = read_audio(sample[member], self.max_clip_seconds)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as error:
+            raise SampleError(f"cannot decode {member!r}: {error}", key, url) from error
         wave = resample(to_mono(audio), rate, self.features.sample_rate)  # (N,)
         if wave.shape[0] < self.min_samples:
             raise SampleError(
@@ -317,7 +335,7 @@ class AudioTokenizer(Tokenizer):
         return self._log_mel(wave)
 
     def decode_sample(self, sample: dict[str, Any]) -> AudioItem:
-        wave = crop(self.waveform(sample), self.num_samples, self.crop)
+        wave = crop_window(self.waveform(sample), self.num_samples, self.crop)
         mel = self.log_mel(wave)[:, : self.num_frames]  # (F, T_real)
         if self.normalize == "clip":
             mel = (mel - mel.mean()) / mel.std().clamp_min(1e-5)
@@ -328,6 +346,10 @@ class AudioTokenizer(Tokenizer):
         return AudioItem(features=padded, real_frames=real_frames)
 
     # ---------------------------------------------------------------------- batching
+    def for_evaluation(self) -> AudioTokenizer:
+        """The same settings with the middle window of long clips instead of a random one."""
+        return self if self.crop != "random" else copy_with(self, crop="center")
+
     def collate(self, items: list[AudioItem]) -> dict[str, Tensor]:
         """Stack clips and cut them into positions.
 
@@ -436,6 +458,8 @@ def log_mel_stats(tokenizer: AudioTokenizer, samples: Iterable[Sample]) -> dict[
     count = frames * tokenizer.features.n_mels
     mean = total / count
     std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"audio-stats: the statistics are not usable (mean {mean}, std {std})")
     return {
         "mean": mean,
         "std": std,

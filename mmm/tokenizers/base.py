@@ -8,11 +8,20 @@ head must be, so that the model never hard-codes a vocabulary, channel count or 
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import torch
 from torch import Tensor
+
+TokenizerT = TypeVar("TokenizerT")
+
+#: Which window of a too-long sample is kept: the first, the middle (deterministic) or a random
+#: one (augmentation).
+Crop = Literal["start", "center", "random"]
 
 
 class SampleError(ValueError):
@@ -46,6 +55,35 @@ def read_text_member(sample: dict[str, Any], extension: str) -> str:
     if not text.strip():
         raise SampleError(f"{extension!r} is empty", key, url)
     return text
+
+
+def crop_window(
+    values: Tensor, length: int, mode: Crop, generator: torch.Generator | None = None
+) -> Tensor:
+    """At most ``length`` entries of (..., N) along the last axis: the first, the middle, or a
+    random window (drawn from torch's RNG, so crops differ every epoch yet repeat under
+    ``seed_everything``; loader workers are seeded from it)."""
+    excess = values.shape[-1] - length
+    if excess <= 0:
+        return values
+    if mode == "start":
+        start = 0
+    elif mode == "center":
+        start = excess // 2
+    else:
+        start = int(torch.randint(excess + 1, (1,), generator=generator))
+    return values[..., start : start + length]
+
+
+def copy_with(tokenizer: TokenizerT, **changes: Any) -> TokenizerT:
+    """A shallow copy of ``tokenizer`` with some attributes changed (its loaded vocabulary and
+    transforms are shared, not rebuilt)."""
+    changed = copy.copy(tokenizer)
+    for name, value in changes.items():
+        if not hasattr(changed, name):
+            raise AttributeError(f"{type(tokenizer).__name__} has no setting {name!r}")
+        setattr(changed, name, value)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -106,6 +144,19 @@ class Tokenizer(ABC):
         Every batch carries ``attention_mask`` (B, L) bool (``True`` = real position) and
         ``maskable`` (B, L) bool (``True`` = may be hidden: not padding, not special)."""
 
+    def fingerprint(self) -> str:
+        """A short hash of what the model's embedder and head were sized and trained for: a
+        checkpoint records it, and loading refuses a tokenizer with another one (a vocabulary
+        retrained in place has the same size but other ids)."""
+        return _digest(type(self).__name__, repr(self.spec))
+
+    def for_evaluation(self) -> Tokenizer:
+        """This tokenizer with random augmentation switched off, for validation, test and
+        predict: held-out numbers are measured on the data, not on a random view of it, and
+        two evaluations of one checkpoint agree. Tokenizers without augmentation return
+        themselves."""
+        return self
+
 
 class DiscreteTokenizer(Tokenizer):
     """A tokenizer of token ids whose decoded items are strings (text, protein, SMILES), so
@@ -124,5 +175,24 @@ class DiscreteTokenizer(Tokenizer):
     def id_to_token(self, token_id: int) -> str:
         """The string of one token id."""
 
+    @property
+    @abstractmethod
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids that are never a sequence's content (padding, mask, frame and unknown tokens):
+        generation never samples them."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """The string spelled by ``ids``, special tokens and padding dropped."""
+
     @abstractmethod
     def collate(self, items: list[str]) -> dict[str, Tensor]: ...
+
+    def fingerprint(self) -> str:
+        """A short hash of the vocabulary: every id's token, in order."""
+        tokens = (self.id_to_token(i) for i in range(self.spec.vocab_size))
+        return _digest(type(self).__name__, *tokens)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\x00".join(parts).encode("utf-8"), digest_size=8).hexdigest()

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from mmm.shards import Sample, register_source, sample_key
-from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
+from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer, copy_with
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,10 @@ class ImageTokenizer(Tokenizer):
         patch_size: side of a square patch in pixels.
         channels: 1 (grayscale), 3 (RGB) or 4 (RGBA); every input mode is converted to it.
         random_crop_scale: if set, ``(min, max)`` area fraction of a random resized crop
-            (augmentation); else the shorter side is resized to fit and the center is cropped.
-            The tokenizer does not know the split, so this applies to validation data too.
-        horizontal_flip: flip images left-right with probability 0.5 (augmentation).
+            (augmentation, training only); else, and always in evaluation, the shorter side is
+            resized to fit and the center is cropped.
+        horizontal_flip: flip images left-right with probability 0.5 (augmentation, training
+            only).
         background: gray level (0-255) that transparent pixels are composited onto.
     """
 
@@ -170,14 +171,29 @@ class ImageTokenizer(Tokenizer):
         self.channels = channels
         self.background = background
         self.random_crop_scale = random_crop_scale
-        resize = (
-            v2.RandomResizedCrop(self.size, scale=tuple(random_crop_scale), antialias=True)
-            if random_crop_scale is not None
-            else v2.Compose([v2.Resize(min(self.size), antialias=True), v2.CenterCrop(self.size)])
-        )
-        self.transform = v2.Compose(
-            [resize, v2.RandomHorizontalFlip(0.5 if horizontal_flip else 0.0)]
-        )
+        self.horizontal_flip = horizontal_flip
+        self.transform = self._resize_transform()
+
+    def _resize_transform(self) -> v2.Transform:
+        """Resize + crop (random resized crop when augmenting, else center) and optional flip."""
+        if self.random_crop_scale is None:
+            resize = v2.Compose(
+                [v2.Resize(min(self.size), antialias=True), v2.CenterCrop(self.size)]
+            )
+        else:
+            scale = tuple(self.random_crop_scale)
+            resize = v2.RandomResizedCrop(self.size, scale=scale, antialias=True)
+        if not self.horizontal_flip:
+            return resize
+        return v2.Compose([resize, v2.RandomHorizontalFlip(0.5)])
+
+    def for_evaluation(self) -> ImageTokenizer:
+        """The same geometry with a center crop and no flip."""
+        if self.random_crop_scale is None and not self.horizontal_flip:
+            return self
+        evaluation = copy_with(self, random_crop_scale=None, horizontal_flip=False)
+        evaluation.transform = evaluation._resize_transform()
+        return evaluation
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -204,6 +220,8 @@ class ImageTokenizer(Tokenizer):
             ImageOps.exif_transpose(image, in_place=True)  # rotated camera photos stand upright
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise SampleError(f"{member!r} is not a decodable image ({error})", key, url) from error
+        if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+            raise SampleError(f"{member!r} holds non-finite pixel values (NaN or inf)", key, url)
         try:
             pixels = convert_mode(image, self.channels, self.background)
         except (ValueError, OSError) as error:

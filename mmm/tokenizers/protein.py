@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -22,9 +23,12 @@ from torch import Tensor
 
 from mmm.shards import Sample, register_source, sample_key
 from mmm.tokenizers.base import (
+    Crop,
     DiscreteSpec,
     DiscreteTokenizer,
     SampleError,
+    copy_with,
+    crop_window,
     read_text_member,
 )
 
@@ -106,19 +110,6 @@ def decode_residues(ids: Tensor) -> str:
     return "".join(_ID_TO_TOKEN[kept].tolist())
 
 
-def random_window(ids: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
-    """A random window of ``length`` positions of ``ids`` (all of it when shorter).
-
-    ESM trains on random crops of proteins longer than its context; drawing the start from
-    torch's RNG makes crops differ every epoch yet repeat under ``seed_everything`` (loader
-    workers are seeded from it).
-    """
-    if ids.shape[0] <= length:
-        return ids
-    start = int(torch.randint(ids.shape[0] - length + 1, (1,), generator=generator))
-    return ids[start : start + length]
-
-
 def open_text(path: str | Path) -> TextIO:
     """Open a UTF-8 text file for reading, gunzipping it when its first bytes say it is gzip
     (whatever its name)."""
@@ -137,8 +128,16 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
 
     Raises:
         ValueError: naming the file and line of a header without an ID or of sequence text
-            before the first header, or a file with no record.
+            before the first header, a file with no record, or one that is cut short or not
+            UTF-8.
     """
+    try:
+        yield from _fasta_records(path)
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read as (gzipped) UTF-8 FASTA ({error})") from error
+
+
+def _fasta_records(path: str | Path) -> Iterator[tuple[str, str]]:
     record_id: str | None = None
     lines: list[str] = []
     with open_text(path) as handle:
@@ -159,13 +158,16 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
     yield record_id, "".join(lines)
 
 
-@register_source("protein")
+@register_source("protein", per_file=True)
 def protein_samples(paths: list[str], on_unknown: OnUnknown = "error") -> Iterator[Sample]:
     """``seq`` samples from FASTA files (gzipped or not), one per record, keyed by the record
     ID (characters a WebDataset key cannot hold, such as ``.`` and ``|``, become ``_``).
 
     Sequences are validated and stored cleaned (upper case, no line breaks, no trailing
-    ``*``), whole: cropping happens at training time.
+    ``*``), whole: cropping happens at training time. ``mmm shards`` reads the files one at
+    a time (in ``--workers`` processes; ``--on_error skip`` skips and counts a file that fails,
+    such as a truncated ``.gz``); record IDs repeated across files are refused by
+    ``write_shards``, naming both records.
 
     Raises:
         ValueError: naming file, record and position of an unknown residue (unless
@@ -183,7 +185,7 @@ def protein_samples(paths: list[str], on_unknown: OnUnknown = "error") -> Iterat
                 )
             first_seen[key] = name
             residues = decode_residues(encode_residues(raw, name=name, on_unknown=on_unknown))
-            yield {"__key__": key, "seq": residues.encode("ascii")}
+            yield {"__key__": key, "__source__": name, "seq": residues.encode("ascii")}
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -195,24 +197,37 @@ class ProteinTokenizer(DiscreteTokenizer):
 
     Args:
         max_length: longest sequence in tokens, ``<cls>`` and ``<eos>`` included (ESM-2:
-            1024). Longer proteins read from shards are cropped to a random window of
-            ``max_length - 2`` residues, a new one each epoch; strings passed to ``collate``
-            directly (fill-mask, embeddings) keep their first ``max_length - 2`` residues.
+            1024). Longer proteins read from shards are cropped to a window of
+            ``max_length - 2`` residues; strings passed to ``collate`` directly (fill-mask,
+            embeddings) keep their first ``max_length - 2`` residues.
         on_unknown: ``error`` rejects a sequence holding a character outside the alphabet
             (naming record and position); ``x`` reads such characters as ``X``.
+        crop: which window of a longer protein is kept: ``random`` (a new one each epoch,
+            as ESM trains; evaluation takes the middle one instead), ``center`` or ``start``.
     """
 
     sample_keys = ("seq",)
 
-    def __init__(self, max_length: int = 1024, on_unknown: OnUnknown = "error") -> None:
+    def __init__(
+        self, max_length: int = 1024, on_unknown: OnUnknown = "error", crop: Crop = "random"
+    ) -> None:
         if max_length < 3:
             raise ValueError(f"ProteinTokenizer: max_length must be >= 3, got {max_length}")
         if on_unknown not in ("error", "x"):
             raise ValueError(
                 f"ProteinTokenizer: on_unknown must be 'error' or 'x', got {on_unknown!r}"
             )
+        if crop not in ("start", "center", "random"):
+            raise ValueError(
+                f"ProteinTokenizer: crop must be start, center or random, got {crop!r}"
+            )
         self.max_length = max_length
         self.on_unknown = on_unknown
+        self.crop = crop
+
+    def for_evaluation(self) -> ProteinTokenizer:
+        """The same alphabet with the middle window of long proteins instead of a random one."""
+        return self if self.crop != "random" else copy_with(self, crop="center")
 
     @property
     def spec(self) -> DiscreteSpec:
@@ -230,16 +245,20 @@ class ProteinTokenizer(DiscreteTokenizer):
     def id_to_token(self, token_id: int) -> str:
         return TOKENS[token_id]
 
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(TOKEN_IDS[t] for t in (CLS, PAD, EOS, UNK, MASK, "<null_1>"))
+
     def encode(self, text: str, name: str = "sequence") -> Tensor:
         """Residue ids of ``text`` (see ``encode_residues``), (L,) long."""
         return encode_residues(text, name=name, on_unknown=self.on_unknown)
 
-    def decode(self, ids: Tensor) -> str:
+    def decode(self, ids: Tensor | list[int]) -> str:
         """The residue string of ``ids``, special tokens and padding dropped."""
         return decode_residues(ids)
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
-        """The cleaned residues of a sample's ``seq`` member, randomly cropped to fit."""
+        """The cleaned residues of a sample's ``seq`` member, cropped to fit (``crop``)."""
         key, url = sample.get("__key__"), sample.get("__url__")
         text = read_text_member(sample, "seq")
         try:
@@ -248,7 +267,7 @@ class ProteinTokenizer(DiscreteTokenizer):
             raise SampleError(str(error), key, url) from error
         if ids.numel() == 0:
             raise SampleError("'seq' holds no residue", key, url)
-        return self.decode(random_window(ids, self.max_length - 2))
+        return self.decode(crop_window(ids, self.max_length - 2, self.crop))
 
     def collate(self, items: list[str]) -> dict[str, Tensor]:
         """Encode and pad a batch: ``<cls> residues <eos> <pad>...``, the width rounded up to a
@@ -279,4 +298,7 @@ class ProteinTokenizer(DiscreteTokenizer):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "maskable": maskable}
 
     def __repr__(self) -> str:
-        return f"ProteinTokenizer(max_length={self.max_length}, on_unknown={self.on_unknown!r})"
+        return (
+            f"ProteinTokenizer(max_length={self.max_length}, on_unknown={self.on_unknown!r}, "
+            f"crop={self.crop!r})"
+        )

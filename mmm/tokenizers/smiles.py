@@ -31,11 +31,13 @@ from filelock import FileLock
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
 
-from mmm.shards import Sample, register_source, sample_key
+from mmm.optional import require
+from mmm.shards import SKIPPED, Sample, register_source, sample_key
 from mmm.tokenizers.base import (
     DiscreteSpec,
     DiscreteTokenizer,
     SampleError,
+    copy_with,
     read_text_member,
 )
 from mmm.tokenizers.protein import open_text
@@ -69,7 +71,7 @@ _ORGANIC_ATOMS = frozenset(
 #: The element of a bracket atom: optional isotope, then the symbol (``*`` is a wildcard atom).
 _BRACKET_ELEMENT = re.compile(r"\[\d*([A-Z][a-z]?|se|as|te|[bcnops]|\*)")
 
-_RDKIT_HINT = "pip install mmm[chem]"
+_RDKIT_HINT = "Install it with: pip install mmm[chem]"
 
 
 def tokenize_smiles(smiles: str) -> list[str]:
@@ -113,13 +115,9 @@ def _is_heavy_atom(token: str) -> bool:
 # ------------------------------------------------------------------------------ RDKit helpers
 def _chem() -> Any:
     """``rdkit.Chem``, or an ImportError that says how to install it."""
-    try:
-        from rdkit import Chem
-    except ImportError as error:
-        raise ImportError(
-            f"RDKit is needed to validate, canonicalize or randomize SMILES: {_RDKIT_HINT}"
-        ) from error
-    return Chem
+    return require(
+        "rdkit.Chem", feature="Validating, canonicalizing or randomizing SMILES", fix=_RDKIT_HINT
+    )
 
 
 def require_rdkit(feature: str) -> None:
@@ -227,8 +225,13 @@ def smiles_samples(
                     raise ValueError(f"{path}:{number}: {error}") from error
                 log.warning("%s:%d: skipped: %s", path, number, error)
                 skipped += 1
+                yield {SKIPPED: f"{path}:{number}: {error}"}
                 continue
-            yield {"__key__": sample_key(f"{stem}-{number}"), "smi": smiles.encode("utf-8")}
+            yield {
+                "__key__": sample_key(f"{stem}-{number}"),
+                "__source__": f"{path}:{number}",
+                "smi": smiles.encode("utf-8"),
+            }
         if skipped:
             log.warning("%s: skipped %d invalid SMILES", path, skipped)
 
@@ -309,7 +312,7 @@ class SmilesTokenizer(DiscreteTokenizer):
         validate: parse each molecule with RDKit and reject invalid ones (needs RDKit).
         canonicalize: feed RDKit's canonical SMILES (needs RDKit).
         randomize: feed a different random SMILES of the molecule each time a sample is drawn,
-            as augmentation (needs RDKit). It applies to every split read with this tokenizer.
+            as augmentation (needs RDKit); evaluation reads canonical SMILES instead.
     """
 
     sample_keys = ("smi",)
@@ -413,18 +416,43 @@ class SmilesTokenizer(DiscreteTokenizer):
             max_length=self.max_length,
         )
 
+    def for_evaluation(self) -> SmilesTokenizer:
+        """The same vocabulary with canonical SMILES instead of randomized ones (RDKit is
+        installed whenever ``randomize`` is on)."""
+        return copy_with(self, randomize=False, canonicalize=True) if self.randomize else self
+
     def decode_sample(self, sample: dict[str, Any]) -> str:
         smiles = read_text_member(sample, "smi").strip()
+        key, url = sample.get("__key__"), sample.get("__url__")
         try:
-            return self.prepare(smiles)
+            prepared = self.prepare(smiles)
         except ValueError as error:
-            key, url = sample.get("__key__"), sample.get("__url__")
             raise SampleError(f"invalid SMILES: {error}", key, url) from error
+        unknown = self.unknown_tokens(prepared)
+        if unknown:
+            raise SampleError(
+                f"{prepared!r} holds tokens outside the vocabulary of {self.path}: {unknown} "
+                "(they would all read as <unk>)",
+                key,
+                url,
+            )
+        return prepared
+
+    def unknown_tokens(self, smiles: str) -> list[str]:
+        """The pieces of ``smiles`` that the vocabulary lacks (they would become ``<unk>``)."""
+        encoding = self.rust.encode(smiles)
+        unk = self.rust.token_to_id(UNK)
+        pieces = zip(encoding.ids, encoding.offsets, strict=True)
+        return [smiles[a:b] for i, (a, b) in pieces if i == unk]
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch in one Rust call, padded to the longest molecule rounded up to a
         multiple of 8. Strings may contain ``<mask>`` (fill-mask)."""
         encodings = self.rust.encode_batch(items)
+        unk = self.rust.token_to_id(UNK)
+        if any(unk in e.ids for e in encodings):  # strings given directly (fill-mask, embed)
+            unknown = sorted({piece for item in items for piece in self.unknown_tokens(item)})
+            log.warning("SMILES tokens outside the vocabulary read as <unk>: %s", unknown)
         fields = torch.tensor(
             [(e.ids, e.attention_mask, e.special_tokens_mask) for e in encodings], dtype=torch.long
         )  # (B, 3, L)
@@ -442,6 +470,10 @@ class SmilesTokenizer(DiscreteTokenizer):
 
     def id_to_token(self, token_id: int) -> str:
         return self.rust.id_to_token(token_id)
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(self.rust.token_to_id(t) for t in SPECIAL_TOKENS)
 
     def encode(self, smiles: str) -> list[int]:
         """Token ids of one SMILES, ``<s>`` and ``</s>`` included, without padding."""

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from mmm.shards import Sample, register_source, text_documents
+from mmm.shards import TEXT_EXTENSIONS, Sample, register_source, text_documents
 from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, read_text_member
 
 Algorithm = Literal["wordpiece", "bpe"]
@@ -106,7 +106,7 @@ def iter_training_texts(source: str, text_field: str = "text") -> Iterator[str]:
                 if member.name.endswith(".txt"):
                     yield io.TextIOWrapper(tar.extractfile(member), encoding="utf-8").read()
     others = [p for p in paths if not p.endswith(".tar")]
-    for _, text in text_documents(others, text_field=text_field):
+    for _, text, _ in text_documents(others, text_field=text_field):
         yield text
 
 
@@ -141,18 +141,19 @@ def train_tokenizer(
     return wrapped
 
 
-@register_source("text")
+@register_source("text", per_file=True, extensions=TEXT_EXTENSIONS)
 def text_samples(
-    paths: list[str], text_field: str = "text", max_words: int = 80
+    paths: list[str], text_field: str = "text", max_words: int = 80, root: str | None = None
 ) -> Iterator[Sample]:
     """``txt`` samples from ``.txt`` files (a document each) and ``.jsonl`` files (a document
-    per line, text under ``text_field``), documents cut into pieces of at most ``max_words``
-    words with paragraphs kept together where they fit."""
+    per line, text under ``text_field``), either gzipped, documents cut into pieces of at most
+    ``max_words`` words with paragraphs kept together where they fit. Keys are the files'
+    paths below ``root`` (default: their common folder)."""
     from mmm.corpora.text import chunk_text
 
-    for key, text in text_documents(paths, text_field=text_field):
+    for key, text, source in text_documents(paths, text_field=text_field, root=root):
         for index, chunk in enumerate(chunk_text(text, max_words=max_words)):
-            yield {"__key__": f"{key}-{index}", "txt": chunk.encode("utf-8")}
+            yield {"__key__": f"{key}-{index}", "txt": chunk.encode("utf-8"), "__source__": source}
 
 
 def _has_tokenizer_files(path: Path) -> bool:
@@ -270,6 +271,10 @@ class TextTokenizer(DiscreteTokenizer):
 
     def id_to_token(self, token_id: int) -> str:
         return self.hf.convert_ids_to_tokens(token_id)
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(self.hf.all_special_ids)
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)

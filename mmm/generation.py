@@ -1,0 +1,354 @@
+"""Generate and infill sequences with a masked model: iterative unmasking from all-mask input.
+
+Any discrete mmm checkpoint is a sampler, whether trained with masked diffusion
+(``DiffusionMasking``) or BERT-style: start from mask tokens at the positions to fill and
+unmask them over ``steps`` steps, following a noise schedule from t = 1 (all hidden) to t = 0.
+
+- ``ancestral`` (MDLM's sampler): going from t to s < t, each hidden position is revealed with
+  probability ``(alpha(s) - alpha(t)) / (1 - alpha(t))``, its token drawn from the model's
+  prediction given the current sequence; revealed tokens never change again.
+- ``maskgit`` (confidence-ordered, Chang et al. 2022): every step draws a candidate for every
+  hidden position and keeps the most confident ones (highest probability of the drawn token),
+  leaving ``mask_probability(s)`` of the initially hidden positions hidden.
+
+The model takes no time input (MDLM), so its prediction for a sequence changes only when a token
+of it changes: a forward pass runs only for the sequences that reveal something at that step
+(MDLM's ``ddpm_cache``). With many steps and short sequences most steps reveal nothing.
+Positions that are not hidden in the input (an infill template's fixed tokens) are never
+touched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from mmm.masking import NOISE_SCHEDULES, DiffusionMasking, NoiseSchedule, ScheduleName
+from mmm.module import MaskedModelingModule
+from mmm.tokenizers.base import DiscreteTokenizer
+
+Sampler = Literal["ancestral", "maskgit"]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How masked positions are filled in."""
+
+    steps: int = 64
+    """Unmasking steps from all-hidden to none hidden."""
+    sampler: Sampler = "ancestral"
+    """``ancestral`` (MDLM) or ``maskgit`` (confidence-ordered unmasking)."""
+    temperature: float = 1.0
+    """Divides the logits before sampling; below 1 sharpens the distribution."""
+    top_k: int | None = None
+    """Sample among the ``top_k`` most likely tokens only."""
+    top_p: float | None = None
+    """Sample from the smallest set of tokens whose probability reaches ``top_p`` (nucleus)."""
+    schedule: ScheduleName | None = None
+    """Noise schedule of the unmasking; ``None``: the checkpoint's diffusion schedule, or
+    ``linear`` for a BERT-style checkpoint."""
+    cache: bool = True
+    """Ancestral sampler: run the model only for sequences that reveal a token at a step (the
+    samples are the same; ``False`` runs it for every sequence at every step, for timing the
+    saving). MaskGIT reveals something in every row at every step, so it always runs."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"SamplingSettings: steps must be >= 1, got {self.steps}")
+        if self.sampler not in ("ancestral", "maskgit"):
+            raise ValueError(
+                f"SamplingSettings: sampler must be 'ancestral' or 'maskgit', got {self.sampler!r}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"SamplingSettings: temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"SamplingSettings: top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingSettings: top_p must lie in (0, 1], got {self.top_p}")
+        if self.schedule is not None and self.schedule not in NOISE_SCHEDULES:
+            raise ValueError(
+                f"SamplingSettings: schedule must be one of {sorted(NOISE_SCHEDULES)}, "
+                f"got {self.schedule!r}"
+            )
+
+    def noise(self, module: MaskedModelingModule) -> NoiseSchedule:
+        """The schedule to unmask with for ``module``."""
+        if self.schedule is not None:
+            return NOISE_SCHEDULES[self.schedule]
+        masking = module.masking
+        return masking.noise if isinstance(masking, DiffusionMasking) else NOISE_SCHEDULES["linear"]
+
+
+# ------------------------------------------------------------------------------- templates
+def expand_template(template: str, mask_token: str) -> str:
+    """``template`` with every ``<mask>x12`` (or ``<mask>×12``) written out as 12 mask tokens,
+    so that long masked spans are easy to type: ``MKT<mask>x12GLS``."""
+    pattern = re.compile(re.escape(mask_token) + r"[x×](\d+)")
+    return pattern.sub(lambda match: mask_token * int(match.group(1)), template)
+
+
+@contextmanager
+def evaluating(module: MaskedModelingModule) -> Iterator[MaskedModelingModule]:
+    """``module`` in eval mode (no dropout) for the block, its former mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def discrete_tokenizer(module: MaskedModelingModule, what: str) -> DiscreteTokenizer:
+    """The module's tokenizer, or a TypeError naming ``what`` needs a discrete one."""
+    if not isinstance(module.tokenizer, DiscreteTokenizer):
+        raise TypeError(f"{what} needs a discrete modality (text, protein, SMILES)")
+    return module.tokenizer
+
+
+def encode_templates(
+    tokenizer: DiscreteTokenizer, templates: list[str]
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Batch templates whose mask tokens mark the positions to fill.
+
+    Returns:
+        The collated batch and ``fill`` (B, L) bool, the mask-token positions.
+
+    Raises:
+        ValueError: naming a template with no mask token, or one longer than the tokenizer's
+            ``max_length`` (its masks would be cut off).
+    """
+    mask = tokenizer.mask_token
+    expanded = [expand_template(template, mask) for template in templates]
+    batch = tokenizer.collate(expanded)
+    fill = (batch["input_ids"] == tokenizer.spec.mask_token_id) & batch["maskable"]  # (B, L)
+    for index, (template, text, row) in enumerate(zip(templates, expanded, fill, strict=True)):
+        wanted = text.count(mask)
+        if wanted == 0:
+            raise ValueError(f"template {index} ({template!r}) has no {mask} to fill in")
+        if int(row.sum()) != wanted:
+            raise ValueError(
+                f"template {index} ({template!r}) does not fit in max_length="
+                f"{tokenizer.spec.max_length} tokens: {int(row.sum())} of its {wanted} masks remain"
+            )
+    return batch, fill
+
+
+# -------------------------------------------------------------------------------- sampling
+def _logits(module: MaskedModelingModule, ids: Tensor, real: Tensor, positions: Tensor) -> Tensor:
+    """The model's logits at ``positions`` given ``ids``: (N, V), row-major order."""
+    hidden = module({"input_ids": ids, "attention_mask": real})  # (B, L, D)
+    return module.modality.predict(hidden, positions, None).float()
+
+
+class TokenSampler:
+    """Draws tokens from logits with temperature, top-k and top-p (Hugging Face's warpers),
+    never a special token."""
+
+    def __init__(self, settings: SamplingSettings, banned: Tensor, generator: torch.Generator):
+        self.banned = banned  # (V,) bool
+        self.generator = generator
+        self.warpers = [TemperatureLogitsWarper(settings.temperature)]
+        if settings.top_k is not None:
+            self.warpers.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p is not None:
+            self.warpers.append(TopPLogitsWarper(settings.top_p))
+
+    def __call__(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens (N,) drawn from ``logits`` (N, V), and each drawn token's probability."""
+        scores = logits.masked_fill(self.banned, float("-inf"))
+        for warp in self.warpers:
+            scores = warp(None, scores)
+        probs = scores.softmax(dim=-1)  # (N, V)
+        if probs.shape[0] == 0:
+            return probs.new_zeros(0, dtype=torch.long), probs.new_zeros(0)
+        tokens = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)  # (N,)
+        return tokens, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+
+def _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, cache) -> None:
+    """Reveal each hidden position with probability ``reveal_prob``, in place."""
+    u = torch.rand(ids.shape, device=ids.device, generator=sampler.generator)  # (B, L)
+    reveal = hidden & (u < reveal_prob)
+    rows = reveal.any(dim=1) if cache else hidden.any(dim=1)  # (B,) sequences to run
+    if not rows.any():
+        return
+    queried = hidden & rows.unsqueeze(1)
+    logits = _logits(module, ids[rows], real[rows], queried[rows])  # (N_queried, V)
+    tokens, _ = sampler(logits[reveal[queried]])  # drawn at revealed positions only
+    ids[reveal] = tokens
+
+
+def _maskgit_step(module, ids, real, hidden, keep_hidden, sampler) -> None:
+    """Reveal the most confident hidden positions of each row until ``keep_hidden`` (B,) stay
+    hidden (at least one revealed per row with hidden positions), in place."""
+    count = hidden.sum(dim=1)  # (B,)
+    reveal_count = torch.where(count > 0, (count - keep_hidden).clamp_min(1), 0)  # (B,)
+    rows = reveal_count > 0
+    if not rows.any():
+        return
+    queried = hidden & rows.unsqueeze(1)
+    tokens, confidence = sampler(_logits(module, ids[rows], real[rows], queried[rows]))
+    candidates = ids.clone()
+    candidates[queried] = tokens
+    score = torch.full(ids.shape, float("-inf"), device=ids.device)  # (B, L)
+    score[queried] = confidence
+    rank = score.argsort(dim=1, descending=True).argsort(dim=1)  # (B, L) 0 = most confident
+    reveal = queried & (rank < reveal_count.unsqueeze(1))
+    ids[reveal] = candidates[reveal]
+
+
+@torch.no_grad()
+def fill_masked(
+    module: MaskedModelingModule,
+    batch: dict[str, Tensor],
+    fill: Tensor,
+    settings: SamplingSettings,
+    generator: torch.Generator,
+    progress: tqdm | None = None,
+) -> Tensor:
+    """Fill the ``fill`` positions of a batch by iterative unmasking.
+
+    Args:
+        module: a discrete module, in eval mode.
+        batch: ``input_ids`` (B, L) with the mask token at ``fill`` positions, and
+            ``attention_mask`` (B, L).
+        fill: (B, L) bool positions to generate; every other position is left as it is.
+        settings: sampler, steps, temperature, top-k/top-p, schedule.
+        generator: RNG on the module's device (reproducible samples).
+        progress: a bar advanced once per step.
+
+    Returns:
+        (B, L) long ids with every ``fill`` position holding a generated (non-special) token.
+    """
+    tokenizer = discrete_tokenizer(module, "sampling")
+    spec = tokenizer.spec
+    device = batch["input_ids"].device
+    banned = torch.zeros(spec.vocab_size, dtype=torch.bool, device=device)
+    banned[list(tokenizer.special_token_ids)] = True
+    sampler = TokenSampler(settings, banned, generator)
+    ids, real = batch["input_ids"].clone(), batch["attention_mask"]
+    times = torch.linspace(1.0, 0.0, settings.steps + 1, dtype=torch.float64)  # (T + 1,)
+    hidden_share = settings.noise(module).mask_probability(times).tolist()  # 0 at t = 0
+    initial = fill.sum(dim=1)  # (B,)
+    for step in range(settings.steps):
+        hidden = fill & (ids == spec.mask_token_id)  # (B, L) still to generate
+        now, after = hidden_share[step], hidden_share[step + 1]
+        if settings.sampler == "ancestral":
+            reveal_prob = min(max((now - after) / max(now, 1e-12), 0.0), 1.0)
+            _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, settings.cache)
+        else:
+            keep_hidden = torch.floor(initial * after).long()  # (B,)
+            _maskgit_step(module, ids, real, hidden, keep_hidden, sampler)
+        if progress is not None:
+            progress.update(1)
+    return ids
+
+
+def _decode_rows(tokenizer: DiscreteTokenizer, ids: Tensor, real: Tensor) -> list[str]:
+    return [tokenizer.decode(row[keep].tolist()) for row, keep in zip(ids, real, strict=True)]
+
+
+@torch.no_grad()
+def infill(
+    module: MaskedModelingModule,
+    templates: list[str],
+    settings: SamplingSettings | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[str]:
+    """Fill in the mask tokens of each template; every other position is kept as written.
+
+    Templates spell hidden positions with the tokenizer's mask token (``<mask>`` for proteins
+    and SMILES, ``[MASK]`` for the WordPiece text tokenizer); ``<mask>x12`` is 12 of them:
+    ``infill(module, ["MKT<mask>x12GLS"])``.
+
+    Args:
+        module: a trained discrete module (``load_module``).
+        templates: one string per sample to produce (repeat a template for several samples).
+        settings: how to sample (default: ``SamplingSettings()``, MDLM ancestral, 64 steps).
+        seed: samples are the same for the same seed, settings, batch size and device.
+        batch_size: sequences sampled together.
+        progress: show a progress bar over steps.
+
+    Returns:
+        The filled-in sequences, decoded, in template order.
+    """
+    settings = settings if settings is not None else SamplingSettings()
+    tokenizer = discrete_tokenizer(module, "infill")
+    if batch_size < 1:
+        raise ValueError(f"infill: batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator(device=module.device).manual_seed(seed)
+    chunks = [templates[i : i + batch_size] for i in range(0, len(templates), batch_size)]
+    results: list[str] = []
+    with (
+        evaluating(module),
+        tqdm(total=len(chunks) * settings.steps, desc="sampling", disable=not progress) as bar,
+    ):
+        for chunk in chunks:
+            batch, fill = encode_templates(tokenizer, chunk)
+            batch = {k: v.to(module.device) for k, v in batch.items()}
+            ids = fill_masked(module, batch, fill.to(module.device), settings, generator, bar)
+            results += _decode_rows(tokenizer, ids.cpu(), batch["attention_mask"].cpu())
+    return results
+
+
+def sample_lengths(module: MaskedModelingModule, count: int, seed: int = 0) -> list[int]:
+    """``count`` sequence lengths (maskable positions) drawn from the lengths the module saw
+    in training (``length_counts``, saved in its checkpoint).
+
+    Raises:
+        ValueError: for a module that records no training lengths (not trained, or trained
+            before mmm counted them): give a length instead.
+    """
+    counts = module.length_counts.detach().float().cpu()
+    counts[0] = 0.0  # a sample with nothing to generate is no sample
+    if counts.sum() == 0:
+        raise ValueError(
+            "this model records no training lengths (trained before mmm counted them, or not "
+            "trained): pass a length"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    return torch.multinomial(counts, count, replacement=True, generator=generator).tolist()
+
+
+def generate(
+    module: MaskedModelingModule,
+    num_samples: int,
+    length: int | None = None,
+    settings: SamplingSettings | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[str]:
+    """Sample new sequences from a masked model, starting from all-mask input.
+
+    Args:
+        module: a trained discrete module (``load_module``).
+        num_samples: how many sequences.
+        length: tokens per sequence (residues, SMILES tokens, word pieces), special tokens not
+            counted; ``None`` draws each length from the training data's lengths.
+        settings: how to sample (default: MDLM ancestral, 64 steps, temperature 1).
+        seed: the same seed gives the same samples (same settings, batch size and device).
+        batch_size: sequences sampled together.
+        progress: show a progress bar over steps.
+
+    Returns:
+        ``num_samples`` decoded sequences.
+    """
+    tokenizer = discrete_tokenizer(module, "generate")
+    if num_samples < 1:
+        raise ValueError(f"generate: num_samples must be >= 1, got {num_samples}")
+    if length is not None and length < 1:
+        raise ValueError(f"generate: length must be >= 1, got {length}")
+    lengths = [length] * num_samples if length else sample_lengths(module, num_samples, seed)
+    templates = [tokenizer.mask_token * n for n in lengths]
+    return infill(module, templates, settings, seed=seed, batch_size=batch_size, progress=progress)

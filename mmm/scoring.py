@@ -1,0 +1,190 @@
+"""Score sequences with a masked model: pseudo-log-likelihood and masked-marginal mutation
+effects.
+
+- Pseudo-log-likelihood (Salazar et al. 2020): ``sum_i log p(x_i | x without i)``, each maskable
+  position hidden in turn; ``exp(-PLL / n)`` is the pseudo-perplexity.
+- Masked marginals of point mutations (ESM-1v, Meier et al. 2021): ``A23G`` scores
+  ``log p(G) - log p(A)`` at position 23 with that position hidden in the wild type; a
+  multi-mutant ``A23G:K45R`` sums its mutations' scores.
+
+Each (sequence, position) pair is one row of a forward pass, batched ``batch_size`` rows at a
+time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmm.generation import discrete_tokenizer, evaluating
+from mmm.module import MaskedModelingModule
+from mmm.tokenizers.base import DiscreteTokenizer
+
+_MUTATION = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
+
+
+@dataclass(frozen=True)
+class SequenceScore:
+    """The pseudo-log-likelihood of one sequence."""
+
+    pll: float
+    """``sum_i log p(x_i | x without i)`` in nats over its maskable positions."""
+    length: int
+    """Positions scored (residues, SMILES tokens, word pieces; special tokens excluded)."""
+
+    @property
+    def pseudo_perplexity(self) -> float:
+        return math.exp(-self.pll / self.length)
+
+
+def masked_log_probs(
+    module: MaskedModelingModule,
+    batch: dict[str, Tensor],
+    jobs: list[tuple[int, int]],
+    batch_size: int,
+) -> Iterator[Tensor]:
+    """Log-probabilities over the vocabulary at single hidden positions, batched.
+
+    Args:
+        module: a discrete module in eval mode.
+        batch: collated sequences, ``input_ids`` and ``attention_mask`` (B, L), on its device.
+        jobs: (row, position) pairs: hide ``position`` of sequence ``row``, nothing else.
+        batch_size: jobs per forward pass.
+
+    Yields:
+        (n, V) float log-probabilities for the next ``n <= batch_size`` jobs, in job order.
+    """
+    mask_id = module.tokenizer.spec.mask_token_id
+    device = batch["input_ids"].device
+    for start in range(0, len(jobs), batch_size):
+        rows, cols = torch.tensor(jobs[start : start + batch_size], device=device).unbind(dim=1)
+        ids = batch["input_ids"][rows].clone()  # (n, L) one copy per job
+        index = torch.arange(rows.shape[0], device=device)
+        ids[index, cols] = mask_id
+        positions = torch.zeros_like(ids, dtype=torch.bool)
+        positions[index, cols] = True
+        hidden = module({"input_ids": ids, "attention_mask": batch["attention_mask"][rows]})
+        yield module.modality.predict(hidden, positions, None).float().log_softmax(dim=-1)
+
+
+def _prepared(module: MaskedModelingModule, sequences: list[str], batch_size: int):
+    tokenizer = discrete_tokenizer(module, "scoring")
+    if batch_size < 1:
+        raise ValueError(f"scoring: batch_size must be >= 1, got {batch_size}")
+    batch = {k: v.to(module.device) for k, v in tokenizer.collate(sequences).items()}
+    return tokenizer, batch
+
+
+@torch.no_grad()
+def score(
+    module: MaskedModelingModule, sequences: list[str], batch_size: int = 64
+) -> list[SequenceScore]:
+    """Pseudo-log-likelihood of each sequence: every maskable position hidden in turn.
+
+    Costs one forward row per position (``sum of lengths / batch_size`` passes).
+    """
+    _, batch = _prepared(module, sequences, batch_size)
+    jobs = [(row, col) for row, col in batch["maskable"].nonzero().tolist()]
+    truth = batch["input_ids"][batch["maskable"]]  # (J,) true token of each job
+    picked, offset = [], 0
+    with evaluating(module):
+        for log_probs in masked_log_probs(module, batch, jobs, batch_size):  # (n, V)
+            n = log_probs.shape[0]
+            picked.append(log_probs.gather(1, truth[offset : offset + n, None]).squeeze(1))
+            offset += n
+    rows = batch["maskable"].nonzero()[:, 0]  # (J,) sequence of each job
+    totals = torch.zeros(len(sequences), device=truth.device).index_add_(0, rows, torch.cat(picked))
+    lengths = batch["maskable"].sum(dim=1).tolist()
+    return [SequenceScore(float(t), int(n)) for t, n in zip(totals.tolist(), lengths, strict=True)]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One substitution, ``A23G``: residue ``wild_type`` at 1-based ``position`` becomes
+    ``mutant``."""
+
+    wild_type: str
+    position: int
+    mutant: str
+
+
+def parse_mutations(text: str) -> list[Mutation]:
+    """The substitutions of ``A23G`` or of a multi-mutant ``A23G:K45R``.
+
+    Raises:
+        ValueError: naming the part that is not ``<residue><position><residue>``.
+    """
+    mutations = []
+    for part in text.strip().split(":"):
+        match = _MUTATION.match(part.strip())
+        if match is None or int(match.group(2)) < 1:
+            raise ValueError(
+                f"mutation {text!r}: {part!r} is not <wild type><1-based position><mutant>, "
+                "e.g. A23G (several joined by ':')"
+            )
+        wild_type, position, mutant = match.groups()
+        mutations.append(Mutation(wild_type.upper(), int(position), mutant.upper()))
+    return mutations
+
+
+def _token_id(tokenizer: DiscreteTokenizer, text: str) -> int:
+    """The id of ``text`` when the tokenizer reads it as exactly one content token."""
+    batch = tokenizer.collate([text])
+    ids = batch["input_ids"][0][batch["maskable"][0]].tolist()
+    if len(ids) != 1 or ids[0] in tokenizer.special_token_ids:
+        raise ValueError(f"{text!r} is not one token of this model's vocabulary")
+    return ids[0]
+
+
+@torch.no_grad()
+def score_mutations(
+    module: MaskedModelingModule, sequence: str, mutations: list[str], batch_size: int = 64
+) -> list[float]:
+    """Masked-marginal score of each (multi-)mutant of ``sequence`` (ESM-1v): the sum over its
+    substitutions of ``log p(mutant) - log p(wild type)`` at the substituted position, hidden
+    in the wild-type sequence. Positions count from 1 over the sequence's tokens (residues).
+
+    Each distinct position costs one forward row.
+
+    Raises:
+        ValueError: naming a mutation whose position lies outside the sequence or whose wild
+            type differs from the sequence's residue there.
+    """
+    tokenizer, batch = _prepared(module, [sequence], batch_size)
+    columns = batch["maskable"][0].nonzero().squeeze(1).tolist()  # token column of position i
+    parsed = [parse_mutations(text) for text in mutations]
+    for text, substitutions in zip(mutations, parsed, strict=True):
+        for sub in substitutions:
+            _check_wild_type(tokenizer, batch, columns, text, sub)
+    positions = sorted({sub.position for subs in parsed for sub in subs})
+    jobs = [(0, columns[p - 1]) for p in positions]
+    with evaluating(module):
+        log_probs = torch.cat(list(masked_log_probs(module, batch, jobs, batch_size)))  # (P, V)
+    at = {position: row for position, row in zip(positions, log_probs, strict=True)}
+    return [
+        sum(
+            float(at[s.position][_token_id(tokenizer, s.mutant)])
+            - float(at[s.position][_token_id(tokenizer, s.wild_type)])
+            for s in substitutions
+        )
+        for substitutions in parsed
+    ]
+
+
+def _check_wild_type(tokenizer, batch, columns: list[int], text: str, sub: Mutation) -> None:
+    if sub.position > len(columns):
+        raise ValueError(
+            f"mutation {text!r}: position {sub.position} lies outside the sequence "
+            f"({len(columns)} residues)"
+        )
+    found = int(batch["input_ids"][0, columns[sub.position - 1]])
+    if found != _token_id(tokenizer, sub.wild_type):
+        raise ValueError(
+            f"mutation {text!r}: the sequence has {tokenizer.id_to_token(found)!r} at position "
+            f"{sub.position}, not {sub.wild_type!r}"
+        )

@@ -1,0 +1,518 @@
+"""Careless and hostile inputs: each ends in a named error or a counted skip, never a hang,
+a silent NaN, lost data or a silently swapped vocabulary. Bad inputs are made here, tiny."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import webdataset as wds
+from PIL import Image
+
+from datamodules import ShardDataModule
+from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
+from mmm.cli import run
+from mmm.corpora.text import chunk_text
+from mmm.inference import embed_sequences, fill_mask, load_module, read_sequences
+from mmm.models.encoder import TransformerEncoder
+from mmm.module import MaskedModelingModule
+from mmm.shards import write_shards
+from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
+from mmm.tokenizers.base import SampleError
+from mmm.tokenizers.image import ImageTokenizer
+from mmm.tokenizers.protein import ProteinTokenizer, read_fasta
+from mmm.tokenizers.smiles import SmilesTokenizer
+from mmm.tokenizers.text import TextTokenizer
+from mmm.tools import shards_command, tokenizer_command
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_shards_of_another_modality_stop_with_an_error_not_a_flood(corpus_dir, split, caplog):
+    """Text shards read by the image tokenizer: nothing decodes. Training used to skip
+    forever (700 MB of log in 10 minutes); now a whole pass of skips is an error that says
+    what was read, what was skipped and why, and the log holds a handful of lines."""
+    data = ShardDataModule(
+        **{f"{split}_shards": str(corpus_dir / "train-*.tar")},
+        tokenizer=ImageTokenizer(image_size=16, patch_size=4),
+        batch_size=4,
+        num_workers=0,
+        shuffle_buffer=8,
+    )
+    loader = data.train_dataloader() if split == "train" else data.val_dataloader()
+    with caplog.at_level(logging.WARNING), pytest.raises(UndecodableDataError) as error:
+        for _ in range(3):  # epochs
+            list(loader)
+    message = str(error.value)
+    assert "ImageTokenizer could not decode any sample" in message
+    assert "read" in message and "skipped" in message and "'png'" in message
+    assert "no image member" in message  # the first reasons
+    assert len(caplog.records) <= LOGGED_SKIPS + 2
+
+
+@pytest.mark.parametrize("workers", [1, 0])
+def test_sigterm_stops_a_run_that_waits_for_data(tmp_path, corpus_dir, tokenizer_dir, workers):
+    """Lightning checks SIGTERM only between batches; a loader that never delivers one (here
+    a shard URL that stalls) must not make the run ignore it. With ``num_workers=0`` the main
+    process reads the stalled pipe itself, and Lightning's teardown waits for the pipe's
+    command (60 s here): the run must still end within StopOnSigterm's 10 s."""
+    stalled = f"pipe:sleep 60; cat {corpus_dir}/train-000000.tar"
+    command = [
+        sys.executable,
+        "-m",
+        "mmm.cli",
+        "fit",
+        f"--config={ROOT / 'configs' / 'text_mlm.yaml'}",
+        f"--model.tokenizer.path={tokenizer_dir}",
+        "--model.encoder.dim=32",
+        "--model.encoder.depth=1",
+        f"--data.train_shards={stalled}",
+        f"--data.val_shards={corpus_dir}/val-*.tar",
+        "--data.embedded=null",
+        "--data.epoch_samples=8",
+        f"--data.num_workers={workers}",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    run = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for line in run.stdout:  # the loader is built: training now waits for its first batch
+        if line.startswith("train epoch:"):
+            break
+    time.sleep(2)
+    run.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    code = run.wait(timeout=60)
+    assert time.monotonic() - start < 20 and code == 128 + signal.SIGTERM
+
+
+def _float_wav(values: np.ndarray, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, values.astype(np.float32), rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def _tone(seconds: float = 0.5, rate: int = 8000) -> np.ndarray:
+    return 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)
+
+
+def _audio_tokenizer(**kwargs) -> AudioTokenizer:
+    settings = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    return AudioTokenizer(settings, duration=0.5, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_non_finite_audio_is_a_bad_sample_named_as_such(bad):
+    """One +inf in a float WAV used to turn every later loss into NaN; NaN clips were
+    reported as silent."""
+    values = _tone()
+    values[100] = bad
+    sample = {"__key__": "clip-7", "__url__": "a-000000.tar", "wav": _float_wav(values)}
+    with pytest.raises(SampleError, match=r"a-000000\.tar.*'clip-7'.*1 non-finite values"):
+        _audio_tokenizer().decode_sample(sample)
+
+
+def test_a_header_claiming_billions_of_frames_is_rejected_before_decoding():
+    """A 2 KB MP3 whose Xing header claims 10^12 frames used to die with `Unable to allocate
+    29.1 GiB`, naming no sample."""
+    buffer = io.BytesIO()
+    sf.write(buffer, _tone(1.0).astype(np.float32), 8000, format="MP3")
+    data = bytearray(buffer.getvalue())
+    xing = data.find(b"Xing")
+    data[xing + 8 : xing + 12] = struct.pack(">I", 0x7FFFFFFF)  # the frame count
+    sample = {"__key__": "liar", "__url__": "a-000000.tar", "mp3": bytes(data)}
+    assert len(data) < 4096
+    with pytest.raises(SampleError, match=r"'liar'.*declares \d+ frames.*max_clip_seconds"):
+        _audio_tokenizer().decode_sample(sample)
+
+
+def test_running_out_of_memory_while_decoding_is_a_bad_sample(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 29.1 GiB")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_memory)
+    sample = {"__key__": "big", "wav": _float_wav(_tone())}
+    with pytest.raises(SampleError, match="'big'.*Unable to allocate"):
+        _audio_tokenizer().decode_sample(sample)
+
+
+@pytest.mark.parametrize("content", ['{"mean": NaN, "std": 1.0}', '{"mean": 0.0, "std": 0.0}'])
+def test_statistics_files_with_unusable_values_are_refused(tmp_path, content):
+    settings = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    stats = json.loads(content.replace("NaN", '"nan"'))
+    stats["features"] = dataclasses.asdict(settings)
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(stats).replace('"nan"', "NaN"))
+    with pytest.raises(ValueError, match=r"stats\.json holds mean=.*finite and std > 0"):
+        AudioTokenizer(settings, normalize="dataset", stats=str(path))
+
+
+def test_a_non_finite_float_image_is_a_bad_sample():
+    pixels = np.zeros((8, 8), dtype=np.float32)
+    pixels[2, 3] = np.nan
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF")
+    sample = {"__key__": "nan-image", "tif": buffer.getvalue()}
+    with pytest.raises(SampleError, match="'nan-image'.*non-finite pixel values"):
+        ImageTokenizer(image_size=8, patch_size=4).decode_sample(sample)
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate"])
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, tokenizer, corpus_dir, stage):
+    """A diverged model (here: a weight set to NaN) used to train on, save NaN weights and
+    exit 0, while validation dropped the NaN batch and reported a normal-looking loss."""
+    with torch.no_grad():
+        tiny_module.encoder.norm.weight[0] = float("nan")
+    data = ShardDataModule(
+        train_shards=str(corpus_dir / "train-*.tar"),
+        val_shards=str(corpus_dir / "val-*.tar"),
+        tokenizer=tokenizer,
+        batch_size=8,
+        num_workers=0,
+    )
+    trainer = L.Trainer(
+        max_steps=3,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    where = "training step 0" if stage == "fit" else "val batch 0"
+    with pytest.raises(FloatingPointError, match=rf"{where}.*the loss is nan.*--model.lr"):
+        getattr(trainer, stage)(tiny_module, datamodule=data)
+
+
+def test_a_rank_stops_with_the_others_when_one_sees_a_non_finite_loss(
+    tiny_module, tokenizer, corpus_dir, monkeypatch
+):
+    """Under DDP a rank whose own loss is finite must stop at the step another rank's loss
+    is not: alone it would wait for the stopped rank's gradients forever. The ranks' vote is
+    played here by the strategy's ``reduce_boolean_decision`` saying "not all finite"."""
+    data = ShardDataModule(
+        train_shards=str(corpus_dir / "train-*.tar"),
+        tokenizer=tokenizer,
+        batch_size=8,
+        num_workers=0,
+    )
+    trainer = L.Trainer(
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    votes = []
+    monkeypatch.setattr(
+        trainer.strategy,
+        "reduce_boolean_decision",
+        lambda decision, all=True: votes.append(decision) or False,
+    )
+    with pytest.raises(FloatingPointError, match="training step 0: the loss is not finite on"):
+        trainer.fit(tiny_module, datamodule=data)
+    assert votes == [True]  # this rank's own loss was finite, and it voted so
+
+
+def test_mmm_fit_diverging_at_lr_1e3_stops_naming_the_step(tmp_path, tokenizer_dir, corpus_dir):
+    """``--model.lr 1e3`` used to train on NaN, exit 0 and save a checkpoint of NaN weights."""
+    args = [
+        f"--config={ROOT / 'configs' / 'text_mlm.yaml'}",
+        f"--model.tokenizer.path={tokenizer_dir}",
+        "--model.tokenizer.max_length=32",
+        "--model.encoder.dim=32",
+        "--model.encoder.depth=1",
+        "--model.encoder.num_heads=2",
+        "--model.lr=1e3",
+        "--model.warmup_steps=0",
+        f"--data.train_shards={corpus_dir}/train-*.tar",
+        f"--data.val_shards={corpus_dir}/val-*.tar",
+        "--data.num_workers=0",
+        "--data.batch_size=8",
+        "--trainer.max_steps=40",
+        "--trainer.val_check_interval=20",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    with pytest.raises(FloatingPointError, match=r"training step \d+: the loss is (nan|inf)"):
+        run(["fit", *args])
+    assert not list(tmp_path.rglob("*.ckpt"))  # no checkpoint of NaN weights
+
+
+def test_audio_stats_skip_a_clip_holding_inf_and_write_finite_values(tmp_path):
+    """``mmm audio-stats`` used to write ``"mean": NaN`` after one +inf sample."""
+    bad = _tone()
+    bad[10] = np.inf
+    (tmp_path / "good.wav").write_bytes(_float_wav(_tone()))
+    (tmp_path / "bad.wav").write_bytes(_float_wav(bad))
+    settings = LogMelSettings(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16)
+    output = tmp_path / "stats.json"
+    run(
+        [
+            "audio-stats",
+            f"--inputs={tmp_path}/*.wav",
+            f"--output={output}",
+            "--features.sample_rate=8000",
+            "--features.n_fft=256",
+            "--features.hop_length=128",
+            "--features.n_mels=16",
+        ]
+    )
+    stats = json.loads(output.read_text())
+    assert (stats["clips"], stats["skipped"]) == (1, 1)
+    assert np.isfinite([stats["mean"], stats["std"]]).all()
+    AudioTokenizer(settings, normalize="dataset", stats=str(output))  # accepted
+
+
+def _docs(root: Path) -> Path:
+    (root / "docs").mkdir(parents=True, exist_ok=True)
+    (root / "docs" / "a.txt").write_text("the first document\n\nwith two paragraphs")
+    (root / "docs" / "b.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    return root / "docs"
+
+
+def _shards(root: Path, prefix: str = "t") -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.glob(f"{prefix}-*.tar"))}
+
+
+def test_a_failed_overwrite_keeps_the_old_shards(tmp_path):
+    """`--overwrite true` used to delete the old shards before the new ones existed."""
+    docs = _docs(tmp_path)
+    out = tmp_path / "out"
+    shards_command(inputs=str(docs), output=str(out / "t"), progress=False)
+    before = _shards(out)
+    (docs / "c.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"c\.txt: not readable as UTF-8"):
+        shards_command(
+            inputs=str(docs),
+            output=str(out / "t"),
+            overwrite=True,
+            on_error="raise",
+            progress=False,
+        )
+    assert _shards(out) == before and not (out / "t.parts").exists()
+
+
+def test_the_output_inside_the_inputs_is_not_read_again(tmp_path):
+    docs = _docs(tmp_path)
+    first = shards_command(inputs=str(docs), output=str(docs / "out" / "t"), progress=False)
+    again = shards_command(
+        inputs=str(docs), output=str(docs / "out" / "t"), overwrite=True, progress=False
+    )
+    assert again.samples == first.samples == 3
+
+
+def test_duplicate_keys_are_refused_naming_both_sources(tmp_path):
+    samples = [
+        {"__key__": "a", "txt": b"x", "__source__": "docs/a.md"},
+        {"__key__": "a", "txt": b"y", "__source__": "docs/a.txt"},
+    ]
+    with pytest.raises(ValueError, match=r"duplicate sample key 'a': docs/a\.md and docs/a\.txt"):
+        write_shards(samples, str(tmp_path / "t-%06d.tar"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_keys_shared_by_two_files_are_refused_in_one_or_several_processes(tmp_path, workers):
+    """``mols.smi`` and ``mols.csv`` both give keys ``mols-2``, ...: refused naming both lines,
+    also when the two files went to different worker processes (each checked only its own)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "mols.smi").write_text("CCO\nCCN\n")
+    (tmp_path / "in" / "mols.csv").write_text("smiles\nCCC\nCCCl\n")
+    with pytest.raises(ValueError, match=r"duplicate sample key 'mols-2': .*mols\.(csv|smi):2 and"):
+        shards_command(
+            inputs=str(tmp_path / "in"),
+            output=str(tmp_path / "out" / "m"),
+            modality="smiles",
+            workers=workers,
+            progress=False,
+        )
+    assert not list((tmp_path / "out").glob("m-*.tar"))  # nothing written under final names
+
+
+def test_non_ascii_and_same_stem_names_keep_distinct_keys(tmp_path):
+    """`日本.txt` and `中文.txt` both used to become key `__`; `a.txt` and `a.jsonl` both `a`."""
+    (tmp_path / "docs").mkdir()
+    for name in ("日本.txt", "中文.txt", "a.txt"):
+        (tmp_path / "docs" / name).write_text(f"text of {name}")
+    (tmp_path / "docs" / "a.jsonl").write_text('{"text": "a line"}\n')
+    summary = shards_command(inputs=str(tmp_path / "docs"), output=str(tmp_path / "t"))
+    keys = sorted(s["__key__"] for s in wds.WebDataset(summary.shards, shardshuffle=False))
+    assert keys == ["a_jsonl-1-0", "a_txt-0", "中文_txt-0", "日本_txt-0"]
+
+
+def test_text_inputs_not_utf8_are_named_skipped_or_raised_and_gzip_is_read(tmp_path, caplog):
+    docs = _docs(tmp_path)
+    (docs / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (docs / "binary.txt").write_bytes(bytes(range(256)))
+    (docs / "more.jsonl.gz").write_bytes(gzip.compress(b'{"text": "zipped"}\n'))
+    (docs / "data.json").write_text("{}")
+    (docs / "table.csv").write_text("a,b\n")
+    with caplog.at_level(logging.WARNING):
+        summary = shards_command(inputs=str(docs), output=str(tmp_path / "t"), progress=False)
+    assert summary.samples == 4 and summary.skipped == 2  # a.txt, b.jsonl x2, more.jsonl.gz
+    assert "latin1.txt: not readable as UTF-8" in caplog.text and "binary.txt" in caplog.text
+    assert "ignored 1 .json, 1 .csv" in caplog.text
+    assert not list(tmp_path.glob("*.parts"))
+
+
+def test_writing_no_sample_is_an_error_not_exit_0(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.md").write_text("not a documented text input")
+    with pytest.raises(ValueError, match=r"no sample written from 0 input file"):
+        shards_command(inputs=str(tmp_path / "docs"), output=str(tmp_path / "t"), progress=False)
+
+
+def _chunking_seconds(words: int) -> float:
+    line = " ".join(["word"] * words)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        chunk_text(line)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_chunking_a_long_line_is_linear():
+    """A 10 MB single line took 4 minutes (2x words, 4x time). 4x the words may now take
+    about 4x the time; quadratic chunking took 16x."""
+    assert _chunking_seconds(400_000) < 8 * _chunking_seconds(100_000)
+
+
+def test_a_tokenizer_directory_is_not_overwritten_silently(tmp_path, corpus_dir):
+    output = tmp_path / "tok"
+    source = str(corpus_dir / "train-*.tar")
+    tokenizer_command(source=source, output=str(output), vocab_size=120)
+    with pytest.raises(FileExistsError, match="a tokenizer exists at .*--overwrite true"):
+        tokenizer_command(source=source, output=str(output), vocab_size=120)
+    tokenizer_command(source=source, output=str(output), vocab_size=120, overwrite=True)
+
+
+def test_a_checkpoint_refuses_a_tokenizer_retrained_in_place(
+    tmp_path, tiny_module, tokenizer, tokenizer_dir
+):
+    """Same size, other ids: the weights used to load and silently predict other tokens."""
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(tiny_module)
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    retrained = tmp_path / "retrained"
+    shutil.copytree(tokenizer_dir, retrained)
+    config = json.loads((retrained / "tokenizer.json").read_text())
+    vocab = config["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[-2:]  # two ordinary tokens trade ids
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (retrained / "tokenizer.json").write_text(json.dumps(config))
+    other = TextTokenizer(path=str(retrained), max_length=32)
+    assert other.spec == tokenizer.spec and other.fingerprint() != tokenizer.fingerprint()
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+    assert load_module(str(checkpoint), tokenizer=tokenizer, encoder=encoder)
+    with pytest.raises(ValueError, match=r"fingerprint \w+, but the tokenizer at .*retrained"):
+        load_module(str(checkpoint), tokenizer=other, encoder=encoder)
+
+
+@pytest.mark.parametrize("content", [b"", b"model:\n  lr: 0.1\n"], ids=["empty", "yaml"])
+def test_a_file_that_is_no_checkpoint_is_named(tmp_path, content):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"model\.ckpt is not a checkpoint written by mmm fit"):
+        load_module(str(path))
+    config = str(ROOT / "configs" / "text_mlm.yaml")
+    with pytest.raises(ValueError, match=r"model\.ckpt is not a checkpoint written by mmm fit"):
+        run(["fit", f"--config={config}", f"--ckpt_path={path}"])  # resuming from it
+
+
+def test_fill_mask_says_what_is_wrong(tiny_module, tokenizer):
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        fill_mask(tiny_module, ["the [MASK] fox"], top_k=-1)
+    long = " ".join(["word"] * 60) + " [MASK]"
+    with pytest.raises(ValueError, match="beyond max_length=32 tokens"):
+        fill_mask(tiny_module, [long])
+
+
+def test_embedding_errors_name_the_record(tmp_path):
+    fasta = tmp_path / "p.fasta"
+    records = [f">good{n}\nMKTAYIAK\n" for n in range(40)] + [">bad41\nMKT@YIAK\n"]
+    fasta.write_text("".join(records))
+    module = MaskedModelingModule(
+        tokenizer=ProteinTokenizer(max_length=16),
+        encoder=TransformerEncoder(dim=16, depth=1, num_heads=2),
+    )
+    names = [f"{fasta}: record {name!r}" for name, _ in read_sequences(fasta)]
+    sequences = [sequence for _, sequence in read_sequences(fasta)]
+    with pytest.raises(ValueError, match=r"p\.fasta: record 'bad41'"):
+        embed_sequences(module, sequences, batch_size=32, names=names)
+
+
+def test_a_truncated_gzipped_fasta_is_named(tmp_path):
+    path = tmp_path / "p.fasta.gz"
+    records = "".join(
+        f">p{n}\n{'ACDEFGHIKLMNPQRSTVWY'[n % 20] * (n % 50 + 1)}\n" for n in range(500)
+    )
+    whole = gzip.compress(records.encode())
+    path.write_bytes(whole[: len(whole) // 2])  # cut in the middle of the stream
+    with pytest.raises(ValueError, match=r"p\.fasta\.gz: cannot be read as \(gzipped\) UTF-8"):
+        list(read_fasta(path))
+
+
+def test_a_truncated_gzipped_fasta_is_skipped_and_counted_by_mmm_shards(tmp_path):
+    """``--on_error skip`` skips the file (the protein reader reads file by file), counts it,
+    and keeps the other files' records; ``raise`` names it."""
+    (tmp_path / "in").mkdir()
+    records = "".join(f">p{n}\nMKTAYIAKQRQISFVKSHFSRQ\n" for n in range(300)).encode()
+    whole = gzip.compress(records)
+    (tmp_path / "in" / "cut.fasta.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "in" / "good.fasta").write_text(">q1\nMKTAYIAK\n")
+    settings = {"inputs": str(tmp_path / "in"), "modality": "protein", "progress": False}
+    with pytest.raises(ValueError, match=r"cut\.fasta\.gz: cannot be read"):
+        shards_command(output=str(tmp_path / "raised"), on_error="raise", **settings)
+    summary = shards_command(output=str(tmp_path / "skipped"), on_error="skip", **settings)
+    assert summary.skipped == 1
+    keys = {s["__key__"] for s in wds.WebDataset(summary.shards, shardshuffle=False)}
+    assert "q1" in keys
+
+
+def test_smiles_skips_are_counted_and_unknown_tokens_are_not_silent(tmp_path, caplog):
+    (tmp_path / "mols.smi").write_text("CCO\nC1CC\nc1ccccc1\nC%%C\n")
+    summary = shards_command(
+        inputs=str(tmp_path / "mols.smi"),
+        output=str(tmp_path / "s"),
+        modality="smiles",
+        progress=False,
+    )
+    assert summary.samples == 3 and summary.skipped == 1  # the summary used to say 0
+    source = tmp_path / "vocab.smi"
+    source.write_text("CCO\nc1ccccc1O\n[NH4+]\n")
+    tokenizer = SmilesTokenizer(path=str(tmp_path / "v.json"), train_source=str(source))
+    with pytest.raises(SampleError, match=r"'odd'.*outside the vocabulary.*\['\[Xx\]'\]"):
+        tokenizer.decode_sample({"__key__": "odd", "smi": b"CC[Xx]O"})
+    with caplog.at_level(logging.WARNING):
+        tokenizer.collate(["CC[Xx]O"])  # strings given directly: read as <unk>, with a warning
+    assert "[Xx]" in caplog.text
+
+
+def test_every_torch_load_refuses_pickled_code():
+    """Checkpoints and saved tensors are loaded with ``weights_only=True`` everywhere (mmm,
+    the datamodule, the scripts), so a crafted file cannot run code."""
+    files = [*ROOT.glob("mmm/**/*.py"), *ROOT.glob("datamodules/*.py"), *ROOT.glob("scripts/*.py")]
+    unsafe = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "torch.load(" in line and "weights_only=True" not in line
+    ]
+    assert not unsafe
