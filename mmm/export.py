@@ -24,17 +24,11 @@ import copy
 import json
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from transformers import (
-    EsmConfig,
-    EsmForMaskedLM,
-    EsmTokenizer,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
 
 from mmm.models.encoder import TransformerEncoder
 from mmm.models.modality import TokenModality
@@ -45,6 +39,11 @@ from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import TOKENS, ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer
+
+if TYPE_CHECKING:
+    # transformers' model classes are imported where used: importing them pulls in optional
+    # backends (torchaudio) that must not break ``mmm`` commands which never export.
+    from transformers import EsmConfig, EsmForMaskedLM, PreTrainedTokenizerBase
 
 
 def _trunk(module: MaskedModelingModule) -> TransformerEncoder:
@@ -69,6 +68,8 @@ def _layer_norm_eps(*parts: nn.Module) -> float:
 def esm_config(module: MaskedModelingModule) -> EsmConfig:
     """The ``EsmConfig`` whose model computes what ``module`` computes (ESM's activation is
     always erf GELU, as ``nn.GELU`` in timm's ``Mlp`` and in ``TokenHead``)."""
+    from transformers import EsmConfig
+
     encoder = _trunk(module)
     spec = module.modality.spec
     block = encoder.blocks[0]
@@ -140,6 +141,8 @@ def init_from_esm(module: MaskedModelingModule, directory: str | Path) -> None:
     embedder, trunk and head. Only the pre-LN absolute-position layout maps exactly (ESM-2's
     own checkpoints use rotary positions, which mmm's trunk lacks); anything else is refused
     with the setting that differs."""
+    from transformers import EsmForMaskedLM
+
     source = EsmForMaskedLM.from_pretrained(str(directory))
     wanted = esm_config(module)
     for name in (
@@ -200,6 +203,8 @@ def _esm_layer(block: nn.Module, prefix: str) -> dict[str, Tensor]:
 
 def to_esm(module: MaskedModelingModule) -> EsmForMaskedLM:
     """An ``EsmForMaskedLM`` (eval mode, fp32) computing what ``module`` computes."""
+    from transformers import EsmForMaskedLM
+
     model = EsmForMaskedLM(esm_config(module))  # mmm's fp32 weights are copied below
     result = model.load_state_dict(esm_state_dict(module), strict=False)
     # ESM's contact-prediction head reads attention maps and plays no part in masked-LM
@@ -215,6 +220,8 @@ def to_esm(module: MaskedModelingModule) -> EsmForMaskedLM:
 
 def hf_tokenizer(tokenizer: Tokenizer, output: Path) -> PreTrainedTokenizerBase:
     """A Hugging Face tokenizer giving mmm's ids for ``tokenizer`` (written to ``output``)."""
+    from transformers import EsmTokenizer, PreTrainedTokenizerFast
+
     if isinstance(tokenizer, ProteinTokenizer):
         vocab = output / "vocab.txt"
         vocab.write_text("\n".join(TOKENS) + "\n")  # ids 0-32 are ESM-2's, J is 33
