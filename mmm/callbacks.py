@@ -1,5 +1,6 @@
-"""Lightning callbacks: pictures of what a masked autoencoder reconstructs, and a progress bar
-that tells the truth about step-bounded training.
+"""Lightning callbacks: pictures of what a masked autoencoder reconstructs, a progress bar
+that tells the truth about step-bounded training, and an online linear probe of what the
+encoder learned.
 
 A masked autoencoder is judged by looking at it: a loss value says little about whether
 reconstructions are sharp, blurry or wrong. ``ReconstructionImages`` draws, at each
@@ -212,3 +213,98 @@ class StopOnSigterm(L.Callback):
         timer = threading.Timer(self.teardown_timeout_s, exit_now)
         timer.daemon = True
         timer.start()
+
+
+class OnlineLinearProbe(L.Callback):
+    """A linear classifier trained alongside pretraining on stop-gradient pooled features of a
+    labelled set, its held-out accuracy logged as ``probe/accuracy`` at every validation
+    (solo-learn / lightly's online probe).
+
+    After each training batch the probe takes one step on the next labelled minibatch. Its
+    features come from ``MaskedModelingModule.embed`` (eval mode, no gradient) under a forked
+    random state, so pretraining sees the same gradients, masks and dropout as without it. The
+    probe and its optimizer live here, not in the module: checkpoints are unchanged.
+
+    Args:
+        data: a labelled set of ``mmm.probe.LABELLED_SETS`` with classes (``digits`` for
+            images, ``amp`` for proteins).
+        batch_size: labelled items per probe step.
+        lr: the probe's Adam learning rate.
+        held_out: share of the labelled set kept for the logged accuracy.
+        limit: use ``limit`` labelled items drawn at random only.
+        seed: the split's seed.
+    """
+
+    def __init__(
+        self,
+        data: str = "digits",
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        held_out: float = 0.25,
+        limit: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < held_out < 1.0:
+            raise ValueError(f"OnlineLinearProbe: held_out must be in (0, 1), got {held_out}")
+        if batch_size < 1:
+            raise ValueError(f"OnlineLinearProbe: batch_size must be >= 1, got {batch_size}")
+        self.data, self.batch_size, self.lr = data, batch_size, lr
+        self.held_out, self.limit, self.seed = held_out, limit, seed
+        self.probe: torch.nn.Linear | None = None
+        self._cursor = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from mmm.probe import load_labelled
+
+        labelled = load_labelled(self.data)
+        if labelled.task != "classification":
+            raise ValueError(f"OnlineLinearProbe: {self.data!r} is a regression set, not classes")
+        items, labels = labelled.sample(self.limit, seed=self.seed)  # shuffled
+        cut = int(len(items) * (1.0 - self.held_out))
+        self.train_items, self.test_items = items[:cut], items[cut:]
+        self.train_labels = torch.as_tensor(labels[:cut], dtype=torch.long)
+        self.test_labels = torch.as_tensor(labels[cut:], dtype=torch.long)
+        with torch.random.fork_rng():  # its initialization must not move pretraining's RNG
+            torch.manual_seed(self.seed)
+            self.probe = torch.nn.Linear(pl_module.encoder.dim, int(labels.max()) + 1)
+        self.probe.to(pl_module.device)
+        self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=self.lr)
+
+    def features(self, pl_module: L.LightningModule, items: list[Any]) -> Tensor:
+        """Pooled states (B, D) float32 of ``items``: eval mode, no gradient, random state
+        restored afterwards (``embed`` of a discrete modality draws corruption noise)."""
+        from mmm.probe import collate_items
+
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        was_training = pl_module.training
+        with torch.random.fork_rng(devices=devices):
+            pl_module.eval()
+            pooled = pl_module.embed(collate_items(pl_module, items))[1].float()  # (B, D)
+            pl_module.train(was_training)
+        return pooled
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        start = self._cursor % len(self.train_items)
+        stop = start + self.batch_size
+        self._cursor = stop
+        items = self.train_items[start:stop]
+        labels = self.train_labels[start:stop].to(pl_module.device)
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(
+                self.probe(self.features(pl_module, items)), labels
+            )
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        pl_module.log("probe/train_loss", loss.detach(), on_step=True, batch_size=len(items))
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        correct = 0
+        for start in range(0, len(self.test_items), self.batch_size):
+            items = self.test_items[start : start + self.batch_size]
+            predicted = self.probe(self.features(pl_module, items)).argmax(dim=-1).cpu()
+            correct += int((predicted == self.test_labels[start : start + len(items)]).sum())
+        pl_module.log("probe/accuracy", correct / len(self.test_items), sync_dist=True)

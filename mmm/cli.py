@@ -6,8 +6,9 @@ its tokenizer, encoder, masking and decoder, and the datamodule is a typed optio
 The tools are ``mmm shards`` (files -> WebDataset shards), ``mmm tokenizer`` (train a text
 tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed`` (sequence
 embeddings from a checkpoint), ``mmm generate`` (sample or infill sequences), ``mmm score``
-(pseudo-log-likelihoods, mutation effects) and ``mmm audio-stats`` (dataset mean/std of log-mel
-features).
+(pseudo-log-likelihoods, mutation effects), ``mmm audio-stats`` (dataset mean/std of log-mel
+features), ``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load)
+and ``mmm probe`` (linear probe of frozen embeddings on a labelled set).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import StopOnSigterm, TrainingProgressBar
+from mmm.export import export_command
 from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
+from mmm.probe import probe_command
 from mmm.tokenizers.audio import audio_stats_command
 from mmm.tools import (
     fill_mask_command,
@@ -80,6 +83,8 @@ TOOLS: dict[str, Callable[..., object]] = {
     "generate": generate_command,
     "score": score_command,
     "audio-stats": audio_stats_command,
+    "export": export_command,
+    "probe": probe_command,
 }
 
 

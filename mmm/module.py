@@ -54,6 +54,9 @@ class MaskedModelingModule(L.LightningModule):
             trainer sets it, else a constant rate.
         decoder: for continuous modalities (images, audio), the MAE decoder's width, depth and
             heads and whether targets are normalized per patch; discrete modalities ignore it.
+        init_from: a local ``EsmForMaskedLM`` directory (``save_pretrained``, or ``mmm export``)
+            whose weights start the embedder, trunk and head (continued pretraining); see
+            ``mmm.export.init_from_esm``.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class MaskedModelingModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
         decoder: PatchDecoderConfig | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=_unsaved_hyperparameters())
@@ -73,6 +77,10 @@ class MaskedModelingModule(L.LightningModule):
         self.encoder = encoder if encoder is not None else TransformerEncoder()
         self.masking = masking if masking is not None else RandomMasking()
         self.modality = build_modality(tokenizer.spec, self.encoder.dim, self.masking, decoder)
+        if init_from is not None:
+            from mmm.export import init_from_esm  # mmm.export imports this module
+
+            init_from_esm(self, init_from)
         self._epoch_means = torch.nn.ModuleDict()  # stage -> name -> MeanMetric, made on use
         # How many training samples had each number of maskable positions: saved with the
         # checkpoint so that generation can draw lengths like the training data's.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -24,6 +25,35 @@ def overfit_loss(
         optimizer.step()
     torch.manual_seed(0)
     return module.eval().forward_masked(batch).loss.item()
+
+
+def fit_protein_checkpoint(tmp_path: Path, proteins: list[str], *overrides: str) -> Path:
+    """``mmm shards`` of ``proteins`` -> ``mmm fit`` (the protein YAML, shrunk to 2 steps of a
+    16-wide encoder, ``overrides`` last) in ``tmp_path``; returns the checkpoint."""
+    from mmm.cli import run
+
+    fasta = tmp_path / "proteins.fasta"
+    fasta.write_text("".join(f">prot{i}\n{s}\n" for i, s in enumerate(proteins)))
+    shards = tmp_path / "shards"
+    run(["shards", f"--inputs={fasta}", f"--output={shards}/train", "--modality=protein"])
+    config = Path(__file__).parents[1] / "configs" / "protein_mlm.yaml"
+    settings = {
+        "model.tokenizer.max_length": "48",
+        "model.encoder.dim": "16",
+        "model.encoder.depth": "1",
+        "model.encoder.num_heads": "2",
+        "data.train_shards": f"{shards}/train-*.tar",
+        "data.val_shards": f"{shards}/train-*.tar",
+        "data.num_workers": "0",
+        "data.batch_size": "4",
+        "trainer.max_steps": "2",
+        "trainer.val_check_interval": "2",
+        "trainer.enable_progress_bar": "false",
+        "trainer.default_root_dir": str(tmp_path),
+    }
+    run(["fit", f"--config={config}", *(f"--{k}={v}" for k, v in settings.items()), *overrides])
+    [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
+    return checkpoint
 
 
 @contextmanager

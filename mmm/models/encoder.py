@@ -64,6 +64,9 @@ class TransformerEncoder(Encoder):
                 proj_drop=dropout,
                 attn_drop=attention_dropout,
                 drop_path=drop_path * i / max(depth - 1, 1),
+                # torch's default eps (1e-5), as every other norm of mmm (timm's is 1e-6), so
+                # one ``layer_norm_eps`` describes the model (mmm.export maps it onto ESM).
+                norm_layer=nn.LayerNorm,
             )
             for i in range(depth)
         )
