@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mmm.corpora import ensure_embedded_shards
 from mmm.rng import seeded
 from mmm.shards import indexed_counts
-from mmm.tokenizers.base import SampleError, Tokenizer
+from mmm.tokenizers.base import SampleError
+from mmm.tokenizers.multimodal import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ class SampleDecoder:
     ``UndecodableDataError`` instead of skipping forever.
     """
 
-    def __init__(self, tokenizer: Tokenizer, on_error: OnError, seed: int | None = None) -> None:
+    def __init__(self, tokenizer: Batcher, on_error: OnError, seed: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.on_error = on_error
         self.seed = seed
@@ -524,7 +525,7 @@ class ShardPipeline(IterableDataset):
     def __init__(
         self,
         sources: list[list[str]],
-        tokenizer: Tokenizer,
+        tokenizer: Batcher,
         layout: Layout,
         mode: Mode,
         batch_size: int,
@@ -701,7 +702,7 @@ class BatchCollator:
     previous batch and, for training, the reader's slot and state after this batch."""
 
     def __init__(
-        self, tokenizer: Tokenizer, decoder: SampleDecoder, tracker: ReaderTracker | None = None
+        self, tokenizer: Batcher, decoder: SampleDecoder, tracker: ReaderTracker | None = None
     ) -> None:
         self.tokenizer = tokenizer
         self.decoder = decoder
@@ -752,7 +753,8 @@ class ShardDataModule(L.LightningDataModule):
         embedded: name of a corpus that ships with an installed package (``python-docs``);
             it is written to shards under ``data_dir`` on first use.
         data_dir: where embedded corpora are written.
-        tokenizer: the modality's tokenizer (LightningCLI links ``model.tokenizer`` here).
+        tokenizer: a tokenizer (flat batches) or a module's ``MultimodalBatcher`` (batches keyed
+            by modality; LightningCLI links ``model.batcher`` here).
         batch_size: samples per batch, per device.
         num_workers: loader worker processes per device.
         train_mode: ``resampled`` (endless stream cut into equal epochs; DDP-safe) or
@@ -779,7 +781,7 @@ class ShardDataModule(L.LightningDataModule):
         predict_shards: str | list[str] | None = None,
         embedded: str | None = None,
         data_dir: str = "data",
-        tokenizer: Tokenizer | None = None,
+        tokenizer: Batcher | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
         train_mode: Mode = "resampled",
@@ -973,7 +975,7 @@ class ShardDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._exact_loader(self.predict_shards, "predict", training=False)
 
-    def _require_tokenizer(self) -> Tokenizer:
+    def _require_tokenizer(self) -> Batcher:
         if self.tokenizer is None:
             raise RuntimeError("ShardDataModule needs a tokenizer (pass tokenizer=...)")
         return self.tokenizer

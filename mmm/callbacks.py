@@ -45,14 +45,19 @@ class ReconstructionImages(L.Callback):
     to any logger with a ``log_image`` method.
 
     Works for every continuous modality whose tokenizer has ``render`` (``Renderable``) and
-    whose modality has ``reconstruct`` (``PatchModality``).
+    whose modality has ``reconstruct`` (``PatchModality``), alone or beside other modalities
+    (which the model then sees as context, or predicts the picture from when a masking
+    across modalities hides all of it).
 
     Args:
         num_images: samples drawn (columns of the grid).
         every_n_validations: draw at every n-th validation run.
+        modality: the modality drawn; default the module's only continuous one.
     """
 
-    def __init__(self, num_images: int = 8, every_n_validations: int = 1) -> None:
+    def __init__(
+        self, num_images: int = 8, every_n_validations: int = 1, modality: str | None = None
+    ) -> None:
         if num_images < 1:
             raise ValueError(f"ReconstructionImages: num_images must be >= 1, got {num_images}")
         if every_n_validations < 1:
@@ -61,18 +66,21 @@ class ReconstructionImages(L.Callback):
             )
         self.num_images = num_images
         self.every_n_validations = every_n_validations
+        self.modality = modality
         self._validations = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not isinstance(getattr(pl_module, "tokenizer", None), Renderable):
+        drawable = [
+            name
+            for name, part in pl_module.modalities.items()
+            if hasattr(part, "reconstruct") and isinstance(pl_module.tokenizers[name], Renderable)
+        ]
+        if self.modality is None and len(drawable) == 1:
+            self.modality = drawable[0]
+        if self.modality not in drawable:
             raise TypeError(
-                "ReconstructionImages: the module's tokenizer has no render(patches) method "
-                f"({type(getattr(pl_module, 'tokenizer', None)).__name__})"
-            )
-        if not hasattr(getattr(pl_module, "modality", None), "reconstruct"):
-            raise TypeError(
-                "ReconstructionImages needs a continuous modality with reconstruct() "
-                f"(got {type(getattr(pl_module, 'modality', None)).__name__})"
+                "ReconstructionImages needs a continuous modality with reconstruct() and a "
+                f"tokenizer with render(patches); drawable: {drawable}, asked: {self.modality}"
             )
 
     def on_validation_batch_end(
@@ -104,22 +112,36 @@ class ReconstructionImages(L.Callback):
                 logger.log_image(key="val/reconstructions", images=[grid], step=trainer.global_step)
 
     @torch.no_grad()
-    def draw(self, pl_module: L.LightningModule, batch: dict[str, Tensor]) -> Tensor:
-        """The grid for the first ``num_images`` samples of ``batch``: (3, H, W) in [0, 1]."""
-        size = batch["patches"].shape[0]
-        count = min(self.num_images, size)
-        sub = {
-            name: value[:count]
-            for name, value in batch.items()
-            if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == size
-        }
-        out = pl_module.forward_masked(sub)
+    def draw(self, pl_module: L.LightningModule, batch: dict) -> Tensor:
+        """The grid for the first ``num_images`` samples of ``batch`` that carry the modality:
+        (3, H, W) in [0, 1]."""
+        inputs = first_samples(pl_module.modality_batch(batch), self.modality, self.num_images)
+        out = pl_module.forward_masked(inputs)[self.modality]
+        sub = inputs[self.modality]
         original = sub["patches"].float()  # (n, L, P)
         visible = original * ~out.mask.unsqueeze(-1)  # hidden patches zeroed
-        reconstruction = pl_module.modality.reconstruct(sub, out.mask, out.pred)
-        render = pl_module.tokenizer.render
+        reconstruction = pl_module.modalities[self.modality].reconstruct(sub, out.mask, out.pred)
+        render = pl_module.tokenizers[self.modality].render
         rows = torch.cat([render(original), render(visible), render(reconstruction)])
-        return make_grid(rows.float().cpu(), nrow=count, padding=2, pad_value=1.0)
+        return make_grid(rows.float().cpu(), nrow=original.shape[0], padding=2, pad_value=1.0)
+
+
+def first_samples(inputs: dict[str, dict[str, Tensor]], name: str, count: int) -> dict:
+    """The sub-batches of the first ``count`` samples that carry modality ``name``, with the
+    other modalities of those samples (their rows renumbered)."""
+    sub = inputs[name]
+    rows = sub.get("rows", torch.arange(sub["attention_mask"].shape[0]))[:count]  # (n,)
+    chosen = {}
+    for key, other in inputs.items():
+        own = other.get("rows", torch.arange(other["attention_mask"].shape[0], device=rows.device))
+        keep = torch.isin(own, rows)  # (B_m,)
+        if not keep.any():
+            continue
+        part = {k: v[keep] for k, v in other.items() if k != "rows"}
+        if int(keep.sum()) < len(rows):  # not every chosen sample carries this modality
+            part["rows"] = torch.searchsorted(rows, own[keep])  # positions among the chosen
+        chosen[key] = part
+    return chosen
 
 
 class TrainingProgressBar(RichProgressBar):

@@ -39,11 +39,12 @@ from mmm.tools import (
 
 
 class MMMCLI(LightningCLI):
-    """LightningCLI with the tokenizer shared by model and data."""
+    """LightningCLI with the model's modalities batching the data."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # One tokenizer instance sizes the model's embedder/head and batches the data.
-        parser.link_arguments("model.tokenizer", "data.tokenizer", apply_on="instantiate")
+        # The tokenizers that size the model's embedders and heads also batch the data: the
+        # module's batcher (one sub-batch per modality) goes to the datamodule.
+        parser.link_arguments("model.batcher", "data.tokenizer", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's reading of the hyperparameters in ``--ckpt_path``, with a file that is

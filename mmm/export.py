@@ -57,6 +57,20 @@ def _trunk(module: MaskedModelingModule) -> TransformerEncoder:
     return encoder
 
 
+def _modality(module: MaskedModelingModule) -> nn.Module:
+    """The module's one modality: stock classes hold one embedder and head."""
+    try:
+        return module.modalities[module.modality_named()]
+    except ValueError as error:
+        raise ValueError(
+            f"export: only one-modality models map onto stock classes; {error}"
+        ) from error
+
+
+def _tokenizer(module: MaskedModelingModule) -> Tokenizer:
+    return module.tokenizers[module.modality_named()]
+
+
 def _layer_norm_eps(*parts: nn.Module) -> float:
     """The one epsilon of the LayerNorms in ``parts`` (ESM and the exported ViT have one)."""
     found = {m.eps for part in parts for m in part.modules() if isinstance(m, nn.LayerNorm)}
@@ -71,7 +85,7 @@ def esm_config(module: MaskedModelingModule) -> EsmConfig:
     from transformers import EsmConfig
 
     encoder = _trunk(module)
-    spec = module.modality.spec
+    spec = _modality(module).spec
     block = encoder.blocks[0]
     return EsmConfig(
         vocab_size=spec.vocab_size,
@@ -82,7 +96,7 @@ def esm_config(module: MaskedModelingModule) -> EsmConfig:
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         max_position_embeddings=spec.max_length + spec.pad_token_id + 1,
-        layer_norm_eps=_layer_norm_eps(module.encoder, module.modality),
+        layer_norm_eps=_layer_norm_eps(module.encoder, _modality(module)),
         position_embedding_type="absolute",
         emb_layer_norm_before=True,
         token_dropout=False,
@@ -96,7 +110,7 @@ def esm_config(module: MaskedModelingModule) -> EsmConfig:
 def _esm_views(module: MaskedModelingModule) -> dict[str, Tensor]:
     """``EsmForMaskedLM``'s names -> views of mmm's tensors (position table excluded, its rows
     are shifted): one table read both ways, by export and by ``init_from_esm``."""
-    modality = module.modality
+    modality = _modality(module)
     if not isinstance(modality, TokenModality):
         raise TypeError("EsmForMaskedLM serves discrete modalities (text/protein/SMILES)")
     embedder, head, encoder = modality.embedder, modality.head, _trunk(module)
@@ -127,8 +141,8 @@ ESM_POSITIONS = "esm.embeddings.position_embeddings.weight"
 def esm_state_dict(module: MaskedModelingModule) -> dict[str, Tensor]:
     """mmm's weights under ``EsmForMaskedLM``'s names (the tied decoder weight included)."""
     state = {name: view.float().clone() for name, view in _esm_views(module).items()}
-    spec = module.modality.spec
-    table = module.modality.embedder.positions.weight.detach().float()  # (max_length, D)
+    spec = _modality(module).spec
+    table = _modality(module).embedder.positions.weight.detach().float()  # (max_length, D)
     positions = table.new_zeros(spec.max_length + spec.pad_token_id + 1, table.shape[1])
     positions[spec.pad_token_id + 1 :] = table  # ESM's position of token i is pad_id + 1 + i
     state[ESM_POSITIONS] = positions
@@ -165,12 +179,12 @@ def init_from_esm(module: MaskedModelingModule, directory: str | Path) -> None:
     if source.config.max_position_embeddings < wanted.max_position_embeddings:
         raise ValueError(
             f"init_from: {directory} has {source.config.max_position_embeddings} positions, "
-            f"max_length={module.modality.spec.max_length} needs {wanted.max_position_embeddings}"
+            f"max_length={_modality(module).spec.max_length} needs {wanted.max_position_embeddings}"
         )
     state = source.state_dict()
     for name, view in _esm_views(module).items():
         view.copy_(state[name])
-    table = module.modality.embedder.positions.weight  # (max_length, D)
+    table = _modality(module).embedder.positions.weight  # (max_length, D)
     first = wanted.pad_token_id + 1
     table.copy_(state[ESM_POSITIONS][first : first + table.shape[0]])
 
@@ -253,7 +267,7 @@ def export_masked_lm(module: MaskedModelingModule, output: str | Path) -> Path:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     to_esm(module).save_pretrained(str(output))
-    hf_tokenizer(module.tokenizer, output)
+    hf_tokenizer(_tokenizer(module), output)
     return output
 
 
@@ -265,7 +279,7 @@ TIMM_MODEL = "vit_base_patch16_224"
 def timm_kwargs(module: MaskedModelingModule) -> dict[str, object]:
     """``timm.create_model`` arguments of a ViT computing what the image MAE's encoder computes
     on an unmasked image: no class token, average pooling, no classifier."""
-    tokenizer, encoder = module.tokenizer, _trunk(module)
+    tokenizer, encoder = _tokenizer(module), _trunk(module)
     if not isinstance(tokenizer, ImageTokenizer):
         raise TypeError(f"export: timm export serves images, not {type(tokenizer).__name__}")
     block = encoder.blocks[0]
@@ -288,7 +302,7 @@ def timm_kwargs(module: MaskedModelingModule) -> dict[str, object]:
 def timm_state_dict(module: MaskedModelingModule) -> dict[str, Tensor]:
     """The MAE encoder under timm ``VisionTransformer`` names: the patch projection as a
     convolution, the fixed sine-cosine positions as ``pos_embed``."""
-    tokenizer, embedder = module.tokenizer, module.modality.embedder
+    tokenizer, embedder = _tokenizer(module), _modality(module).embedder
     patch, channels = tokenizer.patch_size, tokenizer.channels
     # mmm flattens a patch as (p, p, C) (MAE's patchify); a convolution's kernel is (C, p, p).
     weight = embedder.proj.weight.reshape(-1, patch, patch, channels)  # (D, p, p, C)
@@ -348,7 +362,7 @@ def export_command(*, checkpoint: str, output: str) -> str:
     from mmm.inference import load_module
 
     module = load_module(checkpoint)
-    if isinstance(module.modality, TokenModality):
+    if isinstance(_modality(module), TokenModality):
         export_masked_lm(module, output)
         kind = "transformers EsmForMaskedLM"
     else:

@@ -83,7 +83,7 @@ class SamplingSettings:
         """The schedule to unmask with for ``module``."""
         if self.schedule is not None:
             return NOISE_SCHEDULES[self.schedule]
-        masking = module.masking
+        masking = module.maskings[discrete_modality(module, "sampling")[0]]
         return masking.noise if isinstance(masking, DiffusionMasking) else NOISE_SCHEDULES["linear"]
 
 
@@ -106,11 +106,16 @@ def evaluating(module: MaskedModelingModule) -> Iterator[MaskedModelingModule]:
         module.train(was_training)
 
 
-def discrete_tokenizer(module: MaskedModelingModule, what: str) -> DiscreteTokenizer:
-    """The module's tokenizer, or a TypeError naming ``what`` needs a discrete one."""
-    if not isinstance(module.tokenizer, DiscreteTokenizer):
-        raise TypeError(f"{what} needs a discrete modality (text, protein, SMILES)")
-    return module.tokenizer
+def discrete_modality(module: MaskedModelingModule, what: str) -> tuple[str, DiscreteTokenizer]:
+    """The name and tokenizer of the module's discrete modality, or a TypeError naming
+    ``what`` needs one."""
+    try:
+        name = module.modality_named(discrete=True)
+    except ValueError as error:
+        raise TypeError(
+            f"{what} needs one discrete modality (text, protein, SMILES): {error}"
+        ) from error
+    return name, module.tokenizers[name]
 
 
 def encode_templates(
@@ -144,8 +149,9 @@ def encode_templates(
 # -------------------------------------------------------------------------------- sampling
 def _logits(module: MaskedModelingModule, ids: Tensor, real: Tensor, positions: Tensor) -> Tensor:
     """The model's logits at ``positions`` given ``ids``: (N, V), row-major order."""
-    hidden = module({"input_ids": ids, "attention_mask": real})  # (B, L, D)
-    return module.modality.predict(hidden, positions, None).float()
+    name = module.modality_named(discrete=True)
+    batch = {name: {"input_ids": ids, "attention_mask": real}}
+    return module.predict_positions(batch, positions, name).float()
 
 
 class TokenSampler:
@@ -228,7 +234,7 @@ def fill_masked(
     Returns:
         (B, L) long ids with every ``fill`` position holding a generated (non-special) token.
     """
-    tokenizer = discrete_tokenizer(module, "sampling")
+    tokenizer = discrete_modality(module, "sampling")[1]
     spec = tokenizer.spec
     device = batch["input_ids"].device
     banned = torch.zeros(spec.vocab_size, dtype=torch.bool, device=device)
@@ -283,7 +289,7 @@ def infill(
         The filled-in sequences, decoded, in template order.
     """
     settings = settings if settings is not None else SamplingSettings()
-    tokenizer = discrete_tokenizer(module, "infill")
+    tokenizer = discrete_modality(module, "infill")[1]
     if batch_size < 1:
         raise ValueError(f"infill: batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator(device=module.device).manual_seed(seed)
@@ -309,7 +315,8 @@ def sample_lengths(module: MaskedModelingModule, count: int, seed: int = 0) -> l
         ValueError: for a module that records no training lengths (not trained, or trained
             before mmm counted them): give a length instead.
     """
-    counts = module.length_counts.detach().float().cpu()
+    name = discrete_modality(module, "sampling lengths")[0]
+    counts = module.modalities[name].length_counts.detach().float().cpu()
     counts[0] = 0.0  # a sample with nothing to generate is no sample
     if counts.sum() == 0:
         raise ValueError(
@@ -344,7 +351,7 @@ def generate(
     Returns:
         ``num_samples`` decoded sequences.
     """
-    tokenizer = discrete_tokenizer(module, "generate")
+    tokenizer = discrete_modality(module, "generate")[1]
     if num_samples < 1:
         raise ValueError(f"generate: num_samples must be >= 1, got {num_samples}")
     if length is not None and length < 1:

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmm.generation import SamplingSettings, generate, infill
+from mmm.generation import SamplingSettings, discrete_modality, generate, infill
 from mmm.module import MaskedModelingModule
 from mmm.scoring import SequenceScore, score, score_mutations
 from mmm.tokenizers.base import DiscreteTokenizer
+from mmm.tokenizers.multimodal import MultimodalBatcher
 
 __all__ = [
     "Candidate",
@@ -79,25 +80,36 @@ def unreadable_checkpoint(path: str, error: BaseException) -> ValueError:
 
 @torch.no_grad()
 def fill_mask(
-    module: MaskedModelingModule, texts: list[str], top_k: int = 5
+    module: MaskedModelingModule,
+    texts: list[str],
+    top_k: int = 5,
+    context: list[dict[str, bytes]] | None = None,
 ) -> list[list[list[Candidate]]]:
     """Top-k predictions with probabilities for every mask token of every text.
 
     Texts spell the mask with the tokenizer's mask token (``[MASK]`` for WordPiece tokenizers,
     ``<mask>`` for BPE ones). Returns, per text, one list of candidates per mask token.
 
+    Args:
+        module: a trained module with one discrete modality (and maybe others).
+        texts: the texts to fill in.
+        top_k: candidates per mask.
+        context: one raw sample per text (member extension -> bytes, e.g.
+            ``{"wav": audio_bytes}``) whose other modalities the model sees beside the text:
+            a transcript filled in with its audio heard. Decoded without augmentation.
+
     Raises:
         ValueError: naming a text that contains no mask token, or whose masks lie beyond the
-            tokenizer's ``max_length``; or a ``top_k`` below 1.
+            tokenizer's ``max_length``; a ``top_k`` below 1; or context that does not pair
+            one sample with each text.
     """
-    tokenizer = module.tokenizer
-    if not isinstance(tokenizer, DiscreteTokenizer):
-        raise TypeError("fill_mask needs a discrete modality (text, protein, SMILES)")
+    name, tokenizer = discrete_modality(module, "fill_mask")
     if top_k < 1:
         raise ValueError(f"fill_mask: top_k must be >= 1, got {top_k}")
     spec = tokenizer.spec
-    batch = {k: v.to(module.device) for k, v in module.tokenizer.collate(texts).items()}
-    positions = batch["input_ids"] == spec.mask_token_id  # (B, L)
+    batch = {name: tokenizer.collate(texts), **_context_batch(module, name, texts, context)}
+    batch = {key: {k: v.to(module.device) for k, v in sub.items()} for key, sub in batch.items()}
+    positions = batch[name]["input_ids"] == spec.mask_token_id  # (B, L)
     for text, row in zip(texts, positions, strict=True):
         if row.any():
             continue
@@ -107,9 +119,8 @@ def fill_mask(
                 "the text is cut off; shorten the text before the mask"
             )
         raise ValueError(f"no mask token in {text!r}; write masks as {tokenizer.mask_token!r}")
-    hidden = module(batch)  # (B, L, D)
-    probs = module.modality.predict(hidden, positions, None).float().softmax(dim=-1)  # (N, V)
-    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    logits = module.predict_positions(batch, positions, name)  # (N, V)
+    top = logits.float().softmax(dim=-1).topk(min(top_k, logits.shape[-1]), dim=-1)
     results: list[list[list[Candidate]]] = [[] for _ in texts]
     rows = positions.nonzero()[:, 0].tolist()
     for row, values, ids in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
@@ -117,6 +128,25 @@ def fill_mask(
             [Candidate(tokenizer.id_to_token(i), i, p) for i, p in zip(ids, values, strict=True)]
         )
     return results
+
+
+def _context_batch(
+    module: MaskedModelingModule,
+    name: str,
+    texts: list[str],
+    context: list[dict[str, bytes]] | None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The other modalities of ``context`` samples, batched as in evaluation."""
+    if context is None:
+        return {}
+    if len(context) != len(texts):
+        raise ValueError(f"fill_mask: {len(context)} context samples for {len(texts)} texts")
+    others = {key: t for key, t in module.tokenizers.items() if key != name}
+    if not others:
+        raise ValueError(f"fill_mask: this model has no modality besides {name!r} for context")
+    batcher = MultimodalBatcher(others, optional=frozenset(others)).for_evaluation()
+    samples = [{"__key__": f"context {i}", **sample} for i, sample in enumerate(context)]
+    return batcher.collate([batcher.decode_sample(sample) for sample in samples])
 
 
 @torch.no_grad()
@@ -148,9 +178,7 @@ def embed_sequences(
         TypeError: when the module's modality is not discrete.
         ValueError: when ``batch_size`` is not positive.
     """
-    tokenizer = module.tokenizer
-    if not isinstance(tokenizer, DiscreteTokenizer):
-        raise TypeError("embed_sequences needs a discrete modality (text, protein, SMILES)")
+    name, tokenizer = discrete_modality(module, "embed_sequences")
     if batch_size < 1:
         raise ValueError(f"embed_sequences: batch_size must be >= 1, got {batch_size}")
     was_training = module.training
@@ -160,11 +188,10 @@ def embed_sequences(
     names = names if names is not None else [f"sequence {n}" for n in range(len(sequences))]
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        batch = {
-            k: v.to(module.device) for k, v in _collate(tokenizer, chunk, names[start:]).items()
-        }
-        hidden, mean = module.embed(batch)  # (B, L, D), (B, D)
-        for states, real in zip(hidden.float().cpu(), batch["attention_mask"].cpu(), strict=True):
+        sub = {k: v.to(module.device) for k, v in _collate(tokenizer, chunk, names[start:]).items()}
+        hidden, mean = module.embed({name: sub})  # {name: (B, L, D)}, (B, D)
+        pairs = zip(hidden[name].float().cpu(), sub["attention_mask"].cpu(), strict=True)
+        for states, real in pairs:
             per_token.append(states[real])  # (L_i, D)
         pooled.append(mean.float().cpu())
     module.train(was_training)

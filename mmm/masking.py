@@ -249,11 +249,18 @@ class MaskedPositions:
             Set: the loss is ``sum_b weight_b * (sum of sample b's hidden-position losses)``
             divided by the number of maskable positions in the batch, a per-token loss
             (masked diffusion's ELBO weights make it a bound on the NLL per token).
+        mask_only: (B,) bool, samples whose hidden positions all show the mask token (no
+            random or original tokens: a whole dropped modality or a 4M target must not leak
+            into its own prediction), or ``None``.
+        left_out: (B, L) bool, positions neither shown to the encoder nor predicted (4M's
+            token budgets leave most positions out), or ``None``.
     """
 
     mask: Tensor
     ratio: Tensor
     weight: Tensor | None = None
+    mask_only: Tensor | None = None
+    left_out: Tensor | None = None
 
     def position_weights(self, maskable: Tensor) -> Tensor | None:
         """The loss weight of each hidden position, (N,) in row-major order of ``mask``, such
@@ -636,22 +643,3 @@ class DiffusionMasking(Masking):
             ratio, weight = self.noise_levels(torch.full((batch,), t, device=device))
             masks.append(MaskedPositions(bernoulli_mask(maskable, ratio, generator), ratio, weight))
         return masks
-
-
-def visible_indices(visible: Tensor) -> tuple[Tensor, Tensor]:
-    """Pack the visible positions of each sample to the front, for visible-only encoding (MAE).
-
-    Args:
-        visible: (B, L) bool.
-
-    Returns:
-        ``ids_keep`` (B, V) long, the positions to gather, visible ones first in their original
-        order, and ``keep_valid`` (B, V) bool, ``False`` where a row has fewer than ``V`` visible
-        positions (padding). ``V`` is the largest visible count in the batch.
-    """
-    order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)  # (B, L) visible first
-    counts = visible.sum(dim=1)  # (B,)
-    width = int(counts.max().item()) if counts.numel() else 0
-    ids_keep = order[:, :width]  # (B, V)
-    keep_valid = torch.arange(width, device=visible.device) < counts.unsqueeze(1)  # (B, V)
-    return ids_keep, keep_valid

@@ -1,67 +1,125 @@
 """The one objective: hide positions, encode what is left, predict what was hidden.
 
-``MaskedModelingModule`` is the single LightningModule of mmm. It is written against the
-``Tokenizer`` (data side), ``Modality`` (embedder/head pair) and ``Encoder`` interfaces, so the
-same training step serves BERT-style text and MAE-style images: a modality says whether the
-encoder sees hidden positions in corrupted form (discrete tokens) or only visible positions
-(continuous patches), and what its loss is. The loss counts hidden positions only.
+``MaskedModelingModule`` is the single LightningModule of mmm. It holds one or several
+modalities (``nn.ModuleDict`` of embedder/head pairs keyed by modality name, as in 4M) around
+one shared ``Encoder``. A training step masks each modality of the batch (its own strategy,
+then the strategies across modalities: dropping whole modalities, 4M token budgets), embeds
+every modality, packs the positions the encoder may see of all of a sample's modalities into
+one trunk sequence (``mmm.models.sequences``), encodes it, routes the states back, and lets
+each modality's head predict and score its hidden positions. Discrete modalities keep BERT
+corruption (hidden tokens stay in the sequence as mask tokens); continuous ones are encoded
+visible-only and decoded by the MAE decoder; both in one batch. The loss counts hidden
+positions only; the total is the ``loss_weight``-weighted sum of the modalities' losses.
+A single-modality run is the one-key case of the same module.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from mmm.masking import MaskedPositions, Masking, RandomMasking, visible_indices
-from mmm.models.encoder import Encoder, TransformerEncoder, gather_positions
+from mmm.cross_modal_masking import TokenBudgets, drop_modalities
+from mmm.masking import MaskedPositions, Masking, RandomMasking
+from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
-from mmm.models.modality import VisibleLayout, build_modality
+from mmm.models.modality import TokenModality, build_modality
+from mmm.models.sequences import Segment, pack_segments, unpack_segments
 from mmm.rng import seeded
 from mmm.tokenizers.base import Tokenizer
+from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
+
+
+@dataclass
+class ModalityConfig:
+    """One modality of a run: how its samples are read, masked and weighted."""
+
+    tokenizer: Tokenizer
+    """Decodes the modality's members of a sample and sizes its embedder and head."""
+    masking: Masking | None = None
+    """Which of its positions are hidden (default: 15% random, BERT's 80/10/10)."""
+    loss_weight: float = 1.0
+    """Weight of its loss in the total (the sum over modalities)."""
+    drop_probability: float = 0.0
+    """Chance that a sample shows nothing of this modality and must predict all of it from
+    its other modalities (a sample always keeps one)."""
+    decoder: PatchDecoderConfig | None = None
+    """MAE decoder of a continuous modality (image, audio); discrete ones ignore it."""
+    optional: bool = False
+    """Samples may lack this modality (mixing sources with different modality sets)."""
+
+    def __post_init__(self) -> None:
+        if self.loss_weight < 0:
+            raise ValueError(f"ModalityConfig: loss_weight must be >= 0, got {self.loss_weight}")
+        if not 0.0 <= self.drop_probability <= 1.0:
+            raise ValueError(
+                f"ModalityConfig: drop_probability must lie in [0, 1], got {self.drop_probability}"
+            )
+
+
+@dataclass
+class ModalityOutput:
+    """One modality's part of a masked-prediction pass."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+    mask: Tensor  # (B_m, L_m) bool hidden positions
+    pred: Tensor  # (N, ...) predictions at hidden positions
+    target: Tensor  # (N, ...) targets at hidden positions
+    ratio: Tensor  # (B_m,) per-sample masking ratios
+    loss_count: int  # positions the loss is a mean over (hidden, or maskable when per token)
 
 
 @dataclass
 class MaskedOutput:
-    """One masked-prediction pass over a batch."""
+    """One masked-prediction pass over a batch: the weighted total and each modality's part
+    (``out["text"]``)."""
 
     loss: Tensor
-    metrics: dict[str, Tensor]
-    mask: Tensor  # (B, L) bool hidden positions
-    pred: Tensor  # (N, ...) predictions at hidden positions
-    target: Tensor  # (N, ...) targets at hidden positions
-    ratio: Tensor  # (B,) per-sample masking ratios
-    loss_count: int  # positions the loss is a mean over (hidden, or maskable when per token)
+    modalities: dict[str, ModalityOutput] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> ModalityOutput:
+        return self.modalities[name]
 
 
 class MaskedModelingModule(L.LightningModule):
-    """Masked modeling for any modality on a shared Transformer encoder.
+    """Masked modeling for one or several modalities on a shared Transformer encoder.
+
+    Either name the modalities (``modalities={"audio": ModalityConfig(...), "text": ...}``)
+    or give one ``tokenizer`` (with ``masking`` and ``decoder``): the one-modality form,
+    named by the tokenizer's ``modality_name``.
 
     Args:
-        tokenizer: the modality's tokenizer; its ``spec`` sizes the embedder and head. The
-            datamodule receives the same tokenizer (LightningCLI links them).
+        tokenizer: the tokenizer of a one-modality run; its ``spec`` sizes the embedder and
+            head.
         encoder: the shared trunk (default: a 4-layer, 256-wide pre-LN Transformer).
-        masking: which positions are hidden and how (default: 15% random, 80/10/10).
+        masking: the masking of a one-modality run (default: 15% random, 80/10/10).
         lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay (not applied to biases, norms and embeddings).
+        weight_decay: AdamW weight decay (not applied to biases, norms, embedding tables and
+            mask tokens: see ``no_weight_decay``).
         betas: AdamW betas.
         warmup_steps: linear warm-up steps; then cosine decay to zero at ``max_steps`` when the
             trainer sets it, else a constant rate.
-        decoder: for continuous modalities (images, audio), the MAE decoder's width, depth and
-            heads and whether targets are normalized per patch; discrete modalities ignore it.
+        decoder: the MAE decoder of a one-modality continuous run (images, audio).
         init_from: a local ``EsmForMaskedLM`` directory (``save_pretrained``, or ``mmm export``)
-            whose weights start the embedder, trunk and head (continued pretraining); see
-            ``mmm.export.init_from_esm``.
+            whose weights start the embedder, trunk and head of a one-modality discrete run
+            (continued pretraining); see ``mmm.export.init_from_esm``.
+        modalities: modality name -> its tokenizer, masking, loss weight, drop probability
+            and decoder. Several modalities share the trunk; each gets a learned modality
+            embedding. The datamodule reads the batcher built from them (LightningCLI links
+            ``model.batcher`` to ``data.tokenizer``).
+        budgets: 4M-style token budgets across modalities, used instead of each modality's
+            masking (see ``mmm.cross_modal_masking.TokenBudgets``).
     """
 
     def __init__(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | None = None,
         encoder: Encoder | None = None,
         masking: Masking | None = None,
         lr: float = 1e-3,
@@ -70,99 +128,243 @@ class MaskedModelingModule(L.LightningModule):
         warmup_steps: int = 100,
         decoder: PatchDecoderConfig | None = None,
         init_from: str | None = None,
+        modalities: dict[str, ModalityConfig] | None = None,
+        budgets: TokenBudgets | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=_unsaved_hyperparameters())
-        self.tokenizer = tokenizer
+        configs = _modality_configs(modalities, tokenizer, masking, decoder)
         self.encoder = encoder if encoder is not None else TransformerEncoder()
-        self.masking = masking if masking is not None else RandomMasking()
-        self.modality = build_modality(tokenizer.spec, self.encoder.dim, self.masking, decoder)
+        self.tokenizers = {name: config.tokenizer for name, config in configs.items()}
+        self.maskings = {
+            name: config.masking or RandomMasking() for name, config in configs.items()
+        }
+        self.loss_weights = {name: config.loss_weight for name, config in configs.items()}
+        self.drop_probabilities = {n: config.drop_probability for n, config in configs.items()}
+        self.budgets = budgets
+        self.modalities = nn.ModuleDict(
+            {
+                name: build_modality(
+                    config.tokenizer.spec, self.encoder.dim, self.maskings[name], config.decoder
+                )
+                for name, config in configs.items()
+            }
+        )
+        # A modality embedding tells the trunk which modality a position belongs to; with one
+        # modality it would be a constant offset, so there is none.
+        self.modality_embeddings = None
+        if len(configs) > 1:
+            self.modality_embeddings = nn.Parameter(torch.zeros(len(configs), self.encoder.dim))
+            nn.init.trunc_normal_(self.modality_embeddings, std=0.02)
+        optional = frozenset(name for name, config in configs.items() if config.optional)
+        self.batcher = MultimodalBatcher(self.tokenizers, optional)
         if init_from is not None:
             from mmm.export import init_from_esm  # mmm.export imports this module
 
             init_from_esm(self, init_from)
-        self._epoch_means = torch.nn.ModuleDict()  # stage -> name -> MeanMetric, made on use
-        # How many training samples had each number of maskable positions: saved with the
-        # checkpoint so that generation can draw lengths like the training data's.
-        lengths = torch.zeros(tokenizer.spec.max_length + 1, dtype=torch.long)
-        self.register_buffer("length_counts", lengths)
+        self._epoch_means = nn.ModuleDict()  # "stage/modality/metric" -> MeanMetric, on use
 
-    # ----------------------------------------------------------------------------- stages
+    # --------------------------------------------------------------------------- access
+    def modality_named(self, name: str | None = None, discrete: bool = False) -> str:
+        """``name`` checked against the module's modalities, or the only one (the only
+        discrete one with ``discrete``) when ``name`` is ``None``."""
+        candidates = [
+            key
+            for key, modality in self.modalities.items()
+            if not discrete or isinstance(modality, TokenModality)
+        ]
+        kind = "discrete modality" if discrete else "modality"
+        if name is not None:
+            if name not in candidates:
+                raise ValueError(f"no {kind} {name!r} in this model; it has {candidates}")
+            return name
+        if len(candidates) != 1:
+            raise ValueError(f"this model has the {kind}s {candidates}: name one")
+        return candidates[0]
+
+    def modality_batch(self, batch: dict) -> ModalityBatch:
+        """The modality sub-batches of ``batch``. A batch of the module's batcher is keyed by
+        modality (other keys, such as the loader's ``skipped`` count, are not modalities); a
+        flat batch of one tokenizer's ``collate`` is the batch of the module's only modality."""
+        if "attention_mask" in batch:
+            return {self.modality_named(): {k: v for k, v in batch.items() if k != "skipped"}}
+        subs = {name: value for name, value in batch.items() if isinstance(value, dict)}
+        unknown = sorted(set(subs) - set(self.modalities))
+        if unknown:
+            raise ValueError(
+                f"batch has modalities {unknown} this model lacks ({list(self.modalities)})"
+            )
+        return subs
+
     def _step(self) -> int:
         return self.global_step if self._trainer is not None else 0
 
-    def choose_mask(self, batch: dict[str, Tensor]) -> MaskedPositions:
-        """Hidden positions of the batch, with per-sample ratios and loss weights."""
-        return self.masking(
-            batch["maskable"],
-            step=self._step(),
-            word_ids=batch.get("word_ids"),
-            grid=getattr(self.tokenizer.spec, "grid", None),
+    # ---------------------------------------------------------------------------- masking
+    def choose_masks(self, inputs: ModalityBatch) -> dict[str, MaskedPositions]:
+        """Hidden positions of every modality of the batch: its own masking (or the token
+        budgets), then the dropping of whole modalities."""
+        return self._masks_across(inputs, self._own_masks(inputs, evaluation=False)[0])
+
+    def evaluation_masks(self, inputs: ModalityBatch) -> list[dict[str, MaskedPositions]]:
+        """The masks a held-out batch is scored under: each modality's evaluation masks
+        (masked diffusion scores several noise levels; shorter lists repeat)."""
+        own = self._own_masks(inputs, evaluation=True)
+        return [self._masks_across(inputs, masks) for masks in own]
+
+    def _own_masks(
+        self, inputs: ModalityBatch, evaluation: bool
+    ) -> list[dict[str, MaskedPositions]]:
+        if self.budgets is not None:
+            maskable = {name: sub["maskable"] for name, sub in inputs.items()}
+            return [self.budgets(maskable, _rows(inputs), _batch_size(inputs))]
+        per_modality = {}
+        for name, sub in inputs.items():
+            masking, step = self.maskings[name], self._step()
+            grid = getattr(self.tokenizers[name].spec, "grid", None)
+            options = dict(word_ids=sub.get("word_ids"), grid=grid)
+            if evaluation:
+                per_modality[name] = masking.evaluation_masks(sub["maskable"], step, **options)
+            else:
+                per_modality[name] = [masking(sub["maskable"], step=step, **options)]
+        passes = max(len(masks) for masks in per_modality.values())
+        return [
+            {n: masks[i % len(masks)] for n, masks in per_modality.items()} for i in range(passes)
+        ]
+
+    def _masks_across(
+        self, inputs: ModalityBatch, masked: dict[str, MaskedPositions]
+    ) -> dict[str, MaskedPositions]:
+        maskable = {name: sub["maskable"] for name, sub in inputs.items()}
+        return drop_modalities(
+            masked, maskable, _rows(inputs), self.drop_probabilities, _batch_size(inputs)
         )
 
-    def encode(self, x: Tensor, padding_mask: Tensor) -> Tensor:
-        """Run the trunk; skip the attention mask when nothing is padding (fastest SDPA path)."""
-        return self.encoder(x, None if bool(padding_mask.all()) else padding_mask)
+    # ---------------------------------------------------------------------------- passes
+    def encode_modalities(
+        self, inputs: ModalityBatch, masked: dict[str, MaskedPositions] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Embed each modality (corrupted per ``masked``; as it is when ``None``), encode the
+        positions the encoder may see of every sample in one trunk sequence, and route the
+        states back.
+
+        Returns:
+            modality -> (B_m, L_m, D) states (zeros at unseen positions), and modality ->
+            (B_m, L_m) bool positions the encoder saw.
+        """
+        segments, seen = {}, {}
+        for name, sub in inputs.items():
+            modality, masks = self.modalities[name], masked[name] if masked else None
+            x = modality.embed(sub, masks)  # (B_m, L_m, D)
+            if self.modality_embeddings is not None:
+                x = x + self.modality_embeddings[self._modality_index(name)].to(x.dtype)
+            seen[name] = modality.encoder_positions(sub, masks)
+            segments[name] = Segment(x, seen[name], sub.get("rows"))
+        x, layout = pack_segments(segments, _batch_size(inputs))  # (B, T, D)
+        return unpack_segments(self.encoder(x, layout.padding_mask), layout), seen
+
+    def _modality_index(self, name: str) -> int:
+        return list(self.modalities).index(name)
 
     def forward_masked(
-        self, batch: dict[str, Tensor], masked: MaskedPositions | None = None
+        self,
+        batch: dict,
+        masked: dict[str, MaskedPositions] | MaskedPositions | None = None,
     ) -> MaskedOutput:
-        """Mask (or take ``masked``), embed, encode (visible positions only for MAE-style
-        modalities), predict and score the hidden positions."""
-        masked = masked if masked is not None else self.choose_mask(batch)
-        mask = masked.mask
-        x = self.modality.embed(batch, mask)  # (B, L, D)
-        visible = None
-        padding = batch["attention_mask"]  # (B, L)
-        if self.modality.visible_only:
-            ids_keep, padding = visible_indices(batch["attention_mask"] & ~mask)  # (B, V)
-            visible = VisibleLayout(ids_keep, padding, batch["attention_mask"])
-            x = gather_positions(x, ids_keep)  # (B, V, D)
-        hidden = self.encode(x, padding)
-        pred = self.modality.predict(hidden, mask, visible)
-        target = self.modality.targets(batch, mask)
-        weight = masked.position_weights(batch["maskable"])  # (N,) or None: plain mean
-        loss, metrics = self.modality.loss_and_metrics(pred, target, weight=weight)
-        count = masked.loss_count(batch["maskable"])
-        return MaskedOutput(loss, metrics, mask, pred, target, masked.ratio, count)
+        """Mask (or take ``masked``), embed, encode, predict and score the hidden positions of
+        every modality of ``batch``. A single ``MaskedPositions`` is the mask of a
+        one-modality batch."""
+        inputs = self.modality_batch(batch)
+        if isinstance(masked, MaskedPositions):
+            masked = {self.modality_named(): masked}
+        masked = masked if masked is not None else self.choose_masks(inputs)
+        states, seen = self.encode_modalities(inputs, masked)
+        parts = {
+            name: self._score(name, sub, masked[name], states[name], seen[name])
+            for name, sub in inputs.items()
+        }
+        loss = sum(self.loss_weights[name] * part.loss for name, part in parts.items())
+        return MaskedOutput(loss, parts)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Encoder states of an unmasked batch, (B, L, D)."""
-        x = self.modality.embed(batch, torch.zeros_like(batch["attention_mask"]))
-        return self.encode(x, batch["attention_mask"])
+    def _score(
+        self,
+        name: str,
+        sub: dict[str, Tensor],
+        masked: MaskedPositions,
+        states: Tensor,
+        seen: Tensor,
+    ) -> ModalityOutput:
+        modality = self.modalities[name]
+        pred = modality.predict(states, masked.mask, seen, sub["attention_mask"])
+        target = modality.targets(sub, masked.mask)
+        weight = masked.position_weights(sub["maskable"])  # (N,) or None: plain mean
+        loss, metrics = modality.loss_and_metrics(pred, target, weight=weight)
+        count = masked.loss_count(sub["maskable"])
+        return ModalityOutput(loss, metrics, masked.mask, pred, target, masked.ratio, count)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """Encoder states of an unmasked batch: modality -> (B_m, L_m, D)."""
+        return self.encode_modalities(self.modality_batch(batch))[0]
+
+    def predict_positions(self, batch: dict, positions: Tensor, name: str | None = None) -> Tensor:
+        """Modality ``name``'s predictions (logits for discrete ones) at ``positions``
+        (B_m, L_m) bool, for a batch whose inputs already show what is hidden (mask tokens):
+        the inference path of fill-mask, generation and scoring, with every other modality
+        of the batch as context. (N, ...) in row-major order of ``positions``."""
+        inputs = self.modality_batch(batch)
+        name = self.modality_named(name)
+        states, seen = self.encode_modalities(inputs)
+        real = inputs[name]["attention_mask"]
+        return self.modalities[name].predict(states[name], positions, seen[name], real)
 
     @torch.no_grad()
-    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Per-position states (B, L, D) and their mean over real positions (B, D)."""
-        hidden = self(batch)
-        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-        return hidden, pooled
+    def embed(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-position states (modality -> (B_m, L_m, D)) and, per sample, their mean over
+        the real positions of all its modalities, (B, D)."""
+        inputs = self.modality_batch(batch)
+        states = self.encode_modalities(inputs)[0]
+        size, dim = _batch_size(inputs), self.encoder.dim
+        first = next(iter(states.values()))
+        total = first.new_zeros(size, dim, dtype=torch.float)
+        count = first.new_zeros(size, 1, dtype=torch.float)
+        for name, hidden in states.items():
+            weights = inputs[name]["attention_mask"].unsqueeze(-1).float()  # (B_m, L_m, 1)
+            rows = _rows(inputs)[name]
+            rows = rows if rows is not None else torch.arange(hidden.shape[0], device=first.device)
+            total.index_add_(0, rows, (hidden.float() * weights).sum(dim=1))  # (B, D)
+            count.index_add_(0, rows, weights.sum(dim=1))
+        return states, (total / count.clamp_min(1.0)).to(first.dtype)
 
     # ------------------------------------------------------------------------ lightning
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self.forward_masked(batch)
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        inputs = self.modality_batch(batch)
+        out = self.forward_masked(inputs)
         self._check_finite(out.loss, f"training step {self.global_step}", across_ranks=True)
-        size = out.mask.shape[0]
-        metrics = {"loss": out.loss, **out.metrics, **self.modality.metrics_from_loss(out.loss)}
-        values = _prefixed("train", metrics)
+        size = _batch_size(inputs)
+        values = {"train/loss": out.loss.detach()}
+        for name, part in out.modalities.items():
+            derived = self.modalities[name].metrics_from_loss(part.loss)
+            for metric, value in {"loss": part.loss, **part.metrics, **derived}.items():
+                values[f"train/{name}/{metric}"] = value.detach()
+            values[f"train/{name}/mask_ratio"] = part.ratio.float().mean()
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=size)
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
-        ratio = out.ratio.float().mean()
-        self.log("train/mask_ratio", ratio, on_step=True, on_epoch=False, batch_size=size)
-        self._count_lengths(batch)
+        for name, sub in inputs.items():
+            modality = self.modalities[name]
+            if isinstance(modality, TokenModality):
+                modality.count_lengths(sub["maskable"])
         self._log_skipped(batch, size)
         return out.loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "test")
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        hidden, pooled = self.embed(batch)
-        return {"hidden": hidden, "pooled": pooled, "attention_mask": batch["attention_mask"]}
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        states, pooled = self.embed(batch)
+        masks = {name: sub["attention_mask"] for name, sub in self.modality_batch(batch).items()}
+        return {"hidden": states, "pooled": pooled, "attention_mask": masks}
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_means("val")
@@ -170,48 +372,58 @@ class MaskedModelingModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_means("test")
 
-    def _evaluation_step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        """Score the batch under each of the masking's evaluation masks and accumulate the loss
-        weighted by the positions it is a mean over, metrics by hidden-position count, so the
-        epoch value is a mean over positions (not over batches), synchronized across DDP
+    def _evaluation_step(self, batch: dict, batch_idx: int, stage: str) -> None:
+        """Score the batch under each evaluation mask and accumulate each modality's loss
+        weighted by the positions it is a mean over, its metrics by hidden-position count, so
+        the epoch value is a mean over positions (not over batches), synchronized across DDP
         ranks.
 
         The hidden positions (and BERT's replacements) of the n-th evaluation batch are drawn
         from a generator seeded with n, apart from the training RNG: evaluating one checkpoint
         twice gives the same numbers, and evaluation does not shift the training stream."""
+        inputs = self.modality_batch(batch)
         with seeded(batch_idx, self.device):
-            masks = self.masking.evaluation_masks(
-                batch["maskable"],
-                step=self._step(),
-                word_ids=batch.get("word_ids"),
-                grid=getattr(self.tokenizer.spec, "grid", None),
-            )
-            outputs = [self.forward_masked(batch, masked) for masked in masks]
+            outputs = [
+                self.forward_masked(inputs, masked) for masked in self.evaluation_masks(inputs)
+            ]
         for out in outputs:
             self._check_finite(out.loss, f"{stage} batch {batch_idx} (after step {self._step()})")
-            self._epoch_mean(stage, "loss").update(out.loss.detach().float(), out.loss_count)
-            for name, value in out.metrics.items():
-                self._epoch_mean(stage, name).update(value.detach().float(), out.target.shape[0])
-        self._log_skipped(batch, batch["maskable"].shape[0])
+            for name, part in out.modalities.items():
+                self._epoch_mean(f"{stage}/{name}/loss").update(
+                    part.loss.detach().float(), part.loss_count
+                )
+                for metric, value in part.metrics.items():
+                    self._epoch_mean(f"{stage}/{name}/{metric}").update(
+                        value.detach().float(), part.target.shape[0]
+                    )
+        self._log_skipped(batch, _batch_size(inputs))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer_fingerprint"] = self.tokenizer.fingerprint()
+        checkpoint["tokenizer_fingerprints"] = {
+            name: tokenizer.fingerprint() for name, tokenizer in self.tokenizers.items()
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse weights trained with another vocabulary than the tokenizer's now (a
         tokenizer directory retrained in place keeps its size, so the weights would load and
-        silently predict other tokens)."""
-        # Checkpoints written before training lengths were counted load with no counts.
-        checkpoint["state_dict"].setdefault("length_counts", torch.zeros_like(self.length_counts))
-        saved = checkpoint.get("tokenizer_fingerprint")
-        current = self.tokenizer.fingerprint()
-        if saved is not None and saved != current:
-            where = getattr(self.tokenizer, "path", type(self.tokenizer).__name__)
+        silently predict other tokens). Checkpoints of one-modality modules written before
+        modalities were keyed load under their modality's name."""
+        _rename_single_modality_keys(
+            checkpoint, self.modality_named() if len(self.modalities) == 1 else None
+        )
+        saved = checkpoint.get("tokenizer_fingerprints", {})
+        if "tokenizer_fingerprint" in checkpoint and len(self.tokenizers) == 1:
+            saved = {self.modality_named(): checkpoint["tokenizer_fingerprint"]}
+        for name, fingerprint in saved.items():
+            tokenizer = self.tokenizers.get(name)
+            if tokenizer is None or tokenizer.fingerprint() == fingerprint:
+                continue
+            where = getattr(tokenizer, "path", type(tokenizer).__name__)
             raise ValueError(
-                f"this checkpoint was trained with a tokenizer of fingerprint {saved}, but the "
-                f"tokenizer at {where} now has fingerprint {current}: its vocabulary changed "
-                "since (retrained or replaced?). Load the checkpoint with the tokenizer it was "
-                "trained with."
+                f"this checkpoint's {name} modality was trained with a tokenizer of fingerprint "
+                f"{fingerprint}, but the tokenizer at {where} now has fingerprint "
+                f"{tokenizer.fingerprint()}: its vocabulary changed since (retrained or "
+                "replaced?). Load the checkpoint with the tokenizer it was trained with."
             )
 
     def _check_finite(self, loss: Tensor, where: str, across_ranks: bool = False) -> None:
@@ -236,30 +448,34 @@ class MaskedModelingModule(L.LightningModule):
                 "--model.warmup_steps)."
             )
 
-    def _epoch_mean(self, stage: str, name: str) -> MeanMetric:
-        key = f"{stage}_{name}"
-        if key not in self._epoch_means:
-            self._epoch_means[key] = MeanMetric(nan_strategy="error").to(self.device)
-        return self._epoch_means[key]
+    def _epoch_mean(self, name: str) -> MeanMetric:
+        if name not in self._epoch_means:
+            self._epoch_means[name] = MeanMetric(nan_strategy="error").to(self.device)
+        return self._epoch_means[name]
 
     def _log_epoch_means(self, stage: str) -> None:
+        """Each modality's epoch means and derived metrics (perplexity), and the total loss:
+        the weighted sum of the modalities' mean losses."""
         values = {}
-        for key, metric in self._epoch_means.items():
-            if key.startswith(f"{stage}_") and metric.update_called:
-                values[f"{stage}/{key[len(stage) + 1 :]}"] = metric.compute()
+        for name, metric in self._epoch_means.items():
+            if name.startswith(f"{stage}/") and metric.update_called:
+                values[name] = metric.compute()
                 metric.reset()
-        if f"{stage}/loss" in values:
-            derived = self.modality.metrics_from_loss(values[f"{stage}/loss"])
-            values.update(_prefixed(stage, derived))
-        if values:
+        losses = {}
+        for name, modality in self.modalities.items():
+            loss = values.get(f"{stage}/{name}/loss")
+            if loss is None:
+                continue
+            losses[name] = loss
+            for metric, value in modality.metrics_from_loss(loss).items():
+                values[f"{stage}/{name}/{metric}"] = value.detach()
+        if losses:
+            total = sum(self.loss_weights[name] * loss for name, loss in losses.items())
+            values[f"{stage}/loss"] = total
             self.log_dict(values)
-            self.log(f"{stage}_loss", values[f"{stage}/loss"], prog_bar=True, logger=False)
+            self.log(f"{stage}_loss", total, prog_bar=True, logger=False)
 
-    def _count_lengths(self, batch: dict[str, Tensor]) -> None:
-        lengths = batch["maskable"].sum(dim=1).clamp(max=self.length_counts.shape[0] - 1)  # (B,)
-        self.length_counts += torch.bincount(lengths, minlength=self.length_counts.shape[0])
-
-    def _log_skipped(self, batch: dict[str, Tensor], size: int) -> None:
+    def _log_skipped(self, batch: dict, size: int) -> None:
         if "skipped" in batch:
             self.log(
                 "data/skipped_samples",
@@ -271,13 +487,31 @@ class MaskedModelingModule(L.LightningModule):
                 batch_size=size,
             )
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters AdamW does not decay, decided by structure (timm's
+        ``no_weight_decay``): vectors (biases, norms), embedding tables (tokens, learned
+        positions, modalities) and learned mask tokens. Decay would pull the rows of rare
+        tokens towards zero; projection matrices, the patch embedder's included, decay."""
+        tables = {
+            f"{owner}.weight" if owner else "weight"
+            for owner, part in self.named_modules()
+            if isinstance(part, nn.Embedding)
+        }
+        return {
+            name
+            for name, param in self.named_parameters()
+            if param.ndim < 2
+            or name in tables
+            or name == "modality_embeddings"
+            or name.endswith("mask_token")
+        }
+
     def configure_optimizers(self):
+        exempt = self.no_weight_decay()
         decay, no_decay = [], []
         for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            is_matrix = param.ndim >= 2 and "embed" not in name and "positions" not in name
-            (decay if is_matrix else no_decay).append(param)
+            if param.requires_grad:
+                (no_decay if name in exempt else decay).append(param)
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
@@ -297,6 +531,59 @@ class MaskedModelingModule(L.LightningModule):
         }
 
 
+def _modality_configs(
+    modalities: dict[str, ModalityConfig] | None,
+    tokenizer: Tokenizer | None,
+    masking: Masking | None,
+    decoder: PatchDecoderConfig | None,
+) -> dict[str, ModalityConfig]:
+    """The named modalities, or the one-modality form built from ``tokenizer``."""
+    if (modalities is None) == (tokenizer is None):
+        raise ValueError(
+            "MaskedModelingModule: give either modalities={name: ModalityConfig(...)} or one "
+            "tokenizer (with masking and decoder), not both and not neither"
+        )
+    if modalities is not None:
+        if masking is not None or decoder is not None:
+            raise ValueError(
+                "MaskedModelingModule: with modalities, set masking and decoder per modality"
+            )
+        if not modalities:
+            raise ValueError("MaskedModelingModule: modalities is empty")
+        return dict(modalities)
+    return {tokenizer.modality_name: ModalityConfig(tokenizer, masking, decoder=decoder)}
+
+
+def _rows(inputs: ModalityBatch) -> dict[str, Tensor | None]:
+    """modality -> the samples its rows belong to (``None``: all of them, in order)."""
+    return {name: sub.get("rows") for name, sub in inputs.items()}
+
+
+def _batch_size(inputs: ModalityBatch) -> int:
+    """Samples in the batch: the rows of a modality every sample carries, else one past the
+    largest row index (every sample carries some modality)."""
+    for sub in inputs.values():
+        if "rows" not in sub:
+            return sub["attention_mask"].shape[0]
+    return max(int(sub["rows"].max()) for sub in inputs.values()) + 1
+
+
+def _rename_single_modality_keys(checkpoint: dict, name: str | None) -> None:
+    """Keys of checkpoints written before modalities were keyed (``modality.*`` and
+    ``length_counts``) renamed to the one-modality layout (``modalities.<name>.*``)."""
+    state = checkpoint.get("state_dict", {})
+    if name is None or not any(key.startswith("modality.") for key in state):
+        return
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("modality."):
+            key = f"modalities.{name}.{key[len('modality.') :]}"
+        elif key == "length_counts":
+            key = f"modalities.{name}.length_counts"
+        renamed[key] = value
+    checkpoint["state_dict"] = renamed
+
+
 def _unsaved_hyperparameters() -> list[str]:
     """Arguments left out of the checkpoint's hyperparameters.
 
@@ -310,8 +597,4 @@ def _unsaved_hyperparameters() -> list[str]:
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     cli = _given_hyperparameters.get() is not None
-    return [] if cli else ["tokenizer", "encoder", "masking"]
-
-
-def _prefixed(stage: str, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {f"{stage}/{name}": value.detach() for name, value in metrics.items()}
+    return [] if cli else ["tokenizer", "encoder", "masking", "modalities", "budgets"]

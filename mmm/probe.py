@@ -106,7 +106,7 @@ def image_batch(tokenizer: ImageTokenizer, images: list[Tensor]) -> dict[str, Te
 
 def collate_items(module: MaskedModelingModule, items: list[Any]) -> dict[str, Tensor]:
     """A batch of labelled items for ``module``'s tokenizer, on its device."""
-    tokenizer = module.tokenizer
+    tokenizer = module.tokenizers[module.modality_named()]
     if isinstance(tokenizer, ImageTokenizer):
         batch = image_batch(tokenizer, items)
     elif isinstance(tokenizer, DiscreteTokenizer):
@@ -142,7 +142,7 @@ def input_features(module: MaskedModelingModule, items: list[Any]) -> np.ndarray
             weights = real.unsqueeze(-1).float()  # (B, L, 1)
             rows.append((batch["patches"] * weights).sum(1) / weights.sum(1))  # (B, P)
         else:
-            vocab = module.modality.spec.vocab_size
+            vocab = module.tokenizers[module.modality_named()].spec.vocab_size
             onehot = F.one_hot(batch["input_ids"], vocab) * real.unsqueeze(-1)  # (B, L, V)
             rows.append(onehot.sum(dim=1).float())  # (B, V)
     return torch.cat(rows).cpu().numpy()

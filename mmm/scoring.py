@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmm.generation import discrete_tokenizer, evaluating
+from mmm.generation import discrete_modality, evaluating
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import DiscreteTokenizer
 
@@ -59,7 +59,8 @@ def masked_log_probs(
     Yields:
         (n, V) float log-probabilities for the next ``n <= batch_size`` jobs, in job order.
     """
-    mask_id = module.tokenizer.spec.mask_token_id
+    name, tokenizer = discrete_modality(module, "scoring")
+    mask_id = tokenizer.spec.mask_token_id
     device = batch["input_ids"].device
     for start in range(0, len(jobs), batch_size):
         rows, cols = torch.tensor(jobs[start : start + batch_size], device=device).unbind(dim=1)
@@ -68,12 +69,12 @@ def masked_log_probs(
         ids[index, cols] = mask_id
         positions = torch.zeros_like(ids, dtype=torch.bool)
         positions[index, cols] = True
-        hidden = module({"input_ids": ids, "attention_mask": batch["attention_mask"][rows]})
-        yield module.modality.predict(hidden, positions, None).float().log_softmax(dim=-1)
+        inputs = {name: {"input_ids": ids, "attention_mask": batch["attention_mask"][rows]}}
+        yield module.predict_positions(inputs, positions, name).float().log_softmax(dim=-1)
 
 
 def _prepared(module: MaskedModelingModule, sequences: list[str], batch_size: int):
-    tokenizer = discrete_tokenizer(module, "scoring")
+    tokenizer = discrete_modality(module, "scoring")[1]
     if batch_size < 1:
         raise ValueError(f"scoring: batch_size must be >= 1, got {batch_size}")
     batch = {k: v.to(module.device) for k, v in tokenizer.collate(sequences).items()}

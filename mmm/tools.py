@@ -121,23 +121,43 @@ def tokenizer_command(
     return output
 
 
-def fill_mask_command(*, checkpoint: str, text: str | list[str], top_k: int = 5) -> None:
+def fill_mask_command(
+    *,
+    checkpoint: str,
+    text: str | list[str],
+    top_k: int = 5,
+    context: str | list[str] | None = None,
+) -> None:
     """Print the top-k predictions, with probabilities, for each mask token in each text.
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
         text: one or more inputs, the mask written as the tokenizer's mask token (``[MASK]``).
         top_k: predictions shown per mask.
+        context: for a multimodal model, one file per text that the model sees beside it
+            (e.g. the recording of a transcript: ``--context clip.wav``), read as the member
+            of its extension.
     """
     from mmm.inference import fill_mask, load_module
 
     module = load_module(checkpoint)
     text = [text] if isinstance(text, str) else text
-    for sentence, masks in zip(text, fill_mask(module, text, top_k=top_k), strict=True):
+    files = [context] if isinstance(context, str) else context
+    samples = None if files is None else [_file_member(path) for path in files]
+    found = fill_mask(module, text, top_k=top_k, context=samples)
+    for sentence, masks in zip(text, found, strict=True):
         print(sentence)
         for index, candidates in enumerate(masks, start=1):
             shown = "  ".join(f"{c.token} {c.probability:.3f}" for c in candidates)
             print(f"  mask {index}: {shown}")
+
+
+def _file_member(path: str) -> dict[str, bytes]:
+    """A file as a one-member sample, keyed by its extension (``clip.wav`` -> ``wav``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no context file at {path}")
+    return {file.suffix.lstrip(".").lower(): file.read_bytes()}
 
 
 def _device(device: str | None) -> str:

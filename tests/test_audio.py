@@ -243,13 +243,13 @@ def test_loss_counts_hidden_positions_only():
     batch = _padded_batch(tokenizer)
     torch.manual_seed(1)
     out = module.forward_masked(batch)
-    assert out.target.shape == (int(out.mask.sum()), tokenizer.spec.input_dim)
-    assert out.pred.shape == out.target.shape
-    assert not (out.mask & ~batch["attention_mask"]).any()
-    expected = F.mse_loss(out.pred, normalize_patches(batch["patches"][out.mask]))
+    assert out["audio"].target.shape == (int(out["audio"].mask.sum()), tokenizer.spec.input_dim)
+    assert out["audio"].pred.shape == out["audio"].target.shape
+    assert not (out["audio"].mask & ~batch["attention_mask"]).any()
+    expected = F.mse_loss(out["audio"].pred, normalize_patches(batch["patches"][out["audio"].mask]))
     assert torch.allclose(out.loss, expected)
     moved = dict(batch, patches=batch["patches"].clone())
-    moved["patches"][out.mask] = torch.randn_like(moved["patches"][out.mask])
+    moved["patches"][out["audio"].mask] = torch.randn_like(moved["patches"][out["audio"].mask])
     torch.manual_seed(1)
     assert not torch.isclose(module.forward_masked(moved).loss, out.loss)
 

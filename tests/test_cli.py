@@ -43,11 +43,11 @@ def _checkpoint(root: Path) -> Path:
 def test_overrides_reach_the_objects(fit_args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run(["fit", *fit_args])
-    assert cli.model.masking.ratio == 0.3
+    assert cli.model.maskings["text"].ratio == 0.3
     assert cli.model.encoder.dim == 32
-    assert cli.datamodule.tokenizer is cli.model.tokenizer
+    assert cli.datamodule.tokenizer is cli.model.batcher
     assert cli.trainer.global_step == 4
-    for metric in ("train/loss", "train/masked_accuracy", "train/perplexity", "val/loss"):
+    for metric in ("train/loss", "train/text/masked_accuracy", "train/text/perplexity", "val/loss"):
         assert metric in cli.trainer.callback_metrics
 
 

@@ -44,7 +44,12 @@ def test_shapes_match_the_documentation(module_and_sequences):
     per_token, pooled = embed_sequences(module, sequences, batch_size=2)
     assert pooled.shape == (len(sequences), 32) and pooled.dtype == torch.float32
     assert len(per_token) == len(sequences)
-    lengths = module.tokenizer.collate(sequences)["attention_mask"].sum(dim=1).tolist()
+    lengths = (
+        module.tokenizers[module.modality_named()]
+        .collate(sequences)["attention_mask"]
+        .sum(dim=1)
+        .tolist()
+    )
     assert [t.shape for t in per_token] == [(n, 32) for n in lengths]
     means = torch.stack([t.mean(dim=0) for t in per_token])
     torch.testing.assert_close(pooled, means)

@@ -24,11 +24,12 @@ PROTEINS = ["MKTLLVAGA", "ACDEFGHIKLMNPQRSTVWY", "MSTNPKPQRKTKRNTNRRPQDVKFPGG"]
 def assert_same_logits(module: MaskedModelingModule, model: torch.nn.Module, sequences) -> None:
     """mmm's and a Hugging Face masked LM's logits agree (fp32) at every real position of a
     padded batch (ESM zeroes padding positions; mmm masks them out of attention)."""
-    batch = module.tokenizer.collate(sequences)
+    name = module.modality_named()
+    batch = module.tokenizers[name].collate(sequences)
     real = batch["attention_mask"]  # (B, L)
     assert not real.all()  # rows of different lengths: padding is present, and handled
     with torch.no_grad():
-        expected = module.modality.head(module(batch))  # (B, L, V)
+        expected = module.modalities[name].head(module(batch)[name])  # (B, L, V)
         logits = model(input_ids=batch["input_ids"], attention_mask=real.long()).logits
     torch.testing.assert_close(logits[real], expected[real])
 
@@ -75,13 +76,14 @@ def test_exported_directory_loads_with_auto_classes_and_pipeline(module_and_inpu
     directory = str(tmp_path / "export")
     hf_tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForMaskedLM.from_pretrained(directory).eval()
-    batch = module.tokenizer.collate(sequences)
+    name = module.modality_named()
+    batch = module.tokenizers[name].collate(sequences)
     encoded = hf_tokenizer(sequences, padding=True, return_tensors="pt")
     width = encoded["input_ids"].shape[1]
     torch.testing.assert_close(encoded["input_ids"], batch["input_ids"][:, :width])
     with torch.no_grad():
         logits = model(**encoded).logits
-        expected = module.modality.head(module(batch))[:, :width]
+        expected = module.modalities[name].head(module(batch)[name])[:, :width]
     real = encoded["attention_mask"].bool()
     torch.testing.assert_close(logits[real], expected[real])
 
@@ -98,7 +100,7 @@ def test_image_encoder_loads_in_timm_with_equal_hidden_states(tmp_path):
     export_timm(module, tmp_path / "vit")
     model = load_timm(tmp_path / "vit")
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(images), module(batch))
+        torch.testing.assert_close(model.forward_features(images), module(batch)["image"])
         torch.testing.assert_close(model(images), module.embed(batch)[1])  # average pooling
 
 

@@ -48,7 +48,7 @@ def memorizer() -> MaskedModelingModule:
     """A tiny diffusion model trained on four proteins until it knows them by heart."""
     torch.manual_seed(0)
     module = _protein_module().train()
-    batch = module.tokenizer.collate(CORPUS * 16)
+    batch = module.tokenizers["protein"].collate(CORPUS * 16)
     optimizer = torch.optim.AdamW(module.parameters(), lr=5e-3)
     steps = 400
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
@@ -68,21 +68,23 @@ def test_elbo_loss_matches_a_hand_computed_case():
     3 residues hidden, uniform logits (cross-entropy log V per hidden residue): the loss is
     (4 * 2 + 2 * 3) * log V / 10 maskable residues."""
     module = _protein_module()
-    batch = module.tokenizer.collate(["MKTA", "GIGKFL"])
+    batch = module.tokenizers["protein"].collate(["MKTA", "GIGKFL"])
     maskable = batch["maskable"]
     mask = torch.zeros_like(maskable)
     mask[0, 1:3] = True
     mask[1, 1:4] = True
-    ratio, weight = module.masking.noise_levels(torch.tensor([0.25, 0.5]))
+    ratio, weight = module.maskings["protein"].noise_levels(torch.tensor([0.25, 0.5]))
     masked = MaskedPositions(mask, ratio, weight)
-    vocab = module.tokenizer.spec.vocab_size
+    vocab = module.tokenizers["protein"].spec.vocab_size
     pred = torch.zeros(int(mask.sum()), vocab)
     target = batch["input_ids"][mask]
-    loss, _ = module.modality.loss_and_metrics(pred, target, masked.position_weights(maskable))
+    loss, _ = module.modalities["protein"].loss_and_metrics(
+        pred, target, masked.position_weights(maskable)
+    )
     assert loss.item() == pytest.approx((4 * 2 + 2 * 3) * math.log(vocab) / 10, rel=1e-6)
     assert masked.loss_count(maskable) == 10
     out = module.forward_masked(batch, masked)  # the module applies the same weights
-    per_position = F.cross_entropy(out.pred, out.target, reduction="none")
+    per_position = F.cross_entropy(out["protein"].pred, out["protein"].target, reduction="none")
     expected = (per_position * torch.tensor([4.0, 4.0, 2.0, 2.0, 2.0])).sum() / 10
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -108,12 +110,12 @@ def test_linear_schedule_hides_t_and_weighs_one_over_t():
 @pytest.mark.parametrize("name", sorted(NOISE_SCHEDULES))
 def test_times_near_zero_and_one_are_numerically_safe(name):
     module = _protein_module(DiffusionMasking(schedule=name)).train()
-    batch = module.tokenizer.collate(CORPUS * 4)
+    batch = module.tokenizers["protein"].collate(CORPUS * 4)
     for t in (1e-7, 1e-4, 1.0 - 1e-7, 1.0):
-        ratio, weight = module.masking.noise_levels(torch.full((16,), t))
+        ratio, weight = module.maskings["protein"].noise_levels(torch.full((16,), t))
         assert ((ratio >= 0) & (ratio <= 1)).all() and weight.isfinite().all()
         assert (weight >= 0).all()
-        mask = module.masking.select(batch["maskable"], ratio, None, None, None)
+        mask = module.maskings["protein"].select(batch["maskable"], ratio, None, None, None)
         out = module.forward_masked(batch, MaskedPositions(mask, ratio, weight))
         out.loss.backward()
         assert out.loss.isfinite(), f"t={t}"
@@ -128,14 +130,17 @@ def test_training_times_are_stratified_and_hidden_tokens_show_the_mask():
     assert bins.tolist() == list(range(16)), "one time in each of the 16 bins"
     torch.testing.assert_close(weight, 1.0 / t)
     module = _protein_module(masking)
-    assert module.modality.mask_replace_prob == 1.0 and module.modality.random_replace_prob == 0.0
+    assert (
+        module.modalities["protein"].mask_replace_prob == 1.0
+        and module.modalities["protein"].random_replace_prob == 0.0
+    )
 
 
 def test_evaluation_uses_fixed_times_and_reproducible_masks():
     module = _protein_module(DiffusionMasking(eval_times=4))
-    batch = module.tokenizer.collate(CORPUS)
-    first = module.masking.evaluation_masks(batch["maskable"])
-    second = module.masking.evaluation_masks(batch["maskable"])
+    batch = module.tokenizers["protein"].collate(CORPUS)
+    first = module.maskings["protein"].evaluation_masks(batch["maskable"])
+    second = module.maskings["protein"].evaluation_masks(batch["maskable"])
     times = (torch.arange(4) + 0.5) / 4 * (1 - 1e-3) + 1e-3
     torch.testing.assert_close(torch.stack([m.ratio[0] for m in first]), times)
     for a, b in zip(first, second, strict=True):
@@ -166,14 +171,16 @@ def test_infill_never_changes_fixed_positions(sampler):
 
 def test_text_infill_fills_a_span_of_the_chosen_length_and_keeps_the_rest(tiny_module):
     """Token by token: decoded text may join a generated ``##`` piece to a fixed word."""
-    batch, fill = encode_templates(tiny_module.tokenizer, ["return the [MASK]x3 of the list"])
+    batch, fill = encode_templates(
+        tiny_module.tokenizers["text"], ["return the [MASK]x3 of the list"]
+    )
     assert fill.sum() == 3
     ids = fill_masked(
         tiny_module.eval(), batch, fill, SamplingSettings(steps=4), torch.Generator().manual_seed(0)
     )
     assert torch.equal(ids[~fill], batch["input_ids"][~fill])
     assert not torch.isin(
-        ids[fill], torch.tensor(sorted(tiny_module.tokenizer.special_token_ids))
+        ids[fill], torch.tensor(sorted(tiny_module.tokenizers["text"].special_token_ids))
     ).any()
 
 
@@ -198,7 +205,9 @@ def test_a_model_of_a_tiny_corpus_regenerates_it(memorizer, sampler, least, one_
 
 def test_lengths_are_drawn_from_those_seen_in_training():
     module = _protein_module()
-    module._count_lengths(module.tokenizer.collate(["MKTAY", "GIG", "MKTAY"]))
+    module.modalities["protein"].count_lengths(
+        module.tokenizers["protein"].collate(["MKTAY", "GIG", "MKTAY"])["maskable"]
+    )
     assert sorted(set(sample_lengths(module, 50, seed=0))) == [3, 5]
     assert {len(s) for s in generate(module, 8, settings=SamplingSettings(steps=4))} <= {3, 5}
     with pytest.raises(ValueError, match="pass a length"):
@@ -216,10 +225,10 @@ def test_bad_templates_are_named():
 # -------------------------------------------------------------------------------- scoring
 def _masked_log_probs(module, sequence: str, position: int) -> torch.Tensor:
     """log p(. | sequence with residue ``position`` (1-based) hidden), computed directly."""
-    batch = module.tokenizer.collate([sequence])
+    batch = module.tokenizers["protein"].collate([sequence])
     batch["input_ids"][0, position] = TOKEN_IDS["<mask>"]  # <cls> sits at column 0
-    hidden = module(batch)  # (1, L, D)
-    return module.modality.head(hidden[0, position]).log_softmax(dim=-1)
+    hidden = module(batch)["protein"]  # (1, L, D)
+    return module.modalities["protein"].head(hidden[0, position]).log_softmax(dim=-1)
 
 
 def test_pseudo_log_likelihood_sums_single_position_log_probs():

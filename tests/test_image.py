@@ -109,9 +109,9 @@ def test_encoder_sees_only_visible_patches(tokenizer):
     lengths = []
     module.encoder.register_forward_hook(lambda mod, args, out: lengths.append(args[0].shape[1]))
     out = module.forward_masked(image_batch(tokenizer))
-    visible = tokenizer.spec.max_length - out.mask.sum(dim=1)
+    visible = tokenizer.spec.max_length - out["image"].mask.sum(dim=1)
     assert lengths == [int(visible[0])] and (visible == visible[0]).all()
-    assert out.pred.shape == (int(out.mask.sum()), tokenizer.spec.input_dim)
+    assert out["image"].pred.shape == (int(out["image"].mask.sum()), tokenizer.spec.input_dim)
 
 
 def test_loss_ignores_predictions_at_visible_patches(tokenizer, monkeypatch):
@@ -119,7 +119,7 @@ def test_loss_ignores_predictions_at_visible_patches(tokenizer, monkeypatch):
     module = tiny_module(tokenizer)
     batch = image_batch(tokenizer)
     masked = RandomMasking(ratio=0.75)(batch["maskable"])
-    monkeypatch.setattr(module, "choose_mask", lambda batch: masked)
+    monkeypatch.setattr(module, "choose_masks", lambda inputs: {"image": masked})
     mask = masked.mask
     base = module.forward_masked(batch).loss
 
@@ -127,7 +127,7 @@ def test_loss_ignores_predictions_at_visible_patches(tokenizer, monkeypatch):
         ramp = torch.linspace(-100.0, 100.0, 32)  # not constant: LayerNorm would undo that
         return lambda mod, args, out: out + where.unsqueeze(-1) * ramp
 
-    last_block = module.modality.head.blocks[-1]  # per-position layers follow it
+    last_block = module.modalities["image"].head.blocks[-1]  # per-position layers follow it
     handle = last_block.register_forward_hook(shift(~mask))
     assert torch.equal(module.forward_masked(batch).loss, base)
     handle.remove()
@@ -150,7 +150,7 @@ def test_tiny_model_overfits_a_batch(tokenizer, monkeypatch, one_thread, norm_pi
     module = tiny_module(tokenizer, norm_pix_loss=norm_pix_loss)
     batch = image_batch(tokenizer)
     masked = RandomMasking(ratio=0.75)(batch["maskable"])
-    monkeypatch.setattr(module, "choose_mask", lambda batch: masked)
+    monkeypatch.setattr(module, "choose_masks", lambda inputs: {"image": masked})
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
     losses = []
     for _ in range(100):
@@ -277,7 +277,7 @@ def test_timm_encoder_runs_visible_patches_and_loads_local_weights(tmp_path, tok
     assert torch.equal(encoder.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
     module = MaskedModelingModule(tokenizer, encoder=encoder, masking=RandomMasking(ratio=0.75))
     out = module.forward_masked(image_batch(tokenizer, count=2))
-    assert out.pred.shape == (2 * 12, 48) and torch.isfinite(out.loss)
+    assert out["image"].pred.shape == (2 * 12, 48) and torch.isfinite(out.loss)
 
 
 def test_two_validations_of_one_model_agree(tmp_path):

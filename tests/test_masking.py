@@ -16,9 +16,9 @@ from mmm.masking import (
     num_to_mask,
     random_mask,
     span_mask,
-    visible_indices,
     whole_word_mask,
 )
+from mmm.models.sequences import visible_indices
 
 
 def _maskable(batch: int = 256, length: int = 128, seed: int = 0) -> torch.Tensor:

@@ -24,21 +24,27 @@ def test_loss_ignores_unmasked_positions(tiny_module, tokenizer):
     out = tiny_module.forward_masked(batch)
     vocab = tokenizer.spec.vocab_size
     full_logits = torch.randn(*batch["input_ids"].shape, vocab)  # (B, L, V)
-    loss = tiny_module.modality.loss_and_metrics(full_logits[out.mask], out.target)[0]
+    loss = tiny_module.modalities["text"].loss_and_metrics(
+        full_logits[out["text"].mask], out["text"].target
+    )[0]
     perturbed = full_logits.clone()
-    perturbed[~out.mask] += 100.0 * torch.randn_like(perturbed[~out.mask])
-    same = tiny_module.modality.loss_and_metrics(perturbed[out.mask], out.target)[0]
+    perturbed[~out["text"].mask] += 100.0 * torch.randn_like(perturbed[~out["text"].mask])
+    same = tiny_module.modalities["text"].loss_and_metrics(
+        perturbed[out["text"].mask], out["text"].target
+    )[0]
     assert torch.equal(loss, same)
-    perturbed[out.mask] += 5.0 * torch.randn_like(perturbed[out.mask])
-    moved = tiny_module.modality.loss_and_metrics(perturbed[out.mask], out.target)[0]
+    perturbed[out["text"].mask] += 5.0 * torch.randn_like(perturbed[out["text"].mask])
+    moved = tiny_module.modalities["text"].loss_and_metrics(
+        perturbed[out["text"].mask], out["text"].target
+    )[0]
     assert not torch.isclose(loss, moved)
 
 
 def test_head_runs_on_hidden_positions_only(tiny_module, tokenizer):
     torch.manual_seed(0)
     out = tiny_module.forward_masked(_batch(tokenizer))
-    assert out.pred.shape == (int(out.mask.sum()), tokenizer.spec.vocab_size)
-    assert not (out.mask & ~_batch(tokenizer)["maskable"]).any()
+    assert out["text"].pred.shape == (int(out["text"].mask.sum()), tokenizer.spec.vocab_size)
+    assert not (out["text"].mask & ~_batch(tokenizer)["maskable"]).any()
 
 
 def test_tiny_model_overfits_one_batch(tiny_module, tokenizer):
@@ -82,7 +88,9 @@ def test_library_use_trains_and_resumes_from_checkpoint(tmp_path, tokenizer, cor
     trainer = _trainer(tmp_path)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 6
-    assert {"val/loss", "val/masked_accuracy", "val/perplexity"} <= set(trainer.callback_metrics)
+    assert {"val/loss", "val/text/masked_accuracy", "val/text/perplexity"} <= set(
+        trainer.callback_metrics
+    )
     checkpoint = tmp_path / "last.ckpt"
     trainer.save_checkpoint(checkpoint)
 
@@ -106,8 +114,8 @@ def test_whole_word_masking_trains(tokenizer):
     out = module.forward_masked(batch)
     words = batch["word_ids"]
     for row in range(words.shape[0]):
-        for word in words[row][out.mask[row]].unique():
-            assert out.mask[row][words[row] == word].all()
+        for word in words[row][out["text"].mask[row]].unique():
+            assert out["text"].mask[row][words[row] == word].all()
     out.loss.backward()
 
 
@@ -136,8 +144,8 @@ def test_padding_does_not_change_encodings(tiny_module, tokenizer):
     padded = tokenizer.collate([SENTENCES[0], SENTENCES[1] + " " + SENTENCES[2]])
     length = int(alone["attention_mask"].sum())
     with torch.no_grad():
-        a = tiny_module(alone)[0, :length]
-        b = tiny_module(padded)[0, :length]
+        a = tiny_module(alone)["text"][0, :length]
+        b = tiny_module(padded)["text"][0, :length]
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 

@@ -34,7 +34,7 @@ def _protein_module() -> MaskedModelingModule:
 
 def _train(callbacks: list[L.Callback]) -> tuple[MaskedModelingModule, L.Trainer]:
     module = _protein_module()
-    batches = [module.tokenizer.collate(PROTEINS) for _ in range(4)]
+    batches = [module.tokenizers["protein"].collate(PROTEINS) for _ in range(4)]
     trainer = L.Trainer(
         max_steps=4,
         val_check_interval=4,

@@ -249,7 +249,7 @@ def test_yaml_trains_with_span_masking_then_fills_masks_and_embeds(tmp_path, mon
                "--trainer.enable_progress_bar=false", "--trainer.logger=false",
                f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0",
                "--data.batch_size=4"])  # fmt: skip
-    assert type(cli.model.masking).__name__ == "SpanMasking"
+    assert type(cli.model.maskings["smiles"]).__name__ == "SpanMasking"
     assert cli.trainer.global_step == 2 and "val/loss" in cli.trainer.callback_metrics
     [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
 

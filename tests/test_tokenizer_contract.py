@@ -117,7 +117,9 @@ def test_a_batch_trains_through_the_one_objective(case):
         tokenizer=built, encoder=TransformerEncoder(dim=32, depth=1, num_heads=2)
     )
     out = module.forward_masked(built.collate([built.decode_sample(s) for s in samples]))
-    assert out.loss.isfinite() and out.pred.shape[0] == out.target.shape[0] == out.mask.sum()
+    assert out.loss.isfinite()
+    part = out[module.modality_named()]
+    assert part.pred.shape[0] == part.target.shape[0] == part.mask.sum()
     out.loss.backward()
     assert all(p.grad is not None for p in module.encoder.parameters())
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -120,11 +119,6 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def gather_positions(x: Tensor, ids: Tensor) -> Tensor:
-    """Select positions ``ids`` (B, K) of ``x`` (B, L, D) -> (B, K, D)."""
-    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 class TimmEncoder(Encoder):

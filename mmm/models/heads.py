@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from mmm.models.embedders import sincos_positions
-
-if TYPE_CHECKING:
-    from mmm.models.modality import VisibleLayout
 
 
 class TokenHead(nn.Module):
@@ -109,34 +105,24 @@ class PatchDecoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def unshuffle(self, hidden: Tensor, visible: VisibleLayout, mask: Tensor) -> Tensor:
-        """Put the visible states back at their positions and the mask token everywhere else.
+    def forward(self, hidden: Tensor, mask: Tensor, seen: Tensor, attention_mask: Tensor) -> Tensor:
+        """Predictions at hidden positions only, (N, output_dim) in row-major order of
+        ``mask``.
+
+        The encoder states of the positions it saw stay; every other position gets the learned
+        mask token; fixed positions are added. The blocks attend over every real position
+        (padding excluded), the output projection runs on hidden ones only.
 
         Args:
-            hidden: (B, V, D) encoder states of the kept positions.
-            visible: their positions in the full sequence, and which rows are padding.
+            hidden: (B, L, D) encoder states in the modality's layout.
             mask: (B, L) bool hidden positions.
-
-        Returns:
-            (B, L, width) decoder inputs, positions added.
+            seen: (B, L) bool positions the encoder saw.
+            attention_mask: (B, L) bool real positions.
         """
-        x = self.embed(hidden)  # (B, V, W)
-        batch, length = mask.shape
-        token = self.mask_token.to(x.dtype).expand(batch, length, -1)  # (B, L, W)
-        # Padding rows (samples with fewer visible positions than V) write the mask token, so
-        # no padding state lands anywhere; a row's ids are distinct, so the scatter is exact.
-        x = torch.where(visible.keep_valid.unsqueeze(-1), x, token[:, : x.shape[1]])
-        index = visible.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (B, V, W)
-        full = token.scatter(1, index, x)  # (B, L, W)
-        return full + self.positions[:length].to(x.dtype)
-
-    def forward(self, hidden: Tensor, visible: VisibleLayout, mask: Tensor) -> Tensor:
-        """Predictions at hidden positions only, (N, output_dim) in row-major order of
-        ``mask``; the blocks attend over every real position (padding excluded), the output
-        projection runs on hidden ones only."""
-        x = self.unshuffle(hidden, visible, mask)  # (B, L, W)
-        real = visible.attention_mask
-        attn_mask = None if bool(real.all()) else real[:, None, None, :]  # (B, 1, 1, L)
+        x = self.embed(hidden)  # (B, L, W)
+        x = torch.where(seen.unsqueeze(-1), x, self.mask_token.to(x.dtype))
+        x = x + self.positions[: x.shape[1]].to(x.dtype)
+        attn_mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :]
         for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)
+            x = block(x, attn_mask=attn_mask)  # attn_mask: (B, 1, 1, L)
         return self.pred(self.norm(x[mask]))  # (N, W) -> (N, output_dim)

@@ -12,32 +12,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmm.masking import Masking, corrupt_tokens
+from mmm.masking import MaskedPositions, Masking, corrupt_tokens
 from mmm.models.embedders import PatchEmbedder, TokenEmbedder
 from mmm.models.heads import PatchDecoder, PatchDecoderConfig, TokenHead
 from mmm.tokenizers.base import ContinuousSpec, DiscreteSpec, ModalitySpec
-
-
-@dataclass(frozen=True)
-class VisibleLayout:
-    """How visible-only encoder states map back onto the full sequence.
-
-    Attributes:
-        ids_keep: (B, V) position in the full sequence of each encoder row.
-        keep_valid: (B, V) bool, ``False`` for the padding rows of samples with fewer than V
-            visible positions.
-        attention_mask: (B, L) bool real (non-padding) positions of the full sequence.
-    """
-
-    ids_keep: Tensor
-    keep_valid: Tensor
-    attention_mask: Tensor
 
 
 def reduce_loss(per_position: Tensor, weight: Tensor | None) -> Tensor:
@@ -55,19 +38,38 @@ class Modality(nn.Module, ABC):
     visible_only: bool = False
 
     @abstractmethod
-    def embed(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
-        """Embed every position of the batch, hidden ones already corrupted when
-        ``visible_only`` is ``False``. Returns (B, L, D)."""
+    def embed(self, batch: dict[str, Tensor], masked: MaskedPositions | None) -> Tensor:
+        """Embed every position of the modality's batch, (B, L, D): hidden positions already
+        corrupted when they stay in the encoder's input (discrete tokens); ``masked=None``
+        embeds the batch as it is."""
+
+    def encoder_positions(self, batch: dict[str, Tensor], masked: MaskedPositions | None) -> Tensor:
+        """(B, L) bool: the positions the encoder sees. Real positions, less the hidden ones
+        when ``visible_only`` (MAE), less those the masking left out (4M budgets)."""
+        seen = batch["attention_mask"]
+        if masked is None:
+            return seen
+        if self.visible_only:
+            seen = seen & ~masked.mask
+        return seen if masked.left_out is None else seen & ~masked.left_out
 
     @abstractmethod
-    def predict(self, hidden: Tensor, mask: Tensor, visible: VisibleLayout | None) -> Tensor:
+    def predict(
+        self,
+        hidden: Tensor,
+        mask: Tensor,
+        seen: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """Predictions at hidden positions, (N, ...) in row-major order of ``mask``.
 
         Args:
-            hidden: encoder states, (B, L, D), or (B, V, D) when ``visible_only``.
+            hidden: (B, L, D) encoder states in the modality's layout, zeros at positions the
+                encoder did not see (``mmm.models.sequences.unpack_segments``).
             mask: (B, L) bool hidden positions.
-            visible: where the rows of ``hidden`` sit in the full sequence when
-                ``visible_only``; ``None`` otherwise.
+            seen: (B, L) bool positions the encoder saw (``encoder_positions``); needed when
+                ``visible_only``.
+            attention_mask: (B, L) bool real positions; needed when ``visible_only``.
         """
 
     @abstractmethod
@@ -126,19 +128,40 @@ class TokenModality(Modality):
         self.head = TokenHead(
             dim, spec.vocab_size, tied_embedding=self.embedder.tokens if tie_weights else None
         )
+        # How many training samples had each number of maskable positions: saved with the
+        # checkpoint so that generation can draw lengths like the training data's.
+        self.register_buffer("length_counts", torch.zeros(spec.max_length + 1, dtype=torch.long))
 
-    def embed(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
+    @torch.no_grad()
+    def count_lengths(self, maskable: Tensor) -> None:
+        """Add a training batch's lengths, (B, L) bool maskable positions, to the counts."""
+        top = self.length_counts.shape[0] - 1
+        lengths = maskable.sum(dim=1).clamp(max=top)  # (B,)
+        self.length_counts += torch.bincount(lengths, minlength=top + 1)
+
+    def embed(self, batch: dict[str, Tensor], masked: MaskedPositions | None) -> Tensor:
+        ids = batch["input_ids"]
+        if masked is not None:
+            ids = self.corrupt(ids, masked)
+        return self.embedder(ids)  # (B, L, D)
+
+    def corrupt(self, input_ids: Tensor, masked: MaskedPositions) -> Tensor:
+        """BERT's corruption of the hidden positions; rows marked ``mask_only`` show the mask
+        token at every hidden position (nothing of a dropped modality may leak)."""
         corrupted = corrupt_tokens(
-            batch["input_ids"],
-            mask,
+            input_ids,
+            masked.mask,
             mask_token_id=self.spec.mask_token_id,
             vocab_size=self.spec.vocab_size,
             mask_replace_prob=self.mask_replace_prob,
             random_replace_prob=self.random_replace_prob,
         )
-        return self.embedder(corrupted)  # (B, L, D)
+        if masked.mask_only is None:
+            return corrupted
+        only = masked.mask & masked.mask_only.unsqueeze(1)  # (B, L)
+        return corrupted.masked_fill(only, self.spec.mask_token_id)
 
-    def predict(self, hidden: Tensor, mask: Tensor, visible: VisibleLayout | None) -> Tensor:
+    def predict(self, hidden, mask, seen=None, attention_mask=None):
         return self.head(hidden[mask])  # (N, D) -> (N, V), only hidden positions
 
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
@@ -195,15 +218,13 @@ class PatchModality(Modality):
         self.embedder = PatchEmbedder(spec.input_dim, dim, spec.max_length, spec.grid)
         self.head = PatchDecoder(dim, spec.input_dim, spec.max_length, spec.grid, config)
 
-    def embed(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
+    def embed(self, batch: dict[str, Tensor], masked: MaskedPositions | None) -> Tensor:
         return self.embedder(batch["patches"])  # (B, L, D); hidden ones are dropped later
 
-    def predict(self, hidden: Tensor, mask: Tensor, visible: VisibleLayout | None) -> Tensor:
-        if visible is None:
-            raise ValueError(
-                "PatchModality.predict needs the visible layout (visible-only encoding)"
-            )
-        return self.head(hidden, visible, mask)  # (N, P)
+    def predict(self, hidden, mask, seen=None, attention_mask=None):
+        if seen is None or attention_mask is None:
+            raise ValueError("PatchModality.predict needs the seen and real positions")
+        return self.head(hidden, mask, seen, attention_mask)  # (N, P)
 
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
         target = batch["patches"][mask].float()  # (N, P)

@@ -211,6 +211,7 @@ class AudioTokenizer(Tokenizer):
             corrupt header can claim billions of frames); cut longer recordings first.
     """
 
+    modality_name = "audio"
     sample_keys = AUDIO_EXTENSIONS
 
     def __init__(

@@ -124,6 +124,9 @@ ModalitySpec = DiscreteSpec | ContinuousSpec
 class Tokenizer(ABC):
     """Turns shard samples into batches of model inputs for one modality."""
 
+    #: The modality's name when a module is built from this tokenizer alone (its logs read
+    #: ``train/<name>/loss``; a multimodal config names its modalities itself).
+    modality_name: str = "data"
     #: File extensions inside a shard sample that this tokenizer reads (e.g. ``("txt",)``).
     sample_keys: tuple[str, ...] = ()
 

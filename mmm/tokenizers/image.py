@@ -139,6 +139,7 @@ class ImageTokenizer(Tokenizer):
         background: gray level (0-255) that transparent pixels are composited onto.
     """
 
+    modality_name = "image"
     sample_keys = IMAGE_EXTENSIONS
 
     def __init__(

@@ -206,6 +206,7 @@ class ProteinTokenizer(DiscreteTokenizer):
             as ESM trains; evaluation takes the middle one instead), ``center`` or ``start``.
     """
 
+    modality_name = "protein"
     sample_keys = ("seq",)
 
     def __init__(

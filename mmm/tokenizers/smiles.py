@@ -315,6 +315,7 @@ class SmilesTokenizer(DiscreteTokenizer):
             as augmentation (needs RDKit); evaluation reads canonical SMILES instead.
     """
 
+    modality_name = "smiles"
     sample_keys = ("smi",)
 
     def __init__(

@@ -175,6 +175,7 @@ class TextTokenizer(DiscreteTokenizer):
             truncated.
     """
 
+    modality_name = "text"
     sample_keys = ("txt",)
 
     def __init__(
