@@ -750,8 +750,10 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``.
         test_shards: test shards; defaults to ``val_shards``.
         predict_shards: shards for ``mmm predict``; defaults to ``val_shards``.
-        embedded: name of a corpus that ships with an installed package (``python-docs``);
-            it is written to shards under ``data_dir`` on first use.
+        embedded: name of a corpus that ships with an installed package (``python-docs``),
+            or a list of names: each is written to shards under ``data_dir`` on first use.
+            Several corpora are several training sources, mixed by ``train_weights`` (e.g.
+            text and proteins on one trunk), and their validation splits are read together.
         data_dir: where embedded corpora are written.
         tokenizer: a tokenizer (flat batches) or a module's ``MultimodalBatcher`` (batches keyed
             by modality; LightningCLI links ``model.batcher`` here).
@@ -779,7 +781,7 @@ class ShardDataModule(L.LightningDataModule):
         val_shards: str | list[str] | None = None,
         test_shards: str | list[str] | None = None,
         predict_shards: str | list[str] | None = None,
-        embedded: str | None = None,
+        embedded: str | list[str] | None = None,
         data_dir: str = "data",
         tokenizer: Batcher | None = None,
         batch_size: int = 32,
@@ -801,8 +803,8 @@ class ShardDataModule(L.LightningDataModule):
                 raise ValueError(f"ShardDataModule: {name} must be >= 1, got {value}")
         if num_workers < 0 or shuffle_buffer < 0:
             raise ValueError("ShardDataModule: num_workers and shuffle_buffer must be >= 0")
-        self.embedded = embedded
-        self.embedded_dir = os.path.join(data_dir, embedded) if embedded else None
+        self.embedded = [embedded] if isinstance(embedded, str) else list(embedded or [])
+        self.data_dir = data_dir
         self.train_shards = _as_patterns(train_shards) or self._embedded_pattern("train")
         self.val_shards = _as_patterns(val_shards) or self._embedded_pattern("val")
         self.test_shards = _as_patterns(test_shards) or self.val_shards
@@ -821,12 +823,14 @@ class ShardDataModule(L.LightningDataModule):
         self._train_stream: dict[str, Any] = {}  # shards, readers, batching the states refer to
 
     def _embedded_pattern(self, split: str) -> list[str] | None:
-        return [os.path.join(self.embedded_dir, f"{split}-*.tar")] if self.embedded_dir else None
+        """One pattern per embedded corpus (training: one source each)."""
+        patterns = [os.path.join(self.data_dir, name, f"{split}-*.tar") for name in self.embedded]
+        return patterns or None
 
     def prepare_data(self) -> None:
-        if self.embedded:
+        for name in self.embedded:
             ensure_embedded_shards(
-                self.embedded, self.embedded_dir, samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD
+                name, os.path.join(self.data_dir, name), samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD
             )
 
     # ----------------------------------------------------------------- layout and shards

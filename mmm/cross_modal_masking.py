@@ -148,5 +148,12 @@ class TokenBudgets:
 
 
 def _budget(shares: Tensor, total: int, available: Tensor) -> Tensor:
-    """(B, M) long: ``total`` positions split by ``shares``, at most ``available`` each."""
-    return torch.minimum(torch.floor(shares * total).long(), available)
+    """(B, M) long: ``total`` positions split by ``shares``, at most ``available`` each; what
+    rounding down and exhausted modalities leave is handed to the others in turn, so a sample
+    spends its whole budget whenever it has the positions."""
+    split = torch.minimum(torch.floor(shares * total).long(), available)  # (B, M)
+    for column in range(split.shape[1]):  # M is a handful of modalities
+        left = total - split.sum(dim=1)  # (B,)
+        room = available[:, column] - split[:, column]
+        split[:, column] += torch.minimum(left, room)
+    return split
