@@ -577,7 +577,7 @@ class DiffusionMasking(Masking):
     Held-out batches are scored at ``eval_times`` fixed times (midpoints of equal bins of
     ``[min_t, 1]``) with masks from a generator seeded with ``eval_seed`` for each batch, and
     the losses averaged: ``val/loss`` is a deterministic estimate of the NLL bound per token,
-    ``val/perplexity`` its exponential, comparable across runs.
+    ``val/<modality>/perplexity`` its exponential, comparable across runs.
 
     The fixed-ratio settings of ``Masking`` (``ratio``, ``final_ratio``, ``schedule_steps``)
     do not apply: the noise schedule sets each sample's ratio.

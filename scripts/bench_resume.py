@@ -37,11 +37,15 @@ Batch = dict[str, torch.Tensor]
 
 
 def digest(batch: Batch) -> str:
-    """A hash of the model inputs of a batch (the bookkeeping the trainer removes excluded)."""
+    """A hash of the model inputs of a batch, keyed by modality or flat (the bookkeeping the
+    trainer removes excluded)."""
     hashed = hashlib.blake2b(digest_size=8)
     for name in sorted(batch):
-        if not name.startswith("reader_") and name != "skipped":
-            hashed.update(batch[name].numpy().tobytes())
+        value = batch[name]
+        if isinstance(value, dict):
+            hashed.update(digest(value).encode())
+        elif not name.startswith("reader_") and name != "skipped":
+            hashed.update(value.numpy().tobytes())
     return hashed.hexdigest()
 
 

@@ -22,7 +22,6 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from mmm.masking import RandomMasking
 from mmm.models import PatchDecoderConfig, TransformerEncoder
-from mmm.models.modality import VisibleLayout
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.image import ImageTokenizer, patchify
 
@@ -70,13 +69,13 @@ def mmm_batch(images: torch.Tensor) -> dict[str, torch.Tensor]:
 def loss_all_patches(module: MaskedModelingModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The MAE loss with the encoder run on every patch (hidden ones included), the decoder
     given only the visible states as usual: what visible-only encoding saves."""
-    mask = module.choose_mask(batch).mask
-    hidden = module.encode(module.modality.embed(batch, mask), batch["attention_mask"])
-    batch_size, length = mask.shape
-    every = torch.arange(length, device=mask.device).expand(batch_size, length)  # (B, L)
-    layout = VisibleLayout(every, ~mask, batch["attention_mask"])  # hidden rows are dropped
-    pred = module.modality.predict(hidden, mask, layout)
-    return module.modality.loss_and_metrics(pred, module.modality.targets(batch, mask))[0]
+    modality = module.modalities["image"]
+    mask = module.choose_masks({"image": batch})["image"].mask
+    hidden = module.encoder(modality.embed(batch, None), None)  # (B, L, D), every patch
+    seen = batch["attention_mask"] & ~mask
+    hidden = hidden * seen.unsqueeze(-1)  # the decoder reads visible states only
+    pred = modality.predict(hidden, mask, seen, batch["attention_mask"])
+    return modality.loss_and_metrics(pred, modality.targets(batch, mask))[0]
 
 
 class TimedStep:

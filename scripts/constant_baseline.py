@@ -3,7 +3,7 @@
 The constant predictor answers every hidden position with the most frequent maskable token of
 the training split. Masking picks maskable positions uniformly, so its expected accuracy is
 that token's share of maskable positions in the validation split. A trained model's
-``val/masked_accuracy`` should clearly beat it.
+``val/<modality>/masked_accuracy`` should clearly beat it.
 
     python scripts/constant_baseline.py --config configs/text_mlm.yaml [--train_batches 200]
 """
@@ -20,12 +20,14 @@ from mmm.cli import MMMCLI
 from mmm.module import MaskedModelingModule
 
 
-def maskable_counts(loader, limit: int | None) -> Counter:
+def maskable_counts(loader, name: str, limit: int | None) -> Counter:
+    """How often each token id sits at a maskable position of modality ``name``."""
     counts: Counter = Counter()
     for index, batch in enumerate(loader):
         if limit is not None and index >= limit:
             break
-        ids = batch["input_ids"][batch["maskable"]]
+        sub = batch[name]
+        ids = sub["input_ids"][sub["maskable"]]
         counts.update(
             dict(zip(*[t.tolist() for t in torch.unique(ids, return_counts=True)], strict=True))
         )
@@ -41,11 +43,12 @@ def main() -> None:
     data = cli.datamodule
     data.prepare_data()
     data.setup("fit")
-    train = maskable_counts(data.train_dataloader(), args.train_batches)
+    modality = cli.model.modality_named(discrete=True)
+    train = maskable_counts(data.train_dataloader(), modality, args.train_batches)
     token, _ = train.most_common(1)[0]
-    val = maskable_counts(data.val_dataloader(), None)
+    val = maskable_counts(data.val_dataloader(), modality, None)
     accuracy = val[token] / sum(val.values())
-    name = cli.model.tokenizer.id_to_token(token)
+    name = cli.model.tokenizers[modality].id_to_token(token)
     print(f"most frequent maskable token: {name!r} (id {token})")
     print(f"constant-prediction masked accuracy on validation: {accuracy:.4f}")
 

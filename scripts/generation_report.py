@@ -46,14 +46,19 @@ def split_members(corpus: str, member: str, validation: bool) -> list[str]:
 def unigram_baseline(module: MaskedModelingModule, train: list[str], count: int) -> list[str]:
     """Sequences whose tokens are drawn independently from their training frequencies, with
     lengths drawn from the training lengths the checkpoint recorded."""
-    tokenizer = module.tokenizer
+    tokenizer = module.tokenizers[module.modality_named()]
     frequencies = torch.zeros(tokenizer.spec.vocab_size)
     for start in range(0, len(train), 512):
         batch = tokenizer.collate(train[start : start + 512])
         ids = batch["input_ids"][batch["maskable"]]
         frequencies += torch.bincount(ids, minlength=frequencies.shape[0]).float()
     generator = torch.Generator().manual_seed(0)
-    lengths = torch.multinomial(module.length_counts.float(), count, True, generator=generator)
+    lengths = torch.multinomial(
+        module.modalities[module.modality_named()].length_counts.float(),
+        count,
+        True,
+        generator=generator,
+    )
     return [
         tokenizer.decode(torch.multinomial(frequencies, int(n), True, generator=generator).tolist())
         for n in lengths
@@ -125,17 +130,18 @@ def nll_bound(module: MaskedModelingModule, sequences: list[str], batch_size: in
     """Held-out NLL bound per token with the checkpoint's fixed-t evaluation masks."""
     total, count = 0.0, 0
     for start in range(0, len(sequences), batch_size):
-        batch = module.tokenizer.collate(sequences[start : start + batch_size])
-        for masked in module.masking.evaluation_masks(batch["maskable"]):
-            out = module.forward_masked(batch, masked)
-            total += out.loss.item() * out.loss_count
-            count += out.loss_count
+        name = module.modality_named()
+        batch = module.tokenizers[name].collate(sequences[start : start + batch_size])
+        for masked in module.maskings[name].evaluation_masks(batch["maskable"]):
+            part = module.forward_masked(batch, masked)[name]
+            total += part.loss.item() * part.loss_count
+            count += part.loss_count
     return total / count
 
 
 def report_protein(args: argparse.Namespace) -> None:
     module = load_module(args.checkpoint)
-    window = module.tokenizer.max_length - 2
+    window = module.tokenizers[module.modality_named()].max_length - 2
     train = split_members("pyhmmer-proteins", "seq", validation=False)
     held_out = [s[:window] for s in split_members("pyhmmer-proteins", "seq", validation=True)]
     generated = generate(module, args.samples, settings=sampling_settings(args), seed=0)
@@ -147,7 +153,7 @@ def report_protein(args: argparse.Namespace) -> None:
     print(f"composition KL(train || uniform): {kl(reference, uniform):.4f} nats")
     print("examples:", *generated[:3], sep="\n  ")
     print(f"held out: {len(held_out)} proteins, first {window} residues")
-    if hasattr(module.masking, "evaluation_times"):
+    if hasattr(module.maskings[module.modality_named()], "evaluation_times"):
         bound = nll_bound(module, held_out)
         print(
             f"{args.checkpoint}: NLL bound {bound:.4f} nats/residue, perplexity <= {math.exp(bound):.2f}"
