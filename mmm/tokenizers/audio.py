@@ -172,6 +172,7 @@ def patchify(features: Tensor, patch_mels: int, patch_frames: int) -> Tensor:
 
 def unpatchify(patches: Tensor, n_mels: int, patch_mels: int, patch_frames: int) -> Tensor:
     """Inverse of ``patchify``: (B, L, patch_mels * patch_frames) -> (B, n_mels, T)."""
+    # (B, Tp * Fp, pf * pt) -> (B, Fp * pf, Tp * pt)
     return rearrange(
         patches,
         "b (t f) (pf pt) -> b (f pf) (t pt)",

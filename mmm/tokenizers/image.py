@@ -42,6 +42,7 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     p = patch_size
     if height % p or width % p:
         raise ValueError(f"patchify: image {height}x{width} is not a multiple of patch {p}")
+    # (B, C, rows * p, cols * p) -> (B, rows * cols, p * p * C), each patch flattened as (p, p, C)
     return rearrange(images, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
 
 

@@ -140,8 +140,8 @@ def randomized_smiles(smiles: str, seed: int | None = None) -> str:
 # ---------------------------------------------------------------------------------- files
 def _smiles_lines(path: Path, column: str) -> Iterator[tuple[int, str]]:
     """(line number, SMILES) of a ``.smi`` file (first whitespace-separated field; ``#``
-    comments, blank lines and a ``smiles ...`` header line skipped) or a ``.csv``/``.tsv`` file (the ``column`` field),
-    gzipped or not."""
+    comments, blank lines and a ``smiles ...`` header line skipped) or a ``.csv``/``.tsv``
+    file (the ``column`` field), gzipped or not."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     with open_text(path) as handle:
