@@ -4,7 +4,8 @@ One ``ShardDataModule`` serves all modalities: what differs (which shard members
 to decode and batch them) is the tokenizer's job. Shards may be local paths, globs,
 brace-expanded lists (``data/train-{000000..000009}.tar``), text files listing one shard URL
 per line (``shards.txt``), or ``pipe:`` URLs for object storage
-(``pipe:aws s3 cp s3://bucket/train-000000.tar -``), several joined with ``::``.
+(``pipe:aws s3 cp s3://bucket/train-000000.tar -``), several joined with ``::``
+(``mmm.data.patterns.expand_shards``).
 
 Every reader (one loader worker of one rank) owns its shards: shards are dealt to
 ``ranks x workers`` readers per pass, so no two readers of a pass share a shard. Training reads
@@ -16,7 +17,6 @@ rank that ran dry; validation reads every sample exactly once (``exact``).
 from __future__ import annotations
 
 import copy
-import glob
 import hashlib
 import itertools
 import logging
@@ -33,13 +33,14 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import webdataset as wds
-from braceexpand import braceexpand
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmm.corpora import ensure_embedded_shards
+from mmm.data.corpora import ensure_embedded_shards
+from mmm.data.patterns import expand_shards, is_remote
+from mmm.data.reading import read_shards
+from mmm.data.shards import indexed_counts
 from mmm.rng import seeded
-from mmm.shards import indexed_counts
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.multimodal import Batcher
 
@@ -52,7 +53,6 @@ Batch = dict[str, torch.Tensor]
 #: Samples per shard of embedded corpora: small shards so that even the small embedded sets
 #: give every reader of a few ranks and workers a shard of its own.
 EMBEDDED_SAMPLES_PER_SHARD = 256
-_SHARD_LIST_SUFFIXES = (".txt", ".list")
 
 # The length we report is exact by construction (every worker yields the same number of
 # batches), which is the case Lightning's generic warning about IterableDataset lengths is not.
@@ -62,50 +62,6 @@ warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable
 
 
 # --------------------------------------------------------------------------------- sources
-def _is_remote(url: str) -> bool:
-    return url.startswith(("pipe:", "http://", "https://", "s3://", "gs://"))
-
-
-def read_shard_list(path: str) -> list[str]:
-    """Shard patterns listed in a text file, one per line; blank lines and lines starting with
-    ``#`` are skipped, and relative local paths are taken relative to the list file's folder."""
-    folder = Path(path).parent
-    patterns = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            relative = not _is_remote(line) and not os.path.isabs(line)
-            patterns.append(str(folder / line) if relative else line)
-    return patterns
-
-
-def expand_shards(spec: str | list[str]) -> list[str]:
-    """Turn a shard specification into a list of shard URLs.
-
-    ``spec`` is one or more patterns (a list, or joined by ``::``); each is brace-expanded. A
-    local ``.txt``/``.list`` file is read as a list of further patterns. Local patterns are
-    glob-expanded and must exist; remote URLs (``pipe:``, ``http(s)://``, ...) pass as given.
-
-    Raises:
-        FileNotFoundError: naming the pattern that matches no local file.
-    """
-    patterns = [spec] if isinstance(spec, str) else spec
-    urls: list[str] = []
-    for pattern in (part for joined in patterns for part in joined.split("::")):
-        for url in braceexpand(pattern):
-            if _is_remote(url):
-                urls.append(url)
-            elif url.endswith(_SHARD_LIST_SUFFIXES) and os.path.isfile(url):
-                urls.extend(expand_shards(read_shard_list(url)))
-            else:
-                matches = sorted(glob.glob(url)) if glob.has_magic(url) else [url]
-                existing = [m for m in matches if os.path.isfile(m)]
-                if not existing:
-                    raise FileNotFoundError(f"no shard file matches {url!r} (from {spec!r})")
-                urls.extend(existing)
-    return urls
-
-
 def inspect_local_shard(url: str, full: bool) -> tuple[int, bool]:
     """Samples in a local tar and whether the tar is complete, from member headers only.
 
@@ -150,10 +106,10 @@ def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tupl
     kept, samples = [], 0
     indexed: dict[str, int] = {}
     if count:  # counts written beside the shards by `mmm shards` spare a scan of every header
-        for folder in {os.path.dirname(url) or "." for url in urls if not _is_remote(url)}:
+        for folder in {os.path.dirname(url) or "." for url in urls if not is_remote(url)}:
             indexed.update(indexed_counts(folder))
     for url in urls:
-        if _is_remote(url):
+        if is_remote(url):
             kept.append(url)
             continue
         known = indexed.get(str(Path(os.path.dirname(url) or ".") / os.path.basename(url)))
@@ -298,8 +254,7 @@ class ShardStream:
     def read_shard(self, pass_index: int, shard: int) -> Iterator[dict[str, Any]]:
         """The raw samples of one shard of a pass, in order, tagged with their address."""
         self.current_url = self.pass_shards(pass_index)[shard]
-        samples = wds.tarfile_to_samples(handler=self.handler)([{"url": self.current_url}])
-        for index, sample in enumerate(samples):
+        for index, sample in enumerate(read_shards([self.current_url], self.handler)):
             sample["__address__"] = (self.source, pass_index, shard, index)
             yield sample
 
@@ -908,7 +863,7 @@ class ShardDataModule(L.LightningDataModule):
         """Batches each reader yields per epoch, from ``epoch_samples`` (or the local count)."""
         samples = self.epoch_samples
         if samples is None:
-            if any(_is_remote(url) for urls in sources for url in urls):
+            if any(is_remote(url) for urls in sources for url in urls):
                 raise ValueError(
                     "ShardDataModule: remote train shards cannot be counted; set "
                     "data.epoch_samples (training samples per epoch over all ranks)"

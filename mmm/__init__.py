@@ -2,42 +2,49 @@
 
 One objective (hide positions, encode the rest, predict what was hidden) for text, images,
 audio, proteins and SMILES, on a shared Transformer encoder.
+
+The names below are imported on first use (PEP 562), so that importing a part of mmm, such as
+``mmm.data``, does not import the models and every modality with it.
 """
 
-from mmm.masking import (
-    BlockMasking,
-    DiffusionMasking,
-    Masking,
-    RandomMasking,
-    SpanMasking,
-    WholeWordMasking,
-)
-from mmm.models import HFEncoder, PatchDecoderConfig, TimmEncoder, TransformerEncoder
-from mmm.module import MaskedModelingModule
-from mmm.tokenizers import (
-    AudioTokenizer,
-    ImageTokenizer,
-    ProteinTokenizer,
-    SmilesTokenizer,
-    TextTokenizer,
-)
+from __future__ import annotations
 
-__all__ = [
-    "AudioTokenizer",
-    "BlockMasking",
-    "DiffusionMasking",
-    "HFEncoder",
-    "ImageTokenizer",
-    "MaskedModelingModule",
-    "Masking",
-    "PatchDecoderConfig",
-    "ProteinTokenizer",
-    "RandomMasking",
-    "SmilesTokenizer",
-    "SpanMasking",
-    "TextTokenizer",
-    "TimmEncoder",
-    "TransformerEncoder",
-    "WholeWordMasking",
-]
+import importlib
+from typing import Any
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "AudioTokenizer": "mmm.tokenizers",
+    "BlockMasking": "mmm.masking",
+    "DiffusionMasking": "mmm.masking",
+    "HFEncoder": "mmm.models",
+    "ImageTokenizer": "mmm.tokenizers",
+    "MaskedModelingModule": "mmm.module",
+    "ModalityConfig": "mmm.module",
+    "MultimodalBatcher": "mmm.tokenizers.multimodal",
+    "Masking": "mmm.masking",
+    "PatchDecoderConfig": "mmm.models",
+    "ProteinTokenizer": "mmm.tokenizers",
+    "RandomMasking": "mmm.masking",
+    "SmilesTokenizer": "mmm.tokenizers",
+    "SpanMasking": "mmm.masking",
+    "TextTokenizer": "mmm.tokenizers",
+    "TimmEncoder": "mmm.models",
+    "TokenBudgets": "mmm.cross_modal_masking",
+    "TransformerEncoder": "mmm.models",
+    "WholeWordMasking": "mmm.masking",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``mmm.<name>`` for the public names, imported from their module when first asked for."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mmm' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -28,8 +28,8 @@ from mmm.export import export_command
 from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.probe import probe_command
-from mmm.tokenizers.audio import audio_stats_command
 from mmm.tools import (
+    audio_stats_command,
     fill_mask_command,
     generate_command,
     score_command,

@@ -225,7 +225,7 @@ def read_sequences(path: str | Path) -> list[tuple[str, str]]:
     Raises:
         ValueError: naming a file that holds no sequence.
     """
-    from mmm.tokenizers.protein import open_text, read_fasta
+    from mmm.data.formats import open_text, read_fasta
 
     path = Path(path)
     with open_text(path) as handle:
@@ -289,7 +289,7 @@ def embed_command(
         batch_size: sequences per forward pass.
         per_token: also save per-token states (``.pt`` only).
     """
-    from mmm.tools import _expand_inputs
+    from mmm.data.patterns import expand_inputs as _expand_inputs
 
     suffix = Path(output).suffix
     if suffix not in (".npy", ".pt"):

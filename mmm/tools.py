@@ -1,5 +1,5 @@
-"""Commands beside training: build shards, train a tokenizer, and use a checkpoint: fill in
-masks, generate or infill sequences, score sequences and mutations.
+"""Commands beside training: build shards, train a tokenizer, compute audio statistics, and use
+a checkpoint: fill in masks, generate or infill sequences, score sequences and mutations.
 
 Each is a typed function; ``mmm <tool> --help`` is generated from its signature and docstring.
 """
@@ -7,25 +7,24 @@ Each is a typed function; ``mmm <tool> --help`` is generated from its signature 
 from __future__ import annotations
 
 import csv
-import glob
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from braceexpand import braceexpand
 
-from mmm.shards import ShardSummary, build_shards
+from mmm.data.formats import Sample, audio_samples
+from mmm.data.patterns import expand_inputs
+from mmm.data.reading import read_source
+from mmm.data.shards import ShardSummary, build_shards
+from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
+from mmm.tokenizers.base import SampleError
 
-
-def _expand_inputs(inputs: str | list[str]) -> list[str]:
-    inputs = [inputs] if isinstance(inputs, str) else inputs
-    paths = sorted({p for pattern in inputs for b in braceexpand(pattern) for p in glob.glob(b)})
-    if not paths:
-        raise FileNotFoundError(f"no input file matches {inputs}")
-    expanded: list[str] = []
-    for path in map(Path, paths):
-        expanded.extend(map(str, sorted(path.rglob("*"))) if path.is_dir() else [str(path)])
-    return [p for p in expanded if Path(p).is_file()]
+log = logging.getLogger(__name__)
 
 
 def shards_command(
@@ -62,7 +61,7 @@ def shards_command(
     if workers < 1 or max_count < 1 or max_size_mb <= 0:
         raise ValueError("shards: workers and max_count must be >= 1, max_size_mb > 0")
     summary = build_shards(
-        _expand_inputs(inputs),
+        expand_inputs(inputs),
         output,
         modality=modality,
         max_count=max_count,
@@ -119,6 +118,65 @@ def tokenizer_command(
     )
     print(f"saved a {algorithm} tokenizer of {len(tokenizer)} tokens to {output}")
     return output
+
+
+def log_mel_stats(tokenizer: AudioTokenizer, samples: Iterable[Sample]) -> dict[str, Any]:
+    """Mean and std of the un-normalized log-mel over every frame of every usable clip (whole
+    clips, not cropped), accumulated in float64; unusable clips are counted and skipped."""
+    total = total_sq = 0.0
+    frames = clips = skipped = 0
+    for sample in samples:
+        try:
+            mel = tokenizer.log_mel(tokenizer.waveform(sample)).double()  # (F, T)
+        except SampleError as error:
+            log.warning("audio-stats: skipping sample: %s", error)
+            skipped += 1
+            continue
+        total += float(mel.sum())
+        total_sq += float(mel.square().sum())
+        frames += mel.shape[1]
+        clips += 1
+    if clips == 0:
+        raise ValueError(f"audio-stats: no usable clip ({skipped} skipped)")
+    count = frames * tokenizer.features.n_mels
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"audio-stats: the statistics are not usable (mean {mean}, std {std})")
+    return {
+        "mean": mean,
+        "std": std,
+        "clips": clips,
+        "frames": frames,
+        "skipped": skipped,
+        "features": asdict(tokenizer.features),
+    }
+
+
+def audio_stats_command(
+    *, inputs: str | list[str], output: str, features: LogMelSettings | None = None
+) -> dict[str, Any]:
+    """Write the dataset mean and std of log-mel features to a JSON file.
+
+    Train with it as ``AudioTokenizer(normalize="dataset", stats=OUTPUT)`` and the same
+    ``features``.
+
+    Args:
+        inputs: shards (``.tar``), audio files or folders (read recursively), or glob/brace
+            patterns of them, e.g. ``'data/asterisk-en/train-*.tar'``; or an embedded corpus
+            name (``asterisk-en``).
+        output: JSON file to write.
+        features: log-mel settings; they must equal the tokenizer's.
+    """
+    tokenizer = AudioTokenizer(features=features)
+    stats = log_mel_stats(tokenizer, read_source(inputs, read_files=audio_samples))
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(stats, indent=2) + "\n")
+    print(
+        f"mean {stats['mean']:.3f} dB, std {stats['std']:.3f} dB over {stats['clips']} clips "
+        f"({stats['frames']} frames, {stats['skipped']} skipped) -> {output}"
+    )
+    return stats
 
 
 def fill_mask_command(
@@ -295,7 +353,7 @@ def score_command(
 def _score_sequences(module, inputs: str | list[str], output: str, batch_size: int) -> str:
     from mmm.inference import read_sequences, score
 
-    records = [pair for path in _expand_inputs(inputs) for pair in read_sequences(path)]
+    records = [pair for path in expand_inputs(inputs) for pair in read_sequences(path)]
     scores = score(module, [seq for _, seq in records], batch_size=batch_size)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", newline="", encoding="utf-8") as handle:

@@ -25,7 +25,7 @@ from collections import Counter
 
 import torch
 
-from mmm.corpora import is_validation_key, iter_corpus
+from mmm.data.corpora import is_validation_key, iter_corpus
 from mmm.generation import SamplingSettings, generate
 from mmm.inference import load_module, score
 from mmm.module import MaskedModelingModule
@@ -67,7 +67,7 @@ def unigram_baseline(module: MaskedModelingModule, train: list[str], count: int)
 
 def molecule_shares(smiles: list[str], training: set[str]) -> tuple[float, float, float]:
     """(valid share of all, unique share of valid, novel share of unique valid)."""
-    from mmm.tokenizers.smiles import canonical_smiles
+    from mmm.data.formats.smiles import canonical_smiles
 
     canonical = []
     for text in smiles:
@@ -91,7 +91,7 @@ def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
 
 
 def report_smiles(args: argparse.Namespace) -> None:
-    from mmm.tokenizers.smiles import canonical_smiles
+    from mmm.data.formats.smiles import canonical_smiles
 
     module = load_module(args.checkpoint)
     train = split_members("smiles-nci-wehi", "smi", validation=False)

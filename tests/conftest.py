@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mmm.data.shards import write_shards
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.shards import write_shards
 from mmm.tokenizers.text import TextTokenizer
 from tests.helpers import single_thread
 

@@ -19,13 +19,13 @@ import webdataset as wds
 
 from datamodules.webdataset import ShardDataModule
 from mmm.cli import run
-from mmm.corpora.audio import ASTERISK_EN, asterisk_en
+from mmm.data.corpora.audio import ASTERISK_EN, asterisk_en
+from mmm.data.shards import write_shards
 from mmm.masking import RandomMasking, SpanMasking
 from mmm.models.encoder import TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import normalize_patches
 from mmm.module import MaskedModelingModule
-from mmm.shards import write_shards
 from mmm.tokenizers.audio import (
     AudioTokenizer,
     LogMelSettings,

@@ -14,7 +14,7 @@ import torch
 
 from datamodules import ShardDataModule, expand_shards, webdataset
 from datamodules.webdataset import ShardStream, usable_local_shards
-from mmm.shards import write_shards
+from mmm.data.shards import write_shards
 from mmm.tokenizers.base import SampleError
 from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
 

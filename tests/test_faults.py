@@ -28,15 +28,15 @@ from PIL import Image
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
 from mmm.cli import run
-from mmm.corpora.text import chunk_text
+from mmm.data.formats import chunk_text, read_fasta
+from mmm.data.shards import write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module, read_sequences
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.shards import write_shards
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
-from mmm.tokenizers.protein import ProteinTokenizer, read_fasta
+from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer
 from mmm.tools import shards_command, tokenizer_command

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mmm.cli import run
+from mmm.data.shards import write_shards
 from mmm.generation import (
     SamplingSettings,
     encode_templates,
@@ -25,7 +26,6 @@ from mmm.masking import NOISE_SCHEDULES, DiffusionMasking, MaskedPositions, Rand
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.scoring import parse_mutations
-from mmm.shards import write_shards
 from mmm.tokenizers import ProteinTokenizer
 from mmm.tokenizers.protein import TOKEN_IDS
 from tests.helpers import single_thread

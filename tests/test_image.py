@@ -15,10 +15,11 @@ from PIL import Image
 
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import ReconstructionImages
+from mmm.data.formats import sample_source
+from mmm.data.shards import write_shards
 from mmm.masking import BlockMasking, RandomMasking, block_mask
 from mmm.models import PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.shards import sample_source, write_shards
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer, patchify, unpatchify
 

@@ -18,7 +18,7 @@ from mmm.models.encoder import TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.sequences import Segment, pack_segments, unpack_segments
 from mmm.module import MaskedModelingModule, ModalityConfig
-from mmm.shards import write_shards
+from mmm.data.shards import write_shards
 from mmm.tokenizers import ImageTokenizer, ProteinTokenizer, SampleError
 from mmm.tokenizers.multimodal import MultimodalBatcher
 from tests.conftest import SENTENCES

@@ -11,9 +11,9 @@ import soundfile as sf
 import webdataset as wds
 from PIL import Image
 
-from mmm.corpora import iter_corpus
-from mmm.corpora.audio import ASTERISK_TRANSCRIPTS
-from mmm.shards import manifest_samples
+from mmm.data.corpora import iter_corpus
+from mmm.data.corpora.audio import ASTERISK_TRANSCRIPTS
+from mmm.data.formats import manifest_samples
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tools import shards_command

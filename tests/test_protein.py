@@ -8,19 +8,15 @@ import pytest
 import torch
 
 from datamodules.webdataset import ShardDataModule
-from mmm.corpora import iter_corpus
+from mmm.data.corpora import iter_corpus
+from mmm.data.formats import protein_samples, read_fasta
+from mmm.data.formats.protein import RESIDUES
 from mmm.inference import fill_mask
 from mmm.masking import RandomMasking
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import SampleError
-from mmm.tokenizers.protein import (
-    RESIDUES,
-    TOKEN_IDS,
-    ProteinTokenizer,
-    protein_samples,
-    read_fasta,
-)
+from mmm.tokenizers.protein import TOKEN_IDS, ProteinTokenizer
 from mmm.tools import shards_command
 from tests.helpers import overfit_loss
 

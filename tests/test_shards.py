@@ -11,9 +11,10 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mmm import shards
 from mmm.cli import run
-from mmm.shards import Sample, split_by_size
+from mmm.data import shards
+from mmm.data.formats import Sample, base
+from mmm.data.shards import split_by_size
 
 
 def _lines(paths: list[str]) -> Iterator[Sample]:
@@ -27,8 +28,8 @@ def _lines(paths: list[str]) -> Iterator[Sample]:
 
 @pytest.fixture
 def lines_reader(monkeypatch):
-    monkeypatch.setitem(shards._SOURCES, "lines", _lines)
-    monkeypatch.setattr(shards, "_PER_FILE", {*shards._PER_FILE, "lines"})
+    monkeypatch.setitem(base._SOURCES, "lines", _lines)
+    monkeypatch.setattr(base, "_PER_FILE", {*base._PER_FILE, "lines"})
 
 
 def _files(folder: Path, sizes: list[int]) -> set[str]:

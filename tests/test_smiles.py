@@ -12,19 +12,17 @@ import torch
 
 from datamodules.webdataset import ShardDataModule
 from mmm.cli import run
-from mmm.corpora import iter_corpus
+from mmm.data.corpora import iter_corpus
+from mmm.data.formats import SKIPPED, smiles_samples
+from mmm.data.formats.smiles import canonical_smiles, heavy_atom_count, tokenize_smiles
+from mmm.data.shards import write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
-from mmm.shards import SKIPPED, write_shards
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.smiles import (
     MASK,
     SmilesTokenizer,
-    canonical_smiles,
-    heavy_atom_count,
-    smiles_samples,
-    tokenize_smiles,
 )
 from tests.helpers import overfit_loss
 
@@ -103,7 +101,7 @@ def test_vocabulary_is_saved_and_reloaded(tokenizer):
     short = SmilesTokenizer(path=tokenizer.path, max_length=8)  # longer molecules are truncated
     assert short.collate(MOLECULES)["input_ids"].shape == (len(MOLECULES), 8)
     assert short.decode(short.encode(MOLECULES[0])) == "CC(=O)"  # <s> + 6 tokens + </s>
-    with pytest.raises(FileNotFoundError, match="no tokenizer file at .*missing.json"):
+    with pytest.raises(FileNotFoundError, match="no tokenizer at .*missing.json"):
         SmilesTokenizer(path=str(Path(tokenizer.path).with_name("missing.json")))
 
 

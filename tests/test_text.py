@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from datamodules import ShardDataModule
-from mmm.shards import write_shards
+from mmm.data.shards import write_shards
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.text import TextTokenizer, train_tokenizer
 from tests.conftest import SENTENCES

@@ -1,4 +1,5 @@
-"""Tokenizers: the data side of each modality, one file per modality."""
+"""Tokenizers: what each modality does with its samples (decode, collate, spec, vocabulary), one
+file per modality. Files, shards and corpora are read and written in ``mmm.data``."""
 
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import (

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
-import os
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,10 +28,11 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from mmm import optional
-from mmm.shards import Sample, register_source, sample_key
+from mmm.data.formats import AUDIO_EXTENSIONS
 from mmm.tokenizers.base import (
     ContinuousSpec,
     Crop,
@@ -43,11 +41,6 @@ from mmm.tokenizers.base import (
     copy_with,
     crop_window,
 )
-
-log = logging.getLogger(__name__)
-
-#: Extensions of the audio members read from shards and of the files ``mmm shards`` packs.
-AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 
 Normalize = Literal["clip", "dataset"]
 
@@ -173,21 +166,20 @@ def patchify(features: Tensor, patch_mels: int, patch_frames: int) -> Tensor:
     Returns:
         (B, (T / patch_frames) * (F / patch_mels), patch_mels * patch_frames).
     """
-    batch, mels, frames = features.shape
-    rows, cols = frames // patch_frames, mels // patch_mels
-    x = features.reshape(batch, cols, patch_mels, rows, patch_frames)  # (B, Fp, pf, Tp, pt)
-    x = x.permute(0, 3, 1, 2, 4)  # (B, Tp, Fp, pf, pt)
-    return x.reshape(batch, rows * cols, patch_mels * patch_frames)
+    # (B, Fp * pf, Tp * pt) -> (B, Tp * Fp, pf * pt): time positions outer, bands inner
+    return rearrange(features, "b (f pf) (t pt) -> b (t f) (pf pt)", pf=patch_mels, pt=patch_frames)
 
 
 def unpatchify(patches: Tensor, n_mels: int, patch_mels: int, patch_frames: int) -> Tensor:
     """Inverse of ``patchify``: (B, L, patch_mels * patch_frames) -> (B, n_mels, T)."""
-    batch, length, _ = patches.shape
-    cols = n_mels // patch_mels
-    rows = length // cols
-    x = patches.reshape(batch, rows, cols, patch_mels, patch_frames)  # (B, Tp, Fp, pf, pt)
-    x = x.permute(0, 2, 3, 1, 4)  # (B, Fp, pf, Tp, pt)
-    return x.reshape(batch, n_mels, rows * patch_frames)
+    # (B, Tp * Fp, pf * pt) -> (B, Fp * pf, Tp * pt)
+    return rearrange(
+        patches,
+        "b (t f) (pf pt) -> b (f pf) (t pt)",
+        f=n_mels // patch_mels,
+        pf=patch_mels,
+        pt=patch_frames,
+    )
 
 
 # ------------------------------------------------------------------------------ tokenizer
@@ -406,104 +398,3 @@ class AudioTokenizer(Tokenizer):
             f"patch_frames={self.patch_frames}, patch_mels={self.patch_mels}, "
             f"normalize={self.normalize!r})"
         )
-
-
-# ------------------------------------------------------------------------- shard reader
-@register_source("audio")
-def audio_samples(paths: list[str], root: str | None = None) -> Iterator[Sample]:
-    """Samples from audio files (wav, flac, mp3, ogg; other files are skipped with a warning),
-    the file's bytes unchanged under its extension, and a ``json`` member with ``label`` (the
-    name of the folder holding the file, e.g. ``dog/001.wav`` -> ``dog``) and ``path``.
-
-    Args:
-        paths: audio files (``mmm shards`` expands folders recursively).
-        root: the keys and recorded paths are relative to it; default: the files' common folder.
-    """
-    files = [Path(p) for p in paths]
-    if not files:
-        return
-    base = Path(root) if root is not None else Path(os.path.commonpath([f.parent for f in files]))
-    for path in files:
-        extension = path.suffix.lower().lstrip(".")
-        if extension not in AUDIO_EXTENSIONS:
-            log.warning("skipping %s: not an audio file (%s)", path, ", ".join(AUDIO_EXTENSIONS))
-            continue
-        relative = path.relative_to(base)
-        meta = {"label": path.parent.name, "path": str(relative)}
-        yield {
-            "__key__": sample_key(str(relative.with_suffix(""))),
-            extension: path.read_bytes(),
-            "json": json.dumps(meta).encode("utf-8"),
-        }
-
-
-# -------------------------------------------------------------------------- statistics
-def log_mel_stats(tokenizer: AudioTokenizer, samples: Iterable[Sample]) -> dict[str, Any]:
-    """Mean and std of the un-normalized log-mel over every frame of every usable clip (whole
-    clips, not cropped), accumulated in float64; unusable clips are counted and skipped."""
-    total = total_sq = 0.0
-    frames = clips = skipped = 0
-    for sample in samples:
-        try:
-            mel = tokenizer.log_mel(tokenizer.waveform(sample)).double()  # (F, T)
-        except SampleError as error:
-            log.warning("audio-stats: skipping sample: %s", error)
-            skipped += 1
-            continue
-        total += float(mel.sum())
-        total_sq += float(mel.square().sum())
-        frames += mel.shape[1]
-        clips += 1
-    if clips == 0:
-        raise ValueError(f"audio-stats: no usable clip ({skipped} skipped)")
-    count = frames * tokenizer.features.n_mels
-    mean = total / count
-    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
-    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-        raise ValueError(f"audio-stats: the statistics are not usable (mean {mean}, std {std})")
-    return {
-        "mean": mean,
-        "std": std,
-        "clips": clips,
-        "frames": frames,
-        "skipped": skipped,
-        "features": asdict(tokenizer.features),
-    }
-
-
-def _stats_samples(inputs: str | list[str]) -> Iterator[Sample]:
-    """Samples of shards (``.tar``) and audio files among the expanded inputs."""
-    import webdataset as wds
-
-    from mmm.tools import _expand_inputs
-
-    paths = _expand_inputs(inputs)
-    shards = [p for p in paths if p.endswith(".tar")]
-    if shards:
-        yield from wds.WebDataset(shards, shardshuffle=False)
-    yield from audio_samples([p for p in paths if not p.endswith(".tar")])
-
-
-def audio_stats_command(
-    *, inputs: str | list[str], output: str, features: LogMelSettings | None = None
-) -> dict[str, Any]:
-    """Write the dataset mean and std of log-mel features to a JSON file.
-
-    Train with it as ``AudioTokenizer(normalize="dataset", stats=OUTPUT)`` and the same
-    ``features``.
-
-    Args:
-        inputs: shards (``.tar``), audio files or folders (read recursively), or glob/brace
-            patterns of them; e.g. ``'data/asterisk-en/train-*.tar'``.
-        output: JSON file to write.
-        features: log-mel settings; they must equal the tokenizer's.
-    """
-    tokenizer = AudioTokenizer(features=features)
-    stats = log_mel_stats(tokenizer, _stats_samples(inputs))
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(json.dumps(stats, indent=2) + "\n")
-    print(
-        f"mean {stats['mean']:.3f} dB, std {stats['std']:.3f} dB over {stats['clips']} clips "
-        f"({stats['frames']} frames, {stats['skipped']} skipped) -> {output}"
-    )
-    return stats

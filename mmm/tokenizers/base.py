@@ -11,11 +11,15 @@ from __future__ import annotations
 import copy
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
+
+from mmm.data.cache import build_once
 
 TokenizerT = TypeVar("TokenizerT")
 
@@ -84,6 +88,26 @@ def copy_with(tokenizer: TokenizerT, **changes: Any) -> TokenizerT:
             raise AttributeError(f"{type(tokenizer).__name__} has no setting {name!r}")
         setattr(changed, name, value)
     return changed
+
+
+def ensure_trained(
+    path: Path,
+    is_saved: Callable[[Path], bool],
+    train: Callable[[str], object],
+    train_source: str | None,
+    owner: str,
+) -> None:
+    """Make sure a vocabulary is saved at ``path``: unless ``is_saved(path)``, run
+    ``train(train_source)``, which saves it there, once (one DDP rank trains under a file
+    lock; the others wait and then load what it saved).
+
+    Raises:
+        FileNotFoundError: naming ``owner`` and ``path`` when nothing is saved there and there
+            is no ``train_source`` to train from.
+    """
+    if not is_saved(path) and train_source is None:
+        raise FileNotFoundError(f"{owner}: no tokenizer at {path} and no train_source to train one")
+    build_once(path, is_built=is_saved, build=lambda: train(train_source))
 
 
 @dataclass(frozen=True)

@@ -11,26 +11,17 @@ vectors back into pictures for the reconstruction callback.
 from __future__ import annotations
 
 import io
-import json
-import logging
-import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.transforms import v2
 
-from mmm.shards import Sample, register_source, sample_key
+from mmm.data.formats import IMAGE_EXTENSIONS
 from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer, copy_with
-
-log = logging.getLogger(__name__)
-
-#: Shard members and file suffixes read as images, in order of preference.
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
 #: Pillow modes with more than 8 bits per value, and the value that maps to 1.0. ``I`` (32-bit
 #: integer) is how Pillow may open 16-bit PNG and TIFF files, so it is read as 16-bit too.
@@ -47,24 +38,21 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     Returns:
         (B, L, p * p * C) with ``L = (H / p) * (W / p)`` patches in row-major order.
     """
-    batch, channels, height, width = images.shape
+    height, width = images.shape[-2:]
     p = patch_size
     if height % p or width % p:
         raise ValueError(f"patchify: image {height}x{width} is not a multiple of patch {p}")
-    rows, cols = height // p, width // p
-    x = images.reshape(batch, channels, rows, p, cols, p)  # (B, C, rows, p, cols, p)
-    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, rows, cols, p, p, C)
-    return x.reshape(batch, rows * cols, p * p * channels)
+    # (B, C, rows * p, cols * p) -> (B, rows * cols, p * p * C), each patch flattened as (p, p, C)
+    return rearrange(images, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
 
 
 def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> Tensor:
     """Inverse of ``patchify``: (B, L, p * p * C) -> (B, C, rows * p, cols * p)."""
-    batch = patches.shape[0]
     rows, cols = grid
     p = patch_size
-    x = patches.reshape(batch, rows, cols, p, p, channels)  # (B, rows, cols, p, p, C)
-    x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, rows, p, cols, p)
-    return x.reshape(batch, channels, rows * p, cols * p)
+    return rearrange(
+        patches, "b (h w) (p q c) -> b c (h p) (w q)", h=rows, w=cols, p=p, q=p, c=channels
+    )
 
 
 def convert_mode(image: Image.Image, channels: int, background: int = 255) -> Image.Image | Tensor:
@@ -96,31 +84,6 @@ def convert_mode(image: Image.Image, channels: int, background: int = 255) -> Im
 def to_float(pixels: Image.Image | Tensor) -> Tensor:
     """A Pillow image or an image tensor as (C, H, W) float32 in [0, 1]."""
     return v2.functional.to_dtype(v2.functional.to_image(pixels), torch.float32, scale=True)
-
-
-@register_source("image")
-def image_samples(paths: list[str], labels: bool = True) -> Iterator[Sample]:
-    """Samples of image files (``jpg``, ``png``, ``webp``, ...; other files are skipped), the
-    file's bytes under its extension, keyed by its path below the files' common folder. With
-    ``labels``, the name of the folder holding each file is its class: ``cls`` holds the class
-    index (folder names sorted) and ``json`` holds ``{"label": folder, "file": path}``."""
-    files = [Path(p) for p in paths if Path(p).suffix.lower().lstrip(".") in IMAGE_EXTENSIONS]
-    if len(files) < len(paths):
-        log.warning("image shards: skipped %d non-image files", len(paths) - len(files))
-    classes = {name: index for index, name in enumerate(sorted({f.parent.name for f in files}))}
-    base = Path(os.path.commonpath([f.parent for f in files])) if files else Path()
-    for path in files:
-        extension = path.suffix.lower().lstrip(".")
-        sample: Sample = {
-            # the path below the common folder, suffix kept: a.png and a.jpg stay apart
-            "__key__": sample_key(str(path.relative_to(base))),
-            "jpg" if extension == "jpeg" else extension: path.read_bytes(),
-        }
-        if labels:
-            label = path.parent.name
-            sample["cls"] = str(classes[label]).encode()
-            sample["json"] = json.dumps({"label": label, "file": str(path)}).encode()
-        yield sample
 
 
 class ImageTokenizer(Tokenizer):

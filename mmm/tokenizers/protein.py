@@ -1,27 +1,22 @@
-"""Proteins: ESM's residue alphabet, FASTA reading, and random cropping of long sequences.
+"""Proteins: ESM's residue alphabet and random cropping of long sequences.
 
 One token per residue, as in ESM-1b/ESM-2: ``<cls> M K T ... <eos>``. Ids 0-32 are ESM-2's
 (``esm.Alphabet.from_architecture("ESM-1b")``), so token ids, and tables indexed by them, carry
 over between ESM and mmm; ``J`` (Leu or Ile), which ESM lacks, is appended as id 33. Sequences
-are read case-insensitively with whitespace and line breaks ignored and a trailing stop ``*``
-dropped. Encoding looks every byte of a sequence up in one numpy table rather than looping over
-residues in Python.
+are cleaned as FASTA records are (``mmm.data.formats.protein.clean_residues``: any case,
+whitespace and line breaks ignored, a trailing stop ``*`` dropped). Encoding looks every byte of
+a sequence up in one numpy table rather than looping over residues in Python.
 """
 
 from __future__ import annotations
 
-import gzip
-import re
-import zlib
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mmm.shards import Sample, register_source, sample_key
+from mmm.data.formats.protein import MASK, RESIDUES, OnUnknown, clean_residues
 from mmm.tokenizers.base import (
     Crop,
     DiscreteSpec,
@@ -32,19 +27,13 @@ from mmm.tokenizers.base import (
     read_text_member,
 )
 
-OnUnknown = Literal["error", "x"]
-
-CLS, PAD, EOS, UNK, MASK = "<cls>", "<pad>", "<eos>", "<unk>", "<mask>"
-#: The 20 standard amino acids, then X (any), B (D/N), U (selenocysteine), Z (E/Q),
-#: O (pyrrolysine), and the gap characters ``.`` and ``-``, in ESM's order.
-ESM_RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO.-"
+CLS, PAD, EOS, UNK = "<cls>", "<pad>", "<eos>", "<unk>"
+#: ESM's residue tokens in its id order: every code of ``RESIDUES`` but J, which ESM lacks.
+ESM_RESIDUES = RESIDUES.removesuffix("J")
 #: The vocabulary in id order: ESM-2's 33 tokens (``<null_1>`` only pads ESM's table to a
 #: multiple of 8 and is never produced), then ``J``.
 TOKENS: tuple[str, ...] = (CLS, PAD, EOS, UNK, *ESM_RESIDUES, "<null_1>", MASK, "J")
 TOKEN_IDS: dict[str, int] = {token: index for index, token in enumerate(TOKENS)}
-RESIDUES = ESM_RESIDUES + "J"
-
-_MASK_PATTERN = re.compile(re.escape(MASK), re.IGNORECASE)
 
 
 def _byte_table() -> np.ndarray:
@@ -63,8 +52,8 @@ _SKIPPED_IN_DECODE = np.array([TOKEN_IDS[t] for t in (CLS, PAD, EOS, "<null_1>")
 def encode_residues(text: str, name: str = "sequence", on_unknown: OnUnknown = "error") -> Tensor:
     """Token ids of the residues of ``text``, without ``<cls>``/``<eos>``.
 
-    Case is ignored, whitespace and line breaks are dropped, trailing ``*`` (stop) are
-    stripped, and ``<mask>`` (any case) is one masked position.
+    ``text`` is cleaned first (``clean_residues``: case ignored, whitespace and line breaks
+    dropped, trailing ``*`` stripped); ``<mask>`` (any case) is one masked position.
 
     Args:
         text: a raw sequence, e.g. the lines of a FASTA record.
@@ -78,27 +67,12 @@ def encode_residues(text: str, name: str = "sequence", on_unknown: OnUnknown = "
     Raises:
         ValueError: naming ``name``, the character and its 1-based residue position.
     """
-    # Residues between user-written masks, whitespace removed, trailing stops stripped.
-    pieces = ["".join(piece.split()) for piece in _MASK_PATTERN.split(text)]
-    pieces[-1] = pieces[-1].rstrip("*")
-    # Non-ASCII characters become one '?' each, so byte positions equal character positions.
-    parts = [_BYTE_TO_ID[np.frombuffer(p.encode("ascii", "replace"), np.uint8)] for p in pieces]
+    pieces = clean_residues(text, name=name, on_unknown=on_unknown).split(MASK)
+    parts = [_BYTE_TO_ID[np.frombuffer(piece.encode("ascii"), np.uint8)] for piece in pieces]
     chunks = parts[:1]
     for part in parts[1:]:  # one mask id between consecutive pieces
         chunks += [np.array([TOKEN_IDS[MASK]]), part]
-    ids = np.concatenate(chunks)  # (L,)
-    unknown = ids < 0
-    if unknown.any():
-        if on_unknown == "error":
-            position = int(unknown.argmax())
-            shown = "\0".join(pieces)  # one character per position, as in ``ids``
-            raise ValueError(
-                f"{name}: unknown residue {shown[position]!r} at position {position + 1}; "
-                f"allowed: {RESIDUES} (any case), {MASK}, a trailing '*'; "
-                "set on_unknown='x' to read unknown characters as X"
-            )
-        ids[unknown] = TOKEN_IDS["X"]
-    return torch.from_numpy(ids)
+    return torch.from_numpy(np.concatenate(chunks))  # (L,)
 
 
 def decode_residues(ids: Tensor) -> str:
@@ -108,84 +82,6 @@ def decode_residues(ids: Tensor) -> str:
     ids = np.asarray(ids.cpu() if isinstance(ids, Tensor) else ids)
     kept = ids[~np.isin(ids, _SKIPPED_IN_DECODE)]
     return "".join(_ID_TO_TOKEN[kept].tolist())
-
-
-def open_text(path: str | Path) -> TextIO:
-    """Open a UTF-8 text file for reading, gunzipping it when its first bytes say it is gzip
-    (whatever its name)."""
-    with open(path, "rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")
-
-
-def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
-    """(ID, raw sequence) of every record of a FASTA file, gzipped or not (told by its first
-    bytes, not its name).
-
-    The ID is the header's first word (``>sp|P69905|HBA_HUMAN Hemoglobin...`` gives
-    ``sp|P69905|HBA_HUMAN``). The raw sequence keeps its line breaks: ``encode_residues``
-    drops them. Empty lines and ``;`` comment lines are skipped.
-
-    Raises:
-        ValueError: naming the file and line of a header without an ID or of sequence text
-            before the first header, a file with no record, or one that is cut short or not
-            UTF-8.
-    """
-    try:
-        yield from _fasta_records(path)
-    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot be read as (gzipped) UTF-8 FASTA ({error})") from error
-
-
-def _fasta_records(path: str | Path) -> Iterator[tuple[str, str]]:
-    record_id: str | None = None
-    lines: list[str] = []
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.startswith(">"):
-                if record_id is not None:
-                    yield record_id, "".join(lines)
-                words = line[1:].split(maxsplit=1)
-                if not words:
-                    raise ValueError(f"{path}:{number}: FASTA header without an ID")
-                record_id, lines = words[0], []
-            elif line.strip() and not line.startswith(";"):
-                if record_id is None:
-                    raise ValueError(f"{path}:{number}: sequence text before the first '>' header")
-                lines.append(line)
-    if record_id is None:
-        raise ValueError(f"{path}: no FASTA record (no line starts with '>')")
-    yield record_id, "".join(lines)
-
-
-@register_source("protein", per_file=True)
-def protein_samples(paths: list[str], on_unknown: OnUnknown = "error") -> Iterator[Sample]:
-    """``seq`` samples from FASTA files (gzipped or not), one per record, keyed by the record
-    ID (characters a WebDataset key cannot hold, such as ``.`` and ``|``, become ``_``).
-
-    Sequences are validated and stored cleaned (upper case, no line breaks, no trailing
-    ``*``), whole: cropping happens at training time. ``mmm shards`` reads the files one at
-    a time (in ``--workers`` processes; ``--on_error skip`` skips and counts a file that fails,
-    such as a truncated ``.gz``); record IDs repeated across files are refused by
-    ``write_shards``, naming both records.
-
-    Raises:
-        ValueError: naming file, record and position of an unknown residue (unless
-            ``on_unknown='x'``), or two records whose keys coincide.
-    """
-    first_seen: dict[str, str] = {}
-    for path in paths:
-        for record_id, raw in read_fasta(path):
-            name = f"{path}: record {record_id!r}"
-            key = sample_key(record_id)
-            if key in first_seen:
-                raise ValueError(
-                    f"{name}: sample key {key!r} repeats that of {first_seen[key]}; "
-                    "record IDs must be unique"
-                )
-            first_seen[key] = name
-            residues = decode_residues(encode_residues(raw, name=name, on_unknown=on_unknown))
-            yield {"__key__": key, "__source__": name, "seq": residues.encode("ascii")}
 
 
 def _round_up(value: int, multiple: int) -> int:

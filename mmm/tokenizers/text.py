@@ -8,23 +8,20 @@ Otherwise it trains a WordPiece (BERT) or byte-level BPE (RoBERTa) tokenizer wit
 
 from __future__ import annotations
 
-import glob
-import io
 import os
-import tarfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from braceexpand import braceexpand
-from filelock import FileLock
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from mmm.shards import TEXT_EXTENSIONS, Sample, register_source, text_documents
-from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, read_text_member
+from mmm.data.formats import text_samples
+from mmm.data.reading import member_texts, read_source
+from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, ensure_trained, read_text_member
 
 Algorithm = Literal["wordpiece", "bpe"]
 
@@ -79,35 +76,12 @@ def _trainer(algorithm: Algorithm, vocab_size: int, min_frequency: int):
     )
 
 
-def iter_training_texts(source: str, text_field: str = "text") -> Iterator[str]:
-    """Texts to train a tokenizer on, from one of:
-
-    - the name of an embedded corpus (``python-docs``);
-    - a glob or brace pattern of WebDataset shards (``data/train-{000000..000009}.tar``),
-      whose ``txt`` members are read;
-    - a glob or brace pattern of ``.txt`` / ``.jsonl`` files.
-    """
-    from mmm.corpora import corpus_names, iter_corpus
-
-    if source in corpus_names():
-        for sample in iter_corpus(source):
-            yield sample["txt"].decode("utf-8")
-        return
-    paths = sorted({p for pattern in braceexpand(source) for p in glob.glob(pattern)})
-    if not paths:
-        raise FileNotFoundError(
-            f"tokenizer train_source {source!r} is neither an embedded corpus "
-            f"({corpus_names()}) nor a pattern matching any file"
-        )
-    shards = [p for p in paths if p.endswith(".tar")]
-    for shard in shards:
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(".txt"):
-                    yield io.TextIOWrapper(tar.extractfile(member), encoding="utf-8").read()
-    others = [p for p in paths if not p.endswith(".tar")]
-    for _, text, _ in text_documents(others, text_field=text_field):
-        yield text
+def iter_training_texts(source: str) -> Iterator[str]:
+    """Texts to train a tokenizer on: the ``txt`` members of an embedded corpus
+    (``python-docs``) or of shards, or whole documents of ``.txt``/``.jsonl`` files, named by
+    a glob or brace pattern (see ``mmm.data.reading.read_source``)."""
+    documents = partial(text_samples, max_words=None)
+    return member_texts(read_source(source, read_files=documents), "txt")
 
 
 def train_tokenizer(
@@ -139,21 +113,6 @@ def train_tokenizer(
     )
     wrapped.save_pretrained(str(out_dir))
     return wrapped
-
-
-@register_source("text", per_file=True, extensions=TEXT_EXTENSIONS)
-def text_samples(
-    paths: list[str], text_field: str = "text", max_words: int = 80, root: str | None = None
-) -> Iterator[Sample]:
-    """``txt`` samples from ``.txt`` files (a document each) and ``.jsonl`` files (a document
-    per line, text under ``text_field``), either gzipped, documents cut into pieces of at most
-    ``max_words`` words with paragraphs kept together where they fit. Keys are the files'
-    paths below ``root`` (default: their common folder)."""
-    from mmm.corpora.text import chunk_text
-
-    for key, text, source in text_documents(paths, text_field=text_field, root=root):
-        for index, chunk in enumerate(chunk_text(text, max_words=max_words)):
-            yield {"__key__": f"{key}-{index}", "txt": chunk.encode("utf-8"), "__source__": source}
 
 
 def _has_tokenizer_files(path: Path) -> bool:
@@ -209,22 +168,15 @@ class TextTokenizer(DiscreteTokenizer):
         lowercase: bool,
         max_length: int,
     ) -> PreTrainedTokenizerBase:
-        if not _has_tokenizer_files(path):
-            if train_source is None:
-                raise FileNotFoundError(
-                    f"TextTokenizer: no tokenizer at {path} and no train_source to train one"
-                )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock"):  # one DDP rank trains, the others wait and load
-                if not _has_tokenizer_files(path):
-                    train_tokenizer(
-                        train_source,
-                        path,
-                        vocab_size=vocab_size,
-                        algorithm=algorithm,
-                        lowercase=lowercase,
-                        model_max_length=max_length,
-                    )
+        train = partial(
+            train_tokenizer,
+            out_dir=path,
+            vocab_size=vocab_size,
+            algorithm=algorithm,
+            lowercase=lowercase,
+            model_max_length=max_length,
+        )
+        ensure_trained(path, _has_tokenizer_files, train, train_source, owner="TextTokenizer")
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if not tokenizer.is_fast:
             raise ValueError(f"TextTokenizer: {path} is not a fast (Rust) tokenizer")

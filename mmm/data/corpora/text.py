@@ -7,36 +7,15 @@ quickstart needs no download.
 from __future__ import annotations
 
 import ast
-import re
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmm.corpora import Sample, register_corpus
-from mmm.shards import sample_key
+from mmm.data.corpora import register_corpus
+from mmm.data.formats import Sample, chunk_text, sample_key
 
 _SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages"}
 _MIN_DOCSTRING_CHARS = 80
-
-
-def chunk_text(text: str, max_words: int = 80) -> list[str]:
-    """Split text into pieces of at most ``max_words`` words, keeping paragraphs together when
-    they fit, so that one piece fills a ~128-token sequence without truncation."""
-    chunks: list[str] = []
-    current: list[str] = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        words = paragraph.split()
-        start = 0  # an offset, not words[room:]: slicing the rest made long lines quadratic
-        while start < len(words):
-            room = max_words - len(current)
-            if room <= 0:
-                chunks.append(" ".join(current))
-                current, room = [], max_words
-            current.extend(words[start : start + room])
-            start += room
-    if current:
-        chunks.append(" ".join(current))
-    return chunks
 
 
 def stdlib_docstrings() -> Iterator[tuple[str, str]]:

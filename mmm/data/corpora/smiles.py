@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from importlib.resources import as_file, files
 
-from mmm.corpora import Sample, register_corpus
-from mmm.tokenizers.smiles import smiles_samples
+from mmm.data.corpora import register_corpus
+from mmm.data.formats import Sample, smiles_samples
 
 #: SMILES<TAB>name lines, gzipped (184 KB); sources and licences in its header comment.
-NCI_WEHI_FILE = files("mmm.corpora") / "data" / "nci_wehi.smi.gz"
+NCI_WEHI_FILE = files("mmm.data.corpora") / "data" / "nci_wehi.smi.gz"
 
 
 @register_corpus("smiles-nci-wehi")

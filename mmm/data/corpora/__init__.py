@@ -12,13 +12,11 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-from filelock import FileLock
+from mmm.data.cache import build_once
+from mmm.data.formats import Sample
+from mmm.data.shards import write_shards
 
-from mmm.shards import write_shards
-
-Sample = dict[str, Any]
 CorpusFactory = Callable[[], Iterator[Sample]]
 
 _CORPORA: dict[str, CorpusFactory] = {}
@@ -62,20 +60,19 @@ def ensure_embedded_shards(
     ``.complete`` marker makes later calls return at once.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    marker = out / ".complete"
-    with FileLock(str(out / ".lock")):
-        if marker.exists():
-            return out
+
+    def write() -> None:
         samples = list(iter_corpus(name))
         val = [s for s in samples if is_validation_key(s["__key__"], val_fraction)]
         train = [s for s in samples if not is_validation_key(s["__key__"], val_fraction)]
         write_shards(train, str(out / "train-%06d.tar"), max_count=samples_per_shard)
         write_shards(val, str(out / "val-%06d.tar"), max_count=samples_per_shard)
-        marker.write_text(f"{name}: {len(train)} train, {len(val)} val samples\n")
+        (out / ".complete").write_text(f"{name}: {len(train)} train, {len(val)} val samples\n")
+
+    build_once(out / ".complete", is_built=Path.exists, build=write)
     return out
 
 
 def _import_builtin_corpora() -> None:
     """Import the modules that register the built-in corpora (kept lazy: some read many files)."""
-    from mmm.corpora import audio, image, protein, smiles, text  # noqa: F401
+    from mmm.data.corpora import audio, image, protein, smiles, text  # noqa: F401

@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmm.corpora import Sample, register_corpus
-from mmm.tokenizers.audio import audio_samples
+from mmm.data.corpora import register_corpus
+from mmm.data.formats import Sample, audio_samples
 
 ASTERISK_EN = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 #: Transcripts of the prompts, from ``asterisk-core-sounds-en`` (installed with the wav package).

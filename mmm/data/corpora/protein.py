@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmm.corpora import Sample, register_corpus
-from mmm.tokenizers.protein import protein_samples
+from mmm.data.corpora import register_corpus
+from mmm.data.formats import Sample, protein_samples
 
 
 def pyhmmer_fasta_files() -> list[Path]:

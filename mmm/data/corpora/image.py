@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from mmm.corpora import Sample, register_corpus
+from mmm.data.corpora import register_corpus
+from mmm.data.formats import Sample
 
 #: Crops per photograph, side of the stored crops, and the range of crop sides (pixels of the
 #: 427x640 photograph) before resizing: from close-ups to about half of the picture.

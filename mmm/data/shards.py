@@ -1,10 +1,9 @@
-"""Writing WebDataset shards, and turning users' own files into samples for them."""
+"""Writing WebDataset shards from users' files (each modality's reader in ``mmm.data.formats``),
+and the shard index beside them."""
 
 from __future__ import annotations
 
-import csv
 import glob
-import gzip
 import heapq
 import inspect
 import json
@@ -13,7 +12,6 @@ import os
 import queue
 import re
 import shutil
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,61 +23,17 @@ from typing import Any, Literal
 import webdataset as wds
 from tqdm.auto import tqdm
 
+from mmm.data.formats import (
+    SKIPPED,
+    Sample,
+    reader_extensions,
+    reads_per_file,
+    sample_source,
+)
+
 log = logging.getLogger(__name__)
 
-Sample = dict[str, Any]
-#: The member of the note a reader yields, instead of a sample, for an input it left out.
-SKIPPED = "__skipped__"
-#: Reads input files of one modality and yields WebDataset samples (``__key__`` + members).
-SampleSource = Callable[..., Iterator[Sample]]
-
-_SOURCES: dict[str, SampleSource] = {}
-_PER_FILE: set[str] = set()
-_EXTENSIONS: dict[str, tuple[str, ...]] = {}
 _PROGRESS_EVERY = 64  # samples between progress reports of a worker process
-
-
-def register_source(
-    name: str, per_file: bool = False, extensions: tuple[str, ...] = ()
-) -> Callable[[SampleSource], SampleSource]:
-    """Register ``fn(paths: list[str], **options) -> Iterator[sample]`` as the reader that
-    ``mmm shards --modality NAME`` uses for input files of that modality.
-
-    Args:
-        name: the modality name.
-        per_file: the samples of a file depend on that file alone (not on the other files
-            in ``paths``, e.g. for class indices). Then ``mmm shards`` may read parts of the
-            file list in parallel worker processes, and in ``skip`` mode skip a file that
-            fails and go on with the next. A per-file reader that takes a ``root`` option
-            gets the inputs' common folder, so its keys stay relative to it.
-        extensions: the file name endings the reader takes (e.g. ``(".txt", ".jsonl")``);
-            ``mmm shards`` leaves other files out and says how many of each it left out.
-    """
-
-    def decorator(fn: SampleSource) -> SampleSource:
-        _SOURCES[name] = fn
-        if per_file:
-            _PER_FILE.add(name)
-        if extensions:
-            _EXTENSIONS[name] = extensions
-        return fn
-
-    return decorator
-
-
-def sample_source(name: str) -> SampleSource:
-    """The registered reader of modality ``name``."""
-    import mmm.tokenizers  # noqa: F401  (tokenizer modules register their readers)
-
-    if name not in _SOURCES:
-        raise ValueError(f"no shard reader for modality {name!r}; available: {sorted(_SOURCES)}")
-    return _SOURCES[name]
-
-
-def reads_per_file(name: str) -> bool:
-    """Whether the reader of ``name`` was registered with ``per_file=True``."""
-    sample_source(name)
-    return name in _PER_FILE
 
 
 @dataclass
@@ -367,7 +321,7 @@ def _readable_inputs(paths: list[str], modality: str, own: list[str]) -> list[st
     kept = [p for p in paths if not is_own(p) and not p.endswith(SHARD_INDEX_SUFFIX)]
     if len(kept) < len(paths):
         log.warning("not reading %d file(s) of the output itself", len(paths) - len(kept))
-    extensions = _EXTENSIONS.get(modality)
+    extensions = reader_extensions(modality)
     if extensions is None:
         return kept
     taken = [p for p in kept if p.lower().endswith(extensions)]
@@ -404,162 +358,3 @@ def _run_jobs(jobs: list[ShardJob], bar: tqdm) -> list[ShardSummary]:
             except queue.Empty:
                 continue
         return [f.result() for f in futures]
-
-
-#: Manifest fields whose values name files (NeMo/ESPnet ``audio_filepath``, Hugging Face
-#: ``metadata.csv``'s ``file_name``, or a modality's name); the file's extension names its member.
-MANIFEST_FILE_FIELDS = ("audio", "audio_filepath", "image", "file_name", "path")
-#: Member extension of manifest fields given inline, by field name (what each tokenizer reads).
-MANIFEST_INLINE_MEMBERS = {
-    "text": "txt",
-    "transcript": "txt",
-    "caption": "txt",
-    "protein": "seq",
-    "sequence": "seq",
-    "smiles": "smi",
-}
-
-
-@register_source("manifest", per_file=True)
-def manifest_samples(
-    paths: list[str],
-    key_field: str = "key",
-    file_fields: list[str] | None = None,
-    members: dict[str, str] | None = None,
-) -> Iterator[Sample]:
-    """Paired samples from manifests: JSONL (one JSON object per line, as NeMo and ESPnet write
-    them) or CSV with a header (Hugging Face ``metadata.csv``). Each line is one sample; each
-    field is one member of it:
-
-    - a field in ``file_fields`` names a file, relative to the manifest's folder (or absolute),
-      stored under its own extension (``{"audio": "clips/a.wav"}`` -> ``wav``);
-    - a field in ``members`` or ``MANIFEST_INLINE_MEMBERS`` holds inline content, stored under
-      that extension (``{"text": "Please hold."}`` -> ``txt``);
-    - any other field (``duration``, ``label``, ...) goes into the sample's ``json`` member.
-
-    Args:
-        paths: manifest files (``.jsonl`` or ``.csv``).
-        key_field: the field holding the sample key; without it, the key is the manifest's
-            name and line number.
-        file_fields: fields that name files (default ``MANIFEST_FILE_FIELDS``).
-        members: extra or overriding field -> member extension for inline fields.
-
-    Raises:
-        ValueError: naming the manifest and line of a record that is not a JSON object, names
-            a missing file, or puts two fields in one member.
-    """
-    file_names = set(file_fields if file_fields is not None else MANIFEST_FILE_FIELDS)
-    inline = {**MANIFEST_INLINE_MEMBERS, **(members or {})}
-    for manifest in map(Path, paths):
-        for line, record in _manifest_records(manifest):
-            where = f"{manifest}:{line}"
-            key = str(record.pop(key_field, "") or f"{manifest.stem}-{line}")
-            sample: Sample = {"__key__": sample_key(key)}
-            metadata = {}
-            for field_name, value in record.items():
-                if field_name in file_names:
-                    extension, content = _manifest_file(manifest, str(value), where)
-                elif field_name in inline:
-                    extension, content = inline[field_name], str(value).encode("utf-8")
-                else:
-                    metadata[field_name] = value
-                    continue
-                if extension in sample:
-                    raise ValueError(f"{where}: two fields would both be the {extension!r} member")
-                sample[extension] = content
-            if metadata:
-                sample["json"] = json.dumps(metadata).encode("utf-8")
-            yield sample
-
-
-def _manifest_records(manifest: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of a JSONL or CSV manifest."""
-    suffix = manifest.suffix.lower()
-    if suffix not in (".jsonl", ".csv"):
-        raise ValueError(f"{manifest}: a manifest is a .jsonl or .csv file")
-    with manifest.open(encoding="utf-8", newline="") as handle:
-        if suffix == ".csv":
-            for line, row in enumerate(csv.DictReader(handle), start=2):  # line 1: the header
-                yield line, dict(row)
-            return
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{manifest}:{line}: not valid JSON ({error})") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{manifest}:{line}: expected a JSON object, got {record!r}")
-            yield line, record
-
-
-def _manifest_file(manifest: Path, value: str, where: str) -> tuple[str, bytes]:
-    """The member extension and bytes of a file named in a manifest."""
-    path = Path(value) if Path(value).is_absolute() else manifest.parent / value
-    extension = path.suffix.lower().lstrip(".")
-    if not path.is_file() or not extension:
-        raise ValueError(f"{where}: {value!r} is not a file with an extension ({path})")
-    return extension, path.read_bytes()
-
-
-def sample_key(text: str) -> str:
-    """A WebDataset-safe key: letters and digits of any script, ``_`` and ``-``; anything else
-    (a dot would split the key from the file extension inside the tar) becomes ``_``."""
-    return re.sub(r"[^\w-]", "_", text)
-
-
-#: The files the text reader takes: plain text and JSON lines, optionally gzipped.
-TEXT_EXTENSIONS = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
-
-
-def text_documents(
-    paths: Iterable[str | os.PathLike], text_field: str = "text", root: str | None = None
-) -> Iterator[tuple[str, str, str]]:
-    """(key, text, source) for each document in ``.txt`` files (one document per file) and
-    ``.jsonl`` files (one document per line, text under ``text_field``), either gzipped.
-    Keys are the files' paths below ``root`` (default: their common folder), extension
-    included, so that ``a.txt`` and ``a.jsonl``, or same-named files in different folders, do
-    not collide; ``source`` names the file (and line).
-
-    Raises:
-        ValueError: naming the file (and line) that is not UTF-8 text, not valid gzip, or a
-            JSONL record that is not valid JSON or has no string ``text_field``.
-    """
-    files = [Path(p) for p in paths]
-    if not files:
-        return
-    base = Path(root) if root is not None else Path(os.path.commonpath([f.parent for f in files]))
-    for path in files:
-        name = str(path.relative_to(base))
-        try:
-            if path.name.lower().endswith((".jsonl", ".jsonl.gz")):
-                yield from _jsonl_documents(path, name, text_field)
-            else:
-                yield sample_key(name), _read_text(path), str(path)
-        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as error:
-            raise ValueError(f"{path}: not readable as UTF-8 text ({error})") from error
-
-
-def _read_text(path: Path) -> str:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return handle.read()
-
-
-def _jsonl_documents(path: Path, name: str, text_field: str) -> Iterator[tuple[str, str, str]]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_field]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f"{path}:{number}: expected a JSON object with a string "
-                    f"{text_field!r} field ({error!r})"
-                ) from error
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{number}: {text_field!r} is not a string")
-            yield sample_key(f"{name}-{number}"), text, f"{path}:{number}"
