@@ -785,7 +785,9 @@ class ShardDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         for name in self.embedded:
             ensure_embedded_shards(
-                name, os.path.join(self.data_dir, name), samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD
+                name,
+                os.path.join(self.data_dir, name),
+                samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD,
             )
 
     # ----------------------------------------------------------------- layout and shards

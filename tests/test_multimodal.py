@@ -12,13 +12,13 @@ from PIL import Image
 
 from datamodules import ShardDataModule
 from mmm.cross_modal_masking import TokenBudgets
+from mmm.data.shards import write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module
 from mmm.masking import MaskedPositions, RandomMasking
 from mmm.models.encoder import TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.sequences import Segment, pack_segments, unpack_segments
 from mmm.module import MaskedModelingModule, ModalityConfig
-from mmm.data.shards import write_shards
 from mmm.tokenizers import ImageTokenizer, ProteinTokenizer, SampleError
 from mmm.tokenizers.multimodal import MultimodalBatcher
 from tests.conftest import SENTENCES
