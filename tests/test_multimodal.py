@@ -299,3 +299,42 @@ def test_masks_passed_for_one_modality_cover_a_flat_batch(tiny_module, tokenizer
     masked.mask[:, 1] = True
     out = tiny_module.forward_masked(batch, masked)
     assert out["text"].pred.shape[0] == 2
+
+
+def test_a_multimodal_cli_checkpoint_reloads_and_fills_masks_with_context(tmp_path, monkeypatch):
+    """`mmm fit` on the image + label-word config, then `mmm fill-mask --context digit.png`
+    from its checkpoint: the paired model rebuilds from the checkpoint alone."""
+    from pathlib import Path
+
+    from mmm.cli import run
+    from mmm.data.corpora import iter_corpus
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).parents[1] / "configs" / "digits_image_text.yaml"
+    run(
+        [
+            "fit",
+            f"--config={config}",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.val_check_interval=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--data.num_workers=0",
+            "--data.batch_size=8",
+        ]
+    )
+    [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
+    module = load_module(str(checkpoint))
+    assert set(module.modalities) == {"image", "text"}
+    digit = next(iter(iter_corpus("digits-words")))
+    (tmp_path / "digit.png").write_bytes(digit["png"])
+    run(
+        [
+            "fill-mask",
+            f"--checkpoint={checkpoint}",
+            "--text=digit [MASK]",
+            f"--context={tmp_path / 'digit.png'}",
+            "--top_k=3",
+        ]
+    )
