@@ -52,6 +52,9 @@ class ModalityConfig:
     """MAE decoder of a continuous modality (image, audio); discrete ones ignore it."""
     optional: bool = False
     """Samples may lack this modality (mixing sources with different modality sets)."""
+    member: str | None = None
+    """The sample member this modality reads, when not its tokenizer's own (e.g. ``cls``
+    read as text)."""
 
     def __post_init__(self) -> None:
         if self.loss_weight < 0:
@@ -157,7 +160,8 @@ class MaskedModelingModule(L.LightningModule):
             self.modality_embeddings = nn.Parameter(torch.zeros(len(configs), self.encoder.dim))
             nn.init.trunc_normal_(self.modality_embeddings, std=0.02)
         optional = frozenset(name for name, config in configs.items() if config.optional)
-        self.batcher = MultimodalBatcher(self.tokenizers, optional)
+        members = {name: config.member for name, config in configs.items() if config.member}
+        self.batcher = MultimodalBatcher(self.tokenizers, optional, members)
         if init_from is not None:
             from mmm.export import init_from_esm  # mmm.export imports this module
 

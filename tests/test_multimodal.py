@@ -198,6 +198,9 @@ def test_batcher_reads_each_modality_and_names_a_sample_missing_one(tokenizer):
     assert set(optional.decode_sample({"__key__": "b", "txt": b"only text"})) == {"text"}
     with pytest.raises(SampleError, match="no 'txt' member"):  # text is not optional
         optional.decode_sample({"__key__": "c", "png": image.getvalue()})
+    renamed = MultimodalBatcher({"label": tokenizer}, members={"label": "cls"})
+    label = renamed.decode_sample({"__key__": "d", "txt": b"ignored", "cls": b"seven"})
+    assert label == {"label": "seven"}
     both = MultimodalBatcher({"text": tokenizer, "image": _image_tokenizer()}, {"text", "image"})
     with pytest.raises(SampleError, match="none of the modalities"):
         both.decode_sample({"__key__": "c", "json": b"{}"})

@@ -30,10 +30,15 @@ class MultimodalBatcher:
         optional: modalities a sample may lack (it has none of their members); a sample
             lacking any other modality is an error naming it, as with one tokenizer. A sample
             must carry at least one modality.
+        members: modality -> the sample member it reads instead of its tokenizer's own
+            (e.g. ``{"label": "cls"}``: a text modality reading the ``cls`` member).
     """
 
     def __init__(
-        self, tokenizers: dict[str, Tokenizer], optional: frozenset[str] = frozenset()
+        self,
+        tokenizers: dict[str, Tokenizer],
+        optional: frozenset[str] = frozenset(),
+        members: dict[str, str] | None = None,
     ) -> None:
         if not tokenizers:
             raise ValueError("MultimodalBatcher needs at least one modality")
@@ -44,11 +49,25 @@ class MultimodalBatcher:
             )
         self.tokenizers = tokenizers
         self.optional = frozenset(optional)
+        self.members = dict(members or {})
 
     @property
     def sample_keys(self) -> tuple[str, ...]:
         """Every member extension some modality reads."""
-        return tuple(key for tokenizer in self.tokenizers.values() for key in tokenizer.sample_keys)
+        return tuple(key for name in self.tokenizers for key in self._keys(name))
+
+    def _keys(self, name: str) -> tuple[str, ...]:
+        member = self.members.get(name)
+        return (member,) if member is not None else self.tokenizers[name].sample_keys
+
+    def _view(self, name: str, sample: dict[str, Any]) -> dict[str, Any]:
+        """The sample as modality ``name``'s tokenizer reads it: a configured member renamed
+        to the tokenizer's own extension."""
+        member = self.members.get(name)
+        if member is None or member not in sample:
+            return sample
+        own = self.tokenizers[name].sample_keys[0]
+        return {**{k: v for k, v in sample.items() if k.startswith("__")}, own: sample[member]}
 
     def decode_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
         """modality -> its tokenizer's item, for the modalities the sample carries.
@@ -59,9 +78,9 @@ class MultimodalBatcher:
         """
         items = {}
         for name, tokenizer in self.tokenizers.items():
-            if name in self.optional and not any(key in sample for key in tokenizer.sample_keys):
+            if name in self.optional and not any(key in sample for key in self._keys(name)):
                 continue
-            items[name] = tokenizer.decode_sample(sample)
+            items[name] = tokenizer.decode_sample(self._view(name, sample))
         if not items:
             members = sorted(key for key in sample if not key.startswith("__"))
             raise SampleError(
@@ -89,10 +108,13 @@ class MultimodalBatcher:
     def for_evaluation(self) -> MultimodalBatcher:
         """Every tokenizer without random augmentation (see ``Tokenizer.for_evaluation``)."""
         evaluation = {name: t.for_evaluation() for name, t in self.tokenizers.items()}
-        return MultimodalBatcher(evaluation, self.optional)
+        return MultimodalBatcher(evaluation, self.optional, self.members)
 
     def __repr__(self) -> str:
-        return f"MultimodalBatcher({self.tokenizers!r}, optional={sorted(self.optional)})"
+        return (
+            f"MultimodalBatcher({self.tokenizers!r}, optional={sorted(self.optional)}, "
+            f"members={self.members})"
+        )
 
 
 #: What a datamodule batches with: one tokenizer (flat batches), or a module's batcher
