@@ -29,7 +29,7 @@ from mmm.masking import MaskedPositions, Masking, RandomMasking
 from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import TokenModality, build_modality
-from mmm.models.sequences import Segment, pack_segments, unpack_segments
+from mmm.models.sequences import Segment, context_of, pack_segments, unpack_segments
 from mmm.rng import seeded
 from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
@@ -282,23 +282,25 @@ class MaskedModelingModule(L.LightningModule):
             masked = {self.modality_named(): masked}
         masked = masked if masked is not None else self.choose_masks(inputs)
         states, seen = self.encode_modalities(inputs, masked)
-        parts = {
-            name: self._score(name, sub, masked[name], states[name], seen[name])
-            for name, sub in inputs.items()
-        }
+        parts = {name: self._score(name, inputs, masked[name], states, seen) for name in inputs}
         loss = sum(self.loss_weights[name] * part.loss for name, part in parts.items())
         return MaskedOutput(loss, parts)
 
     def _score(
         self,
         name: str,
-        sub: dict[str, Tensor],
+        inputs: ModalityBatch,
         masked: MaskedPositions,
-        states: Tensor,
-        seen: Tensor,
+        states: dict[str, Tensor],
+        seen: dict[str, Tensor],
     ) -> ModalityOutput:
-        modality = self.modalities[name]
-        pred = modality.predict(states, masked.mask, seen, sub["attention_mask"])
+        modality, sub = self.modalities[name], inputs[name]
+        context = None
+        if modality.visible_only:  # its hidden positions never met the other modalities
+            context = context_of(name, states, seen, _rows(inputs), _batch_size(inputs))
+        pred = modality.predict(
+            states[name], masked.mask, seen[name], sub["attention_mask"], context
+        )
         target = modality.targets(sub, masked.mask)
         weight = masked.position_weights(sub["maskable"])  # (N,) or None: plain mean
         loss, metrics = modality.loss_and_metrics(pred, target, weight=weight)
@@ -318,7 +320,8 @@ class MaskedModelingModule(L.LightningModule):
         name = self.modality_named(name)
         states, seen = self.encode_modalities(inputs)
         real = inputs[name]["attention_mask"]
-        return self.modalities[name].predict(states[name], positions, seen[name], real)
+        context = context_of(name, states, seen, _rows(inputs), _batch_size(inputs))
+        return self.modalities[name].predict(states[name], positions, seen[name], real, context)
 
     @torch.no_grad()
     def embed(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:

@@ -5,12 +5,16 @@ For every held-out batch of the config's validation shards (decoded without augm
 the target modality's positions are hidden (by its own masking's evaluation draw, seeded with
 the batch number, or all of them with ``--hide all``) and predicted twice: once with the
 context modality fully visible beside it, once with the context removed from the batch. The
-difference is what the model reads from the context.
+difference is what the model reads from the context: masked-token accuracy for a discrete
+target, the masked loss (MSE of normalized patches) for a continuous one, where
+``--picture`` also draws originals and both reconstructions of the first held-out samples.
 
     python scripts/cross_modal_gain.py --config configs/speech_text.yaml \
         --checkpoint lightning_logs/version_0/checkpoints/LAST.ckpt --target text --context audio
     python scripts/cross_modal_gain.py --config configs/digits_image_text.yaml \
         --checkpoint CKPT --target text --context image --hide all
+    python scripts/cross_modal_gain.py --config configs/digits_image_text.yaml \
+        --checkpoint CKPT --target image --context text --hide all --picture from_words.png
 """
 
 from __future__ import annotations
@@ -42,31 +46,48 @@ def hidden_target(
     return masking.evaluation_masks(maskable, word_ids=sub.get("word_ids"), grid=grid)[0]
 
 
-def score(module: MaskedModelingModule, batch: dict, target: str, context: str, hide: str):
-    """Correct and hidden counts of the target with the context seen, then removed."""
+def passes(module: MaskedModelingModule, batch: dict, target: str, context: str, hide: str):
+    """The target's outputs with the context seen, then removed, and its hidden positions."""
     sub = batch[target]
     masked = hidden_target(module, sub, target, hide)
-    with_context = {target: sub, context: batch[context]}
-    nothing_hidden = MaskedPositions(
-        torch.zeros_like(batch[context]["maskable"]), torch.zeros(len(batch[context]["maskable"]))
-    )
-    seen = module.forward_masked(with_context, {target: masked, context: nothing_hidden})[target]
+    shown = batch[context]["maskable"]
+    nothing_hidden = MaskedPositions(torch.zeros_like(shown), torch.zeros(len(shown)))
+    both = {target: sub, context: batch[context]}
+    seen = module.forward_masked(both, {target: masked, context: nothing_hidden})[target]
     alone = module.forward_masked({target: sub}, {target: masked})[target]
-    count = int(masked.mask.sum())
-    return (
-        [float(part.metrics["masked_accuracy"]) * count for part in (seen, alone)],
-        count,
-        sub["input_ids"][masked.mask],
-    )
+    return seen, alone, masked
+
+
+def figure(part) -> float:
+    """The reported figure of one pass: accuracy (discrete) or loss (continuous)."""
+    return float(part.metrics.get("masked_accuracy", part.loss))
+
+
+def draw(module, batch: dict, target: str, outputs, path: str, count: int = 10) -> None:
+    """Originals, reconstructions with the context, and without it, of ``count`` samples."""
+    from torchvision.utils import save_image
+
+    sub = {k: v[:count] for k, v in batch[target].items() if k != "rows"}
+    modality, render = module.modalities[target], module.tokenizers[target].render
+    rows = [render(sub["patches"].float())]
+    for part in outputs:
+        mask = part.mask[:count]
+        pred = part.pred[: int(part.mask[:count].sum())]
+        rows.append(render(modality.reconstruct(sub, mask, pred)))
+    grid = torch.cat(rows)  # (3 * count, C, H, W)
+    grid = torch.nn.functional.interpolate(grid.float(), scale_factor=8, mode="nearest")
+    save_image(grid, path, nrow=count, padding=2, pad_value=1.0)
+    print(f"  picture: originals / with context / without -> {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--target", default="text", help="the discrete modality predicted")
+    parser.add_argument("--target", default="text", help="the modality predicted")
     parser.add_argument("--context", default="audio", help="the modality seen or removed")
     parser.add_argument("--hide", choices=("masking", "all"), default="masking")
+    parser.add_argument("--picture", help="PNG of originals and both reconstructions")
     args = parser.parse_args()
 
     module = load_module(args.checkpoint)
@@ -75,22 +96,27 @@ def main() -> None:
     data_config["num_workers"] = 0
     data = ShardDataModule(**data_config, tokenizer=module.batcher)
     data.prepare_data()
-    correct, hidden, truths = [0.0, 0.0], 0, Counter()
+    totals, hidden, truths = [0.0, 0.0], 0, Counter()
     with torch.no_grad():
         for index, batch in enumerate(data.val_dataloader()):
             if args.target not in batch or args.context not in batch:
                 continue
             with seeded(index):
-                right, count, truth = score(module, batch, args.target, args.context, args.hide)
-            correct = [a + b for a, b in zip(correct, right, strict=True)]
+                seen, alone, masked = passes(module, batch, args.target, args.context, args.hide)
+            if index == 0 and args.picture:
+                draw(module, batch, args.target, (seen, alone), args.picture)
+            count = int(masked.mask.sum())
+            totals = [t + figure(part) * count for t, part in zip(totals, (seen, alone))]
             hidden += count
-            truths.update(truth.tolist())
-    most_frequent = truths.most_common(1)[0][1] / hidden
-    seen, alone = (value / hidden for value in correct)
-    print(f"{hidden} hidden {args.target} tokens of the held-out split ({args.hide})")
-    print(f"  accuracy with {args.context} seen:    {seen:.3f}")
-    print(f"  accuracy with {args.context} removed: {alone:.3f}")
-    print(f"  most frequent token:            {most_frequent:.3f}")
+            if "input_ids" in batch[args.target]:
+                truths.update(batch[args.target]["input_ids"][masked.mask].tolist())
+    seen, alone = (total / hidden for total in totals)
+    measure = "accuracy" if truths else "loss"
+    print(f"{hidden} hidden {args.target} positions of the held-out split ({args.hide})")
+    print(f"  {measure} with {args.context} seen:    {seen:.3f}")
+    print(f"  {measure} with {args.context} removed: {alone:.3f}")
+    if truths:
+        print(f"  most frequent token:            {truths.most_common(1)[0][1] / hidden:.3f}")
     print(f"  cross-modal gain: {seen - alone:+.3f} ({seen / max(alone, 1e-9):.2f}x)")
 
 

@@ -341,3 +341,22 @@ def test_a_multimodal_cli_checkpoint_reloads_and_fills_masks_with_context(tmp_pa
             "--top_k=3",
         ]
     )
+
+
+def test_a_continuous_modality_hidden_whole_is_predicted_from_the_others(tokenizer):
+    """The MAE decoder reads the other modalities' states: with every image patch hidden,
+    the image's predictions still change with the text beside it."""
+    torch.manual_seed(0)
+    parts = {k: v for k, v in _kinds(tokenizer).items() if k in ("text", "image")}
+    module = _module(parts, image={"drop_probability": 1.0}).eval()
+    batch = _batch(module, parts)
+    masked = module.choose_masks(module.modality_batch(batch))
+    assert torch.equal(masked["image"].mask, batch["image"]["maskable"])
+    other = {name: dict(sub) for name, sub in batch.items()}
+    other["text"]["input_ids"] = batch["text"]["input_ids"].roll(1, dims=0)  # other captions
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = module.forward_masked(batch, masked)["image"].pred
+        torch.manual_seed(1)
+        second = module.forward_masked(other, masked)["image"].pred
+    assert not torch.allclose(first, second)

@@ -105,24 +105,41 @@ class PatchDecoder(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, hidden: Tensor, mask: Tensor, seen: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(
+        self,
+        hidden: Tensor,
+        mask: Tensor,
+        seen: Tensor,
+        attention_mask: Tensor,
+        context: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """Predictions at hidden positions only, (N, output_dim) in row-major order of
         ``mask``.
 
         The encoder states of the positions it saw stay; every other position gets the learned
-        mask token; fixed positions are added. The blocks attend over every real position
-        (padding excluded), the output projection runs on hidden ones only.
+        mask token; fixed positions are added. With ``context`` (the encoder states of the
+        sample's other modalities, which carry their own positions), those states join the
+        sequence after the modality's positions, so that a modality hidden whole can be drawn
+        from the others (MultiMAE's decoders read all encoder tokens likewise). The blocks
+        attend over every real position, the output projection runs on hidden ones only.
 
         Args:
             hidden: (B, L, D) encoder states in the modality's layout.
             mask: (B, L) bool hidden positions.
             seen: (B, L) bool positions the encoder saw.
             attention_mask: (B, L) bool real positions.
+            context: (B, T, D) states and (B, T) bool real positions, or ``None``.
         """
+        length = hidden.shape[1]
         x = self.embed(hidden)  # (B, L, W)
         x = torch.where(seen.unsqueeze(-1), x, self.mask_token.to(x.dtype))
-        x = x + self.positions[: x.shape[1]].to(x.dtype)
-        attn_mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :]
+        x = x + self.positions[:length].to(x.dtype)
+        real = attention_mask
+        if context is not None:
+            states, context_real = context
+            x = torch.cat([x, self.embed(states)], dim=1)  # (B, L + T, W)
+            real = torch.cat([attention_mask, context_real], dim=1)  # (B, L + T)
+        attn_mask = None if bool(real.all()) else real[:, None, None, :]  # (B, 1, 1, L + T)
         for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)  # attn_mask: (B, 1, 1, L)
-        return self.pred(self.norm(x[mask]))  # (N, W) -> (N, output_dim)
+            x = block(x, attn_mask=attn_mask)
+        return self.pred(self.norm(x[:, :length][mask]))  # (N, W) -> (N, output_dim)

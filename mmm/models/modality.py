@@ -60,6 +60,7 @@ class Modality(nn.Module, ABC):
         mask: Tensor,
         seen: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        context: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Predictions at hidden positions, (N, ...) in row-major order of ``mask``.
 
@@ -70,6 +71,10 @@ class Modality(nn.Module, ABC):
             seen: (B, L) bool positions the encoder saw (``encoder_positions``); needed when
                 ``visible_only``.
             attention_mask: (B, L) bool real positions; needed when ``visible_only``.
+            context: the encoder states of the sample's other modalities, (B, T, D), and
+                their real positions, (B, T) (``mmm.models.sequences.context_of``); a
+                ``visible_only`` modality's decoder reads them (its hidden positions are not
+                in the trunk), the others need not (theirs attended to them there).
         """
 
     @abstractmethod
@@ -161,7 +166,7 @@ class TokenModality(Modality):
         only = masked.mask & masked.mask_only.unsqueeze(1)  # (B, L)
         return corrupted.masked_fill(only, self.spec.mask_token_id)
 
-    def predict(self, hidden, mask, seen=None, attention_mask=None):
+    def predict(self, hidden, mask, seen=None, attention_mask=None, context=None):
         return self.head(hidden[mask])  # (N, D) -> (N, V), only hidden positions
 
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
@@ -221,14 +226,16 @@ class PatchModality(Modality):
     def embed(self, batch: dict[str, Tensor], masked: MaskedPositions | None) -> Tensor:
         return self.embedder(batch["patches"])  # (B, L, D); hidden ones are dropped later
 
-    def predict(self, hidden, mask, seen=None, attention_mask=None):
+    def predict(self, hidden, mask, seen=None, attention_mask=None, context=None):
         if seen is None or attention_mask is None:
             raise ValueError("PatchModality.predict needs the seen and real positions")
-        return self.head(hidden, mask, seen, attention_mask)  # (N, P)
+        return self.head(hidden, mask, seen, attention_mask, context)  # (N, P)
 
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
         target = batch["patches"][mask].float()  # (N, P)
-        return normalize_patches(target) if self.norm_pix_loss else target
+        if not self.norm_pix_loss or target.shape[0] == 0:  # nothing hidden: nothing to scale
+            return target
+        return normalize_patches(target)
 
     def loss_and_metrics(
         self, pred: Tensor, target: Tensor, weight: Tensor | None = None

@@ -139,3 +139,30 @@ def unpack_segments(hidden: Tensor, layout: TrunkLayout) -> dict[str, Tensor]:
         rows = layout.rows[name]
         states[name] = segment if rows is None else segment.index_select(0, rows)
     return states
+
+
+def context_of(
+    name: str,
+    states: dict[str, Tensor],
+    seen: dict[str, Tensor],
+    rows: dict[str, Tensor | None],
+    batch_size: int,
+) -> tuple[Tensor, Tensor] | None:
+    """The states the encoder produced for the other modalities of the samples that carry
+    modality ``name``: what an MAE decoder needs beside its own visible positions to predict a
+    modality hidden whole (an image from its caption).
+
+    Returns:
+        (B_m, T', D) states, packed per sample as ``pack_segments`` does, and (B_m, T') bool
+        real context positions (none for a sample with no other modality); ``None`` when the
+        batch holds no other modality.
+    """
+    others = {k: Segment(states[k], seen[k], rows[k]) for k in states if k != name}
+    if not others:
+        return None
+    x, layout = pack_segments(others, batch_size)  # (B, T', D)
+    real = layout.padding_mask  # None: every packed position is real
+    if real is None:
+        real = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    own = rows[name]
+    return (x, real) if own is None else (x[own], real[own])
