@@ -64,7 +64,9 @@ def figure(part) -> float:
 
 
 def draw(module, batch: dict, target: str, outputs, path: str, count: int = 10) -> None:
-    """Originals, reconstructions with the context, and without it, of ``count`` samples."""
+    """Originals, reconstructions with the context, and without it, of ``count`` samples.
+    Predictions of normalized patches are shown with each original patch's mean and spread
+    (MAE's visualization), so even a blind guess shows the originals' coarse shading."""
     from torchvision.utils import save_image
 
     sub = {k: v[:count] for k, v in batch[target].items() if k != "rows"}
@@ -117,7 +119,10 @@ def main() -> None:
     print(f"  {measure} with {args.context} removed: {alone:.3f}")
     if truths:
         print(f"  most frequent token:            {truths.most_common(1)[0][1] / hidden:.3f}")
-    print(f"  cross-modal gain: {seen - alone:+.3f} ({seen / max(alone, 1e-9):.2f}x)")
+    if truths:
+        print(f"  cross-modal gain: {seen - alone:+.3f} accuracy ({seen / max(alone, 1e-9):.2f}x)")
+    else:
+        print(f"  cross-modal gain: loss {alone - seen:.3f} lower ({alone / max(seen, 1e-9):.2f}x)")
 
 
 if __name__ == "__main__":
