@@ -108,7 +108,9 @@ def main() -> None:
             if index == 0 and args.picture:
                 draw(module, batch, args.target, (seen, alone), args.picture)
             count = int(masked.mask.sum())
-            totals = [t + figure(part) * count for t, part in zip(totals, (seen, alone))]
+            totals = [
+                t + figure(part) * count for t, part in zip(totals, (seen, alone), strict=True)
+            ]
             hidden += count
             if "input_ids" in batch[args.target]:
                 truths.update(batch[args.target]["input_ids"][masked.mask].tolist())
