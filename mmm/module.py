@@ -100,9 +100,11 @@ class MaskedModelingModule(L.LightningModule):
             grid=getattr(self.tokenizer.spec, "grid", None),
         )
 
-    def encode(self, x: Tensor, padding_mask: Tensor) -> Tensor:
-        """Run the trunk; skip the attention mask when nothing is padding (fastest SDPA path)."""
-        return self.encoder(x, None if bool(padding_mask.all()) else padding_mask)
+    def encode(self, x: Tensor, padding_mask: Tensor, document_ids: Tensor | None = None) -> Tensor:
+        """Run the trunk; skip the attention mask when nothing is padding (fastest SDPA path).
+        ``document_ids`` (B, L) restricts attention to each packed document."""
+        padding = None if bool(padding_mask.all()) else padding_mask
+        return self.encoder(x, padding, document_ids=document_ids)
 
     def forward_masked(
         self, batch: dict[str, Tensor], masked: MaskedPositions | None = None
@@ -118,7 +120,7 @@ class MaskedModelingModule(L.LightningModule):
             ids_keep, padding = visible_indices(batch["attention_mask"] & ~mask)  # (B, V)
             visible = VisibleLayout(ids_keep, padding, batch["attention_mask"])
             x = gather_positions(x, ids_keep)  # (B, V, D)
-        hidden = self.encode(x, padding)
+        hidden = self.encode(x, padding, batch.get("document_ids"))
         pred = self.modality.predict(hidden, mask, visible)
         target = self.modality.targets(batch, mask)
         weight = masked.position_weights(batch["maskable"])  # (N,) or None: plain mean
@@ -129,7 +131,7 @@ class MaskedModelingModule(L.LightningModule):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Encoder states of an unmasked batch, (B, L, D)."""
         x = self.modality.embed(batch, torch.zeros_like(batch["attention_mask"]))
-        return self.encode(x, batch["attention_mask"])
+        return self.encode(x, batch["attention_mask"], batch.get("document_ids"))
 
     @torch.no_grad()
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -136,7 +136,7 @@ class TokenModality(Modality):
             mask_replace_prob=self.mask_replace_prob,
             random_replace_prob=self.random_replace_prob,
         )
-        return self.embedder(corrupted)  # (B, L, D)
+        return self.embedder(corrupted, batch.get("position_ids"))  # (B, L, D)
 
     def predict(self, hidden: Tensor, mask: Tensor, visible: VisibleLayout | None) -> Tensor:
         return self.head(hidden[mask])  # (N, D) -> (N, V), only hidden positions
