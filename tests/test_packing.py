@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from datamodules import ShardDataModule
 from mmm.masking import whole_word_mask
-from mmm.models.encoder import TransformerEncoder
+from mmm.models.encoder import HFEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.shards import write_shards
 from mmm.tokenizers.text import TextTokenizer, pack_rows
@@ -102,9 +103,18 @@ def test_a_document_is_encoded_as_if_it_were_alone(packer):
             torch.testing.assert_close(packed[row, positions], alone, atol=1e-5, rtol=1e-4)
 
 
-def test_perturbing_one_document_leaves_the_others_unchanged():
+HF_BERT = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1}
+HF_BERT.update(num_attention_heads=2, intermediate_size=32, vocab_size=10)
+
+
+@pytest.mark.parametrize("name", ["mmm", "hf"])
+def test_perturbing_one_document_leaves_the_others_unchanged(name):
     torch.manual_seed(0)
-    encoder = TransformerEncoder(dim=16, depth=2, num_heads=2).eval()
+    encoder = (
+        TransformerEncoder(dim=16, depth=2, num_heads=2)
+        if name == "mmm"
+        else HFEncoder(config=HF_BERT)
+    ).eval()
     documents = torch.tensor([[0, 0, 0, 1, 1, 1, 1, -1]])  # (1, L)
     x = torch.randn(1, 8, 16)
     y = x.clone()
@@ -145,7 +155,7 @@ def test_pack_rows_first_fit_decreasing():
     assert row.max() + 1 == 3  # 26 tokens need at least 3 rows of 10
     for r in range(row.max() + 1):
         spans = sorted((offset[i], offset[i] + lengths[i]) for i in np.flatnonzero(row == r))
-        assert spans[-1][1] <= 10 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert spans[-1][1] <= 10 and all(a[1] == b[0] for a, b in pairwise(spans))
         assert sorted(index[row == r].tolist()) == list(range(int((row == r).sum())))
 
 

@@ -284,14 +284,16 @@ class TextTokenizer(DiscreteTokenizer):
 
     def collate_stream(self, items: list[str]) -> dict[str, torch.Tensor]:
         """Batch the documents the loader read: ``collate``, or with ``pack`` the documents
-        packed into at most ``len(items)`` rows.
+        packed into rows of at most ``max_length`` tokens.
 
         Packing keeps every token of every document exactly once: a document longer than
         ``max_length`` is cut into consecutive pieces (each with its own ``[CLS]``/``[SEP]``)
         that are packed as documents of their own. Pieces go into rows first-fit, longest
-        first; rows are padded to the longest row (a multiple of 8). The batch size stays the
-        configured number of documents, and packing depends on the batch alone, so the
-        loader's resume and exactly-once evaluation hold as without packing.
+        first, so a batch has fewer rows than documents unless many are long (48 documents
+        of the embedded corpus make about 29 rows); rows are padded to the longest row (up to
+        a multiple of 8 within ``max_length``). The batch size stays the configured number of
+        documents, and packing depends on the batch alone, so the loader's resume and
+        exactly-once evaluation hold as without packing.
 
         Returns, besides ``collate``'s keys (``word_ids`` distinct across the documents of a
         row): ``position_ids`` (R, L) long, restarting at 0 in every document, and with
@@ -309,7 +311,8 @@ class TextTokenizer(DiscreteTokenizer):
         pieces = encoding.encodings
         lengths = np.array([len(piece.ids) for piece in pieces])  # (P,)
         row, offset, index_in_row = pack_rows(lengths, self.max_length)
-        width = -(-int((offset + lengths).max()) // 8) * 8
+        longest = int((offset + lengths).max())
+        width = min(-(-longest // 8) * 8, max(self.max_length, longest))  # a multiple of 8
         # destination of every token of the concatenated pieces
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,)
         position = np.arange(lengths.sum()) - starts  # (T,) index within its piece
