@@ -16,7 +16,7 @@ that machine noise hits all alike. Two comparisons:
    measured fp32 matrix-multiply rate (MFU).
 
     python scripts/bench_text.py [--mode synthetic|real|both] [--steps 10] [--warmup 3]
-        [--threads N] [--docs 64]
+        [--threads N] [--docs 48] [--attention document|across]
 
 Run it from the repository root; the embedded corpus and tokenizer are prepared on first use.
 """
@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--docs", type=int, default=64, help="documents per packed batch")
+    parser.add_argument("--docs", type=int, default=48, help="documents per packed batch (config)")
     parser.add_argument("--attention", choices=["document", "across"], default="document")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

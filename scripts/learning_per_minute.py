@@ -3,9 +3,10 @@ recipe (``configs/text_mlm.yaml``) against Hugging Face's ``run_mlm.py`` recipe,
 
 Both train in one process, steps alternating, each charged only its own step time (its loader
 included) until it has used ``--budget`` seconds, so that load from other work hits both
-alike. The number of steps a budget buys is not known in advance, so both follow the same
-time-based learning-rate schedule: linear warm-up over the config's ``warmup_steps``, then a
-cosine to zero at the budget. Hugging Face gets mmm's model size and optimizer settings
+alike. The number of steps a budget buys is not known in advance (on a busy machine it is a
+fraction of what idle cores give), so both follow the same time-based learning-rate schedule:
+linear warm-up over the first ``--warmup_share`` of the budget, then a cosine to zero at its
+end. Hugging Face gets mmm's model size and optimizer settings
 (AdamW, lr, betas, weight decay on matrices) instead of the Trainer's defaults (lr 5e-5, no
 warm-up), which barely move a small model in 5 minutes: what differs is the pipeline
 (``group_texts`` blocks + ``DataCollatorForLanguageModeling`` vs packed documents) and the
@@ -14,7 +15,7 @@ of its maskable tokens replaced by the mask token at positions fixed by a seed, 
 both; accuracy is the share of hidden tokens predicted exactly (argmax).
 
     python scripts/learning_per_minute.py [--config configs/text_mlm.yaml] [--budget 300]
-        [--evaluations 3] [--threads N]
+        [--evaluations 3] [--warmup_share 0.1] [--threads N]
 
 Run it from the repository root (next to ``scripts/bench_text.py``, whose Hugging Face model
 and pipeline it reuses).
@@ -56,19 +57,18 @@ class Recipe:
     logits: Callable[[Tensor, Tensor, Tensor], Tensor]  # (ids, attention, hidden) -> (N, V)
     optimizer: torch.optim.Optimizer
     peak_lr: float
-    warmup_steps: int
     used: float = 0.0
     steps: int = 0
     tokens: int = 0
 
-    def train_step(self, budget: float) -> None:
+    def train_step(self, budget: float, warmup_share: float) -> None:
         """One step at the learning rate the time used so far calls for; only the step's own
         seconds (batch drawn, forward, backward, update) are charged."""
         start = time.perf_counter()
-        warmup = min(1.0, (self.steps + 1) / max(self.warmup_steps, 1))
-        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, self.used / budget)))
+        progress = min(1.0, self.used / budget)
+        warmup = min(1.0, max(progress, 0.01 * warmup_share) / warmup_share)  # step 1: > 0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.peak_lr * warmup * cosine
+            group["lr"] = self.peak_lr * warmup * 0.5 * (1.0 + math.cos(math.pi * progress))
         batch = next(self.batches)
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -114,7 +114,6 @@ def quickstart(config: str) -> Recipe:
         logits=logits,
         optimizer=module.configure_optimizers()["optimizer"],
         peak_lr=module.hparams.lr,
-        warmup_steps=module.hparams.warmup_steps,
     )
 
 
@@ -141,7 +140,7 @@ def hugging_face(tokenizer: TextTokenizer, like: Recipe) -> Recipe:
     def logits(ids: Tensor, attention: Tensor, hidden: Tensor) -> Tensor:
         return model(input_ids=ids, attention_mask=attention.long()).logits[hidden]  # (N, V)
 
-    return Recipe("hf", model, batches, loss, logits, optimizer, like.peak_lr, like.warmup_steps)
+    return Recipe("hf", model, batches, loss, logits, optimizer, like.peak_lr)
 
 
 def held_out_batches(tokenizer: TextTokenizer, ratio: float = 0.15, seed: int = 0) -> HeldOut:
@@ -163,6 +162,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/text_mlm.yaml")
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds each")
     parser.add_argument("--evaluations", type=int, default=3, help="evenly over the budget")
+    parser.add_argument("--warmup_share", type=float, default=0.1, help="of the budget")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,7 +178,7 @@ def main() -> None:
         for recipe in recipes:
             if recipe.used >= args.budget:
                 continue
-            recipe.train_step(args.budget)
+            recipe.train_step(args.budget, args.warmup_share)
             due = marks[recipe.name]
             if due and (recipe.used >= due[0] or recipe.used >= args.budget):
                 due.pop(0)
