@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from datamodules import ShardDataModule
+from mmm.inference import fill_mask
 from mmm.masking import whole_word_mask
 from mmm.models.encoder import HFEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.shards import write_shards
+from mmm.tokenizers.base import copy_with
 from mmm.tokenizers.text import TextTokenizer, pack_rows
 from tests.conftest import SENTENCES
 
@@ -101,6 +103,18 @@ def test_a_document_is_encoded_as_if_it_were_alone(packer):
             ids = batch["input_ids"][row, positions]
             alone = module(packer.collate([packer.decode(ids.tolist())]))[0, : len(ids)]
             torch.testing.assert_close(packed[row, positions], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_inference_keeps_one_row_per_text(packer):
+    """Only the loader packs: fill-mask on a module trained with packing answers per text,
+    as an unpacked module with the same weights does."""
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(dim=32, depth=1, num_heads=2)
+    module = MaskedModelingModule(tokenizer=packer, encoder=encoder).eval()
+    texts = [f"the quick brown {packer.mask_token} jumps", f"open the {packer.mask_token}"]
+    packed = fill_mask(module, texts, top_k=3)
+    module.tokenizer = copy_with(packer, pack=False)
+    assert len(packed) == 2 and packed == fill_mask(module, texts, top_k=3)
 
 
 HF_BERT = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1}
