@@ -29,7 +29,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 
 import torch
 import webdataset as wds
@@ -248,8 +248,8 @@ def synthetic_arms() -> list[Arm]:
         "labels": batch["input_ids"].masked_fill(~mask, -100),  # -100: not scored
     }
     return [
-        Arm("mmm", iter(lambda: batch, None), mmm_trainer(build_mmm(SyntheticTokenizer()))),
-        Arm("hf", iter(lambda: hf_batch, None), hf_trainer(build_hf())),
+        Arm("mmm", repeat(batch), mmm_trainer(build_mmm(SyntheticTokenizer()))),
+        Arm("hf", repeat(hf_batch), hf_trainer(build_hf())),
     ]
 
 
