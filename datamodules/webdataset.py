@@ -653,7 +653,7 @@ class ReaderTracker:
 
 
 class BatchCollator:
-    """Pipeline stage: the tokenizer's ``collate``, plus the count of samples skipped since the
+    """Pipeline stage: the tokenizer's ``collate_stream``, plus the count of samples skipped since the
     previous batch and, for training, the reader's slot and state after this batch."""
 
     def __init__(
@@ -664,7 +664,7 @@ class BatchCollator:
         self.tracker = tracker
 
     def __call__(self, items: list[Any]) -> Batch:
-        batch = self.tokenizer.collate(items)
+        batch = self.tokenizer.collate_stream(items)
         batch["skipped"] = torch.tensor(self.decoder.take_skipped())
         if self.tracker is not None:
             batch["reader_slot"] = torch.tensor(self.tracker.slot)

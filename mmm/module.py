@@ -262,9 +262,10 @@ class MaskedModelingModule(L.LightningModule):
             if self.modality_embeddings is not None:
                 x = x + self.modality_embeddings[self._modality_index(name)].to(x.dtype)
             seen[name] = modality.encoder_positions(sub, masks)
-            segments[name] = Segment(x, seen[name], sub.get("rows"))
+            segments[name] = Segment(x, seen[name], sub.get("rows"), sub.get("document_ids"))
         x, layout = pack_segments(segments, _batch_size(inputs))  # (B, T, D)
-        return unpack_segments(self.encoder(x, layout.padding_mask), layout), seen
+        hidden = self.encoder(x, layout.padding_mask, document_ids=layout.document_ids)
+        return unpack_segments(hidden, layout), seen
 
     def _modality_index(self, name: str) -> int:
         return list(self.modalities).index(name)

@@ -1,7 +1,7 @@
 """The Tokenizer contract, checked for every tokenizer mmm ships.
 
 A new modality's tokenizer joins ``CASES`` and is held to the same promises: its spec sizes
-the model, decoded samples batch into ``attention_mask``/``maskable`` of one shape with
+the model, decoded samples batch (``collate``, and ``collate_stream`` in the loader) into ``attention_mask``/``maskable`` of one shape with
 ``maskable`` inside ``attention_mask``, a batch trains through ``MaskedModelingModule``, and a
 sample without its member is a ``SampleError`` naming the sample.
 """
@@ -27,7 +27,7 @@ from mmm.tokenizers import (
     Tokenizer,
 )
 from mmm.tokenizers.audio import LogMelSettings
-from mmm.tokenizers.base import crop_window
+from mmm.tokenizers.base import copy_with, crop_window
 from tests.conftest import SENTENCES
 from tests.test_audio import clips
 from tests.test_image import photo, png_bytes
@@ -44,6 +44,10 @@ def _samples(extension: str, payloads: list[bytes]) -> list[dict]:
 
 def _text(tokenizer, tmp_path):
     return tokenizer, _samples("txt", [s.encode() for s in SENTENCES[:4]])
+
+
+def _packed_text(tokenizer, tmp_path):
+    return copy_with(tokenizer, pack=True), _samples("txt", [s.encode() for s in SENTENCES[:4]])
 
 
 def _protein(tokenizer, tmp_path):
@@ -71,6 +75,7 @@ def _audio(tokenizer, tmp_path):
 
 CASES: dict[str, Callable] = {
     "text": _text,
+    "text-packed": _packed_text,
     "protein": _protein,
     "smiles": _smiles,
     "image": _image,
@@ -110,13 +115,26 @@ def test_batches_mark_real_and_maskable_positions(case):
         assert not torch.isin(batch["input_ids"][maskable], special).any()
 
 
-def test_a_batch_trains_through_the_one_objective(case):
+def test_loader_batches_mark_real_and_maskable_positions(case):
+    """``collate_stream`` (what the loader calls) keeps ``collate``'s promises; it may pack
+    short items into fewer rows."""
+    built, samples = case
+    batch = built.collate_stream([built.decode_sample(s) for s in samples])
+    real, maskable = batch["attention_mask"], batch["maskable"]
+    assert real.shape == maskable.shape and real.shape[0] <= len(samples)
+    assert real.shape[1] <= built.spec.max_length
+    assert maskable.any() and not (maskable & ~real).any()
+
+
+@pytest.mark.parametrize("collate", ["collate", "collate_stream"])
+def test_a_batch_trains_through_the_one_objective(case, collate):
     built, samples = case
     torch.manual_seed(0)
     module = MaskedModelingModule(
         tokenizer=built, encoder=TransformerEncoder(dim=32, depth=1, num_heads=2)
     )
-    out = module.forward_masked(built.collate([built.decode_sample(s) for s in samples]))
+    batch = getattr(built, collate)([built.decode_sample(s) for s in samples])
+    out = module.forward_masked(batch)
     assert out.loss.isfinite()
     part = out[module.modality_named()]
     assert part.pred.shape[0] == part.target.shape[0] == part.mask.sum()

@@ -30,14 +30,23 @@ class TokenEmbedder(nn.Module):
         with torch.no_grad():
             self.tokens.weight[pad_token_id].zero_()
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """(B, L) long -> (B, L, D)."""
-        length = input_ids.shape[1]
-        if length > self.positions.num_embeddings:
-            raise ValueError(
-                f"sequence of {length} tokens exceeds max_length={self.positions.num_embeddings}"
-            )
-        x = self.tokens(input_ids) + self.positions.weight[:length]  # (B, L, D)
+    def forward(self, input_ids: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """(B, L) long -> (B, L, D).
+
+        Args:
+            input_ids: (B, L) token ids.
+            position_ids: (B, L) long position of each token; ``None`` for 0..L-1 in every
+                row. Packed rows restart them at every document.
+        """
+        table = self.positions.num_embeddings
+        if position_ids is None:
+            length = input_ids.shape[1]
+            if length > table:
+                raise ValueError(f"sequence of {length} tokens exceeds max_length={table}")
+            positions = self.positions.weight[: input_ids.shape[1]]  # (L, D)
+        else:
+            positions = self.positions(position_ids)  # (B, L, D); out-of-table ids raise
+        x = self.tokens(input_ids) + positions  # (B, L, D)
         return self.dropout(self.norm(x))
 
 

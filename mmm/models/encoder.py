@@ -1,5 +1,6 @@
-"""Shared Transformer trunks. Every encoder maps embeddings (B, L, D) plus a padding mask to
-hidden states (B, L, D) and exposes its width as ``dim``; modalities never see its internals."""
+"""Shared Transformer trunks. Every encoder maps embeddings (B, L, D) plus a padding mask (and,
+for packed rows, document ids) to hidden states (B, L, D) and exposes its width as ``dim``;
+modalities never see its internals."""
 
 from __future__ import annotations
 
@@ -11,20 +12,42 @@ from torch import Tensor, nn
 
 
 class Encoder(nn.Module, ABC):
-    """Interface of a trunk: ``forward(x, padding_mask) -> hidden``."""
+    """Interface of a trunk: ``forward(x, padding_mask, document_ids) -> hidden``."""
 
     dim: int
 
     @abstractmethod
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, document_ids: Tensor | None = None
+    ) -> Tensor:
         """Args:
             x: (B, L, D) input embeddings.
             padding_mask: (B, L) bool, ``True`` at real positions; ``None`` when none is padding
                 (lets scaled-dot-product attention take its fastest kernel).
+            document_ids: (B, L) long, which packed document of its row each position belongs
+                to, -1 at padding: a position attends only to its own document (padding only
+                to padding). It implies the padding mask; ``None`` when rows are not packed
+                or documents may attend across.
 
         Returns:
             (B, L, D) hidden states.
         """
+
+
+def attention_mask(padding_mask: Tensor | None, document_ids: Tensor | None) -> Tensor | None:
+    """The boolean mask for ``scaled_dot_product_attention`` (``True`` = may attend), built
+    only when needed: ``None`` keeps SDPA's unmasked fast kernels.
+
+    Returns:
+        (B, 1, L, L) block-diagonal over ``document_ids`` (padding forms its own block, so no
+        query row is empty and SDPA never returns NaN), else (B, 1, 1, L) over the padding
+        mask, else ``None``.
+    """
+    if document_ids is not None:
+        return (document_ids[:, :, None] == document_ids[:, None, :]).unsqueeze(1)  # (B,1,L,L)
+    if padding_mask is not None:
+        return padding_mask[:, None, None, :]  # (B, 1, 1, L)
+    return None
 
 
 class TransformerEncoder(Encoder):
@@ -38,6 +61,9 @@ class TransformerEncoder(Encoder):
         dropout: dropout after attention and feed-forward projections.
         attention_dropout: dropout on attention weights.
         drop_path: stochastic-depth rate, increased linearly to this value over the blocks.
+        compile: compile the trunk with ``torch.compile`` (fuses the blocks' element-wise ops;
+            worth it on a GPU; the first steps pay the compilation). Weights and checkpoints
+            are the same either way.
     """
 
     def __init__(
@@ -49,6 +75,7 @@ class TransformerEncoder(Encoder):
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
         drop_path: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -71,9 +98,13 @@ class TransformerEncoder(Encoder):
         )
         self.norm = nn.LayerNorm(dim)
         self.apply(_init_weights)
+        if compile:
+            self.compile()  # in place: parameter names (and checkpoints) stay as they are
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        attn_mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B,1,1,L)
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, document_ids: Tensor | None = None
+    ) -> Tensor:
+        attn_mask = attention_mask(padding_mask, document_ids)  # None, (B,1,1,L) or (B,1,L,L)
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask)
         return self.norm(x)
@@ -89,7 +120,8 @@ class HFEncoder(Encoder):
             The model is built from scratch.
 
     The model's own embedding layer still adds its position and token-type embeddings (and
-    LayerNorm) on top of the modality's embeddings passed as ``inputs_embeds``.
+    LayerNorm) on top of the modality's embeddings passed as ``inputs_embeds``; its positions
+    run along the whole row, also in packed rows.
     """
 
     def __init__(self, path: str | None = None, config: dict[str, Any] | None = None) -> None:
@@ -105,9 +137,13 @@ class HFEncoder(Encoder):
             self.model = AutoModel.from_config(hf_config, add_pooling_layer=False)
         self.dim = self.model.config.hidden_size
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        attention_mask = None if padding_mask is None else padding_mask.long()
-        return self.model(inputs_embeds=x, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, document_ids: Tensor | None = None
+    ) -> Tensor:
+        mask = None if padding_mask is None else padding_mask.long()  # (B, L)
+        if document_ids is not None:
+            mask = attention_mask(None, document_ids)  # (B, 1, L, L) bool, taken as it is
+        return self.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
 
 
 def _init_weights(module: nn.Module) -> None:

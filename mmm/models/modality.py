@@ -148,7 +148,7 @@ class TokenModality(Modality):
         ids = batch["input_ids"]
         if masked is not None:
             ids = self.corrupt(ids, masked)
-        return self.embedder(ids)  # (B, L, D)
+        return self.embedder(ids, batch.get("position_ids"))  # (B, L, D)
 
     def corrupt(self, input_ids: Tensor, masked: MaskedPositions) -> Tensor:
         """BERT's corruption of the hidden positions; rows marked ``mask_only`` show the mask

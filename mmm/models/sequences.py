@@ -52,11 +52,15 @@ class Segment:
         keep: (B_m, L_m) bool, positions passed to the encoder.
         rows: (B_m,) long, the sample of the batch each row belongs to, or ``None`` when the
             modality's rows are the batch's samples in order (every sample carries it).
+        documents: (B_m, L_m) long, the packed document of each position (-1 at padding),
+            when rows hold several documents that must not attend to each other
+            (``TextTokenizer(pack=True, attention="document")``); one-modality batches only.
     """
 
     x: Tensor
     keep: Tensor
     rows: Tensor | None = None
+    documents: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class TrunkLayout:
         spans: modality -> (start, length) of its segment in the concatenated sequence.
         rows: modality -> its segment's ``rows`` (``None``: all samples, in order).
         batch_size: B, the number of samples.
+        document_ids: (B, T) long packed document of each trunk position (-1 at padding), or
+            ``None`` when attention may cross the whole row.
     """
 
     ids_keep: Tensor | None
@@ -78,6 +84,7 @@ class TrunkLayout:
     spans: dict[str, tuple[int, int]]
     rows: dict[str, Tensor | None]
     batch_size: int
+    document_ids: Tensor | None = None
 
 
 def _spread(values: Tensor, rows: Tensor | None, batch_size: int) -> Tensor:
@@ -106,12 +113,28 @@ def pack_segments(segments: dict[str, Segment], batch_size: int) -> tuple[Tensor
         start += length
     x = torch.cat(parts, dim=1)  # (B, S, D)
     keep = torch.cat(keeps, dim=1)  # (B, S)
+    documents = _documents(segments)  # (B, S) or None
     if bool(keep.all()):
-        return x, TrunkLayout(None, None, spans, rows, batch_size)
+        return x, TrunkLayout(None, None, spans, rows, batch_size, documents)
     ids_keep, valid = visible_indices(keep)  # (B, T)
     padding_mask = None if bool(valid.all()) else valid
-    layout = TrunkLayout(ids_keep, padding_mask, spans, rows, batch_size)
+    if documents is not None:
+        documents = torch.gather(documents, 1, ids_keep).masked_fill(~valid, -1)  # (B, T)
+    layout = TrunkLayout(ids_keep, padding_mask, spans, rows, batch_size, documents)
     return gather_positions(x, ids_keep), layout  # (B, T, D)
+
+
+def _documents(segments: dict[str, Segment]) -> Tensor | None:
+    """The document ids of a one-modality packed batch, or ``None``."""
+    packed = [segment for segment in segments.values() if segment.documents is not None]
+    if not packed:
+        return None
+    if len(segments) > 1 or packed[0].rows is not None:
+        raise ValueError(
+            "packed documents (attention='document') are for one-modality batches; a batch of "
+            f"several modalities ({list(segments)}) keeps one sample per row"
+        )
+    return packed[0].documents
 
 
 def unpack_segments(hidden: Tensor, layout: TrunkLayout) -> dict[str, Tensor]:

@@ -171,6 +171,12 @@ class Tokenizer(ABC):
         Every batch carries ``attention_mask`` (B, L) bool (``True`` = real position) and
         ``maskable`` (B, L) bool (``True`` = may be hidden: not padding, not special)."""
 
+    def collate_stream(self, items: list[Any]) -> dict[str, Tensor]:
+        """Batch items the loader read from shards (in its workers). ``collate`` unless the
+        tokenizer packs several items into one row (``TextTokenizer(pack=True)``); fill-mask,
+        embeddings, scoring and generation call ``collate``, one row per input."""
+        return self.collate(items)
+
     def fingerprint(self) -> str:
         """A short hash of what the model's embedder and head were sized and trained for: a
         checkpoint records it, and loading refuses a tokenizer with another one (a vocabulary

@@ -105,6 +105,15 @@ class MultimodalBatcher:
             batch[name] = sub
         return batch
 
+    def collate_stream(self, items: list[dict[str, Any]]) -> ModalityBatch:
+        """Batch what the loader read. A one-modality batch takes its tokenizer's
+        ``collate_stream`` (which may pack several documents into a row); several modalities
+        keep one sample per row, so that pairs stay together (``collate``)."""
+        if len(self.tokenizers) > 1:
+            return self.collate(items)
+        [(name, tokenizer)] = self.tokenizers.items()
+        return {name: tokenizer.collate_stream([item[name] for item in items])}
+
     def for_evaluation(self) -> MultimodalBatcher:
         """Every tokenizer without random augmentation (see ``Tokenizer.for_evaluation``)."""
         evaluation = {name: t.for_evaluation() for name, t in self.tokenizers.items()}

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -24,6 +25,10 @@ from mmm.data.reading import member_texts, read_source
 from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, ensure_trained, read_text_member
 
 Algorithm = Literal["wordpiece", "bpe"]
+
+#: How packed documents attend: to every token of their row (Hugging Face ``group_texts``) or
+#: only to their own document (block-diagonal).
+Attention = Literal["across", "document"]
 
 #: Special tokens of each algorithm, in id order (pad first so that pad id is 0).
 _SPECIALS: dict[str, dict[str, str]] = {
@@ -131,7 +136,13 @@ class TextTokenizer(DiscreteTokenizer):
         algorithm: ``wordpiece`` (BERT) or ``bpe`` (byte-level, RoBERTa) when training.
         lowercase: lowercase text before tokenizing, when training.
         max_length: longest sequence in tokens, special tokens included; longer texts are
-            truncated.
+            truncated, or cut into pieces when packing.
+        pack: batches from the loader (``collate_stream``) pack their documents into rows of
+            up to ``max_length`` tokens, so that no compute goes to padding (see
+            ``collate_stream``). ``collate`` (fill-mask, embeddings) keeps one row per text.
+        attention: with ``pack``, whether a document attends to the other documents of its
+            row (``across``, as Hugging Face's ``group_texts``) or only to itself
+            (``document``: block-diagonal attention through the batch's ``document_ids``).
     """
 
     modality_name = "text"
@@ -145,11 +156,19 @@ class TextTokenizer(DiscreteTokenizer):
         algorithm: Algorithm = "wordpiece",
         lowercase: bool = True,
         max_length: int = 128,
+        pack: bool = False,
+        attention: Attention = "document",
     ) -> None:
         if max_length < 3:
             raise ValueError(f"TextTokenizer: max_length must be >= 3, got {max_length}")
+        if attention not in ("across", "document"):
+            raise ValueError(
+                f"TextTokenizer: attention must be 'across' or 'document', got {attention!r}"
+            )
         self.path = path
         self.max_length = max_length
+        self.pack = pack
+        self.attention = attention
         self.hf = self._load_or_train(
             Path(path), train_source, vocab_size, algorithm, lowercase, max_length
         )
@@ -195,8 +214,8 @@ class TextTokenizer(DiscreteTokenizer):
         return read_text_member(sample, "txt")
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
-        """Tokenize a batch in one call to the Rust tokenizer, padded to the longest text
-        (rounded up to a multiple of 8 for tensor cores)."""
+        """Tokenize a batch in one call to the Rust tokenizer, one row per text, padded to the
+        longest text (rounded up to a multiple of 8 for tensor cores)."""
         encoding = self.hf(
             items,
             padding="longest",
@@ -207,16 +226,73 @@ class TextTokenizer(DiscreteTokenizer):
             return_tensors="pt",
         )
         attention_mask = encoding["attention_mask"].bool()
-        word_ids = torch.tensor(
-            [[-1 if w is None else w for w in encoding.word_ids(i)] for i in range(len(items))],
-            dtype=torch.long,
-        )  # (B, L), -1 at special and pad positions
+        # one C-level conversion: None (special, padding) becomes NaN
+        words = np.array([e.word_ids for e in encoding.encodings], dtype=np.float64)  # (B, L)
         return {
             "input_ids": encoding["input_ids"],
             "attention_mask": attention_mask,
             "maskable": attention_mask & ~encoding["special_tokens_mask"].bool(),
-            "word_ids": word_ids,
+            "word_ids": torch.from_numpy(number_words(words)),
         }
+
+    def collate_stream(self, items: list[str]) -> dict[str, torch.Tensor]:
+        """Batch the documents the loader read: ``collate``, or with ``pack`` the documents
+        packed into rows of at most ``max_length`` tokens.
+
+        Packing keeps every token of every document exactly once: a document longer than
+        ``max_length`` is cut into consecutive pieces (each with its own ``[CLS]``/``[SEP]``)
+        that are packed as documents of their own. Pieces go into rows first-fit, longest
+        first, so a batch has fewer rows than documents unless many are long (48 documents
+        of the embedded corpus make about 29 rows); rows are padded to the longest row (up to
+        a multiple of 8 within ``max_length``). The batch size stays the configured number of
+        documents, and packing depends on the batch alone, so the loader's resume and
+        exactly-once evaluation hold as without packing.
+
+        Returns, besides ``collate``'s keys (``word_ids`` distinct across the documents of a
+        row): ``position_ids`` (R, L) long, restarting at 0 in every document, and with
+        ``attention="document"`` ``document_ids`` (R, L) long, -1 at padding.
+        """
+        if not self.pack:
+            return self.collate(items)
+        encoding = self.hf(
+            items,
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=True,  # pieces of max_length, nothing dropped
+            return_special_tokens_mask=True,
+        )
+        pieces = encoding.encodings
+        lengths = np.array([len(piece.ids) for piece in pieces])  # (P,)
+        row, offset, index_in_row = pack_rows(lengths, self.max_length)
+        longest = int((offset + lengths).max())
+        width = min(-(-longest // 8) * 8, max(self.max_length, longest))  # a multiple of 8
+        # destination of every token of the concatenated pieces
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)  # (T,)
+        position = np.arange(lengths.sum()) - starts  # (T,) index within its piece
+        rows = np.repeat(row, lengths)  # (T,)
+        cols = np.repeat(offset, lengths) + position  # (T,)
+
+        def scatter(values: np.ndarray, fill: float, dtype: type) -> np.ndarray:
+            grid = np.full((int(row.max()) + 1, width), fill, dtype=dtype)  # (R, L)
+            grid[rows, cols] = values
+            return grid
+
+        ids = np.concatenate([piece.ids for piece in pieces])  # (T,)
+        special = np.concatenate([piece.special_tokens_mask for piece in pieces]).astype(bool)
+        # None (special) becomes NaN in numpy's C conversion, per piece
+        words = np.concatenate([np.array(piece.word_ids, dtype=np.float64) for piece in pieces])
+        attention_mask = torch.from_numpy(scatter(np.ones_like(special), False, bool))
+        batch = {
+            "input_ids": torch.from_numpy(scatter(ids, self.hf.pad_token_id, np.int64)),
+            "attention_mask": attention_mask,
+            "maskable": attention_mask & ~torch.from_numpy(scatter(special, True, bool)),
+            "word_ids": torch.from_numpy(number_words(scatter(words, np.nan, np.float64))),
+            "position_ids": torch.from_numpy(scatter(position, 0, np.int64)),
+        }
+        if self.attention == "document":
+            documents = np.repeat(index_in_row, lengths)
+            batch["document_ids"] = torch.from_numpy(scatter(documents, -1, np.int64))
+        return batch
 
     @property
     def mask_token(self) -> str:
@@ -233,4 +309,55 @@ class TextTokenizer(DiscreteTokenizer):
         return self.hf.decode(ids, skip_special_tokens=True)
 
     def __repr__(self) -> str:
-        return f"TextTokenizer(path={self.path!r}, vocab_size={len(self.hf)})"
+        packing = f", pack=True, attention={self.attention!r}" if self.pack else ""
+        return f"TextTokenizer(path={self.path!r}, vocab_size={len(self.hf)}{packing})"
+
+
+def number_words(words: np.ndarray) -> np.ndarray:
+    """Word ids numbered 0, 1, ... along each row, from the tokenizer's per-document word
+    indices.
+
+    Args:
+        words: (R, L) float, the word index of each token within its document, NaN at special
+            tokens and padding (which separate the documents of a packed row).
+
+    Returns:
+        (R, L) long, -1 at special tokens and padding. A new word starts wherever the word
+        index changes or follows a NaN, so words of different documents (and of two pieces of
+        one long document) get distinct ids, and whole-word masking never joins them.
+    """
+    valid = ~np.isnan(words)  # (R, L)
+    previous = np.pad(words[:, :-1], ((0, 0), (1, 0)), constant_values=np.nan)  # (R, L)
+    starts = valid & (words != previous)  # NaN != anything: a word after a separator starts
+    return np.where(valid, np.cumsum(starts, axis=1) - 1, -1).astype(np.int64)
+
+
+def pack_rows(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First-fit-decreasing bin packing of pieces into rows of ``capacity`` tokens.
+
+    Hand-written: a loop over the batch's pieces (tens), not over tokens; no maintained
+    library packs this small a problem without pulling in a solver. The order depends on the
+    lengths alone (stable sort), so a batch always packs the same way.
+
+    Args:
+        lengths: (P,) tokens per piece, each at most ``capacity``.
+
+    Returns:
+        (P,) row of each piece, (P,) its first column, (P,) its index among its row's pieces.
+    """
+    row = np.empty(len(lengths), dtype=np.int64)
+    offset = np.empty(len(lengths), dtype=np.int64)
+    index_in_row = np.empty(len(lengths), dtype=np.int64)
+    filled: list[int] = []  # tokens used per row
+    pieces_in: list[int] = []  # pieces per row
+    for piece in np.argsort(-lengths, kind="stable"):
+        size = int(lengths[piece])
+        target = next((r for r, used in enumerate(filled) if used + size <= capacity), None)
+        if target is None:
+            target = len(filled)
+            filled.append(0)
+            pieces_in.append(0)
+        row[piece], offset[piece], index_in_row[piece] = target, filled[target], pieces_in[target]
+        filled[target] += size
+        pieces_in[target] += 1
+    return row, offset, index_in_row
