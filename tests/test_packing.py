@@ -19,8 +19,9 @@ from mmm.tokenizers.base import copy_with
 from mmm.tokenizers.text import TextTokenizer, pack_rows
 from tests.conftest import SENTENCES
 
-#: Documents of very different lengths; the last is longer than max_length (32) and is cut.
-DOCUMENTS = [SENTENCES[0], "short", SENTENCES[2], " ".join(SENTENCES[3:7]), SENTENCES[1]]
+#: Documents of very different lengths; one is longer than max_length (32) and is cut; the
+#: two short ones share a row however the session's tokenizer splits their words.
+DOCUMENTS = [SENTENCES[0], "short", SENTENCES[2], " ".join(SENTENCES[3:7]), SENTENCES[1], "tiny"]
 
 
 @pytest.fixture
