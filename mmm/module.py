@@ -359,7 +359,7 @@ class MaskedModelingModule(L.LightningModule):
         for name, sub in inputs.items():
             modality = self.modalities[name]
             if isinstance(modality, TokenModality):
-                modality.count_lengths(sub["maskable"])
+                modality.count_lengths(sub)
         self._log_skipped(batch, size)
         return out.loss
 

@@ -206,7 +206,7 @@ def test_a_model_of_a_tiny_corpus_regenerates_it(memorizer, sampler, least, one_
 def test_lengths_are_drawn_from_those_seen_in_training():
     module = _protein_module()
     module.modalities["protein"].count_lengths(
-        module.tokenizers["protein"].collate(["MKTAY", "GIG", "MKTAY"])["maskable"]
+        module.tokenizers["protein"].collate(["MKTAY", "GIG", "MKTAY"])
     )
     assert sorted(set(sample_lengths(module, 50, seed=0))) == [3, 5]
     assert {len(s) for s in generate(module, 8, settings=SamplingSettings(steps=4))} <= {3, 5}

@@ -182,3 +182,17 @@ def test_compiled_trunk_matches_eager():
     compiled.load_state_dict(eager.state_dict())  # the same parameter names
     x = torch.randn(2, 8, 16)
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-4)
+
+
+def test_generation_lengths_count_documents_not_packed_rows(packer):
+    """Packed rows hold several documents; the lengths generation samples from are those of
+    the documents."""
+    module = MaskedModelingModule(tokenizer=packer, encoder=TransformerEncoder(dim=16, depth=1))
+    batch = packer.collate_stream(DOCUMENTS)
+    module.modalities["text"].count_lengths(batch)
+    counts = module.modalities["text"].length_counts
+    expected = [int(row.sum()) for row in packer.collate(DOCUMENTS)["maskable"]]
+    pieces = int((batch["position_ids"] == 0).logical_and(batch["attention_mask"]).sum())
+    assert int(counts.sum()) == pieces >= len(DOCUMENTS)
+    assert int((counts * torch.arange(len(counts))).sum()) == int(batch["maskable"].sum())
+    assert all(counts[length] > 0 for length in expected if length < packer.max_length - 2)

@@ -138,11 +138,21 @@ class TokenModality(Modality):
         self.register_buffer("length_counts", torch.zeros(spec.max_length + 1, dtype=torch.long))
 
     @torch.no_grad()
-    def count_lengths(self, maskable: Tensor) -> None:
-        """Add a training batch's lengths, (B, L) bool maskable positions, to the counts."""
+    def count_lengths(self, batch: dict[str, Tensor]) -> None:
+        """Add the lengths (maskable positions) of a training batch's sequences to the counts:
+        one per row, or one per document of packed rows (``position_ids`` restart at 0 in
+        every document)."""
         top = self.length_counts.shape[0] - 1
-        lengths = maskable.sum(dim=1).clamp(max=top)  # (B,)
-        self.length_counts += torch.bincount(lengths, minlength=top + 1)
+        maskable = batch["maskable"]  # (B, L)
+        positions = batch.get("position_ids")
+        if positions is None:
+            lengths = maskable.sum(dim=1)  # (B,)
+        else:
+            starts = (positions == 0) & batch["attention_mask"]  # (B, L) first token of each
+            document = starts.flatten().long().cumsum(0) - 1  # (B * L,) document of a position
+            counts = torch.zeros(int(starts.sum()), dtype=torch.long, device=maskable.device)
+            lengths = counts.index_add_(0, document.clamp_min(0), maskable.flatten().long())
+        self.length_counts += torch.bincount(lengths.clamp(max=top), minlength=top + 1)
 
     def embed(self, batch: dict[str, Tensor], masked: MaskedPositions | None) -> Tensor:
         ids = batch["input_ids"]
