@@ -10,6 +10,8 @@ from transformers import AutoTokenizer
 
 from datamodules import ShardDataModule
 from mmm.data.shards import write_shards
+from mmm.models.encoder import TransformerEncoder
+from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.text import TextTokenizer, train_tokenizer
 from tests.conftest import SENTENCES
@@ -119,3 +121,12 @@ def test_a_tokenizer_without_mask_token_is_refused(tmp_path):
 def test_missing_tokenizer_without_train_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer at"):
         TextTokenizer(path=str(tmp_path / "absent"))
+
+
+def test_rows_never_exceed_a_max_length_that_is_no_multiple_of_8(tokenizer_dir):
+    """Padding rounds up to a multiple of 8 only when that cannot pass ``max_length``."""
+    tokenizer = TextTokenizer(path=str(tokenizer_dir), max_length=30)
+    batch = tokenizer.collate([" ".join(SENTENCES)])
+    assert batch["input_ids"].shape[1] == 30
+    module = MaskedModelingModule(tokenizer=tokenizer, encoder=TransformerEncoder(dim=16, depth=1))
+    assert module.forward_masked(batch).loss.isfinite()

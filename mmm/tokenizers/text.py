@@ -215,13 +215,14 @@ class TextTokenizer(DiscreteTokenizer):
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch in one call to the Rust tokenizer, one row per text, padded to the
-        longest text (rounded up to a multiple of 8 for tensor cores)."""
+        longest text (rounded up to a multiple of 8 for tensor cores, when ``max_length`` is
+        one: rounding must never make a row longer than the position table)."""
         encoding = self.hf(
             items,
             padding="longest",
             truncation=True,
             max_length=self.max_length,
-            pad_to_multiple_of=8,
+            pad_to_multiple_of=8 if self.max_length % 8 == 0 else None,
             return_special_tokens_mask=True,
             return_tensors="pt",
         )
