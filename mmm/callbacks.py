@@ -126,14 +126,19 @@ class ReconstructionImages(L.Callback):
         return make_grid(rows.float().cpu(), nrow=original.shape[0], padding=2, pad_value=1.0)
 
 
+def _sample_rows(sub: dict[str, Tensor]) -> Tensor:
+    """(B_m,) the samples a sub-batch's rows belong to, on its device."""
+    mask = sub["attention_mask"]
+    return sub.get("rows", torch.arange(mask.shape[0], device=mask.device))
+
+
 def first_samples(inputs: dict[str, dict[str, Tensor]], name: str, count: int) -> dict:
     """The sub-batches of the first ``count`` samples that carry modality ``name``, with the
     other modalities of those samples (their rows renumbered)."""
-    sub = inputs[name]
-    rows = sub.get("rows", torch.arange(sub["attention_mask"].shape[0]))[:count]  # (n,)
     chosen = {}
+    rows = _sample_rows(inputs[name])[:count]  # (n,)
     for key, other in inputs.items():
-        own = other.get("rows", torch.arange(other["attention_mask"].shape[0], device=rows.device))
+        own = _sample_rows(other)  # (B_m,)
         keep = torch.isin(own, rows)  # (B_m,)
         if not keep.any():
             continue

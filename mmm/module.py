@@ -296,9 +296,7 @@ class MaskedModelingModule(L.LightningModule):
         seen: dict[str, Tensor],
     ) -> ModalityOutput:
         modality, sub = self.modalities[name], inputs[name]
-        context = None
-        if modality.visible_only:  # its hidden positions never met the other modalities
-            context = context_of(name, states, seen, _rows(inputs), _batch_size(inputs))
+        context = self._context(name, inputs, states, seen)
         pred = modality.predict(
             states[name], masked.mask, seen[name], sub["attention_mask"], context
         )
@@ -321,8 +319,21 @@ class MaskedModelingModule(L.LightningModule):
         name = self.modality_named(name)
         states, seen = self.encode_modalities(inputs)
         real = inputs[name]["attention_mask"]
-        context = context_of(name, states, seen, _rows(inputs), _batch_size(inputs))
+        context = self._context(name, inputs, states, seen)
         return self.modalities[name].predict(states[name], positions, seen[name], real, context)
+
+    def _context(
+        self,
+        name: str,
+        inputs: ModalityBatch,
+        states: dict[str, Tensor],
+        seen: dict[str, Tensor],
+    ) -> tuple[Tensor, Tensor] | None:
+        """The other modalities' states for a ``visible_only`` modality's decoder (its hidden
+        positions never met them in the trunk); ``None`` for the others."""
+        if not self.modalities[name].visible_only:
+            return None
+        return context_of(name, states, seen, _rows(inputs), _batch_size(inputs))
 
     @torch.no_grad()
     def embed(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:

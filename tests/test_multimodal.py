@@ -360,3 +360,15 @@ def test_a_continuous_modality_hidden_whole_is_predicted_from_the_others(tokeniz
         torch.manual_seed(1)
         second = module.forward_masked(other, masked)["image"].pred
     assert not torch.allclose(first, second)
+
+
+def test_kept_positions_that_lead_every_row_are_cut_not_gathered():
+    """Padded text of one modality: the trunk sees the rows cut to the longest one, and the
+    states come back in place with zeros at padding."""
+    x = torch.randn(2, 6, 3)
+    keep = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    packed, layout = pack_segments({"text": Segment(x, keep)}, batch_size=2)
+    assert layout.ids_keep is None and packed.shape == (2, 4, 3)
+    torch.testing.assert_close(layout.padding_mask, keep[:, :4])
+    back = unpack_segments(packed, layout)["text"]
+    torch.testing.assert_close(back, x * keep.unsqueeze(-1))

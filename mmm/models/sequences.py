@@ -69,7 +69,8 @@ class TrunkLayout:
 
     Attributes:
         ids_keep: (B, T) long, position of each trunk row in the concatenated (B, S) sequence of
-            all segments, or ``None`` when every position is kept in place (no gather needed).
+            all segments, or ``None`` when the kept positions are the first T of every row
+            (no gather needed; the tail was cut).
         padding_mask: (B, T) bool, ``True`` at real trunk positions, or ``None`` when none is
             padding (lets attention take its unmasked, fastest kernel).
         spans: modality -> (start, length) of its segment in the concatenated sequence.
@@ -116,6 +117,16 @@ def pack_segments(segments: dict[str, Segment], batch_size: int) -> tuple[Tensor
     documents = _documents(segments)  # (B, S) or None
     if bool(keep.all()):
         return x, TrunkLayout(None, None, spans, rows, batch_size, documents)
+    counts = keep.sum(dim=1, keepdim=True)  # (B, 1)
+    width = int(counts.max())
+    prefix = torch.arange(width, device=keep.device) < counts  # (B, T)
+    if bool((keep[:, :width] == prefix).all()) and not bool(keep[:, width:].any()):
+        # Kept positions already lead every row (padded text of one modality): cut the
+        # padding tail instead of sorting, gathering and scattering back.
+        padding_mask = None if bool(prefix.all()) else prefix
+        cut = None if documents is None else documents[:, :width]
+        layout = TrunkLayout(None, padding_mask, spans, rows, batch_size, cut)
+        return x[:, :width], layout  # (B, T, D)
     ids_keep, valid = visible_indices(keep)  # (B, T)
     padding_mask = None if bool(valid.all()) else valid
     if documents is not None:
@@ -146,16 +157,17 @@ def unpack_segments(hidden: Tensor, layout: TrunkLayout) -> dict[str, Tensor]:
     Returns:
         modality -> (B_m, L_m, D) states, zeros at the positions the encoder did not see.
     """
-    full = hidden
+    length = sum(span for _, span in layout.spans.values())
+    if layout.padding_mask is not None:  # padding rows land on unseen positions as zeros
+        hidden = hidden * layout.padding_mask.unsqueeze(-1).to(hidden.dtype)
     if layout.ids_keep is not None:
-        length = sum(span for _, span in layout.spans.values())
-        if layout.padding_mask is not None:  # padding rows land on unseen positions as zeros
-            hidden = hidden * layout.padding_mask.unsqueeze(-1).to(hidden.dtype)
         index = layout.ids_keep.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, D)
         # A row's ids are distinct, so the scatter writes each kept position exactly once.
         full = hidden.new_zeros(layout.batch_size, length, hidden.shape[-1]).scatter(
             1, index, hidden
         )  # (B, S, D)
+    else:  # kept positions lead each row: pad the cut tail back with zeros
+        full = torch.nn.functional.pad(hidden, (0, 0, 0, length - hidden.shape[1]))  # (B, S, D)
     states = {}
     for name, (start, size) in layout.spans.items():
         segment = full[:, start : start + size]  # (B, L_m, D)
