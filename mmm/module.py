@@ -109,9 +109,11 @@ class MaskedModelingModule(L.LightningModule):
         warmup_steps: linear warm-up steps; then cosine decay to zero at ``max_steps`` when the
             trainer sets it, else a constant rate.
         decoder: the MAE decoder of a one-modality continuous run (images, audio).
-        init_from: a local ``EsmForMaskedLM`` directory (``save_pretrained``, or ``mmm export``)
-            whose weights start the embedder, trunk and head of a one-modality discrete run
-            (continued pretraining); see ``mmm.export.init_from_esm``.
+        init_from: a local directory whose weights start the embedder and trunk (and masked-LM
+            head) of a one-modality run (continued pretraining): an ``EsmForMaskedLM`` or
+            ``BertForMaskedLM`` (``save_pretrained``, or ``mmm export``) for text, proteins
+            and SMILES, a timm ViT (``save_for_hf``, or ``mmm export``) for images and audio;
+            see ``mmm.export.init_from``.
         modalities: modality name -> its tokenizer, masking, loss weight, drop probability
             and decoder. Several modalities share the trunk; each gets a learned modality
             embedding. The datamodule reads the batcher built from them (LightningCLI links
@@ -148,7 +150,7 @@ class MaskedModelingModule(L.LightningModule):
         self.modalities = nn.ModuleDict(
             {
                 name: build_modality(
-                    config.tokenizer.spec, self.encoder.dim, self.maskings[name], config.decoder
+                    config.tokenizer.spec, self.encoder, self.maskings[name], config.decoder
                 )
                 for name, config in configs.items()
             }
@@ -163,9 +165,9 @@ class MaskedModelingModule(L.LightningModule):
         members = {name: config.member for name, config in configs.items() if config.member}
         self.batcher = MultimodalBatcher(self.tokenizers, optional, members)
         if init_from is not None:
-            from mmm.export import init_from_esm  # mmm.export imports this module
+            from mmm.export import init_from as start_from  # mmm.export imports this module
 
-            init_from_esm(self, init_from)
+            start_from(self, init_from)
         self._epoch_means = nn.ModuleDict()  # "stage/modality/metric" -> MeanMetric, on use
 
     # --------------------------------------------------------------------------- access

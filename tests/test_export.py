@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, EsmConfig, EsmForMaskedLM, pipeline
+from timm.layers import resample_abs_pos_embed
+from timm.models import save_for_hf
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    EsmConfig,
+    EsmForMaskedLM,
+    pipeline,
+)
 
 from mmm.cli import run
-from mmm.export import export_masked_lm, export_timm, load_timm, to_esm
+from mmm.export import (
+    export_masked_lm,
+    export_timm,
+    load_timm,
+    spectrogram_image,
+    to_masked_lm,
+)
 from mmm.inference import fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
+from mmm.tokenizers.audio import AudioItem, AudioTokenizer, LogMelSettings
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
@@ -44,30 +62,44 @@ def _randomized(module: MaskedModelingModule) -> MaskedModelingModule:
     return module.eval()
 
 
-def _module(tokenizer) -> MaskedModelingModule:
-    encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
+def _module(tokenizer, **encoder_options) -> MaskedModelingModule:
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, **encoder_options)
     return _randomized(MaskedModelingModule(tokenizer=tokenizer, encoder=encoder))
 
 
+#: The two trunks and the stock class each maps onto.
+TRUNKS = {"pre-LN": (True, EsmForMaskedLM), "post-LN": (False, BertForMaskedLM)}
+
+
 @pytest.fixture(params=["text", "protein", "smiles"])
-def module_and_inputs(request, tmp_path):
+def tokenizer_and_inputs(request, tmp_path):
     if request.param == "text":
         tokenizer = request.getfixturevalue("tokenizer")
         texts = [s.replace(s.split()[1], tokenizer.mask_token, 1) for s in SENTENCES[:3]]
-        return _module(tokenizer), SENTENCES[:3], texts
+        return tokenizer, SENTENCES[:3], texts
     if request.param == "protein":
         masked = [p[:3] + "<mask>" + p[4:] for p in PROTEINS]
-        return _module(ProteinTokenizer(max_length=40)), PROTEINS, masked
+        return ProteinTokenizer(max_length=40), PROTEINS, masked
     smi = tmp_path / "train.smi"
     smi.write_text("\n".join(SMILES) + "\n")
     tokenizer = SmilesTokenizer(path=str(tmp_path / "vocab.json"), train_source=str(smi))
     masked = [s[:1] + "<mask>" + s[2:] for s in SMILES[:3]]
-    return _module(tokenizer), SMILES[:3], masked
+    return tokenizer, SMILES[:3], masked
 
 
-def test_esm_logits_equal_mmm_logits(module_and_inputs):
+@pytest.fixture(params=list(TRUNKS))
+def module_and_inputs(request, tokenizer_and_inputs):
+    """Every discrete modality on both trunks: (module, sequences, masked sequences)."""
+    tokenizer, sequences, masked = tokenizer_and_inputs
+    norm_first, stock_class = TRUNKS[request.param]
+    module = _module(tokenizer, norm_first=norm_first)
+    assert type(to_masked_lm(module)) is stock_class
+    return module, sequences, masked
+
+
+def test_stock_logits_equal_mmm_logits(module_and_inputs):
     module, sequences, _ = module_and_inputs
-    assert_same_logits(module, to_esm(module), sequences)
+    assert_same_logits(module, to_masked_lm(module), sequences)
 
 
 def test_exported_directory_loads_with_auto_classes_and_pipeline(module_and_inputs, tmp_path):
@@ -92,16 +124,100 @@ def test_exported_directory_loads_with_auto_classes_and_pipeline(module_and_inpu
         assert [r["token"] for r in fill(text)] == [c.token_id for c in candidates]
 
 
-def test_image_encoder_loads_in_timm_with_equal_hidden_states(tmp_path):
+def _image_inputs() -> tuple[ImageTokenizer, dict, torch.Tensor]:
     tokenizer = ImageTokenizer(image_size=16, patch_size=4, channels=3)
-    module = _module(tokenizer)
     images = torch.rand(2, 3, 16, 16)
-    batch = tokenizer.collate(list(images))
+    return tokenizer, tokenizer.collate(list(images)), images
+
+
+def _audio_inputs(patch_mels: int | None = 8) -> tuple[AudioTokenizer, dict, torch.Tensor]:
+    """Full-length spectrograms (the ViT has no padding mask) on a (time, frequency) grid,
+    or time frames with ``patch_mels=None``."""
+    features = LogMelSettings(n_mels=16)
+    tokenizer = AudioTokenizer(features, duration=0.3, patch_frames=4, patch_mels=patch_mels)
+    torch.manual_seed(0)
+    spectrograms = torch.randn(2, 16, tokenizer.num_frames)  # (B, F, T)
+    items = [AudioItem(x, tokenizer.num_frames) for x in spectrograms]
+    return tokenizer, tokenizer.collate(items), spectrogram_image(spectrograms)
+
+
+PATCH_INPUTS = {
+    "image": _image_inputs,
+    "audio-patches": _audio_inputs,
+    "audio-frames": lambda: _audio_inputs(patch_mels=None),
+}
+
+
+@pytest.mark.parametrize("kind", list(PATCH_INPUTS))
+@pytest.mark.parametrize("eps", [1e-6, 1e-5])
+def test_mae_encoder_loads_in_stock_timm_with_equal_hidden_states(kind, eps, tmp_path):
+    """``timm.create_model("local-dir:DIR")`` alone reproduces an encoder built with timm's
+    eps (1e-6); ``load_timm`` passes any other eps on."""
+    tokenizer, batch, pixels = PATCH_INPUTS[kind]()
+    module = _module(tokenizer, layer_norm_eps=eps)
+    name = module.modality_named()
     export_timm(module, tmp_path / "vit")
-    model = load_timm(tmp_path / "vit")
+    models = [load_timm(tmp_path / "vit")]
+    if eps == 1e-6:
+        models.append(timm.create_model(f"local-dir:{tmp_path / 'vit'}", pretrained=True).eval())
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(images), module(batch)["image"])
-        torch.testing.assert_close(model(images), module.embed(batch)[1])  # average pooling
+        for model in models:
+            torch.testing.assert_close(model.forward_features(pixels), module(batch)[name])
+            torch.testing.assert_close(model(pixels), module.embed(batch)[1])  # average pooling
+
+
+@pytest.mark.parametrize("kind", list(PATCH_INPUTS))
+def test_init_from_a_timm_directory_reproduces_its_hidden_states(kind, tmp_path):
+    tokenizer, batch, pixels = PATCH_INPUTS[kind]()
+    export_timm(_module(tokenizer, layer_norm_eps=1e-6), tmp_path / "vit")
+    torch.manual_seed(3)
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, layer_norm_eps=1e-6)
+    module = MaskedModelingModule(
+        tokenizer=tokenizer, encoder=encoder, init_from=str(tmp_path / "vit")
+    ).eval()
+    source = load_timm(tmp_path / "vit")
+    with torch.no_grad():
+        hidden = module(batch)[module.modality_named()]
+        torch.testing.assert_close(hidden, source.forward_features(pixels))
+
+
+def test_init_from_a_class_token_vit_of_another_grid_drops_the_token_and_resamples(tmp_path):
+    """A timm ViT as MAE releases it (class token, 8x8 grid of 32 px images) starts a 16 px
+    image MAE: blocks and patch projection copied, positions resampled to the 4x4 grid."""
+    source = timm.create_model(
+        "vit_base_patch16_224",
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=0,
+    )
+    save_for_hf(source, str(tmp_path / "mae"), safe_serialization=True)
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, layer_norm_eps=1e-6)
+    with pytest.warns(UserWarning, match="1 class/register token"):
+        module = MaskedModelingModule(
+            tokenizer=ImageTokenizer(image_size=16, patch_size=4, channels=3),
+            encoder=encoder,
+            init_from=str(tmp_path / "mae"),
+        )
+    torch.testing.assert_close(module.encoder.blocks.state_dict(), source.blocks.state_dict())
+    resampled = resample_abs_pos_embed(source.pos_embed[:, 1:], [4, 4], [8, 8], 0)
+    torch.testing.assert_close(module.modalities["image"].embedder.positions, resampled[0])
+
+
+def test_init_from_a_timm_directory_refuses_other_sizes(tmp_path):
+    tokenizer, _, _ = _image_inputs()
+    export_timm(_module(tokenizer, layer_norm_eps=1e-6), tmp_path / "vit")
+    for options, setting in [({"num_heads": 2}, "num_heads=4"), ({}, "layer_norm_eps=1e-06")]:
+        encoder_options = {"dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0} | options
+        with pytest.raises(ValueError, match=setting):
+            MaskedModelingModule(
+                tokenizer=tokenizer,
+                encoder=TransformerEncoder(**encoder_options),
+                init_from=str(tmp_path / "vit"),
+            )
 
 
 def _tiny_esm(tmp_path, **overrides) -> str:
@@ -129,6 +245,28 @@ def _tiny_esm(tmp_path, **overrides) -> str:
     return str(tmp_path / "esm")
 
 
+def _tiny_bert(tmp_path, text_tokenizer, **overrides) -> str:
+    """A randomly initialized ``BertForMaskedLM`` (BERT's eps 1e-12, a random token-type
+    table) over the text tokenizer's vocabulary, saved locally."""
+    spec = text_tokenizer.spec
+    settings = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": spec.max_length + 8,
+        "pad_token_id": spec.pad_token_id,
+    }
+    torch.manual_seed(2)
+    model = BertForMaskedLM(BertConfig(**{**settings, **overrides}))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(std=0.3)
+    model.save_pretrained(str(tmp_path / "bert"))
+    return str(tmp_path / "bert")
+
+
 def _protein_module(**kwargs) -> MaskedModelingModule:
     encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
     return MaskedModelingModule(
@@ -142,11 +280,32 @@ def test_init_from_esm_directory_reproduces_its_logits(tmp_path):
     assert_same_logits(module, EsmForMaskedLM.from_pretrained(directory).eval(), PROTEINS)
 
 
-def test_init_from_refuses_layouts_that_do_not_map(tmp_path):
+def _post_ln_text_module(tokenizer, **kwargs) -> MaskedModelingModule:
+    encoder = TransformerEncoder(
+        dim=32, depth=2, num_heads=4, mlp_ratio=2.0, norm_first=False, layer_norm_eps=1e-12
+    )
+    return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder, **kwargs)
+
+
+def test_init_from_bert_directory_reproduces_its_logits(tmp_path, tokenizer):
+    """Segment 0's token-type row, which BERT adds everywhere, is folded into positions."""
+    directory = _tiny_bert(tmp_path, tokenizer)
+    module = _post_ln_text_module(tokenizer, init_from=directory).eval()
+    assert_same_logits(module, BertForMaskedLM.from_pretrained(directory).eval(), SENTENCES[:3])
+
+
+def test_init_from_refuses_layouts_that_do_not_map(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="position_embedding_type='rotary'"):
         _protein_module(init_from=_tiny_esm(tmp_path, position_embedding_type="rotary"))
     with pytest.raises(ValueError, match="hidden_size=48"):
         _protein_module(init_from=_tiny_esm(tmp_path, hidden_size=48))
+    bert = _tiny_bert(tmp_path, tokenizer)
+    with pytest.raises(ValueError, match="norm_first=false"):
+        _protein_module(init_from=bert)  # pre-LN trunk, post-LN source
+    with pytest.raises(ValueError, match="hidden_act='relu'"):
+        _post_ln_text_module(
+            tokenizer, init_from=_tiny_bert(tmp_path, tokenizer, hidden_act="relu")
+        )
 
 
 def test_fit_from_an_esm_directory_then_export(tmp_path, monkeypatch):

@@ -122,14 +122,17 @@ HF_BERT = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1}
 HF_BERT.update(num_attention_heads=2, intermediate_size=32, vocab_size=10)
 
 
-@pytest.mark.parametrize("name", ["mmm", "hf"])
+ENCODERS = {
+    "mmm pre-LN": lambda: TransformerEncoder(dim=16, depth=2, num_heads=2),
+    "mmm post-LN": lambda: TransformerEncoder(dim=16, depth=2, num_heads=2, norm_first=False),
+    "hf": lambda: HFEncoder(config=HF_BERT),
+}
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
 def test_perturbing_one_document_leaves_the_others_unchanged(name):
     torch.manual_seed(0)
-    encoder = (
-        TransformerEncoder(dim=16, depth=2, num_heads=2)
-        if name == "mmm"
-        else HFEncoder(config=HF_BERT)
-    ).eval()
+    encoder = ENCODERS[name]().eval()
     documents = torch.tensor([[0, 0, 0, 1, 1, 1, 1, -1]])  # (1, L)
     x = torch.randn(1, 8, 16)
     y = x.clone()

@@ -15,15 +15,22 @@ class TokenEmbedder(nn.Module):
         max_length: longest sequence, for the position table.
         pad_token_id: its embedding gets no gradient.
         dropout: dropout on the embeddings.
+        layer_norm_eps: the LayerNorm's epsilon (the encoder's ``layer_norm_eps``).
     """
 
     def __init__(
-        self, vocab_size: int, dim: int, max_length: int, pad_token_id: int, dropout: float = 0.0
+        self,
+        vocab_size: int,
+        dim: int,
+        max_length: int,
+        pad_token_id: int,
+        dropout: float = 0.0,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, dim, padding_idx=pad_token_id)
         self.positions = nn.Embedding(max_length, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         nn.init.trunc_normal_(self.tokens.weight, std=0.02)
         nn.init.trunc_normal_(self.positions.weight, std=0.02)

@@ -5,6 +5,7 @@ modalities never see its internals."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import partial
 from typing import Any
 
 from timm.models.vision_transformer import Block
@@ -15,6 +16,9 @@ class Encoder(nn.Module, ABC):
     """Interface of a trunk: ``forward(x, padding_mask, document_ids) -> hidden``."""
 
     dim: int
+    #: The epsilon the modalities' own LayerNorms (embedder, masked-LM head) use, so that one
+    #: value describes the model as stock classes (ESM, BERT, timm ViT) describe theirs.
+    layer_norm_eps: float = 1e-5
 
     @abstractmethod
     def forward(
@@ -50,8 +54,19 @@ def attention_mask(padding_mask: Tensor | None, document_ids: Tensor | None) -> 
     return None
 
 
+class PostNormBlock(Block):
+    """timm's ``Block`` with the LayerNorms after each residual sum (post-LN, the original
+    Transformer and BERT): ``x = norm1(x + attn(x))``, ``x = norm2(x + mlp(x))``. Same
+    parameters and names as the pre-LN block, so only the order of operations differs."""
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = self.norm1(x + self.drop_path1(self.ls1(self.attn(x, attn_mask=attn_mask))))
+        return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
+
+
 class TransformerEncoder(Encoder):
-    """Pre-LN Transformer (timm's ViT ``Block``: fused QKV, ``scaled_dot_product_attention``).
+    """Transformer trunk of timm ViT ``Block`` s (fused QKV, ``scaled_dot_product_attention``),
+    pre-LN by default (ViT, ESM, GPT-2), post-LN with ``norm_first=False`` (BERT).
 
     Args:
         dim: model width.
@@ -64,6 +79,13 @@ class TransformerEncoder(Encoder):
         compile: compile the trunk with ``torch.compile`` (fuses the blocks' element-wise ops;
             worth it on a GPU; the first steps pay the compilation). Weights and checkpoints
             are the same either way.
+        norm_first: LayerNorm before attention and feed-forward, plus a final LayerNorm
+            (pre-LN, trains stably without warm-up tricks); ``False``: after each residual
+            sum and no final norm (post-LN: what ``BertForMaskedLM`` computes, so a model can
+            start from a BERT checkpoint and be exported as one).
+        layer_norm_eps: epsilon of every LayerNorm of the trunk and of the modalities'
+            embedders and heads. torch's default 1e-5; timm's ViT and MAE use 1e-6 and BERT
+            1e-12, which an export to or ``init_from`` of those classes must match.
     """
 
     def __init__(
@@ -76,13 +98,18 @@ class TransformerEncoder(Encoder):
         attention_dropout: float = 0.0,
         drop_path: float = 0.0,
         compile: bool = False,
+        norm_first: bool = True,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"TransformerEncoder: num_heads={num_heads} must divide dim={dim}")
         self.dim = dim
+        self.norm_first = norm_first
+        self.layer_norm_eps = layer_norm_eps
+        block = Block if norm_first else PostNormBlock
         self.blocks = nn.ModuleList(
-            Block(
+            block(
                 dim=dim,
                 num_heads=num_heads,
                 mlp_ratio=mlp_ratio,
@@ -90,13 +117,12 @@ class TransformerEncoder(Encoder):
                 proj_drop=dropout,
                 attn_drop=attention_dropout,
                 drop_path=drop_path * i / max(depth - 1, 1),
-                # torch's default eps (1e-5), as every other norm of mmm (timm's is 1e-6), so
-                # one ``layer_norm_eps`` describes the model (mmm.export maps it onto ESM).
-                norm_layer=nn.LayerNorm,
+                norm_layer=partial(nn.LayerNorm, eps=layer_norm_eps),
             )
             for i in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        # Post-LN blocks end in a norm already; a final one is part of pre-LN only.
+        self.norm = nn.LayerNorm(dim, eps=layer_norm_eps) if norm_first else nn.Identity()
         self.apply(_init_weights)
         if compile:
             self.compile()  # in place: parameter names (and checkpoints) stay as they are

@@ -23,11 +23,19 @@ class TokenHead(nn.Module):
         vocab_size: number of classes.
         tied_embedding: an ``nn.Embedding`` whose weight the output projection shares (BERT
             ties them); ``None`` for an untied projection.
+        layer_norm_eps: the LayerNorm's epsilon (the encoder's ``layer_norm_eps``).
     """
 
-    def __init__(self, dim: int, vocab_size: int, tied_embedding: nn.Embedding | None = None):
+    def __init__(
+        self,
+        dim: int,
+        vocab_size: int,
+        tied_embedding: nn.Embedding | None = None,
+        layer_norm_eps: float = 1e-5,
+    ):
         super().__init__()
-        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        norm = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), norm)
         self.decoder = nn.Linear(dim, vocab_size)
         if tied_embedding is not None:
             self.decoder.weight = tied_embedding.weight

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from mmm.masking import MaskedPositions, Masking, corrupt_tokens
 from mmm.models.embedders import PatchEmbedder, TokenEmbedder
+from mmm.models.encoder import Encoder
 from mmm.models.heads import PatchDecoder, PatchDecoderConfig, TokenHead
 from mmm.tokenizers.base import ContinuousSpec, DiscreteSpec, ModalitySpec
 
@@ -112,6 +113,7 @@ class TokenModality(Modality):
         random_replace_prob: share of hidden positions shown as a random token.
         tie_weights: share the embedding matrix with the output projection.
         dropout: embedding dropout.
+        layer_norm_eps: epsilon of the embedder's and head's LayerNorms.
     """
 
     def __init__(
@@ -122,16 +124,25 @@ class TokenModality(Modality):
         random_replace_prob: float = 0.1,
         tie_weights: bool = True,
         dropout: float = 0.0,
+        layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
         self.embedder = TokenEmbedder(
-            spec.vocab_size, dim, spec.max_length, spec.pad_token_id, dropout=dropout
+            spec.vocab_size,
+            dim,
+            spec.max_length,
+            spec.pad_token_id,
+            dropout=dropout,
+            layer_norm_eps=layer_norm_eps,
         )
         self.head = TokenHead(
-            dim, spec.vocab_size, tied_embedding=self.embedder.tokens if tie_weights else None
+            dim,
+            spec.vocab_size,
+            tied_embedding=self.embedder.tokens if tie_weights else None,
+            layer_norm_eps=layer_norm_eps,
         )
         # How many training samples had each number of maskable positions: saved with the
         # checkpoint so that generation can draw lengths like the training data's.
@@ -270,27 +281,28 @@ class PatchModality(Modality):
         return patches
 
 
-ModalityBuilder = Callable[[ModalitySpec, int, Masking, PatchDecoderConfig | None], Modality]
+ModalityBuilder = Callable[[ModalitySpec, Encoder, Masking, PatchDecoderConfig | None], Modality]
 
 
 def _build_token_modality(
-    spec: ModalitySpec, dim: int, masking: Masking, decoder: PatchDecoderConfig | None = None
+    spec: ModalitySpec, encoder: Encoder, masking: Masking, decoder: PatchDecoderConfig | None
 ) -> Modality:
     return TokenModality(
         spec,
-        dim,
+        encoder.dim,
         mask_replace_prob=masking.mask_replace_prob,
         random_replace_prob=masking.random_replace_prob,
+        layer_norm_eps=encoder.layer_norm_eps,
     )
 
 
-#: Which modality serves a tokenizer, by the type of its spec. A new target kind registers here.
 def _build_patch_modality(
-    spec: ModalitySpec, dim: int, masking: Masking, decoder: PatchDecoderConfig | None = None
+    spec: ModalitySpec, encoder: Encoder, masking: Masking, decoder: PatchDecoderConfig | None
 ) -> Modality:
-    return PatchModality(spec, dim, decoder)
+    return PatchModality(spec, encoder.dim, decoder)
 
 
+#: Which modality serves a tokenizer, by the type of its spec. A new target kind registers here.
 MODALITY_BUILDERS: dict[type, ModalityBuilder] = {
     DiscreteSpec: _build_token_modality,
     ContinuousSpec: _build_patch_modality,
@@ -298,12 +310,16 @@ MODALITY_BUILDERS: dict[type, ModalityBuilder] = {
 
 
 def build_modality(
-    spec: ModalitySpec, dim: int, masking: Masking, decoder: PatchDecoderConfig | None = None
+    spec: ModalitySpec,
+    encoder: Encoder,
+    masking: Masking,
+    decoder: PatchDecoderConfig | None = None,
 ) -> Modality:
-    """The modality for a tokenizer's ``spec`` around an encoder of width ``dim``; ``decoder``
-    configures continuous modalities (discrete ones ignore it)."""
+    """The modality for a tokenizer's ``spec`` around ``encoder`` (its width, and its LayerNorm
+    epsilon for discrete embedders and heads); ``decoder`` configures continuous modalities
+    (discrete ones ignore it)."""
     try:
         builder = MODALITY_BUILDERS[type(spec)]
     except KeyError:
         raise TypeError(f"no modality is registered for spec type {type(spec).__name__}") from None
-    return builder(spec, dim, masking, decoder)
+    return builder(spec, encoder, masking, decoder)
