@@ -377,20 +377,14 @@ def test_writing_no_sample_is_an_error_not_exit_0(tmp_path):
         shards_command(inputs=str(tmp_path / "docs"), output=str(tmp_path / "t"), progress=False)
 
 
-def _chunking_seconds(words: int) -> float:
-    line = " ".join(["word"] * words)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        chunk_text(line)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def test_chunking_a_long_line_is_linear():
-    """A 10 MB single line took 4 minutes (2x words, 4x time). 4x the words may now take
-    about 4x the time; quadratic chunking took 16x."""
-    assert _chunking_seconds(400_000) < 8 * _chunking_seconds(100_000)
+def test_a_long_single_line_is_cut_into_full_chunks_in_order():
+    """A 10 MB single line once took 4 minutes to chunk (each piece re-sliced the rest of the
+    line: quadratic). 400,000 words now take a fraction of a second; speed itself is not
+    asserted here (timings fail under load), the pieces are."""
+    words = [f"w{i}" for i in range(400_000)]
+    chunks = chunk_text(" ".join(words), max_words=80)
+    assert len(chunks) == 5_000 and {len(c.split()) for c in chunks} == {80}
+    assert " ".join(chunks).split() == words
 
 
 def test_a_tokenizer_directory_is_not_overwritten_silently(tmp_path, corpus_dir):
