@@ -52,14 +52,14 @@ def assert_same_logits(module: MaskedModelingModule, model: torch.nn.Module, seq
     torch.testing.assert_close(logits[real], expected[real])
 
 
-def _randomized(module: MaskedModelingModule) -> MaskedModelingModule:
+def _randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every weight random (LayerNorm gains and biases too), so no mapping error hides behind
-    a zero or a one."""
-    torch.manual_seed(0)
+    a zero or a one. Returns ``model`` in eval mode."""
+    torch.manual_seed(seed)
     with torch.no_grad():
-        for param in module.parameters():
+        for param in model.parameters():
             param.normal_(std=0.3)
-    return module.eval()
+    return model.eval()
 
 
 def _module(tokenizer, **encoder_options) -> MaskedModelingModule:
@@ -236,12 +236,8 @@ def _tiny_esm(tmp_path, **overrides) -> str:
         "pad_token_id": 1,
         "mask_token_id": 32,
     }
-    torch.manual_seed(1)
     model = EsmForMaskedLM(EsmConfig(**{**settings, **overrides}))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(std=0.3)
-    model.save_pretrained(str(tmp_path / "esm"))
+    _randomized(model, seed=1).save_pretrained(str(tmp_path / "esm"))
     return str(tmp_path / "esm")
 
 
@@ -258,12 +254,8 @@ def _tiny_bert(tmp_path, text_tokenizer, **overrides) -> str:
         "max_position_embeddings": spec.max_length + 8,
         "pad_token_id": spec.pad_token_id,
     }
-    torch.manual_seed(2)
     model = BertForMaskedLM(BertConfig(**{**settings, **overrides}))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(std=0.3)
-    model.save_pretrained(str(tmp_path / "bert"))
+    _randomized(model, seed=2).save_pretrained(str(tmp_path / "bert"))
     return str(tmp_path / "bert")
 
 
