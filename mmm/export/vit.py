@@ -204,18 +204,26 @@ def init_from_vit(module: MaskedModelingModule, directory: str | Path) -> None:
         raise ValueError(
             f"init_from: {directory} is a pre-LN ViT; set --model.encoder.norm_first=true"
         )
-    kwargs = timm_kwargs(module)
-    need = {name: kwargs[name] for name in ("embed_dim", "depth", "num_heads", "in_chans")}
+    block, source_block = encoder.blocks[0], source.blocks[0]
+    need = {
+        "embed_dim": encoder.dim,
+        "depth": len(encoder.blocks),
+        "num_heads": block.attn.num_heads,
+        "mlp_hidden_features": block.mlp.fc1.out_features,
+        "in_chans": layout.in_chans,
+        "patch_size": layout.patch_size,
+        "layer_norm_eps": layer_norm_eps(encoder),
+        "final_norm": "LayerNorm",  # timm's fc_norm (a norm after pooling) does not map
+    }
     have = {
         "embed_dim": source.embed_dim,
         "depth": len(source.blocks),
-        "num_heads": source.blocks[0].attn.num_heads,
+        "num_heads": source_block.attn.num_heads,
+        "mlp_hidden_features": source_block.mlp.fc1.out_features,
         "in_chans": source.patch_embed.proj.in_channels,
-    }
-    need |= {"patch_size": layout.patch_size, "layer_norm_eps": layer_norm_eps(encoder)}
-    have |= {
         "patch_size": tuple(source.patch_embed.patch_size),
-        "layer_norm_eps": getattr(source.norm, "eps", None),
+        "layer_norm_eps": getattr(source_block.norm1, "eps", None),
+        "final_norm": type(source.norm).__name__,
     }
     require_same(directory, have, need)
     if source.num_prefix_tokens:
@@ -223,8 +231,11 @@ def init_from_vit(module: MaskedModelingModule, directory: str | Path) -> None:
             f"init_from: {directory} has {source.num_prefix_tokens} class/register token(s); "
             "mmm's encoder has none, so they are dropped"
         )
-    encoder.blocks.load_state_dict(source.blocks.state_dict())  # strict: same timm Block
-    encoder.norm.load_state_dict(source.norm.state_dict())
+    try:  # strict: the same timm Block, so only options such as layer scale can differ
+        encoder.blocks.load_state_dict(source.blocks.state_dict())
+        encoder.norm.load_state_dict(source.norm.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f"init_from: the blocks of {directory} do not map: {error}") from error
     inverse = " -> ".join(reversed(layout.kernel_pattern.split(" -> ")))  # kernel -> (D, P)
     embedder.proj.weight.copy_(
         rearrange(source.patch_embed.proj.weight, inverse, **layout.kernel_axes)
