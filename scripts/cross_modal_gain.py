@@ -9,6 +9,11 @@ difference is what the model reads from the context: masked-token accuracy for a
 target, the masked loss (MSE of normalized patches) for a continuous one, where
 ``--picture`` also draws originals and both reconstructions of the first held-out samples.
 
+A small held-out split hides few tokens, so ``--repeats N`` evaluates every batch under N
+different seeded draws of hidden positions, and for a discrete target the tokens that only
+one of the two passes gets right are counted: an exact two-sided sign test on them says how
+likely a gain this large is when the context does not help (McNemar's test).
+
     python scripts/cross_modal_gain.py --config configs/speech_text.yaml \
         --checkpoint lightning_logs/version_0/checkpoints/LAST.ckpt --target text --context audio
     python scripts/cross_modal_gain.py --config configs/digits_image_text.yaml \
@@ -24,6 +29,7 @@ from collections import Counter
 
 import torch
 import yaml
+from scipy.stats import binomtest
 
 from datamodules import ShardDataModule
 from mmm.inference import load_module
@@ -58,6 +64,23 @@ def passes(module: MaskedModelingModule, batch: dict, target: str, context: str,
     return seen, alone, masked
 
 
+def correct(part) -> torch.Tensor:
+    """(N,) bool: hidden tokens a discrete pass predicts right."""
+    return part.pred.argmax(dim=-1) == part.target
+
+
+def report_discordant(seen_right: torch.Tensor, alone_right: torch.Tensor, context: str) -> None:
+    """Tokens right only with the context vs right only without it, and the sign test."""
+    only_seen = int((seen_right & ~alone_right).sum())
+    only_alone = int((alone_right & ~seen_right).sum())
+    total = only_seen + only_alone
+    p_value = binomtest(only_seen, total, 0.5).pvalue if total else 1.0
+    print(
+        f"  right only with {context}: {only_seen}, only without: {only_alone} "
+        f"(two-sided sign test p = {p_value:.3g})"
+    )
+
+
 def figure(part) -> float:
     """The reported figure of one pass: accuracy (discrete) or loss (continuous)."""
     return float(part.metrics.get("masked_accuracy", part.loss))
@@ -90,6 +113,9 @@ def main() -> None:
     parser.add_argument("--context", default="audio", help="the modality seen or removed")
     parser.add_argument("--hide", choices=("masking", "all"), default="masking")
     parser.add_argument("--picture", help="PNG of originals and both reconstructions")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="seeded draws of hidden positions per batch"
+    )
     args = parser.parse_args()
 
     module = load_module(args.checkpoint)
@@ -99,30 +125,41 @@ def main() -> None:
     data = ShardDataModule(**data_config, tokenizer=module.batcher)
     data.prepare_data()
     totals, hidden, truths = [0.0, 0.0], 0, Counter()
+    rights: tuple[list, list] = ([], [])
+    repeats = 1 if args.hide == "all" else args.repeats  # hiding all is one draw
     with torch.no_grad():
         for index, batch in enumerate(data.val_dataloader()):
             if args.target not in batch or args.context not in batch:
                 continue
-            with seeded(index):
-                seen, alone, masked = passes(module, batch, args.target, args.context, args.hide)
-            if index == 0 and args.picture:
-                draw(module, batch, args.target, (seen, alone), args.picture)
-            count = int(masked.mask.sum())
-            totals = [
-                t + figure(part) * count for t, part in zip(totals, (seen, alone), strict=True)
-            ]
-            hidden += count
-            if "input_ids" in batch[args.target]:
-                truths.update(batch[args.target]["input_ids"][masked.mask].tolist())
+            for repeat in range(repeats):
+                with seeded(index + 100_003 * repeat):
+                    seen, alone, masked = passes(
+                        module, batch, args.target, args.context, args.hide
+                    )
+                if index == 0 and repeat == 0 and args.picture:
+                    draw(module, batch, args.target, (seen, alone), args.picture)
+                count = int(masked.mask.sum())
+                totals = [
+                    t + figure(part) * count for t, part in zip(totals, (seen, alone), strict=True)
+                ]
+                hidden += count
+                if "input_ids" in batch[args.target]:
+                    truths.update(batch[args.target]["input_ids"][masked.mask].tolist())
+                    rights[0].append(correct(seen))
+                    rights[1].append(correct(alone))
     seen, alone = (total / hidden for total in totals)
     measure = "accuracy" if truths else "loss"
-    print(f"{hidden} hidden {args.target} positions of the held-out split ({args.hide})")
+    print(
+        f"{hidden} hidden {args.target} positions of the held-out split "
+        f"({args.hide}, {repeats} draw(s) per batch)"
+    )
     print(f"  {measure} with {args.context} seen:    {seen:.3f}")
     print(f"  {measure} with {args.context} removed: {alone:.3f}")
     if truths:
         print(f"  most frequent token:            {truths.most_common(1)[0][1] / hidden:.3f}")
     if truths:
         print(f"  cross-modal gain: {seen - alone:+.3f} accuracy ({seen / max(alone, 1e-9):.2f}x)")
+        report_discordant(torch.cat(rights[0]), torch.cat(rights[1]), args.context)
     else:
         print(f"  cross-modal gain: loss {alone - seen:.3f} lower ({alone / max(seen, 1e-9):.2f}x)")
 
