@@ -14,6 +14,10 @@ different seeded draws of hidden positions, and for a discrete target the tokens
 one of the two passes gets right are counted: an exact two-sided sign test on them says how
 likely a gain this large is when the context does not help (McNemar's test).
 
+``--control CKPT`` scores a model trained on the target modality alone (same tokenizer) on the
+same hidden positions: the bar the paired model must clear with the context seen, free of the
+doubt that removing the context puts the paired model out of its training distribution.
+
     python scripts/cross_modal_gain.py --config configs/speech_text.yaml \
         --checkpoint lightning_logs/version_0/checkpoints/LAST.ckpt --target text --context audio
     python scripts/cross_modal_gain.py --config configs/digits_image_text.yaml \
@@ -116,16 +120,18 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="seeded draws of hidden positions per batch"
     )
+    parser.add_argument("--control", help="checkpoint of a model of the target modality alone")
     args = parser.parse_args()
 
     module = load_module(args.checkpoint)
+    control = load_module(args.control).eval() if args.control else None
     with open(args.config) as handle:
         data_config = yaml.safe_load(handle)["data"]
     data_config["num_workers"] = 0
     data = ShardDataModule(**data_config, tokenizer=module.batcher)
     data.prepare_data()
-    totals, hidden, truths = [0.0, 0.0], 0, Counter()
-    rights: tuple[list, list] = ([], [])
+    totals, hidden, truths = [0.0, 0.0, 0.0], 0, Counter()
+    rights: tuple[list, list, list] = ([], [], [])
     repeats = 1 if args.hide == "all" else args.repeats  # hiding all is one draw
     with torch.no_grad():
         for index, batch in enumerate(data.val_dataloader()):
@@ -138,16 +144,21 @@ def main() -> None:
                     )
                 if index == 0 and repeat == 0 and args.picture:
                     draw(module, batch, args.target, (seen, alone), args.picture)
+                parts = [seen, alone]
+                if control is not None:
+                    target_only = {args.target: batch[args.target]}
+                    out = control.forward_masked(target_only, {args.target: masked})
+                    parts.append(out[args.target])
                 count = int(masked.mask.sum())
-                totals = [
-                    t + figure(part) * count for t, part in zip(totals, (seen, alone), strict=True)
-                ]
                 hidden += count
-                if "input_ids" in batch[args.target]:
+                discrete = "input_ids" in batch[args.target]
+                if discrete:
                     truths.update(batch[args.target]["input_ids"][masked.mask].tolist())
-                    rights[0].append(correct(seen))
-                    rights[1].append(correct(alone))
-    seen, alone = (total / hidden for total in totals)
+                for i, part in enumerate(parts):  # seen, removed, control (when given)
+                    totals[i] += figure(part) * count
+                    if discrete:
+                        rights[i].append(correct(part))
+    seen, alone, controlled = (total / hidden for total in totals)
     measure = "accuracy" if truths else "loss"
     print(
         f"{hidden} hidden {args.target} positions of the held-out split "
@@ -157,11 +168,17 @@ def main() -> None:
     print(f"  {measure} with {args.context} removed: {alone:.3f}")
     if truths:
         print(f"  most frequent token:            {truths.most_common(1)[0][1] / hidden:.3f}")
-    if truths:
         print(f"  cross-modal gain: {seen - alone:+.3f} accuracy ({seen / max(alone, 1e-9):.2f}x)")
         report_discordant(torch.cat(rights[0]), torch.cat(rights[1]), args.context)
     else:
         print(f"  cross-modal gain: loss {alone - seen:.3f} lower ({alone / max(seen, 1e-9):.2f}x)")
+    if control is not None:
+        print(f"  {measure} of the {args.target}-only control: {controlled:.3f}")
+        if truths:
+            print(f"  gain over the control: {seen - controlled:+.3f} accuracy")
+            report_discordant(
+                torch.cat(rights[0]), torch.cat(rights[2]), f"{args.context} (vs control)"
+            )
 
 
 if __name__ == "__main__":
