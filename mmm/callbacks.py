@@ -254,7 +254,9 @@ class OnlineLinearProbe(L.Callback):
 
     Args:
         data: a labelled set of ``mmm.probe.LABELLED_SETS`` with classes (``digits`` for
-            images, ``amp`` for proteins).
+            images, ``amp`` for proteins, ``prompts`` for audio, ``docstrings`` for text).
+        modality: the modality of a multimodal model the probe reads (default: the one whose
+            tokenizer reads the set's items; see ``mmm.probe.probe_modality``).
         batch_size: labelled items per probe step.
         lr: the probe's Adam learning rate.
         held_out: share of the labelled set kept for the logged accuracy.
@@ -265,6 +267,7 @@ class OnlineLinearProbe(L.Callback):
     def __init__(
         self,
         data: str = "digits",
+        modality: str | None = None,
         batch_size: int = 64,
         lr: float = 1e-3,
         held_out: float = 0.25,
@@ -275,25 +278,29 @@ class OnlineLinearProbe(L.Callback):
             raise ValueError(f"OnlineLinearProbe: held_out must be in (0, 1), got {held_out}")
         if batch_size < 1:
             raise ValueError(f"OnlineLinearProbe: batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.lr = data, batch_size, lr
+        self.data, self.modality, self.batch_size, self.lr = data, modality, batch_size, lr
         self.held_out, self.limit, self.seed = held_out, limit, seed
         self.probe: torch.nn.Linear | None = None
+        self.modality_name: str | None = None  # resolved in setup
         self._cursor = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from mmm.probe import load_labelled
+        from mmm.probe import load_labelled, prepared_items, probe_modality
 
         labelled = load_labelled(self.data)
         if labelled.task != "classification":
             raise ValueError(f"OnlineLinearProbe: {self.data!r} is a regression set, not classes")
+        self.modality_name = probe_modality(pl_module, labelled, self.modality)
         items, labels = labelled.sample(self.limit, seed=self.seed)  # shuffled
+        items = prepared_items(pl_module, items, self.modality_name)  # audio decoded once
         cut = int(len(items) * (1.0 - self.held_out))
         self.train_items, self.test_items = items[:cut], items[cut:]
         self.train_labels = torch.as_tensor(labels[:cut], dtype=torch.long)
         self.test_labels = torch.as_tensor(labels[cut:], dtype=torch.long)
         with torch.random.fork_rng():  # its initialization must not move pretraining's RNG
             torch.manual_seed(self.seed)
-            self.probe = torch.nn.Linear(pl_module.encoder.dim, int(labels.max()) + 1)
+            classes = len(labelled.classes) or int(labels.max()) + 1
+            self.probe = torch.nn.Linear(pl_module.encoder.dim, classes)
         self.probe.to(pl_module.device)
         self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=self.lr)
 
@@ -306,7 +313,8 @@ class OnlineLinearProbe(L.Callback):
         was_training = pl_module.training
         with torch.random.fork_rng(devices=devices):
             pl_module.eval()
-            pooled = pl_module.embed(collate_items(pl_module, items))[1].float()  # (B, D)
+            batch = collate_items(pl_module, items, self.modality_name)
+            pooled = pl_module.embed(batch)[1].float()  # (B, D)
             pl_module.train(was_training)
         return pooled
 

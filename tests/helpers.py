@@ -27,6 +27,19 @@ def overfit_loss(
     return module.eval().forward_masked(batch).loss.item()
 
 
+def fit_checkpoint(tmp_path: Path, config: str, settings: dict[str, str], *overrides: str) -> Path:
+    """``mmm fit`` of ``configs/<config>`` with ``settings`` (``--key=value``) and then
+    ``overrides``, writing under ``tmp_path``; returns the one checkpoint it wrote."""
+    from mmm.cli import run
+
+    path = Path(__file__).parents[1] / "configs" / config
+    common = {"trainer.enable_progress_bar": "false", "trainer.default_root_dir": str(tmp_path)}
+    options = {**common, **settings}
+    run(["fit", f"--config={path}", *(f"--{k}={v}" for k, v in options.items()), *overrides])
+    [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
+    return checkpoint
+
+
 def fit_protein_checkpoint(tmp_path: Path, proteins: list[str], *overrides: str) -> Path:
     """``mmm shards`` of ``proteins`` -> ``mmm fit`` (the protein YAML, shrunk to 2 steps of a
     16-wide encoder, ``overrides`` last) in ``tmp_path``; returns the checkpoint."""
@@ -36,7 +49,6 @@ def fit_protein_checkpoint(tmp_path: Path, proteins: list[str], *overrides: str)
     fasta.write_text("".join(f">prot{i}\n{s}\n" for i, s in enumerate(proteins)))
     shards = tmp_path / "shards"
     run(["shards", f"--inputs={fasta}", f"--output={shards}/train", "--modality=protein"])
-    config = Path(__file__).parents[1] / "configs" / "protein_mlm.yaml"
     settings = {
         "model.tokenizer.max_length": "48",
         "model.encoder.dim": "16",
@@ -48,12 +60,8 @@ def fit_protein_checkpoint(tmp_path: Path, proteins: list[str], *overrides: str)
         "data.batch_size": "4",
         "trainer.max_steps": "2",
         "trainer.val_check_interval": "2",
-        "trainer.enable_progress_bar": "false",
-        "trainer.default_root_dir": str(tmp_path),
     }
-    run(["fit", f"--config={config}", *(f"--{k}={v}" for k, v in settings.items()), *overrides])
-    [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
-    return checkpoint
+    return fit_checkpoint(tmp_path, "protein_mlm.yaml", settings, *overrides)
 
 
 @contextmanager
