@@ -242,8 +242,17 @@ def _scores_are_printed(scores: dict, out: str, header: str) -> None:
     assert sum(line.strip().startswith(tuple(scores)) for line in out.splitlines()) == 3
 
 
+#: Two training steps, one validation batch, no loader workers: a checkpoint to probe.
+SHORT_RUN = {
+    "data.num_workers": "0",
+    "trainer.max_steps": "2",
+    "trainer.val_check_interval": "2",
+    "trainer.limit_val_batches": "1",
+}
+
+
 def test_probe_tool_on_a_text_checkpoint(tmp_path, tokenizer_dir, corpus_dir, capsys, one_thread):
-    settings = {
+    settings = SHORT_RUN | {
         "model.tokenizer.path": str(tokenizer_dir),
         "model.tokenizer.max_length": "32",
         "model.encoder.dim": "16",
@@ -251,11 +260,7 @@ def test_probe_tool_on_a_text_checkpoint(tmp_path, tokenizer_dir, corpus_dir, ca
         "model.encoder.num_heads": "2",
         "data.train_shards": f"{corpus_dir}/train-*.tar",
         "data.val_shards": f"{corpus_dir}/val-*.tar",
-        "data.num_workers": "0",
         "data.batch_size": "8",
-        "trainer.max_steps": "2",
-        "trainer.val_check_interval": "2",
-        "trainer.limit_val_batches": "1",
     }
     checkpoint = fit_checkpoint(tmp_path, "text_mlm.yaml", settings)
     scores = run(["probe", f"--checkpoint={checkpoint}", "--data=docstrings", "--limit=150"])
@@ -265,7 +270,7 @@ def test_probe_tool_on_a_text_checkpoint(tmp_path, tokenizer_dir, corpus_dir, ca
 @needs_prompts
 def test_probe_tool_on_an_audio_checkpoint(tmp_path, capsys, one_thread):
     write_shards(clips(8, seconds=2.5), str(tmp_path / "train-%06d.tar"))
-    settings = {
+    settings = SHORT_RUN | {
         "model.encoder.dim": "16",
         "model.encoder.depth": "1",
         "model.encoder.num_heads": "2",
@@ -275,11 +280,7 @@ def test_probe_tool_on_an_audio_checkpoint(tmp_path, capsys, one_thread):
         "data.embedded": "null",
         "data.train_shards": str(tmp_path / "train-*.tar"),
         "data.val_shards": str(tmp_path / "train-*.tar"),
-        "data.num_workers": "0",
         "data.batch_size": "4",
-        "trainer.max_steps": "2",
-        "trainer.val_check_interval": "2",
-        "trainer.limit_val_batches": "1",
         "trainer.callbacks": "[]",
     }
     checkpoint = fit_checkpoint(tmp_path, "audio_mae.yaml", settings)
@@ -289,14 +290,10 @@ def test_probe_tool_on_an_audio_checkpoint(tmp_path, capsys, one_thread):
 
 def test_probe_tool_on_a_multimodal_checkpoint(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)  # the config trains its word tokenizer under ./artifacts
-    settings = {
+    settings = SHORT_RUN | {
         "model.encoder.dim": "16",
         "model.encoder.num_heads": "2",
-        "data.num_workers": "0",
         "data.batch_size": "8",
-        "trainer.max_steps": "2",
-        "trainer.val_check_interval": "2",
-        "trainer.limit_val_batches": "1",
         "trainer.callbacks": "[]",
     }
     checkpoint = fit_checkpoint(tmp_path, "digits_image_text.yaml", settings)
