@@ -321,8 +321,9 @@ def input_features(
             rows.append((batch["patches"] * weights).sum(1) / weights.sum(1))  # (B, P)
         else:
             vocab = module.tokenizers[name].spec.vocab_size
-            onehot = F.one_hot(batch["input_ids"], vocab) * real.unsqueeze(-1)  # (B, L, V)
-            rows.append(onehot.sum(dim=1).float())  # (B, V)
+            ids = batch["input_ids"]  # (B, L); counted in place, no (B, L, V) one-hot
+            counts = torch.zeros(ids.shape[0], vocab, device=ids.device)
+            rows.append(counts.scatter_add_(1, ids, real.float()))  # (B, V)
     return torch.cat(rows).cpu().numpy()
 
 
