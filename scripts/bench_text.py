@@ -84,13 +84,17 @@ def build_mmm(tokenizer: Tokenizer) -> MaskedModelingModule:
     return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder).train()
 
 
-def build_hf() -> BertForMaskedLM:
+def build_hf(
+    hidden: int = HIDDEN, layers: int = LAYERS, heads: int = HEADS, ffn: int = FFN
+) -> BertForMaskedLM:
+    """``BertForMaskedLM`` of the benchmark's size, or of another (``learning_per_minute``
+    sizes it like the quickstart config)."""
     config = BertConfig(
         vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
         max_position_embeddings=LENGTH,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -215,7 +219,9 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[s
     }
 
 
-def hf_batches(tokenizer: TextTokenizer) -> tuple[Iterator[Batch], float]:
+def hf_batches(
+    tokenizer: TextTokenizer, mlm_probability: float = RATIO
+) -> tuple[Iterator[Batch], float]:
     """Hugging Face's recipe on the same training split, and the seconds its up-front
     tokenization and grouping took (``datasets.map`` would cache it; not counted per step)."""
     urls = sorted(glob.glob("data/python-docs/train-*.tar"))
@@ -227,7 +233,7 @@ def hf_batches(tokenizer: TextTokenizer) -> tuple[Iterator[Batch], float]:
         dict(zip(blocks, values, strict=True)) for values in zip(*blocks.values(), strict=True)
     ]
     prepared = time.perf_counter() - start
-    collator = DataCollatorForLanguageModeling(tokenizer.hf, mlm_probability=RATIO)
+    collator = DataCollatorForLanguageModeling(tokenizer.hf, mlm_probability=mlm_probability)
     loader = DataLoader(
         features,
         batch_size=BATCH,

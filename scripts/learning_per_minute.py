@@ -6,9 +6,10 @@ included) until it has used ``--budget`` seconds, so that load from other work h
 alike. The number of steps a budget buys is not known in advance (on a busy machine it is a
 fraction of what idle cores give), so both follow the same time-based learning-rate schedule:
 linear warm-up over the first ``--warmup_share`` of the budget, then a cosine to zero at its
-end. Hugging Face gets mmm's model size and optimizer settings
-(AdamW, lr, betas, weight decay on matrices) instead of the Trainer's defaults (lr 5e-5, no
-warm-up), which barely move a small model in 5 minutes: what differs is the pipeline
+end. Hugging Face gets the config's model size (width, depth, heads, feed-forward width),
+share of hidden tokens (``mlm_probability``) and optimizer settings (AdamW, lr, betas, weight
+decay on matrices) instead of the Trainer's defaults (lr 5e-5, no warm-up), which barely move
+a small model in 5 minutes: what differs is the pipeline
 (``group_texts`` blocks + ``DataCollatorForLanguageModeling`` vs packed documents) and the
 model code. Held out: every validation document once, one row each (at most 128 tokens), 15%
 of its maskable tokens replaced by the mask token at positions fixed by a seed, the same for
@@ -125,8 +126,16 @@ def quickstart(config: str) -> Recipe:
 
 
 def hugging_face(tokenizer: TextTokenizer, like: Recipe) -> Recipe:
-    """``BertForMaskedLM`` on ``group_texts`` blocks, with ``like``'s optimizer settings."""
-    model = build_hf()
+    """``BertForMaskedLM`` on ``group_texts`` blocks, with ``like``'s model size, share of
+    hidden tokens and optimizer settings."""
+    encoder = like.model.encoder
+    block = encoder.blocks[0]
+    model = build_hf(
+        hidden=encoder.dim,
+        layers=len(encoder.blocks),
+        heads=block.attn.num_heads,
+        ffn=block.mlp.fc1.out_features,
+    )
     settings = like.optimizer.defaults
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -138,7 +147,7 @@ def hugging_face(tokenizer: TextTokenizer, like: Recipe) -> Recipe:
         lr=settings["lr"],
         betas=settings["betas"],
     )
-    batches, _ = hf_batches(tokenizer)
+    batches, _ = hf_batches(tokenizer, mlm_probability=like.model.maskings["text"].ratio)
 
     def loss(batch: Batch) -> Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -174,7 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mmm = quickstart(args.config)
-    tokenizer = mmm.model.tokenizer
+    tokenizer = mmm.model.tokenizers["text"]
     torch.manual_seed(0)
     recipes = [mmm, hugging_face(tokenizer, mmm)]
     held_out = held_out_batches(tokenizer)
