@@ -39,29 +39,40 @@ def shards_command(
     on_error: Literal["skip", "raise"] = "skip",
     overwrite: bool = False,
     progress: bool = True,
+    allow_outside: bool = False,
 ) -> ShardSummary:
     """Turn input files of one modality into WebDataset shards ``output-000000.tar``, ...
 
-    Prints a summary (shards, samples, bytes, skipped files). Text: ``.txt`` files (a document
-    each) and ``.jsonl`` files (a document per line); see each modality for its files.
+    Prints a summary (shards, samples, bytes, skipped files or lines, the first reason). Text:
+    ``.txt`` files (a document each) and ``.jsonl`` files (a document per line); see each
+    modality for its files. One run at a time writes an output (``output.lock``).
 
     Args:
-        inputs: files, folders (read recursively) or glob/brace patterns.
+        inputs: files, folders (read recursively) or glob/brace patterns. Files found in a
+            folder or by a glob must resolve inside it (see ``allow_outside``).
         output: shard name prefix, e.g. ``data/mytext/train``.
-        modality: which reader turns files into samples (``text``, ``image``, ``audio``, ...).
+        modality: which reader turns files into samples (``text``, ``image``, ``audio``,
+            ``manifest``, ...).
         max_count: most samples per shard.
         max_size_mb: a shard is closed once it holds this many megabytes.
         workers: processes reading files in parallel (for readers that read file by file).
-        options: reader options, e.g. ``{text_field: body, max_words: 120}`` for text.
-        on_error: ``skip`` logs and counts a file its reader fails on and goes on (readers
-            that read file by file); ``raise`` stops at the first.
+        options: reader options, e.g. ``{text_field: body, max_words: 120}`` for text, or
+            ``{roots: [/data/clips], file_fields: [wav], members: {sentence: txt}}`` for
+            manifests.
+        on_error: ``skip`` logs and counts a file (a manifest line) its reader fails on and
+            goes on (readers that read file by file); ``raise`` stops at the first.
         overwrite: replace shards already at ``output-*.tar`` (else that is an error).
         progress: show a progress bar.
+        allow_outside: read files that data points outside its folder: links in an input
+            folder (``secret.txt -> /etc/passwd``), manifest paths that are absolute or
+            leave the manifest's folder (``../``, links). Off by default: such a file is
+            refused, naming the link or the manifest line. Set it for data you trust, such as
+            NeMo manifests of absolute paths (or name their folder in ``options.roots``).
     """
     if workers < 1 or max_count < 1 or max_size_mb <= 0:
         raise ValueError("shards: workers and max_count must be >= 1, max_size_mb > 0")
     summary = build_shards(
-        expand_inputs(inputs),
+        expand_inputs(inputs, allow_outside=allow_outside),
         output,
         modality=modality,
         max_count=max_count,
@@ -71,6 +82,7 @@ def shards_command(
         on_error=on_error,
         overwrite=overwrite,
         progress=progress,
+        allow_outside=allow_outside,
     )
     print(summary)
     return summary
@@ -91,7 +103,9 @@ def tokenizer_command(
 
     Args:
         source: an embedded corpus name (``python-docs``) or a glob/brace pattern of shards
-            (their ``txt`` members) or ``.txt``/``.jsonl`` files.
+            (their ``txt`` members) or ``.txt``/``.jsonl`` files. A ``pipe:`` URL of a shard
+            (``pipe:aws s3 cp s3://bucket/train-000000.tar -``) runs its command in a shell:
+            trusted sources only.
         output: directory to write.
         vocab_size: vocabulary size, special tokens included.
         algorithm: ``wordpiece`` (BERT) or ``bpe`` (RoBERTa).
@@ -164,7 +178,8 @@ def audio_stats_command(
     Args:
         inputs: shards (``.tar``), audio files or folders (read recursively), or glob/brace
             patterns of them, e.g. ``'data/asterisk-en/train-*.tar'``; or an embedded corpus
-            name (``asterisk-en``).
+            name (``asterisk-en``). A ``pipe:`` URL of a shard runs its command in a shell:
+            trusted inputs only.
         output: JSON file to write.
         features: log-mel settings; they must equal the tokenizer's.
     """
