@@ -29,7 +29,7 @@ from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
 from mmm.cli import run
 from mmm.data.formats import chunk_text, read_fasta
-from mmm.data.shards import write_shards
+from mmm.data.shards import OutputBusyError, output_lock, write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module, read_sequences
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
@@ -510,3 +510,175 @@ def test_every_torch_load_refuses_pickled_code():
         if "torch.load(" in line and "weights_only=True" not in line
     ]
     assert not unsafe
+
+
+# ------------------------------------------------------------------ data ingest: manifests
+def _manifest(tmp_path: Path, text: str, name: str = "m.jsonl", **kwargs) -> Path:
+    """A manifest ``data/NAME`` holding ``text``, beside ``data/clips/a.wav`` and ``b.wav``."""
+    (tmp_path / "data" / "clips").mkdir(parents=True, exist_ok=True)
+    for clip in ("a", "b"):
+        (tmp_path / "data" / "clips" / f"{clip}.wav").write_bytes(f"RIFF {clip}".encode())
+    path = tmp_path / "data" / name
+    path.write_text(text, **kwargs)
+    return path
+
+
+def _manifest_shards(manifest: Path, tmp_path: Path, **kwargs) -> dict[str, dict]:
+    """The samples ``mmm shards --modality manifest`` writes from ``manifest``, by key."""
+    summary = shards_command(
+        inputs=str(manifest),
+        output=str(tmp_path / "out" / "m"),
+        modality="manifest",
+        progress=False,
+        overwrite=True,
+        **kwargs,
+    )
+    return {s["__key__"]: s for s in wds.WebDataset(summary.shards, shardshuffle=False)}
+
+
+@pytest.mark.parametrize("way_out", ["relative", "absolute", "link"])
+def test_manifest_files_outside_its_folder_are_refused_unless_allowed(tmp_path, way_out):
+    """A manifest someone else wrote stored ``../../etc/ld.so.conf``, ``/etc/ld.so.conf`` and
+    the target of ``clips/host.wav -> /etc/hostname`` in the shards, exit 0. Now the line is
+    refused, named; ``--allow_outside`` or ``roots`` let a trusted manifest (NeMo's absolute
+    paths) through."""
+    (tmp_path / "elsewhere").mkdir()
+    secret = tmp_path / "elsewhere" / "secret.wav"
+    secret.write_bytes(b"not yours")
+    named = {"relative": "../elsewhere/secret.wav", "absolute": str(secret), "link": ""}[way_out]
+    if way_out == "link":
+        (tmp_path / "data" / "clips").mkdir(parents=True)
+        (tmp_path / "data" / "clips" / "host.wav").symlink_to(secret)
+        named = "clips/host.wav"
+    manifest = _manifest(
+        tmp_path, f'{{"audio": "clips/a.wav"}}\n{{"audio": {json.dumps(named)}}}\n'
+    )
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: field 'audio' names .* outside the manif"):
+        _manifest_shards(manifest, tmp_path, on_error="raise")
+    summary = shards_command(
+        inputs=str(manifest), output=str(tmp_path / "out" / "m"), modality="manifest"
+    )
+    assert summary.samples == 1 and summary.skipped == 1
+    assert "m.jsonl:2" in str(summary) and "--allow_outside" in str(summary)
+    allowed = _manifest_shards(manifest, tmp_path, allow_outside=True)
+    assert allowed["m-2"]["wav"] == b"not yours"
+    rooted = _manifest_shards(manifest, tmp_path, options={"roots": [str(secret.parent)]})
+    assert rooted["m-2"]["wav"] == b"not yours"
+
+
+def test_links_in_an_input_folder_leading_outside_are_refused(tmp_path):
+    """``secret.txt -> /etc/passwd`` in a text folder was stored in the shards. A link found
+    in a folder or by a glob must stay inside it; a file named directly is the user's."""
+    docs = _docs(tmp_path)
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    (docs / "secret.txt").symlink_to(tmp_path / "passwd")
+    for inputs in (str(docs), str(docs / "*.txt")):
+        with pytest.raises(ValueError, match=r"secret\.txt leads to .*passwd, outside .*--allow_"):
+            shards_command(inputs=inputs, output=str(tmp_path / "t"), progress=False)
+    assert not list(tmp_path.glob("t*"))  # refused before anything was written
+    named = shards_command(inputs=str(docs / "secret.txt"), output=str(tmp_path / "n"))
+    allowed = shards_command(inputs=str(docs), output=str(tmp_path / "a"), allow_outside=True)
+    assert named.samples == 1 and allowed.samples == 4
+
+
+def test_a_bad_manifest_line_skips_that_line_only(tmp_path):
+    """A missing clip on line 2 of 4 used to skip lines 2-4 and report "skipped 1"."""
+    lines = ["clips/a.wav", "clips/missing.wav", "clips/b.wav", "clips/a.wav"]
+    manifest = _manifest(
+        tmp_path, "".join(f'{{"audio": "{c}", "n": {i}}}\n' for i, c in enumerate(lines))
+    )
+    samples = _manifest_shards(manifest, tmp_path)
+    assert sorted(samples) == ["m-1", "m-3", "m-4"]
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: 'clips/missing\.wav' is not a file"):
+        _manifest_shards(manifest, tmp_path, on_error="raise")
+
+
+def test_csv_manifests_with_a_bom_or_semicolons_keep_their_columns(tmp_path):
+    """A BOM made the first column ``\\ufefffile_name`` (no ``wav`` written); ``;`` made one
+    column ``file_name;text``: both wrote samples with only a ``json`` member, exit 0."""
+    bom = _manifest(tmp_path, "file_name,text\nclips/a.wav,hello\n", "b.csv", encoding="utf-8-sig")
+    semicolons = _manifest(tmp_path, "file_name;text\nclips/b.wav;bye, then\n", "s.csv")
+    samples = _manifest_shards(bom, tmp_path) | _manifest_shards(semicolons, tmp_path)
+    assert samples["b-2"]["wav"] == b"RIFF a" and samples["b-2"]["txt"] == b"hello"
+    assert samples["s-2"]["wav"] == b"RIFF b" and samples["s-2"]["txt"] == b"bye, then"
+
+
+def test_manifest_columns_no_reader_understands_are_named_with_the_mapping(tmp_path):
+    """``wav,sentence`` columns and ``{}`` lines used to write samples of metadata only."""
+    csv_manifest = _manifest(tmp_path, "wav,sentence\nclips/a.wav,hello\n", "m.csv")
+    with pytest.raises(ValueError, match=r"m\.csv:1: no column .*\['wav', 'sentence'\].*file_fi"):
+        _manifest_shards(csv_manifest, tmp_path, on_error="raise")
+    mapped = _manifest_shards(
+        csv_manifest, tmp_path, options={"file_fields": ["wav"], "members": {"sentence": "txt"}}
+    )
+    assert mapped["m-2"]["txt"] == b"hello" and mapped["m-2"]["wav"] == b"RIFF a"
+    jsonl = _manifest(tmp_path, '{"filename": "clips/a.wav", "id": 1}\n{}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl:1: no modality .*\['filename', 'id'\]"):
+        _manifest_shards(jsonl, tmp_path, on_error="raise")
+    with pytest.raises(ValueError, match=r"no sample written .*2 skipped.*m\.jsonl:1: no modal"):
+        _manifest_shards(jsonl, tmp_path)
+
+
+@pytest.mark.parametrize("value", ["null", "123", '["a", "b"]'])
+def test_inline_manifest_fields_must_be_strings(tmp_path, value):
+    """``"text": null``, ``123`` and ``["a", "b"]`` became the transcripts ``None``, ``123``
+    and ``['a', 'b']``."""
+    manifest = _manifest(tmp_path, f'{{"text": "fine"}}\n{{"text": {value}}}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: field 'text' (is null|must be a string)"):
+        _manifest_shards(manifest, tmp_path, on_error="raise")
+    assert list(_manifest_shards(manifest, tmp_path)) == ["m-1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("text,label\nhi,1,extra\n", r"m\.csv:2: 3 values, but the header has 2 columns"),
+        ("text,text\nhi,there\n", r"m\.csv:1: column 'text' appears twice"),
+        ("path,label\nclips/x.json,1\n", r"m\.csv:2: field 'path' would be the 'json' member"),
+    ],
+)
+def test_csv_manifest_lines_that_would_lose_values_are_named(tmp_path, text, problem):
+    """Extra values were stored as ``{"null": [...]}``, a repeated column kept one value, and
+    metadata overwrote a ``.json`` file member."""
+    (tmp_path / "data" / "clips").mkdir(parents=True)
+    (tmp_path / "data" / "clips" / "x.json").write_text('{"boxes": []}')
+    manifest = _manifest(tmp_path, text, "m.csv")
+    with pytest.raises(ValueError, match=problem):
+        _manifest_shards(manifest, tmp_path, on_error="raise")
+
+
+def test_duplicate_manifest_keys_name_both_lines(tmp_path):
+    manifest = _manifest(tmp_path, '{"key": "k", "text": "a"}\n{"key": "k", "text": "b"}\n')
+    with pytest.raises(
+        ValueError, match=r"duplicate sample key 'k': .*m\.jsonl:1 and .*m\.jsonl:2"
+    ):
+        _manifest_shards(manifest, tmp_path)
+
+
+def test_a_second_shards_run_on_the_same_output_is_refused_naming_the_first(tmp_path):
+    """The second of two runs writing one output deleted the first's staging folder."""
+    docs = _docs(tmp_path)
+    output = str(tmp_path / "out" / "t")
+    with output_lock(output):  # the first run, writing
+        (tmp_path / "out" / "t.parts").mkdir()
+        (tmp_path / "out" / "t.parts" / "000-000000.tar").write_bytes(b"staged")
+        with pytest.raises(OutputBusyError, match=rf"writing .*out/t \(pid {os.getpid()}\)"):
+            shards_command(inputs=str(docs), output=output, progress=False)
+        assert (tmp_path / "out" / "t.parts" / "000-000000.tar").read_bytes() == b"staged"
+    shutil.rmtree(tmp_path / "out" / "t.parts")
+    assert shards_command(inputs=str(docs), output=output, progress=False).samples == 3
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t-000000.tar", "t.shards.json"]
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("fit", "--data.val_shards"), ("audio-stats", "--inputs"), ("tokenizer", "--source")],
+)
+def test_help_says_a_pipe_url_runs_a_shell_command(capsys, command, option):
+    with pytest.raises(SystemExit):
+        run([command, "--help"])
+    text = capsys.readouterr().out
+    start = text.index(f"  {option} ")
+    following = text.find("\n  --", start + 1)
+    described = " ".join(text[start:following].split())
+    assert "``pipe:``" in described and "runs its command in a shell" in described
