@@ -29,6 +29,7 @@ from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
 from mmm.cli import run
 from mmm.data.formats import chunk_text, read_fasta
+from mmm.data.reading import read_source
 from mmm.data.shards import OutputBusyError, output_lock, write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module, read_sequences
 from mmm.models.encoder import TransformerEncoder
@@ -682,3 +683,13 @@ def test_help_says_a_pipe_url_runs_a_shell_command(capsys, command, option):
     following = text.find("\n  --", start + 1)
     described = " ".join(text[start:following].split())
     assert "``pipe:``" in described and "runs its command in a shell" in described
+
+
+def test_a_pipe_url_not_ending_in_tar_is_read_as_a_shard(tmp_path):
+    """``read_source`` (``mmm tokenizer --source``, ``mmm audio-stats --inputs``) handed a
+    ``pipe:`` URL that does not end in ``.tar`` to the file reader, which skipped it."""
+    with wds.TarWriter(str(tmp_path / "s.tar")) as writer:
+        writer.write({"__key__": "a", "txt": b"hi"})
+    source = f"pipe:cat {tmp_path / 's.tar'} | cat"
+    samples = list(read_source(source, read_files=lambda paths: iter([{"file": p} for p in paths])))
+    assert [s["txt"] for s in samples] == [b"hi"]
