@@ -113,14 +113,12 @@ def _local_matches(
     for match in matches:
         if os.path.isfile(match):
             if magic and confine:
-                _refuse_outside(match, _fixed_folder(url), "the folder of the pattern")
+                _refuse_outside([match], _fixed_folder(url), "the folder of the pattern")
             found.append(match)
         elif kind == "files" and os.path.isdir(match):
             files = [str(p) for p in sorted(Path(match).rglob("*")) if p.is_file()]
             if confine:
-                folder = _fixed_folder(url) if magic else match
-                for file in files:
-                    _refuse_outside(file, folder, "the input folder")
+                _refuse_outside(files, _fixed_folder(url) if magic else match, "the input folder")
             found.extend(files)
     if not found:
         what = "shard file" if kind == "shards" else "file"
@@ -136,13 +134,16 @@ def _fixed_folder(pattern: str) -> str:
     return str(Path(*parts[:fixed])) if fixed else "."
 
 
-def _refuse_outside(path: str, folder: str, what: str) -> None:
-    """Refuse ``path`` found in ``folder`` when it resolves (through links) outside it.
+def _refuse_outside(paths: list[str], folder: str, what: str) -> None:
+    """Refuse the first of ``paths``, found in ``folder``, that resolves (through links)
+    outside it.
 
     Raises:
         OutsideDataError: naming the path, where it leads, and the folder.
     """
-    if not resolves_inside(path, [Path(folder).resolve()]):
-        raise OutsideDataError(
-            f"{path} leads to {Path(path).resolve()}, outside {what} {folder}; {_OPT_IN}"
-        )
+    root = [Path(folder).resolve()]
+    for path in paths:
+        if not resolves_inside(path, root):
+            raise OutsideDataError(
+                f"{path} leads to {Path(path).resolve()}, outside {what} {folder}; {_OPT_IN}"
+            )
