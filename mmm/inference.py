@@ -140,7 +140,10 @@ def _context_batch(
     if context is None:
         return {}
     if len(context) != len(texts):
-        raise ValueError(f"fill_mask: {len(context)} context samples for {len(texts)} texts")
+        raise ValueError(
+            f"fill_mask: {len(context)} context samples for {len(texts)} texts; give one for "
+            "each text, in the same order (mmm fill-mask also takes one for all of them)"
+        )
     others = {key: t for key, t in module.tokenizers.items() if key != name}
     if not others:
         raise ValueError(f"fill_mask: this model has no modality besides {name!r} for context")

@@ -190,13 +190,16 @@ def fill_mask_command(
 ) -> None:
     """Print the top-k predictions, with probabilities, for each mask token in each text.
 
+    Several texts: ``--text '[A, B]'`` or ``--text A --text+ B`` (a second ``--text`` would
+    replace the first, so it is refused).
+
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
         text: one or more inputs, the mask written as the tokenizer's mask token (``[MASK]``).
         top_k: predictions shown per mask.
-        context: for a multimodal model, one file per text that the model sees beside it
-            (e.g. the recording of a transcript: ``--context clip.wav``), read as the member
-            of its extension.
+        context: for a multimodal model, the file that the model sees beside each text (e.g.
+            the recording of a transcript: ``--context clip.wav``), read as the member of its
+            extension: one for every text, or one that every text is read with.
     """
     from mmm.inference import fill_mask, load_module
 
@@ -204,6 +207,8 @@ def fill_mask_command(
     text = [text] if isinstance(text, str) else text
     files = [context] if isinstance(context, str) else context
     samples = None if files is None else [_file_member(path) for path in files]
+    if samples is not None and len(samples) == 1:
+        samples = samples * len(text)  # one context for every text
     found = fill_mask(module, text, top_k=top_k, context=samples)
     for sentence, masks in zip(text, found, strict=True):
         print(sentence)
