@@ -23,7 +23,7 @@ from torch import Tensor
 
 from mmm.generation import discrete_modality, evaluating
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers.base import DiscreteTokenizer, copy_with
+from mmm.tokenizers.base import DiscreteTokenizer
 
 _MUTATION = re.compile(r"^([A-Za-z])(\d+)([A-Za-z])$")
 
@@ -88,10 +88,6 @@ def collate_named(
         raise
 
 
-#: A ``max_length`` no sequence reaches: how long a sequence is before any cut.
-UNCUT = 1 << 30
-
-
 def refuse_cut_sequences(
     tokenizer: DiscreteTokenizer,
     sequences: list[str],
@@ -102,8 +98,8 @@ def refuse_cut_sequences(
     """Refuse a sequence that the tokenizer cut at ``max_length``: a score of it would be the
     score of another, shorter sequence.
 
-    Only rows that fill ``max_length`` can have been cut; each is collated again without the
-    limit and its tokens counted.
+    Only rows that fill ``max_length`` can have been cut; the tokenizer counts each one's
+    tokens (``content_length``).
 
     Raises:
         ValueError: naming the sequence, its length, what the model reads, and ``advice``.
@@ -111,9 +107,8 @@ def refuse_cut_sequences(
     limit = tokenizer.spec.max_length
     kept = batch["maskable"].sum(dim=1).tolist()  # (B,) tokens scored of each sequence
     full = (batch["attention_mask"].sum(dim=1) >= limit).nonzero().flatten().tolist()
-    whole = copy_with(tokenizer, max_length=UNCUT)
     for row in full:
-        length = int(whole.collate([sequences[row]])["maskable"].sum())
+        length = tokenizer.content_length(sequences[row])
         if length > kept[row]:
             raise ValueError(
                 f"{names[row]}: {length} tokens, but this model reads at most {kept[row]} "

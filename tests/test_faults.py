@@ -44,6 +44,7 @@ from mmm.inference import (
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule, ModalityConfig
 from mmm.probe import check_split, probe_command
+from mmm.scoring import score
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
@@ -709,3 +710,24 @@ def test_probe_names_a_modality_that_cannot_read_the_set_and_a_bad_limit(protein
             probe_command(checkpoint=str(protein_checkpoint), data="amp", limit=limit)
     with pytest.raises(ValueError, match=r"12 items of 10 classes .* too few for a stratified"):
         check_split(np.arange(12) % 10, "classification")
+
+
+def test_every_discrete_tokenizer_counts_what_max_length_cuts(tiny_module, tmp_path):
+    """Scoring asks the tokenizer how long a sequence is before the cut; text and SMILES
+    tokenizers keep a truncation in their Rust object, so this must count past it."""
+    source = tmp_path / "mols.smi"
+    source.write_text("CCO\nc1ccccc1O\nCCN(CC)CC\n")
+    smiles = SmilesTokenizer(path=str(tmp_path / "v.json"), train_source=str(source), max_length=8)
+    text = tiny_module.tokenizers["text"]  # max_length 32
+    long_text = " ".join(["the quick brown fox"] * 20)
+    for tokenizer, long in [
+        (smiles, "CCO" * 10),
+        (text, long_text),
+        (ProteinTokenizer(8), "M" * 20),
+    ]:
+        tokenizer.collate([long])  # the truncating call comes first
+        assert tokenizer.content_length(long) > tokenizer.spec.max_length
+    with pytest.raises(
+        ValueError, match=r"sequence 0: \d+ tokens, but this model reads at most 30"
+    ):
+        score(tiny_module, [long_text])
