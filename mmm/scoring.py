@@ -211,12 +211,15 @@ def parse_mutations(text: str) -> list[Mutation]:
     return mutations
 
 
-def _token_id(tokenizer: DiscreteTokenizer, text: str) -> int:
+def _token_id(tokenizer: DiscreteTokenizer, text: str, what: str = "") -> int:
     """The id of ``text`` when the tokenizer reads it as exactly one content token."""
-    batch = tokenizer.collate([text])
+    try:
+        batch = tokenizer.collate([text])
+    except ValueError as error:
+        raise ValueError(f"{what} {text!r} cannot be read: {error}".strip()) from error
     ids = batch["input_ids"][0][batch["maskable"][0]].tolist()
     if len(ids) != 1 or ids[0] in tokenizer.special_token_ids:
-        raise ValueError(f"{text!r} is not one token of this model's vocabulary")
+        raise ValueError(f"{what} {text!r} is not one token of this model's vocabulary".strip())
     return ids[0]
 
 
@@ -262,6 +265,7 @@ def score_mutations(
             parsed.append(parse_mutations(text))
             for sub in parsed[-1]:
                 _check_wild_type(tokenizer, batch, columns, text, sub)
+                _token_id(tokenizer, sub.mutant, f"mutation {text!r}: the mutant")
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from error
     positions = sorted({sub.position for subs in parsed for sub in subs})
