@@ -101,13 +101,14 @@ DESCRIPTION = (
 def refuse_repeated_options(tool: str, args: list[str]) -> None:
     """Refuse an option given twice to a tool: the parser keeps only the last
     (``mmm fill-mask --text A --text B`` would answer B alone), so a second one is a mistake.
-    ``--name+ VALUE`` appends to a list and may repeat.
+    ``--name+ VALUE`` appends to a list and may repeat, and so may ``--config`` (several
+    files are merged in order).
 
     Raises:
         ValueError: naming the option and how to give several values.
     """
     names = [arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")]
-    counts = Counter(name for name in names if not name.endswith("+"))
+    counts = Counter(name for name in names if not name.endswith("+") and name != "config")
     repeated = sorted(name for name, count in counts.items() if count > 1)
     if repeated:
         name = repeated[0]

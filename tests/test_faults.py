@@ -28,7 +28,7 @@ from PIL import Image
 
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
-from mmm.cli import run
+from mmm.cli import refuse_repeated_options, run
 from mmm.data.formats import chunk_text, read_fasta
 from mmm.data.shards import write_shards
 from mmm.export import MappingError
@@ -625,6 +625,7 @@ def test_a_tool_option_given_twice_is_refused():
     """The parser keeps the last of a repeated option: ``--text A --text B`` answered B."""
     with pytest.raises(ValueError, match=r"--text is given 2 times .* --text\+"):
         run(["fill-mask", "--checkpoint=m.ckpt", "--text", "A [MASK]", "--text", "B [MASK]"])
+    refuse_repeated_options("shards", ["--config=a.yaml", "--config=b.yaml", "--inputs", "x"])
 
 
 def test_export_refuses_a_non_empty_folder_and_names_the_modality_option(
