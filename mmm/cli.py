@@ -14,6 +14,7 @@ and ``mmm probe`` (linear probe of frozen embeddings on a labelled set).
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -97,10 +98,32 @@ DESCRIPTION = (
 )
 
 
+def refuse_repeated_options(tool: str, args: list[str]) -> None:
+    """Refuse an option given twice to a tool: the parser keeps only the last
+    (``mmm fill-mask --text A --text B`` would answer B alone), so a second one is a mistake.
+    ``--name+ VALUE`` appends to a list and may repeat, and so may ``--config`` (several
+    files are merged in order).
+
+    Raises:
+        ValueError: naming the option and how to give several values.
+    """
+    names = [arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")]
+    counts = Counter(name for name in names if not name.endswith("+") and name != "config")
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        name = repeated[0]
+        raise ValueError(
+            f"mmm {tool}: --{name} is given {counts[name]} times and only the last would count; "
+            f"give several values as one list (--{name} '[A, B]') or append each after the "
+            f"first with --{name}+ (--{name} A --{name}+ B)"
+        )
+
+
 def run(args: list[str] | None = None) -> MMMCLI | object:
     """Run ``mmm`` with ``args`` (default: the command line); returns the CLI or tool result."""
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in TOOLS:
+        refuse_repeated_options(argv[0], argv[1:])
         return auto_cli(TOOLS[argv[0]], args=argv[1:])
     return MMMCLI(
         MaskedModelingModule,

@@ -179,13 +179,19 @@ class MaskedModelingModule(L.LightningModule):
             for key, modality in self.modalities.items()
             if not discrete or isinstance(modality, TokenModality)
         ]
-        kind = "discrete modality" if discrete else "modality"
+        kind, kinds = (
+            ("discrete modality", "discrete modalities") if discrete else ("modality", "modalities")
+        )
         if name is not None:
             if name not in candidates:
                 raise ValueError(f"no {kind} {name!r} in this model; it has {candidates}")
             return name
+        if not candidates:
+            raise ValueError(
+                f"this model has no {kind}; its modalities are {list(self.modalities)}"
+            )
         if len(candidates) != 1:
-            raise ValueError(f"this model has the {kind}s {candidates}: name one")
+            raise ValueError(f"this model has the {kinds} {candidates}: name one")
         return candidates[0]
 
     def modality_batch(self, batch: dict) -> ModalityBatch:

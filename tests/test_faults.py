@@ -3,6 +3,7 @@ a silent NaN, lost data or a silently swapped vocabulary. Bad inputs are made he
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import io
@@ -27,13 +28,24 @@ from PIL import Image
 
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
-from mmm.cli import run
+from mmm.cli import refuse_repeated_options, run
 from mmm.data.formats import chunk_text, read_fasta
 from mmm.data.reading import read_source
 from mmm.data.shards import OutputBusyError, output_lock, write_shards
-from mmm.inference import embed_sequences, fill_mask, load_module, read_sequences
+from mmm.export import MappingError
+from mmm.export.parts import one_modality_module
+from mmm.generation import SamplingSettings, generate_batches
+from mmm.inference import (
+    embed_sequences,
+    fill_mask,
+    load_module,
+    read_sequences,
+    write_sequence_batches,
+)
 from mmm.models.encoder import TransformerEncoder
-from mmm.module import MaskedModelingModule
+from mmm.module import MaskedModelingModule, ModalityConfig
+from mmm.probe import check_split, probe_command
+from mmm.scoring import score
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
@@ -41,6 +53,7 @@ from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer
 from mmm.tools import shards_command, tokenizer_command
+from tests.helpers import fit_protein_checkpoint
 
 ROOT = Path(__file__).parents[1]
 
@@ -693,3 +706,212 @@ def test_a_pipe_url_not_ending_in_tar_is_read_as_a_shard(tmp_path):
     source = f"pipe:cat {tmp_path / 's.tar'} | cat"
     samples = list(read_source(source, read_files=lambda paths: iter([{"file": p} for p in paths])))
     assert [s["txt"] for s in samples] == [b"hi"]
+
+
+# ------------------------------------------------------- inference, export and probe tools
+WILD_TYPE = "MKTAYIAKQRQISFVKSHFSRQ"
+
+
+@pytest.fixture(scope="module")
+def protein_checkpoint(tmp_path_factory) -> Path:
+    """A 2-step protein run (max_length 48, 16 wide), shared by the tool tests below."""
+    root = tmp_path_factory.mktemp("protein_tools")
+    return fit_protein_checkpoint(root, [WILD_TYPE, "MNVWEPLCGIGKFLHS"] * 4)
+
+
+def _score(checkpoint: Path, *options: str) -> object:
+    return run(["score", f"--checkpoint={checkpoint}", *options])
+
+
+def test_scoring_mutations_never_truncates_the_input(protein_checkpoint, tmp_path, monkeypatch):
+    """Scores go to a new file by default; a row with an extra field is named before anything
+    is written; a write that fails midway (a full disk) leaves the named output as it was."""
+    table = tmp_path / "dms.csv"
+    table.write_text("mutant,note\nA4G,one\nK2R,two,extra\nA4C,three\n")
+    with pytest.raises(ValueError, match=r"dms\.csv row 2 \(line 3\): 3 fields, the header has 2"):
+        _score(protein_checkpoint, f"--mutations={table}", f"--sequence={WILD_TYPE}")
+    assert table.read_text().count("\n") == 4 and not (tmp_path / "dms.scored.csv").exists()
+
+    table.write_text("mutant,note\nA4G,one\nK2R,two\nA4C,three\n")
+    _score(protein_checkpoint, f"--mutations={table}", f"--sequence={WILD_TYPE}")
+    assert table.read_text() == "mutant,note\nA4G,one\nK2R,two\nA4C,three\n"
+    assert (tmp_path / "dms.scored.csv").read_text().splitlines()[0] == "mutant,note,score"
+
+    def disk_full(writer, rows):
+        writer.writerow(next(iter(rows)))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _score(protein_checkpoint, f"--mutations={table}", f"--sequence={WILD_TYPE}",
+               f"--output={table}")  # fmt: skip
+    assert table.read_text() == "mutant,note\nA4G,one\nK2R,two\nA4C,three\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dms.csv", "dms.scored.csv"]
+
+
+def test_scoring_errors_name_the_row_record_and_mutation(protein_checkpoint, tmp_path):
+    table = tmp_path / "dms.csv"
+    table.write_text(f"mutant,sequence\nA4G,{WILD_TYPE}\nA4G:A4C,{WILD_TYPE}\n")
+    with pytest.raises(ValueError, match=r"row 2 \(line 3\): mutation 'A4G:A4C': position 4 is"):
+        _score(protein_checkpoint, f"--mutations={table}")
+    table.write_text(f"mutant,sequence\nA4G,{WILD_TYPE}\nA4C\n")
+    with pytest.raises(ValueError, match=r"row 2 \(line 3\): no 'sequence' value .*\['mutant'\]"):
+        _score(protein_checkpoint, f"--mutations={table}")
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text(f">good\n{WILD_TYPE}\n>odd\nMKT@YIAK\n")
+    with pytest.raises(ValueError, match=r"bad\.fasta: record 'odd': .*unknown residue '@'"):
+        _score(protein_checkpoint, f"--inputs={fasta}")
+
+
+def test_a_sequence_longer_than_max_length_is_never_scored_cut(protein_checkpoint, tmp_path):
+    """max_length 48 holds 46 residues: the 47th is past the cut, and a mutation there (or
+    anywhere in a longer wild type) must not be scored on the cut sequence."""
+    long = WILD_TYPE * 3  # 66 residues
+    table = tmp_path / "dms.csv"
+    table.write_text("mutant\nM1A\n")
+    with pytest.raises(ValueError, match=r"--sequence: 66 tokens, but this model reads at most 46"):
+        _score(protein_checkpoint, f"--mutations={table}", f"--sequence={long}")
+    fasta = tmp_path / "long.fasta"
+    fasta.write_text(f">short\n{WILD_TYPE}\n>long\n{long}\n")
+    with pytest.raises(ValueError, match=r"long\.fasta: record 'long': 66 tokens"):
+        _score(protein_checkpoint, f"--inputs={fasta}")
+    fits = WILD_TYPE * 2 + "AA"  # 46 residues: the whole sequence is scored
+    _score(protein_checkpoint, f"--mutations={table}", f"--sequence={fits}")
+
+
+def test_generate_streams_batches_and_refuses_lengths_past_the_positions(
+    protein_checkpoint, tmp_path
+):
+    """Each batch is on disk before the next is sampled, and asking for a billion samples
+    costs nothing until they are read; ``--length 5000`` says what fits, briefly."""
+    module = load_module(str(protein_checkpoint))
+    settings = SamplingSettings(steps=2)
+    batches = generate_batches(module, 10**9, length=5, settings=settings, batch_size=2)
+    assert len(next(batches)) == 2  # nothing was made for the other 999,999,998
+    output = tmp_path / "out.fasta"
+    seen = []
+
+    def watched():
+        for index, batch in enumerate(generate_batches(module, 6, 5, settings, batch_size=2)):
+            seen.append(output.read_text().count(">") if index else 0)  # written before batch
+            yield [f"s{index}_{n}" for n in range(len(batch))], batch
+
+    assert write_sequence_batches(output, watched()) == 6
+    assert seen == [0, 2, 4] and len(read_sequences(output)) == 6
+    with pytest.raises(ValueError, match="length 5000 does not fit") as error:
+        run(["generate", f"--checkpoint={protein_checkpoint}", "--length=5000",
+             "--progress=false"])  # fmt: skip
+    assert len(str(error.value)) < 300 and "at most 46" in str(error.value)
+
+
+def test_a_tool_option_given_twice_is_refused():
+    """The parser keeps the last of a repeated option: ``--text A --text B`` answered B."""
+    with pytest.raises(ValueError, match=r"--text is given 2 times .* --text\+"):
+        run(["fill-mask", "--checkpoint=m.ckpt", "--text", "A [MASK]", "--text", "B [MASK]"])
+    refuse_repeated_options("shards", ["--config=a.yaml", "--config=b.yaml", "--inputs", "x"])
+
+
+def test_export_refuses_a_non_empty_folder_and_names_the_modality_option(
+    protein_checkpoint, tmp_path
+):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"out is not empty \(config\.json, notes\.txt\)"):
+        run(["export", f"--checkpoint={protein_checkpoint}", f"--output={folder}"])
+    assert (folder / "notes.txt").read_text() == "mine"
+    run(["export", f"--checkpoint={protein_checkpoint}", f"--output={folder}", "--overwrite=true"])
+    assert not (folder / "notes.txt").exists() and (folder / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing staged is left
+    module = MaskedModelingModule(
+        modalities={
+            "protein": ModalityConfig(ProteinTokenizer(max_length=16)),
+            "image": ModalityConfig(ImageTokenizer(image_size=8, patch_size=4, channels=1)),
+        },
+        encoder=TransformerEncoder(dim=16, depth=1, num_heads=2),
+    )
+    with pytest.raises(MappingError, match=r"\['protein', 'image'\].*--modality protein"):
+        one_modality_module(module, None)
+
+
+def _saved_esm(tmp_path: Path) -> Path:
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    config = EsmConfig(
+        vocab_size=34, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, position_embedding_type="absolute",
+        emb_layer_norm_before=True, token_dropout=False, layer_norm_eps=1e-5, pad_token_id=1,
+        mask_token_id=32,
+    )  # fmt: skip
+    EsmForMaskedLM(config).save_pretrained(str(tmp_path / "esm"))
+    return tmp_path / "esm"
+
+
+def _start_from(directory: Path, encoder: TransformerEncoder | None = None) -> MaskedModelingModule:
+    encoder = encoder or TransformerEncoder(dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
+    tokenizer = ProteinTokenizer(max_length=16)
+    return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder, init_from=str(directory))
+
+
+def test_init_from_names_a_corrupt_config_and_truncated_weights(tmp_path):
+    directory = _saved_esm(tmp_path)
+    _start_from(directory)  # maps
+    weights = directory / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(MappingError, match=r"init_from .*esm: its weights cannot be read "
+                       r"\(model\.safetensors \(\d+ bytes\)"):  # fmt: skip
+        _start_from(directory)
+    weights.write_bytes(whole)
+    (directory / "config.json").write_text('{"model_type": "esm",')
+    with pytest.raises(MappingError, match=r"init_from .*esm: .*config\.json is not valid JSON"):
+        _start_from(directory)
+    with pytest.raises(MappingError, match=r"init_from .*nowhere: no such folder"):
+        _start_from(tmp_path / "nowhere")
+
+
+def test_init_from_errors_say_init_from_not_export(tmp_path):
+    """The mapping helpers are shared with ``mmm export``; during ``mmm fit`` their errors
+    name init_from and the directory."""
+    directory = _saved_esm(tmp_path)
+    post_ln = TransformerEncoder(dim=16, depth=1, num_heads=2, mlp_ratio=2.0, norm_first=False)
+    with pytest.raises(MappingError) as error:
+        _start_from(directory, encoder=post_ln)
+    message = str(error.value)
+    assert message.startswith(f"init_from {directory}: ") and "export" not in message
+    assert "set --model.encoder.norm_first=true" in message
+
+
+def test_probe_names_a_modality_that_cannot_read_the_set_and_a_bad_limit(protein_checkpoint):
+    with pytest.raises(ValueError, match=r"'digits' holds ImageTokenizer items; this model's "
+                       r"'protein' modality \(ProteinTokenizer\) cannot read them"):  # fmt: skip
+        probe_command(checkpoint=str(protein_checkpoint), data="digits", modality="protein")
+    with pytest.raises(ValueError, match="none of this model's modalities .* reads them"):
+        probe_command(checkpoint=str(protein_checkpoint), data="digits")
+    for limit in (0, -3, 7):
+        with pytest.raises(ValueError, match=f"limit must be >= 8 items, got {limit}"):
+            probe_command(checkpoint=str(protein_checkpoint), data="amp", limit=limit)
+    with pytest.raises(ValueError, match=r"12 items of 10 classes .* too few for a stratified"):
+        check_split(np.arange(12) % 10, "classification")
+
+
+def test_every_discrete_tokenizer_counts_what_max_length_cuts(tiny_module, tmp_path):
+    """Scoring asks the tokenizer how long a sequence is before the cut; text and SMILES
+    tokenizers keep a truncation in their Rust object, so this must count past it."""
+    source = tmp_path / "mols.smi"
+    source.write_text("CCO\nc1ccccc1O\nCCN(CC)CC\n")
+    smiles = SmilesTokenizer(path=str(tmp_path / "v.json"), train_source=str(source), max_length=8)
+    text = tiny_module.tokenizers["text"]  # max_length 32
+    long_text = " ".join(["the quick brown fox"] * 20)
+    for tokenizer, long in [
+        (smiles, "CCO" * 10),
+        (text, long_text),
+        (ProteinTokenizer(8), "M" * 20),
+    ]:
+        tokenizer.collate([long])  # the truncating call comes first
+        assert tokenizer.content_length(long) > tokenizer.spec.max_length
+    with pytest.raises(
+        ValueError, match=r"sequence 0: \d+ tokens, but this model reads at most 30"
+    ):
+        score(tiny_module, [long_text])
