@@ -16,10 +16,12 @@ A single-modality run is the one-key case of the same module.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
@@ -30,7 +32,7 @@ from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import TokenModality, build_modality
 from mmm.models.sequences import Segment, context_of, pack_segments, unpack_segments
-from mmm.rng import seeded
+from mmm.rng import run_seed, seeded, step_seed
 from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
 
@@ -169,6 +171,7 @@ class MaskedModelingModule(L.LightningModule):
 
             start_from(self, init_from)
         self._epoch_means = nn.ModuleDict()  # "stage/modality/metric" -> MeanMetric, on use
+        self._training_seed: int | None = None  # the run's seed: set at fit start or restored
 
     # --------------------------------------------------------------------------- access
     def modality_named(self, name: str | None = None, discrete: bool = False) -> str:
@@ -357,8 +360,13 @@ class MaskedModelingModule(L.LightningModule):
 
     # ------------------------------------------------------------------------ lightning
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """One masked-prediction step. Every random choice of the step (masks, BERT's
+        replacements, dropped modalities, token budgets, diffusion times, dropout) is drawn
+        under ``training_batch_seed``, so a run resumed from any checkpoint trains as the
+        uninterrupted run did (``docs/resuming.md``)."""
         inputs = self.modality_batch(batch)
-        out = self.forward_masked(inputs)
+        with seeded(self.training_batch_seed(batch_idx), self.device):
+            out = self.forward_masked(inputs)
         self._check_finite(out.loss, f"training step {self.global_step}", across_ranks=True)
         size = _batch_size(inputs)
         values = {"train/loss": out.loss.detach()}
@@ -375,6 +383,31 @@ class MaskedModelingModule(L.LightningModule):
                 modality.count_lengths(sub)
         self._log_skipped(batch, size)
         return out.loss
+
+    def training_batch_seed(self, batch_idx: int) -> int:
+        """The seed of training batch ``batch_idx``: a hash of the run's seed, the optimizer
+        step, the micro-batch within a gradient-accumulation window and the DDP rank.
+
+        Seeded per step rather than by saving torch's RNG states in checkpoints: a step's
+        randomness then depends on nothing that ran before it (validation, callbacks, a
+        library drawing from the global RNG, loader workers starting), a resumed run needs no
+        state beyond the step counters Lightning restores anyway, and every rank derives its
+        own seed without gathering states. Python's and the loaders' randomness is the data
+        module's, seeded by the sample's place in the stream."""
+        seed = self._training_seed if self._training_seed is not None else run_seed()
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return step_seed(seed, self.global_step, batch_idx % accumulate, self.global_rank)
+
+    def on_fit_start(self) -> None:
+        """Fix the run's training seed; a resumed run keeps its checkpoint's, loudly when the
+        command line's ``seed_everything`` differs from it."""
+        if self._training_seed is None:
+            self._training_seed = run_seed()
+        elif "PL_GLOBAL_SEED" in os.environ and run_seed() != self._training_seed:
+            rank_zero_warn(
+                f"resuming with the checkpoint's training seed {self._training_seed}, not "
+                f"seed_everything {run_seed()}: the resumed run continues the checkpoint's run"
+            )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -423,12 +456,16 @@ class MaskedModelingModule(L.LightningModule):
         checkpoint["tokenizer_fingerprints"] = {
             name: tokenizer.fingerprint() for name, tokenizer in self.tokenizers.items()
         }
+        if self._training_seed is not None:
+            checkpoint["training_seed"] = self._training_seed
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse weights trained with another vocabulary than the tokenizer's now (a
         tokenizer directory retrained in place keeps its size, so the weights would load and
         silently predict other tokens). Checkpoints of one-modality modules written before
-        modalities were keyed load under their modality's name."""
+        modalities were keyed load under their modality's name. A resumed run keeps drawing
+        its training randomness from the checkpoint's seed."""
+        self._training_seed = checkpoint.get("training_seed", self._training_seed)
         _rename_single_modality_keys(
             checkpoint, self.modality_named() if len(self.modalities) == 1 else None
         )
