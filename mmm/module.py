@@ -172,6 +172,7 @@ class MaskedModelingModule(L.LightningModule):
             start_from(self, init_from)
         self._epoch_means = nn.ModuleDict()  # "stage/modality/metric" -> MeanMetric, on use
         self._training_seed: int | None = None  # the run's seed: set at fit start or restored
+        self._training_batches = dict.fromkeys(configs, 0)  # modality -> batches carrying it
 
     # --------------------------------------------------------------------------- access
     def modality_named(self, name: str | None = None, discrete: bool = False) -> str:
@@ -378,6 +379,7 @@ class MaskedModelingModule(L.LightningModule):
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=size)
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
         for name, sub in inputs.items():
+            self._training_batches[name] += 1
             modality = self.modalities[name]
             if isinstance(modality, TokenModality):
                 modality.count_lengths(sub)
@@ -408,6 +410,27 @@ class MaskedModelingModule(L.LightningModule):
                 f"resuming with the checkpoint's training seed {self._training_seed}, not "
                 f"seed_everything {run_seed()}: the resumed run continues the checkpoint's run"
             )
+
+    def on_train_end(self) -> None:
+        """Warn, naming it, about a modality no training batch of any rank carried (an
+        optional modality whose shards hold none of its members): its embedder and head never
+        trained, which no loss shows."""
+        if self.global_step == 0:
+            return
+        names = list(self._training_batches)
+        counts = torch.tensor([self._training_batches[n] for n in names], device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        absent = [name for name, count in zip(names, counts.tolist(), strict=True) if count == 0]
+        if absent:
+            rank_zero_warn(
+                f"modalities {absent} appeared in no training batch of {self.global_step} "
+                "steps: their embedders and heads are untrained. Do the training shards carry "
+                f"their members ({', '.join(self._members_read(name) for name in absent)})?"
+            )
+
+    def _members_read(self, name: str) -> str:
+        members = self.batcher.members.get(name)
+        return f"{name}: {members or ', '.join(self.tokenizers[name].sample_keys)}"
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -458,6 +481,14 @@ class MaskedModelingModule(L.LightningModule):
         }
         if self._training_seed is not None:
             checkpoint["training_seed"] = self._training_seed
+        checkpoint["training_batches_per_modality"] = dict(self._training_batches)
+        # Self-contained: the weights init_from started from are in the state dict, so loading
+        # the checkpoint must not need their directory again (it may be gone, or relative to
+        # another working directory). Where they came from is kept for the record.
+        hyperparameters = checkpoint.get("hyper_parameters", {})
+        if hyperparameters.get("init_from") is not None:
+            checkpoint["initialized_from"] = hyperparameters["init_from"]
+            hyperparameters["init_from"] = None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse weights trained with another vocabulary than the tokenizer's now (a
@@ -466,6 +497,9 @@ class MaskedModelingModule(L.LightningModule):
         modalities were keyed load under their modality's name. A resumed run keeps drawing
         its training randomness from the checkpoint's seed."""
         self._training_seed = checkpoint.get("training_seed", self._training_seed)
+        for name, count in checkpoint.get("training_batches_per_modality", {}).items():
+            if name in self._training_batches:
+                self._training_batches[name] = count
         _rename_single_modality_keys(
             checkpoint, self.modality_named() if len(self.modalities) == 1 else None
         )
@@ -608,6 +642,12 @@ def _modality_configs(
             )
         if not modalities:
             raise ValueError("MaskedModelingModule: modalities is empty")
+        if all(config.loss_weight == 0 for config in modalities.values()):
+            weights = ", ".join(f"modalities.{name}.loss_weight=0" for name in modalities)
+            raise ValueError(
+                f"MaskedModelingModule: every modality's loss weight is 0 ({weights}): the "
+                "loss would be 0 and nothing would train; give one a positive loss_weight"
+            )
         return dict(modalities)
     return {tokenizer.modality_name: ModalityConfig(tokenizer, masking, decoder=decoder)}
 
