@@ -61,6 +61,9 @@ class MMMCLI(LightningCLI):
         except UNREADABLE_CHECKPOINT as error:
             raise unreadable_checkpoint(path, error) from error
         refuse_other_settings(path, asked, self.config[subcommand]["model"])
+        # The checkpoint holds the weights init_from started from (older checkpoints still
+        # name its directory): the directory is not read again.
+        self.config[subcommand]["model"]["init_from"] = None
 
     def _load_weights_only(self) -> None:
         """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning
