@@ -23,7 +23,10 @@ TINY = [
 CASES = {
     "text_mlm": ["--model.tokenizer.max_length=32"],  # packed text; shards from conftest
     "image_mae": [],  # random crops and flips in the loader workers
-    "digits_image_text": [],  # paired modalities, each dropped at random
+    "digits_image_text": [  # paired modalities, each dropped at random; 4M budgets, dropout
+        '--model.budgets={"visible": 8, "target": 8, "alpha": 0.5}',
+        "--model.encoder.dropout=0.1",
+    ],
     "protein_mdlm": [],  # masked diffusion: a random time per sample
 }
 
