@@ -56,6 +56,7 @@ def load_module(
     """
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
+    overrides.setdefault("init_from", None)  # its weights are in the checkpoint
     try:
         module = MaskedModelingModule.load_from_checkpoint(
             checkpoint, map_location=map_location, weights_only=True, **overrides

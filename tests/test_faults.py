@@ -53,7 +53,7 @@ from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer
 from mmm.tools import shards_command, tokenizer_command
-from tests.helpers import fit_protein_checkpoint
+from tests.helpers import fit_checkpoint, fit_protein_checkpoint, protein_settings
 
 ROOT = Path(__file__).parents[1]
 
@@ -915,3 +915,125 @@ def test_every_discrete_tokenizer_counts_what_max_length_cuts(tiny_module, tmp_p
         ValueError, match=r"sequence 0: \d+ tokens, but this model reads at most 30"
     ):
         score(tiny_module, [long_text])
+
+
+def _tiny_text_fit(root: Path, tokenizer_dir: Path, corpus_dir: Path, config: str = "text_mlm"):
+    """``mmm fit`` options for a shipped text config, shrunk, on the conftest shards."""
+    return [
+        f"--config={ROOT / 'configs' / config}.yaml",
+        "--model.encoder.dim=32",
+        "--model.encoder.depth=1",
+        "--model.encoder.num_heads=2",
+        f"--data.train_shards={corpus_dir}/train-*.tar",
+        f"--data.val_shards={corpus_dir}/val-*.tar",
+        "--data.embedded=null",
+        "--data.num_workers=0",
+        "--data.batch_size=4",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={root}",
+    ]
+
+
+def _protein_checkpoint(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A 2-step protein_mlm checkpoint (16 wide, ratio 0.15) and the settings it was fit with."""
+    checkpoint = fit_protein_checkpoint(
+        tmp_path, ["MKTAYIAKQRQISFVKSHFSRQ", "MGSSHHHHHHSSGLVPRGSH"]
+    )
+    return checkpoint, protein_settings(tmp_path / "shards")
+
+
+def _options(settings: dict[str, str]) -> list[str]:
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def test_resuming_with_other_model_settings_is_refused_naming_each(tmp_path, monkeypatch):
+    """Lightning rebuilds the model from the checkpoint's hyperparameters over the command
+    line: dim 64 and ratio 0.5 trained silently at 16 and 0.15. Now each differing setting is
+    named with both values."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint, settings = _protein_checkpoint(tmp_path)
+    config = f"--config={ROOT / 'configs' / 'protein_mlm.yaml'}"
+    changed = ["--model.encoder.dim=64", "--model.masking.ratio=0.5", f"--ckpt_path={checkpoint}"]
+    with pytest.raises(ValueError) as error:
+        run(["fit", config, *_options(settings), "--trainer.max_steps=4", *changed])
+    message = str(error.value)
+    assert "model.encoder.init_args.dim: checkpoint 16, asked 64" in message
+    assert "model.masking.init_args.ratio: checkpoint 0.15, asked 0.5" in message
+    assert str(checkpoint) in message
+
+    mdlm = f"--config={ROOT / 'configs' / 'protein_mdlm.yaml'}"
+    with pytest.raises(ValueError, match="model.masking.class_path: checkpoint "):
+        run(["fit", mdlm, *_options(settings), f"--ckpt_path={checkpoint}"])
+
+    resumed = run(["fit", config, *_options(settings), "--trainer.max_steps=4", changed[-1]])
+    assert resumed.trainer.global_step == 4  # the same settings resume
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_a_checkpoint_of_another_modality_is_refused_up_front(tmp_path, monkeypatch, subcommand):
+    """An image config given a protein checkpoint used to rebuild the protein model and die
+    after 8,061 samples with 'no image member'; now it stops before reading data."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint, _ = _protein_checkpoint(tmp_path)
+    image = f"--config={ROOT / 'configs' / 'image_mae.yaml'}"
+    expected = "model.tokenizer.class_path: checkpoint 'mmm.tokenizers.ProteinTokenizer', asked"
+    with pytest.raises(ValueError, match=expected):
+        run([subcommand, image, f"--ckpt_path={checkpoint}", "--trainer.logger=false"])
+
+
+def test_a_checkpoint_started_from_init_from_loads_without_that_directory(tmp_path, monkeypatch):
+    """The init weights are in the state dict: once their directory is gone the checkpoint
+    still loads and resumes (it used to need DIR/config.json again)."""
+    monkeypatch.chdir(tmp_path)
+    first, settings = _protein_checkpoint(tmp_path)
+    start = tmp_path / "start"
+    run(["export", f"--checkpoint={first}", f"--output={start}"])
+    second = tmp_path / "second"
+    second.mkdir()
+    init = [f"--model.init_from={start}"]
+    checkpoint = fit_checkpoint(second, "protein_mlm.yaml", settings, *init)
+    shutil.rmtree(start)
+    assert load_module(str(checkpoint)).encoder.dim == 16
+    config = f"--config={ROOT / 'configs' / 'protein_mlm.yaml'}"
+    options = _options({**settings, "trainer.default_root_dir": str(second)})
+    resumed = run(
+        ["fit", config, *options, *init, "--trainer.max_steps=4", f"--ckpt_path={checkpoint}"]
+    )
+    assert resumed.trainer.global_step == 4
+
+
+def test_a_modality_absent_from_training_is_named(tmp_path, tokenizer_dir, corpus_dir):
+    """text_protein.yaml on shards without a protein sample used to exit 0 and never mention
+    protein."""
+    options = _tiny_text_fit(tmp_path, tokenizer_dir, corpus_dir, config="text_protein")
+    options += [
+        f"--model.modalities.text.tokenizer.path={tokenizer_dir}",
+        "--data.train_weights=null",
+        "--trainer.max_steps=2",
+    ]
+    with pytest.warns(UserWarning, match=r"modalities \['protein'\] appeared in no training"):
+        run(["fit", *options])
+
+
+def test_loss_weights_all_zero_are_refused(tokenizer):
+    modalities = {
+        "text": ModalityConfig(tokenizer, loss_weight=0.0),
+        "protein": ModalityConfig(ProteinTokenizer(max_length=16), loss_weight=0.0),
+    }
+    with pytest.raises(ValueError, match="modalities.text.loss_weight=0, modalities.protein"):
+        MaskedModelingModule(modalities=modalities)
+
+
+def test_the_last_step_is_checkpointed_when_no_validation_falls_on_it(
+    tmp_path, tokenizer_dir, corpus_dir
+):
+    """max_steps 5, validation every 3: Lightning's checkpoint held step 3 only."""
+    options = _tiny_text_fit(tmp_path, tokenizer_dir, corpus_dir)
+    options += [f"--model.tokenizer.path={tokenizer_dir}", "--model.tokenizer.max_length=32"]
+    run(["fit", *options, "--trainer.max_steps=5", "--trainer.val_check_interval=3"])
+    saved = sorted(tmp_path.rglob("*.ckpt"))
+    steps = [torch.load(path, weights_only=True)["global_step"] for path in saved]
+    assert sorted(steps) == [3, 5]
