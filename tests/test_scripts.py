@@ -128,8 +128,8 @@ CASES: dict[str, list[Case]] = {
     "bench_resume": [
         Case(
             [
-                *("--skip", "2", "--repeats", "1"),
-                *settings(data__num_workers=0, data__batch_size=4),
+                *("--config", str(CONFIGS / "smiles_mlm.yaml"), "--skip", "2", "--repeats", "1"),
+                *settings(data__num_workers=1, data__batch_size=4),
             ],
             expect="identical to the uninterrupted run: True",
         )
@@ -146,7 +146,11 @@ CASES: dict[str, list[Case]] = {
     ],
     "bench_vision": [
         Case(
-            ["--steps", "1", "--warmup", "0", "--batch-size", "2", "--threads", "1"],
+            [
+                *("--steps", "1", "--warmup", "0", "--batch-size", "2", "--threads", "1"),
+                *("--image", "16", "--patch", "4", "--width", "16", "--depth", "1"),
+                *("--heads", "2", "--ffn", "32", "--decoder-width", "16", "--decoder-depth", "1"),
+            ],
             expect="HF / mmm",
         )
     ],
