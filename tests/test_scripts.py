@@ -8,6 +8,7 @@ Scripts that read a checkpoint get one from a tiny ``mmm fit`` made once per ses
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.webdataset import embedded_shards
+from mmm.experiment import add_config_arguments, config_overrides
 from tests.helpers import fit_checkpoint, single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,3 +260,28 @@ def test_script_runs_in_an_empty_directory(
 
 def test_every_case_names_a_script() -> None:
     assert sorted(set(CASES) - set(SCRIPTS)) == []
+
+
+def test_a_setting_without_a_value_is_named() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, default="text_mlm.yaml")
+    args = parser.parse_args(["--set", "data.batch_size=4", "--set", "model.encoder.dim"])
+    assert Path(args.config) == CONFIGS / "text_mlm.yaml"
+    with pytest.raises(ValueError, match=r"--set 'model.encoder.dim': expected KEY=VALUE"):
+        config_overrides(args)
+    args.set.pop()
+    assert config_overrides(args) == ["--data.batch_size=4"]
+
+
+def test_embedded_shards_are_written_before_they_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh checkout has no ``data/``: listing the shards writes them first, as
+    ``ShardDataModule.prepare_data`` would (same shard size, same files)."""
+    monkeypatch.chdir(tmp_path)
+    train = embedded_shards("digits-words", "train")
+    assert train and all(Path(url).is_file() for url in train)
+    assert all(Path(url).parent == Path("data/digits-words") for url in train)
+    assert embedded_shards("digits-words", "val")
+    with pytest.raises(ValueError, match="split must be 'train' or 'val', got 'test'"):
+        embedded_shards("digits-words", "test")
