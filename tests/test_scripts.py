@@ -43,6 +43,7 @@ TINY_FIT = {
 
 @contextmanager
 def working_directory(path: Path) -> Iterator[None]:
+    """``os.chdir`` for the block (``contextlib.chdir`` needs Python 3.11)."""
     previous = Path.cwd()
     os.chdir(path)
     try:
@@ -81,16 +82,17 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
     return Checkpoints(tmp_path_factory.mktemp("checkpoints"))
 
 
-def settings(**values: object) -> list[str]:
-    """``--set key=value`` options (``model__encoder__dim`` -> ``model.encoder.dim``)."""
+def settings(*groups: dict[str, object]) -> list[str]:
+    """``--set key=value`` options, one per setting of ``groups``."""
     return [
         option
-        for key, value in values.items()
-        for option in ("--set", f"{key.replace('__', '.')}={value}")
+        for group in groups
+        for key, value in group.items()
+        for option in ("--set", f"{key}={value}")
     ]
 
 
-TINY_MODEL = {"model__encoder__dim": 16, "model__encoder__depth": 1, "model__encoder__num_heads": 2}
+TINY_MODEL = {"model.encoder.dim": 16, "model.encoder.depth": 1, "model.encoder.num_heads": 2}
 
 
 #: Stands for the path of the case's checkpoint in its arguments.
@@ -114,7 +116,7 @@ CASES: dict[str, list[Case]] = {
             [
                 *("--configs", str(CONFIGS / "smiles_mlm.yaml")),
                 *("--batches", "1", "--steps", "3", "--workers", "0"),
-                *settings(data__num_workers=0, data__batch_size=4, **TINY_MODEL),
+                *settings({"data.num_workers": 0, "data.batch_size": 4}, TINY_MODEL),
             ],
             expect="of step alone",
         )
@@ -123,7 +125,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             [
                 *("--rounds", "1", "--batches", "1"),
-                *settings(data__batch_size=2, **TINY_MODEL),
+                *settings({"data.batch_size": 2}, TINY_MODEL),
             ],
             expect="paired / sum",
         )
@@ -132,7 +134,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             [
                 *("--config", str(CONFIGS / "smiles_mlm.yaml"), "--skip", "2", "--repeats", "1"),
-                *settings(data__num_workers=1, data__batch_size=4),
+                *settings({"data.num_workers": 1, "data.batch_size": 4}),
             ],
             expect="identical to the uninterrupted run: True",
         )
@@ -161,7 +163,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             [
                 *("--config", str(CONFIGS / "smiles_mlm.yaml"), "--train_batches", "2"),
-                *settings(data__num_workers=0, data__batch_size=64),
+                *settings({"data.num_workers": 0, "data.batch_size": 64}),
             ],
             expect="constant-prediction masked accuracy",
         )
@@ -209,7 +211,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             [
                 *("--budget", "0.5", "--evaluations", "1", "--threads", "1"),
-                *settings(data__batch_size=4, **TINY_MODEL),
+                *settings({"data.batch_size": 4}, TINY_MODEL),
             ],
             expect="held-out masked-token accuracy",
         )
