@@ -684,6 +684,24 @@ class TrainLoader(DataLoader):
             yield batch
 
 
+def prepare_embedded(name: str, data_dir: str | os.PathLike = "data") -> Path:
+    """The directory of embedded corpus ``name`` under ``data_dir``, its ``train-*.tar`` and
+    ``val-*.tar`` shards written on first use, sized as ``ShardDataModule.prepare_data``
+    writes them (whoever comes first, later readers see the same shards)."""
+    return ensure_embedded_shards(
+        name, os.path.join(data_dir, name), samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD
+    )
+
+
+def embedded_shards(name: str, split: str, data_dir: str | os.PathLike = "data") -> list[str]:
+    """Sorted ``split`` (``train`` or ``val``) shards of embedded corpus ``name``, written
+    under ``data_dir`` first if they are not there yet: for code that reads the shards
+    without a ``ShardDataModule`` (a fresh checkout has no ``data/``)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"embedded_shards: split must be 'train' or 'val', got {split!r}")
+    return sorted(str(path) for path in prepare_embedded(name, data_dir).glob(f"{split}-*.tar"))
+
+
 # ---------------------------------------------------------------------------- datamodule
 class ShardDataModule(L.LightningDataModule):
     """Batches from WebDataset shards for any modality, split across ranks and workers.
@@ -787,11 +805,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         for name in self.embedded:
-            ensure_embedded_shards(
-                name,
-                os.path.join(self.data_dir, name),
-                samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD,
-            )
+            prepare_embedded(name, self.data_dir)
 
     # ----------------------------------------------------------------- layout and shards
     def layout(self, num_workers: int | None = None) -> Layout:
