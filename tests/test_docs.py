@@ -94,7 +94,7 @@ MMM_COMMANDS = [
 
 def test_pages_hold_commands_and_snippets():
     """The extraction finds what the pages hold (an empty list would test nothing)."""
-    assert len(MMM_COMMANDS) > 50 and len(PYTHON) >= 6
+    assert len(MMM_COMMANDS) > 50 and len(PYTHON) >= 7
     tools = {param.values[1][0] for param in MMM_COMMANDS}
     assert {"fit", "shards", "generate", "export", "probe"} <= tools
 
