@@ -110,6 +110,8 @@ def parser_of(subcommand: str) -> ArgumentParser:
 
 @pytest.mark.parametrize(("block", "argv"), MMM_COMMANDS)
 def test_mmm_command_parses(block: Block, argv: list[str], monkeypatch, capsys):
+    """The subcommand exists and its options parse (types, choices, class paths, the config
+    file) through the parser ``mmm`` uses; nothing runs."""
     monkeypatch.chdir(ROOT)  # configs/ paths are relative to the repository
     subcommand, options = argv[0], argv[1:]
     known = (*LIGHTNING_SUBCOMMANDS, *TOOLS)
@@ -127,6 +129,8 @@ def test_mmm_command_parses(block: Block, argv: list[str], monkeypatch, capsys):
 
 @pytest.mark.parametrize("block", PYTHON, ids=[block.where for block in PYTHON])
 def test_python_snippet(block: Block, tmp_path, monkeypatch):
+    """The snippet compiles, the names it imports from mmm exist, and it runs in an empty
+    working directory unless its marker says why not."""
     tree = compile(block.text, block.where, "exec", flags=ast.PyCF_ONLY_AST)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] in (
