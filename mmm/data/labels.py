@@ -253,7 +253,9 @@ def label_value(raw: Any, spec: LabelSpec, where: str) -> LabelValue:
 def _index_of(name: Any, spec: LabelSpec, where: str) -> int:
     text = str(name).strip()
     if text not in spec.classes:
-        raise LabelError(f"{where}: class {text!r} is not in the label set {_listing(spec.classes)}")
+        raise LabelError(
+            f"{where}: class {text!r} is not in the label set {_listing(spec.classes)}"
+        )
     return spec.classes.index(text)
 
 

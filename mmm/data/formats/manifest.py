@@ -31,6 +31,8 @@ def manifest_samples(
     key_field: str = "key",
     file_fields: list[str] | None = None,
     members: dict[str, str] | None = None,
+    label_field: str | None = None,
+    split_field: str | None = None,
 ) -> Iterator[Sample]:
     """Paired samples from manifests: JSONL (one JSON object per line, as NeMo and ESPnet write
     them) or CSV with a header (Hugging Face ``metadata.csv``). Each line is one sample; each
@@ -48,6 +50,9 @@ def manifest_samples(
             name and line number.
         file_fields: fields that name files (default ``MANIFEST_FILE_FIELDS``).
         members: extra or overriding field -> member extension for inline fields.
+        label_field: the field holding a labelled manifest's label: kept as the sample's
+            ``__label__`` note (``None`` when absent) for ``mmm.data.labelled`` to check.
+        split_field: the field naming a line's split, kept as its ``__split__`` note.
 
     Raises:
         ValueError: naming the manifest and line of a record that is not a JSON object, names
@@ -60,6 +65,10 @@ def manifest_samples(
             where = f"{manifest}:{line}"
             key = str(record.pop(key_field, "") or f"{manifest.stem}-{line}")
             sample: Sample = {"__key__": sample_key(key)}
+            if label_field is not None:  # labelled manifests: see mmm.data.labelled
+                sample["__label__"] = record.pop(label_field, None)
+                sample["__split__"] = record.pop(split_field, None) if split_field else None
+                sample["__source__"] = where
             metadata = {}
             for field_name, value in record.items():
                 if field_name in file_names:
