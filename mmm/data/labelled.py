@@ -60,6 +60,8 @@ SPLIT_NAMES = {
     "dev": "val",
     "test": "test",
 }
+#: Notes of labelled samples that ``write_labelled_shards`` drops (shards keep only strings).
+_NOTES = (SPLIT_NOTE, RAW_LABEL_NOTE)
 #: Regression targets are stratified by this many quantile bins of the first target.
 REGRESSION_STRATA = 5
 #: Each split is cut into at least this many shards when it has enough samples, so that even
@@ -262,7 +264,8 @@ def write_labelled_shards(
     out = Path(directory)
     by_split: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for sample in samples:
-        by_split[split_of(sample, val_fraction, test_fraction)].append(sample)
+        split = split_of(sample, val_fraction, test_fraction)
+        by_split[split].append({k: v for k, v in sample.items() if k not in _NOTES})
     if not by_split["train"]:
         raise ValueError(f"no training sample for {out} (every sample is in val or test)")
     train = by_split["train"]
