@@ -246,8 +246,14 @@ def label_value(raw: Any, spec: LabelSpec, where: str) -> LabelValue:
         targets = raw if isinstance(raw, list) else [raw]
         value = [_number(target, where) for target in targets]
         return _check_regression(value if isinstance(raw, list) else value[0], spec, where)
-    tokens = json.loads(raw) if isinstance(raw, str) and raw.lstrip().startswith("[") else raw
-    return _check_token_classification(tokens, spec, where)
+    if isinstance(raw, str):  # a JSON list in a CSV cell
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise LabelError(
+                f"{where}: token labels {raw!r} are not valid JSON ({error})"
+            ) from None
+    return _check_token_classification(raw, spec, where)
 
 
 def _index_of(name: Any, spec: LabelSpec, where: str) -> int:
