@@ -103,7 +103,7 @@ def labelled_corpus(name: str, source_dir: str | os.PathLike | None = None) -> L
 def iter_corpus(name: str) -> Iterator[Sample]:
     """Samples of the embedded corpus ``name``."""
     _import_builtin_corpora()
-    if name in _LABELLED and name not in _READS_FOLDER:
+    if name in _LABELLED:  # one that reads a folder says how to name it
         return iter(labelled_corpus(name).samples)
     if name not in _CORPORA:
         raise ValueError(f"unknown embedded corpus {name!r}; available: {corpus_names()}")
