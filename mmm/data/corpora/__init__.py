@@ -21,7 +21,7 @@ from pathlib import Path
 from mmm.data.cache import build_once
 from mmm.data.formats import Sample
 from mmm.data.labelled import key_fraction, write_labelled_shards
-from mmm.data.labels import LabelSpec
+from mmm.data.labels import LABEL_MEMBER, LabelSpec, LabelValue, encode_label
 from mmm.data.shards import write_shards
 
 CorpusFactory = Callable[[], Iterator[Sample]]
@@ -40,6 +40,15 @@ class LabelledCorpus:
     """Share of the samples without their own split that validation takes (by key hash)."""
     test_fraction: float = 0.1
     """Share of the samples without their own split that the test split takes."""
+
+
+def labelled_samples(
+    keys: Iterable[str], member: str, inputs: Iterable[bytes], labels: Iterable[LabelValue]
+) -> Iterator[Sample]:
+    """Samples of a labelled corpus: each key with its input under ``member`` and its label
+    as ``label.json``."""
+    for key, content, label in zip(keys, inputs, labels, strict=True):
+        yield {"__key__": key, member: content, LABEL_MEMBER: encode_label(label)}
 
 
 #: Makes a labelled corpus; those registered with ``reads_folder`` take the folder as argument.

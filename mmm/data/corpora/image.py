@@ -14,9 +14,14 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from mmm.data.corpora import LabelledCorpus, register_corpus, register_labelled_corpus
+from mmm.data.corpora import (
+    LabelledCorpus,
+    labelled_samples,
+    register_corpus,
+    register_labelled_corpus,
+)
 from mmm.data.formats import Sample
-from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
+from mmm.data.labels import LabelSpec
 
 #: Crops per photograph, side of the stored crops, and the range of crop sides (pixels of the
 #: 427x640 photograph) before resizing: from close-ups to about half of the picture.
@@ -98,13 +103,11 @@ def digits_labelled() -> LabelledCorpus:
     """The 1,797 digits as ``png`` with their digit as ``label.json`` (10 classes, ``0``-``9``);
     val and test are 10% each by a hash of the key."""
     images, targets = digit_arrays()
-    samples = (
-        {
-            "__key__": f"digit-{index:04d}",
-            "png": digit_png(pixels),
-            LABEL_MEMBER: encode_label(int(label)),
-        }
-        for index, (pixels, label) in enumerate(zip(images, targets, strict=True))
+    samples = labelled_samples(
+        keys=(f"digit-{index:04d}" for index in range(len(images))),
+        member="png",
+        inputs=(digit_png(pixels) for pixels in images),
+        labels=(int(label) for label in targets),
     )
     spec = LabelSpec("classification", tuple(str(d) for d in range(10)), "png")
     return LabelledCorpus(spec=spec, samples=samples)

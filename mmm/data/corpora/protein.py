@@ -15,9 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mmm.data.corpora import LabelledCorpus, register_corpus, register_labelled_corpus
+from mmm.data.corpora import (
+    LabelledCorpus,
+    labelled_samples,
+    register_corpus,
+    register_labelled_corpus,
+)
 from mmm.data.formats import Sample, protein_samples
-from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
+from mmm.data.labels import LabelSpec
 from mmm.optional import require
 
 
@@ -68,12 +73,10 @@ def amp_labelled() -> LabelledCorpus:
     """The AMP peptides as ``seq`` samples labelled ``uniprot``/``antimicrobial``; val and
     test are 10% each by a hash of the key (``amp-NNNN``, modlamp's order)."""
     sequences, targets = amp_peptides()
-    samples = (
-        {
-            "__key__": f"amp-{index:04d}",
-            "seq": sequence.encode("ascii"),
-            LABEL_MEMBER: encode_label(int(target)),
-        }
-        for index, (sequence, target) in enumerate(zip(sequences, targets, strict=True))
+    samples = labelled_samples(
+        keys=(f"amp-{index:04d}" for index in range(len(sequences))),
+        member="seq",
+        inputs=(sequence.encode("ascii") for sequence in sequences),
+        labels=(int(target) for target in targets),
     )
     return LabelledCorpus(spec=LabelSpec("classification", AMP_CLASSES, "seq"), samples=samples)

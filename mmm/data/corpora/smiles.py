@@ -20,7 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mmm.data.corpora import LabelledCorpus, register_corpus, register_labelled_corpus
+from mmm.data.corpora import (
+    LabelledCorpus,
+    labelled_samples,
+    register_corpus,
+    register_labelled_corpus,
+)
 from mmm.data.formats import Sample, smiles_samples
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
 from mmm.optional import MissingDependencyError, require
@@ -67,13 +72,11 @@ def freesolv_labelled() -> LabelledCorpus:
     """FreeSolv as ``smi`` samples with the hydration free energy (kcal/mol) as a regression
     target; val and test are 10% each by a hash of the key (``freesolv-NNN``, file order)."""
     smiles, values = freesolv_rows()
-    samples = (
-        {
-            "__key__": f"freesolv-{index:03d}",
-            "smi": text.encode("utf-8"),
-            LABEL_MEMBER: encode_label(float(value)),
-        }
-        for index, (text, value) in enumerate(zip(smiles, values, strict=True))
+    samples = labelled_samples(
+        keys=(f"freesolv-{index:03d}" for index in range(len(smiles))),
+        member="smi",
+        inputs=(text.encode("utf-8") for text in smiles),
+        labels=(float(value) for value in values),
     )
     return LabelledCorpus(spec=LabelSpec("regression", (), "smi"), samples=samples)
 

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mmm.data.corpora import LabelledCorpus, register_corpus, register_labelled_corpus
+from mmm.data.corpora import (
+    LabelledCorpus,
+    labelled_samples,
+    register_corpus,
+    register_labelled_corpus,
+)
 from mmm.data.formats import Sample, chunk_text, sample_key
 from mmm.data.labelled import select_classes
-from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
+from mmm.data.labels import LabelSpec
 
 _SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages"}
 _MIN_DOCSTRING_CHARS = 80
@@ -100,12 +105,10 @@ def docstrings_labelled() -> LabelledCorpus:
     """``package_docstrings`` as ``txt`` samples (whole docstrings) keyed by their place
     (``module.name.line``); val and test are 10% each by a hash of the key."""
     documents, labels, classes = package_docstrings()
-    samples = (
-        {
-            "__key__": sample_key(name),
-            "txt": text.encode("utf-8"),
-            LABEL_MEMBER: encode_label(int(label)),
-        }
-        for (name, text), label in zip(documents, labels, strict=True)
+    samples = labelled_samples(
+        keys=(sample_key(name) for name, _ in documents),
+        member="txt",
+        inputs=(text.encode("utf-8") for _, text in documents),
+        labels=(int(label) for label in labels),
     )
     return LabelledCorpus(spec=LabelSpec("classification", classes, "txt"), samples=samples)
