@@ -706,10 +706,13 @@ class ShardDataModule(L.LightningDataModule):
             ``labelled_dir``'s: the label budget ``label_fraction`` picks). A ``pipe:`` URL,
             also one listed in a ``.txt`` file, runs its command in a shell: use trusted lists
             only.
-        val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``.
+        val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``. A
+            ``pipe:`` URL, also one listed in a ``.txt`` file, runs its command in a shell.
         test_shards: test shards; defaults to the ``test-*.tar`` of labelled corpora (and of
-            ``labelled_dir``), else to ``val_shards``.
-        predict_shards: shards for ``mmm predict``; defaults to ``val_shards``.
+            ``labelled_dir``), else to ``val_shards``. A ``pipe:`` URL runs its command in a
+            shell.
+        predict_shards: shards for ``mmm predict``; defaults to ``val_shards``. A ``pipe:``
+            URL runs its command in a shell.
         embedded: name of a corpus that ships with an installed package (``python-docs``),
             or a list of names: each is written to shards under ``data_dir`` on first use.
             Several corpora are several training sources, mixed by ``train_weights`` (e.g.

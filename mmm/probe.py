@@ -140,26 +140,72 @@ def image_batch(tokenizer: ImageTokenizer, images: list[Tensor]) -> dict[str, Te
     return tokenizer.collate(list(x.clamp(0.0, 1.0)))
 
 
+#: Each labelled set and the modality it probes, for errors that suggest another set.
+SETS_BY_MODALITY = (
+    "digits (image), amp (protein), freesolv (SMILES), prompts (audio), docstrings (text)"
+)
+
+
 def probe_modality(
     module: MaskedModelingModule, labelled: LabelledSet, modality: str | None = None
 ) -> str:
-    """``modality`` checked against ``module``'s, or, when ``None``, its only modality whose
-    tokenizer reads the labelled set's items (the image modality of an image + text model
-    for ``digits``).
+    """``modality`` checked against ``module``'s and the labelled set's items, or, when
+    ``None``, its only modality whose tokenizer reads the set's items (the image modality of
+    an image + text model for ``digits``).
 
     Raises:
-        ValueError: naming the model's modalities when none or several match.
+        ValueError: naming the set's kind of items and the modalities that read them, when
+            ``modality`` cannot read them, or when none or several of the model's can.
     """
-    if modality is not None:
-        return module.modality_named(modality)
     matching = [name for name, t in module.tokenizers.items() if isinstance(t, labelled.reads)]
-    if len(matching) != 1:
-        kinds = {name: type(t).__name__ for name, t in module.tokenizers.items()}
+    kinds = {name: type(t).__name__ for name, t in module.tokenizers.items()}
+    items = f"the labelled set {labelled.name!r} holds {labelled.reads.__name__} items"
+    if modality is not None:
+        name = module.modality_named(modality)
+        if name in matching:
+            return name
+        can = f"the modalities that can: {matching}" if matching else "none of its modalities can"
         raise ValueError(
-            f"the labelled set {labelled.name!r} holds {labelled.reads.__name__} items; this "
-            f"model's modalities are {kinds}: name the one to probe (--modality)"
+            f"{items}; this model's {name!r} modality ({kinds[name]}) cannot read them ({can}). "
+            f"Probe a set of its modality instead: {SETS_BY_MODALITY}"
+        )
+    if not matching:
+        raise ValueError(
+            f"{items}, and none of this model's modalities {kinds} reads them; probe a set of "
+            f"one of its modalities: {SETS_BY_MODALITY}"
+        )
+    if len(matching) > 1:
+        raise ValueError(
+            f"{items}, which this model's modalities {matching} all read: name the one to "
+            "probe with --modality"
         )
     return matching[0]
+
+
+#: ``mmm probe --limit``: fewer items leave too few for a 75/25 split.
+PROBE_MIN_ITEMS = 8
+#: A classification probe needs this many items of each class (a stratified split puts at
+#: least one in each part).
+PROBE_MIN_PER_CLASS = 2
+
+
+def check_split(labels: np.ndarray, task: Task) -> None:
+    """Refuse a classification sample too small for the probe's stratified held-out split
+    (scikit-learn would fail inside it), saying what ``--limit`` would do.
+
+    Raises:
+        ValueError: naming the items, the classes and the least populated one.
+    """
+    if task != "classification":
+        return
+    classes, counts = np.unique(labels, return_counts=True)
+    held_out = -(-len(labels) // 4)  # train_test_split rounds the 25% up
+    if counts.min() < PROBE_MIN_PER_CLASS or held_out < len(classes):
+        raise ValueError(
+            f"probe: {len(labels)} items of {len(classes)} classes (the rarest has "
+            f"{counts.min()}) are too few for a stratified 75/25 split; raise --limit "
+            f"(at least {PROBE_MIN_PER_CLASS * 2 * len(classes)} items) or leave it unset"
+        )
 
 
 def decoded_clips(tokenizer: AudioTokenizer, items: list[Any]) -> list[AudioItem]:
@@ -296,17 +342,21 @@ def probe_command(
             (audio) or ``docstrings`` (text).
         modality: the modality of a multimodal model to probe (default: the one whose
             tokenizer reads the set's items).
-        limit: use ``limit`` items drawn at random only (quick checks).
+        limit: use ``limit`` items drawn at random only (quick checks); at least
+            ``PROBE_MIN_ITEMS``, and enough for every class to reach both parts of the split.
         seed: split and random-encoder seed.
 
     Prints and returns the held-out accuracy (classification) or R² (regression) of each.
     """
     from mmm.inference import load_module
 
+    if limit is not None and limit < PROBE_MIN_ITEMS:
+        raise ValueError(f"probe: limit must be >= {PROBE_MIN_ITEMS} items, got {limit}")
     labelled = load_labelled(data)
     module = load_module(checkpoint)
     name = probe_modality(module, labelled, modality)
     items, labels = labelled.sample(limit, seed=seed)
+    check_split(labels, labelled.task)
     items = prepared_items(module, items, name)
     representations = {
         "pretrained encoder": pooled_features(module, items, name),

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mmm.data.formats import Sample, manifest_samples
+from mmm.data.formats import SKIPPED, Sample, manifest_samples
 from mmm.data.labels import (
     LABEL_MEMBER,
     LABELS_FILE,
@@ -39,7 +39,7 @@ from mmm.data.labels import (
     label_value,
     parse_label,
 )
-from mmm.data.shards import SHARD_INDEX_SUFFIX, write_shards
+from mmm.data.shards import SHARD_INDEX_SUFFIX, output_lock, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +232,14 @@ class LabelledSummary:
     counts: dict[str, int] = field(default_factory=dict)
     """Samples per split and budget (``train``, ``train-p10``, ``val``, ...)."""
     skipped: int = 0
-    """Samples left out for a bad label (``on_error="skip"``)."""
+    """Manifest lines left out for a bad label or line (``on_error="skip"``)."""
 
     def __str__(self) -> str:
         parts = ", ".join(f"{name} {count}" for name, count in self.counts.items())
         classes = f"{len(self.spec.classes)} classes" if self.spec.classes else "no classes"
         return (
             f"wrote labelled shards to {self.directory} ({self.spec.task}, {classes}): {parts}; "
-            f"skipped {self.skipped} with a bad label"
+            f"skipped {self.skipped} (a bad label or line)"
         )
 
 
@@ -311,6 +311,7 @@ def labelled_manifest_shards(
     overwrite: bool = False,
     seed: int = 0,
     options: dict[str, Any] | None = None,
+    allow_outside: bool = False,
 ) -> LabelledSummary:
     """Labelled manifests (JSONL or CSV, see ``manifest_samples``) -> a labelled folder.
 
@@ -328,30 +329,65 @@ def labelled_manifest_shards(
         split_column: the field that names a line's split, where present.
         classes: the label set (``a,b,c`` or a list), in index order; default: the sorted
             names found in the training lines (classification kinds). Token labels need it.
-        on_error: ``raise`` stops at the first bad label with a ``LabelError`` naming the
-            manifest and line; ``skip`` leaves such lines out, logs them and counts them.
+        on_error: ``raise`` stops at the first bad label (or bad line, see
+            ``manifest_samples``) with an error naming the manifest and line; ``skip`` leaves
+            such lines out, logs them and counts them.
         max_count: most samples per shard.
         overwrite: replace a labelled folder already at ``directory``.
         seed: the label budgets' seed.
         options: more ``manifest_samples`` options (``key_field``, ``file_fields``, ...).
+        allow_outside: read files the manifests name outside their folders.
 
     Raises:
+        OutputBusyError: when another run writes ``directory``.
         FileExistsError: when ``directory`` holds labelled shards and not ``overwrite``.
         LabelError: for a bad label (``raise``) or a bad split name, naming manifest and line.
         ValueError: for bad ``splits``, a task with classes but none given or found, or
             when no line is left.
     """
     _, val_fraction, test_fraction = parse_fractions(splits)
-    out = Path(directory)
-    _clear_labelled_folder(out, overwrite)
-    rows = list(
-        manifest_samples(
+    with output_lock(directory):
+        return _write_labelled_manifests(
             paths,
-            **(options or {}),
-            label_field=label,
-            split_field=split_column,
+            Path(directory),
+            label=label,
+            task=task,
+            fractions=(val_fraction, test_fraction),
+            split_column=split_column,
+            classes=classes,
+            on_error=on_error,
+            max_count=max_count,
+            overwrite=overwrite,
+            seed=seed,
+            options={**(options or {}), "allow_outside": allow_outside, "on_error": on_error},
         )
-    )
+
+
+def _write_labelled_manifests(
+    paths: list[str],
+    out: Path,
+    *,
+    label: str,
+    task: str,
+    fractions: tuple[float, float],
+    split_column: str,
+    classes: str | Sequence[str] | None,
+    on_error: OnError,
+    max_count: int,
+    overwrite: bool,
+    seed: int,
+    options: dict[str, Any],
+) -> LabelledSummary:
+    """``labelled_manifest_shards`` once it holds the output's lock."""
+    _clear_labelled_folder(out, overwrite)
+    samples = manifest_samples(paths, **options, label_field=label, split_field=split_column)
+    rows, skipped = [], 0
+    for sample in samples:
+        if SKIPPED in sample:  # a line the manifest reader left out (on_error=skip)
+            skipped += 1
+        else:
+            rows.append(sample)
+    val_fraction, test_fraction = fractions
     for row in rows:
         row[SPLIT_NOTE] = split_of(row, val_fraction, test_fraction)
     spec = LabelSpec(
@@ -359,18 +395,8 @@ def labelled_manifest_shards(
         classes=_label_set(rows, task, classes),
         modality_member=_input_member(rows),
     )
-    kept, skipped = [], 0
-    for row in rows:
-        try:
-            value = label_value(row.pop(RAW_LABEL_NOTE), spec, _where(row))
-        except LabelError as error:
-            if on_error == "raise":
-                raise
-            skipped += 1
-            if skipped <= 10:
-                log.warning("skipping %s", error)
-            continue
-        kept.append({**row, LABEL_MEMBER: encode_label(value)})
+    kept, bad = _with_labels(rows, spec, on_error)
+    skipped += bad
     if not kept:
         raise ValueError(f"no labelled line left of {len(rows)} in {paths} ({skipped} skipped)")
     summary = write_labelled_shards(
@@ -384,6 +410,30 @@ def labelled_manifest_shards(
     )
     summary.skipped = skipped
     return summary
+
+
+def _with_labels(
+    rows: list[Sample], spec: LabelSpec, on_error: OnError
+) -> tuple[list[Sample], int]:
+    """The rows with their label as ``label.json``, and how many were left out for a bad
+    label (``skip``; the first 10 logged).
+
+    Raises:
+        LabelError: naming the manifest and line of the first bad label (``raise``).
+    """
+    kept, skipped = [], 0
+    for row in rows:
+        try:
+            value = label_value(row.pop(RAW_LABEL_NOTE), spec, _where(row))
+        except LabelError as error:
+            if on_error == "raise":
+                raise
+            skipped += 1
+            if skipped <= 10:
+                log.warning("skipping %s", error)
+            continue
+        kept.append({**row, LABEL_MEMBER: encode_label(value)})
+    return kept, skipped
 
 
 def _label_set(rows: list[Sample], task: str, given: str | Sequence[str] | None) -> tuple[str, ...]:

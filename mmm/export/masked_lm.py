@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from mmm.export.parts import layer_norm_eps, only_modality, only_tokenizer, require_same, trunk
+from mmm.export.parts import (
+    MappingError,
+    layer_norm_eps,
+    only_modality,
+    only_tokenizer,
+    require_same,
+    trunk,
+)
 from mmm.models.modality import TokenModality
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers import smiles
@@ -85,7 +92,7 @@ def family(module: MaskedModelingModule) -> Family:
 def _token_modality(module: MaskedModelingModule) -> TokenModality:
     modality = only_modality(module)
     if not isinstance(modality, TokenModality):
-        raise TypeError("masked-LM export serves discrete modalities (text/protein/SMILES)")
+        raise MappingError("masked-LM export serves discrete modalities (text/protein/SMILES)")
     return modality
 
 
@@ -161,7 +168,7 @@ def _views(module: MaskedModelingModule) -> dict[str, Tensor]:
     modality, encoder, kind = _token_modality(module), trunk(module), family(module)
     embedder, head, names = modality.embedder, modality.head, HEAD_NAMES[kind]
     if head.decoder.weight is not embedder.tokens.weight:
-        raise ValueError("export: stock masked LMs tie their decoder; this module's head is untied")
+        raise MappingError("stock masked LMs tie their decoder; this module's head is untied")
     views = {
         f"{kind}.embeddings.word_embeddings.weight": embedder.tokens.weight,
         names.embedding_norm + "weight": embedder.norm.weight,
@@ -239,8 +246,7 @@ def to_masked_lm(module: MaskedModelingModule) -> PreTrainedModel:
     missing = [k for k in result.missing_keys if not k.startswith("esm.contact_head.")]
     if missing or result.unexpected_keys:
         raise RuntimeError(
-            f"export: masked-LM mapping incomplete: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
+            f"masked-LM mapping incomplete: missing {missing}, unexpected {result.unexpected_keys}"
         )
     return model.eval()
 
@@ -256,11 +262,11 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
     source = AutoModelForMaskedLM.from_pretrained(str(directory))
     kind = source.config.model_type
     if kind not in CHECKED_SETTINGS:
-        raise ValueError(f"init_from: {directory} is a {kind!r} model; mmm maps esm and bert")
+        raise MappingError(f"it is a {kind!r} model; mmm maps esm and bert")
     if kind != family(module):
         norm_first = kind == "esm"
-        raise ValueError(
-            f"init_from: {directory} is {kind} ({'pre' if norm_first else 'post'}-LN); set "
+        raise MappingError(
+            f"it is {kind} ({'pre' if norm_first else 'post'}-LN); set "
             f"--model.encoder.norm_first={str(norm_first).lower()}"
         )
     wanted = masked_lm_config(module)
@@ -270,8 +276,8 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
         {name: getattr(wanted, name) for name in CHECKED_SETTINGS[kind]},
     )
     if source.config.max_position_embeddings < wanted.max_position_embeddings:
-        raise ValueError(
-            f"init_from: {directory} has {source.config.max_position_embeddings} positions, "
+        raise MappingError(
+            f"it has {source.config.max_position_embeddings} positions, "
             f"max_length={_token_modality(module).spec.max_length} needs "
             f"{wanted.max_position_embeddings}"
         )
@@ -312,7 +318,7 @@ def hf_tokenizer(tokenizer: Tokenizer, output: Path) -> PreTrainedTokenizerBase:
             model_max_length=tokenizer.max_length,
         )
     else:
-        raise TypeError(f"export: no Hugging Face tokenizer for {type(tokenizer).__name__}")
+        raise MappingError(f"no Hugging Face tokenizer for {type(tokenizer).__name__}")
     hf.save_pretrained(str(output))
     return hf
 
