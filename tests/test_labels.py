@@ -55,6 +55,7 @@ def test_label_spec_round_trips_and_names_bad_files(tmp_path):
     spec = LabelSpec("regression", (), "smi", num_targets=2)
     spec.save(tmp_path)
     assert LabelSpec.load(tmp_path) == spec and spec.num_labels == 2
+    assert LabelSpec.load(tmp_path / LABELS_FILE) == spec
     assert LabelSpec.load(DIGITS.save(tmp_path).parent).num_labels == 10
     with pytest.raises(FileNotFoundError, match="holds no labelled shards"):
         LabelSpec.load(tmp_path / "elsewhere")

@@ -93,13 +93,14 @@ class LabelSpec:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> LabelSpec:
-        """Read ``directory/labels.json``.
+        """Read ``directory/labels.json`` (or the ``labels.json`` file itself).
 
         Raises:
             FileNotFoundError: when the folder holds no ``labels.json`` (not labelled shards).
             LabelError: naming the file when it is not JSON or its fields are wrong.
         """
-        path = Path(directory) / LABELS_FILE
+        path = Path(directory)
+        path = path if path.name == LABELS_FILE else path / LABELS_FILE
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: {directory} holds no labelled shards (write them with "
