@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from mmm.data.formats import Sample, audio_samples
+from mmm.data.labelled import LabelledSummary, labelled_manifest_shards
 from mmm.data.patterns import expand_inputs
 from mmm.data.reading import read_source
 from mmm.data.shards import ShardSummary, build_shards
@@ -42,12 +43,22 @@ def shards_command(
     overwrite: bool = False,
     progress: bool = True,
     allow_outside: bool = False,
-) -> ShardSummary:
+    label: str | None = None,
+    task: str = "classification",
+    splits: str = "0.8,0.1,0.1",
+    split_column: str = "split",
+    classes: str | None = None,
+) -> ShardSummary | LabelledSummary:
     """Turn input files of one modality into WebDataset shards ``output-000000.tar``, ...
 
     Prints a summary (shards, samples, bytes, skipped files or lines, the first reason). Text:
     ``.txt`` files (a document each) and ``.jsonl`` files (a document per line); see each
     modality for its files. One run at a time writes an output (``output.lock``).
+
+    Labelled manifests (``--modality manifest --label COLUMN``) become a labelled folder
+    ``output/`` instead: ``labels.json``, ``train-*``/``val-*``/``test-*`` shards and label
+    budgets ``train-p10-*``/``train-p30-*``, each sample with a ``label.json`` member (see
+    ``docs/labelled-data.md``).
 
     Args:
         inputs: files, folders (read recursively) or glob/brace patterns. Files found in a
@@ -70,9 +81,41 @@ def shards_command(
             leave the manifest's folder (``../``, links). Off by default: such a file is
             refused, naming the link or the manifest line. Set it for data you trust, such as
             NeMo manifests of absolute paths (or name their folder in ``options.roots``).
+        label: the manifest field holding each line's label: writes a labelled folder. A bad
+            label (missing, empty, a class not in ``classes``, a non-numeric or NaN
+            regression target) stops with an error naming manifest and line when
+            ``on_error=raise``, and is logged, counted and left out with ``skip``.
+        task: what the labels are: ``classification``, ``multilabel`` (``a;b`` in a CSV),
+            ``regression`` or ``token_classification`` (a JSON list of ints per line).
+        splits: train,val,test fractions for lines the manifest does not assign a split.
+        split_column: the manifest field naming a line's split (train/val/test) where set;
+            it wins over ``splits``.
+        classes: the label set in index order, ``a,b,c``; default: the sorted class names
+            of the training lines.
     """
     if workers < 1 or max_count < 1 or max_size_mb <= 0:
         raise ValueError("shards: workers and max_count must be >= 1, max_size_mb > 0")
+    if label is not None:
+        if modality != "manifest":
+            raise ValueError(
+                f"shards: --label reads manifests (--modality manifest), not {modality}"
+            )
+        labelled = labelled_manifest_shards(
+            expand_inputs(inputs, allow_outside=allow_outside),
+            output,
+            label=label,
+            task=task,
+            splits=splits,
+            split_column=split_column,
+            classes=classes,
+            on_error=on_error,
+            max_count=max_count,
+            overwrite=overwrite,
+            options=options,
+            allow_outside=allow_outside,
+        )
+        print(labelled)
+        return labelled
     summary = build_shards(
         expand_inputs(inputs, allow_outside=allow_outside),
         output,

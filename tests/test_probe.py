@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from mmm.callbacks import OnlineLinearProbe
 from mmm.cli import run
 from mmm.data.corpora.audio import ASTERISK_EN
+from mmm.data.labelled import select_classes
 from mmm.data.shards import write_shards
 from mmm.models.encoder import TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
@@ -29,7 +30,6 @@ from mmm.probe import (
     prepared_items,
     probe_modality,
     randomly_initialized,
-    select_classes,
 )
 from mmm.tokenizers.audio import AudioItem, AudioTokenizer, LogMelSettings
 from mmm.tokenizers.image import ImageTokenizer

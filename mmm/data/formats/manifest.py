@@ -109,6 +109,8 @@ def manifest_samples(
     roots: list[str] | None = None,
     allow_outside: bool = False,
     on_error: Literal["skip", "raise"] = "raise",
+    label_field: str | None = None,
+    split_field: str | None = None,
 ) -> Iterator[Sample]:
     """Paired samples from manifests: JSONL (one JSON object per line, as NeMo and ESPnet write
     them) or CSV with a header (Hugging Face ``metadata.csv``; ``;``, tab or ``|`` separators
@@ -134,6 +136,9 @@ def manifest_samples(
             manifests you trust.
         on_error: ``raise`` at the first bad line; ``skip`` logs it, yields a skip note
             (counted by ``mmm shards``) and reads on.
+        label_field: the field holding a labelled manifest's label: kept as the sample's
+            ``__label__`` note (``None`` when absent) for ``mmm.data.labelled`` to check.
+        split_field: the field naming a line's split, kept as its ``__split__`` note.
 
     Raises:
         ManifestLineError: naming the manifest and line of a record that is not a JSON object,
@@ -153,12 +158,22 @@ def manifest_samples(
             try:
                 if isinstance(record, ManifestLineError):
                     raise record
-                yield _line_sample(record, manifest, line, key_field, fields, files)
+                notes = _label_notes(record, label_field, split_field)
+                yield {**_line_sample(record, manifest, line, key_field, fields, files), **notes}
             except ManifestLineError as error:
                 if on_error == "raise":
                     raise
                 log.warning("skipped %s", error)
                 yield {SKIPPED: str(error)}
+
+
+def _label_notes(record: Record, label_field: str | None, split_field: str | None) -> Sample:
+    """A labelled manifest's label and split fields, taken out of ``record`` as the notes
+    ``__label__`` and ``__split__`` (none for an unlabelled manifest)."""
+    if label_field is None:
+        return {}
+    split = record.pop(split_field, None) if split_field else None
+    return {"__label__": record.pop(label_field, None), "__split__": split}
 
 
 def _line_sample(
