@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import StopOnSigterm, TrainingProgressBar
 from mmm.export import export_command
+from mmm.finetune.module import FineTuningModule
 from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.probe import probe_command
@@ -97,11 +98,26 @@ DESCRIPTION = (
 )
 
 
+FINETUNE_DESCRIPTION = (
+    "mmm finetune: fine-tune an mmm encoder on labelled shards. "
+    "`mmm finetune fit --config configs/finetune/X.yaml [--model.checkpoint PRETRAINED.ckpt]`; "
+    "then `mmm predict --checkpoint BEST.ckpt --inputs FILES --output preds.csv`."
+)
+
+
 def run(args: list[str] | None = None) -> MMMCLI | object:
     """Run ``mmm`` with ``args`` (default: the command line); returns the CLI or tool result."""
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in TOOLS:
         return auto_cli(TOOLS[argv[0]], args=argv[1:])
+    if argv and argv[0] == "finetune":
+        return MMMCLI(
+            FineTuningModule,
+            ShardDataModule,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": FINETUNE_DESCRIPTION},
+            args=argv[1:],
+        )
     return MMMCLI(
         MaskedModelingModule,
         ShardDataModule,

@@ -1,0 +1,200 @@
+"""Labelled samples -> batches: the backbone's modality batch plus ``labels``.
+
+``LabelledBatcher`` wraps a ``MultimodalBatcher`` (the backbone's data side) and reads the
+``label.json`` member of each sample beside it (``mmm.data.labels``). It runs in the loader
+workers, so bad labels are found there and raised as ``SampleError`` naming the shard and
+sample key (the datamodule skips and counts them, or stops, per ``data.on_error``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from mmm.data.labels import LABEL_MEMBER
+from mmm.tokenizers.base import SampleError
+from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
+
+Task = Literal["classification", "multilabel", "regression", "token_classification"]
+#: The label of a unit that has none (PyTorch's ``ignore_index``).
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    """One decoded sample: its modalities' items and its parsed label."""
+
+    inputs: dict[str, Any]
+    label: int | float | list[int] | list[float]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_label(value: object, task: Task, num_labels: int | None) -> str | None:
+    """What is wrong with a parsed ``label.json`` value for ``task``, or ``None`` when it is
+    usable. Class indices are checked against ``num_labels`` when it is known."""
+    classes = f"the label set (0..{num_labels - 1})" if num_labels else "the label set"
+
+    def out_of_range(index: int) -> bool:
+        return index < 0 or (num_labels is not None and index >= num_labels)
+
+    if task == "classification":
+        if not _is_int(value):
+            return f"a classification label must be an int class index, got {value!r}"
+        return f"class {value} is not in {classes}" if out_of_range(value) else None
+    if task == "multilabel" or task == "token_classification":
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
+            return f"a {task} label must be a list of ints, got {value!r}"
+        wrong = [v for v in value if out_of_range(v) and not (task != "multilabel" and v == IGNORE)]
+        return f"classes {sorted(set(wrong))} are not in {classes}" if wrong else None
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(_is_number(v) for v in values):
+        return f"a regression label must be a number or a list of numbers, got {value!r}"
+    if not all(math.isfinite(v) for v in values):
+        return f"the regression target {value!r} is not finite (NaN or inf)"
+    if num_labels is not None and len(values) != num_labels:
+        return f"{len(values)} regression targets, the model predicts {num_labels}"
+    return None
+
+
+def parse_label(sample: dict[str, Any], task: Task, num_labels: int | None) -> Any:
+    """The parsed ``label.json`` member of a raw sample.
+
+    Raises:
+        SampleError: naming the shard and key, when the member is missing, not JSON, or not a
+            usable label for ``task`` (see ``check_label``).
+    """
+    key, url = sample.get("__key__"), sample.get("__url__")
+    raw = sample.get(LABEL_MEMBER)
+    if raw is None:
+        members = sorted(k for k in sample if not k.startswith("__"))
+        raise SampleError(f"no {LABEL_MEMBER!r} member (members: {members})", key, url)
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SampleError(f"{LABEL_MEMBER!r} is not valid JSON ({error})", key, url) from error
+    problem = check_label(value, task, num_labels)
+    if problem is not None:
+        raise SampleError(f"{LABEL_MEMBER!r}: {problem}", key, url)
+    return value
+
+
+class LabelledBatcher:
+    """The backbone's batcher plus labels: the data side of a ``FineTuningModule``.
+
+    Args:
+        batcher: the backbone's ``MultimodalBatcher``.
+        task: how labels read and batch (see ``mmm.data.labels``).
+        num_labels: classes (or regression targets); class indices beyond are refused. May be
+            set later (``FineTuningModule.setup`` reads it from ``labels.json``).
+        modality: the modality whose positions token-level labels lie on.
+    """
+
+    def __init__(
+        self,
+        batcher: MultimodalBatcher,
+        task: Task,
+        num_labels: int | None = None,
+        modality: str | None = None,
+    ) -> None:
+        self.batcher = batcher
+        self.task = task
+        self.num_labels = num_labels
+        self.modality = modality
+        if task == "token_classification" and modality not in batcher.tokenizers:
+            raise ValueError(
+                f"LabelledBatcher: token-level labels need the modality they lie on, one of "
+                f"{list(batcher.tokenizers)}; got {modality!r}"
+            )
+
+    @property
+    def tokenizers(self) -> dict:
+        return self.batcher.tokenizers
+
+    @property
+    def sample_keys(self) -> tuple[str, ...]:
+        """The backbone's members and ``label.json``."""
+        return (*self.batcher.sample_keys, LABEL_MEMBER)
+
+    def decode_sample(self, sample: dict[str, Any]) -> LabelledItem:
+        """The backbone's items of ``sample`` and its checked label.
+
+        Raises:
+            SampleError: naming the sample, for unusable inputs or labels, and for token-level
+                labels whose count differs from the units the model sees of the item.
+        """
+        inputs = self.batcher.decode_sample(sample)
+        label = parse_label(sample, self.task, self.num_labels)
+        if self.task == "token_classification":
+            self._check_units(sample, inputs, label)
+        return LabelledItem(inputs, label)
+
+    def _check_units(self, sample: dict[str, Any], inputs: dict[str, Any], label: list) -> None:
+        name = self.modality
+        if name not in inputs:
+            raise SampleError(
+                f"has token-level labels but no {name} modality", sample.get("__key__")
+            )
+        tokenizer = self.batcher.tokenizers[name]
+        units = int(tokenizer.unit_positions(tokenizer.collate([inputs[name]])).sum())
+        if units != len(label):
+            raise SampleError(
+                f"{LABEL_MEMBER!r} holds {len(label)} token-level labels, but the model sees "
+                f"{units} units of its {name} item (a longer item is cropped or truncated to "
+                "the tokenizer's max_length: raise it, or label the kept window)",
+                sample.get("__key__"),
+                sample.get("__url__"),
+            )
+
+    def collate(self, items: list[LabelledItem]) -> ModalityBatch:
+        """The backbone's batch (one sample per row) plus ``labels``: (B,) long classes,
+        (B, C) float multi-hot, (B,) or (B, T) float targets, or (B_m, L_m) long classes at
+        the modality's unit positions (``-100`` elsewhere)."""
+        batch = self.batcher.collate([item.inputs for item in items])
+        batch["labels"] = self.label_tensor(items, batch)
+        return batch
+
+    collate_stream = collate  # one sample per row: texts are never packed for labels
+
+    def label_tensor(self, items: list[LabelledItem], batch: ModalityBatch) -> Tensor:
+        """The labels of ``items`` as one tensor (see ``collate``)."""
+        labels = [item.label for item in items]
+        if self.task == "classification":
+            return torch.tensor(labels, dtype=torch.long)  # (B,)
+        if self.task == "multilabel":
+            hot = torch.zeros(len(items), self.num_labels or 0)  # (B, C)
+            for row, classes in enumerate(labels):
+                hot[row, classes] = 1.0
+            return hot
+        if self.task == "regression":
+            return torch.tensor(labels, dtype=torch.float)  # (B,) or (B, T)
+        return self._token_labels(items, batch[self.modality])
+
+    def _token_labels(self, items: list[LabelledItem], sub: dict[str, Tensor]) -> Tensor:
+        units = self.batcher.tokenizers[self.modality].unit_positions(sub)  # (B_m, L_m)
+        rows = sub.get("rows")
+        carriers = rows.tolist() if rows is not None else range(len(items))
+        out = torch.full(units.shape, IGNORE, dtype=torch.long)  # (B_m, L_m)
+        values = [torch.tensor(items[row].label, dtype=torch.long) for row in carriers]
+        out[units] = torch.cat(values)  # row-major: each row's units take its labels in order
+        return out
+
+    def for_evaluation(self) -> LabelledBatcher:
+        """The backbone's evaluation batcher (no augmentation), same labels."""
+        return LabelledBatcher(
+            self.batcher.for_evaluation(), self.task, self.num_labels, self.modality
+        )
+
+    def __repr__(self) -> str:
+        return f"LabelledBatcher({self.batcher!r}, task={self.task!r})"
