@@ -90,8 +90,10 @@ def parse_label(sample: dict[str, Any], task: Task, num_labels: int | None) -> A
     return value
 
 
-class LabelledBatcher:
-    """The backbone's batcher plus labels: the data side of a ``FineTuningModule``.
+class LabelledBatcher(MultimodalBatcher):
+    """The backbone's batcher plus labels: the data side of a ``FineTuningModule``. A
+    ``MultimodalBatcher`` itself (of the backbone's modalities), so that the datamodule
+    takes it wherever it takes the backbone's.
 
     Args:
         batcher: the backbone's ``MultimodalBatcher``.
@@ -108,24 +110,20 @@ class LabelledBatcher:
         num_labels: int | None = None,
         modality: str | None = None,
     ) -> None:
-        self.batcher = batcher
+        super().__init__(batcher.tokenizers, batcher.optional, batcher.members)
         self.task = task
         self.num_labels = num_labels
         self.modality = modality
-        if task == "token_classification" and modality not in batcher.tokenizers:
+        if task == "token_classification" and modality not in self.tokenizers:
             raise ValueError(
                 f"LabelledBatcher: token-level labels need the modality they lie on, one of "
-                f"{list(batcher.tokenizers)}; got {modality!r}"
+                f"{list(self.tokenizers)}; got {modality!r}"
             )
-
-    @property
-    def tokenizers(self) -> dict:
-        return self.batcher.tokenizers
 
     @property
     def sample_keys(self) -> tuple[str, ...]:
         """The backbone's members and ``label.json``."""
-        return (*self.batcher.sample_keys, LABEL_MEMBER)
+        return (*super().sample_keys, LABEL_MEMBER)
 
     def decode_sample(self, sample: dict[str, Any]) -> LabelledItem:
         """The backbone's items of ``sample`` and its checked label.
@@ -134,7 +132,7 @@ class LabelledBatcher:
             SampleError: naming the sample, for unusable inputs or labels, and for token-level
                 labels whose count differs from the units the model sees of the item.
         """
-        inputs = self.batcher.decode_sample(sample)
+        inputs = super().decode_sample(sample)
         label = parse_label(sample, self.task, self.num_labels)
         if self.task == "token_classification":
             self._check_units(sample, inputs, label)
@@ -146,7 +144,7 @@ class LabelledBatcher:
             raise SampleError(
                 f"has token-level labels but no {name} modality", sample.get("__key__")
             )
-        tokenizer = self.batcher.tokenizers[name]
+        tokenizer = self.tokenizers[name]
         units = int(tokenizer.unit_positions(tokenizer.collate([inputs[name]])).sum())
         if units != len(label):
             raise SampleError(
@@ -161,7 +159,7 @@ class LabelledBatcher:
         """The backbone's batch (one sample per row) plus ``labels``: (B,) long classes,
         (B, C) float multi-hot, (B,) or (B, T) float targets, or (B_m, L_m) long classes at
         the modality's unit positions (``-100`` elsewhere)."""
-        batch = self.batcher.collate([item.inputs for item in items])
+        batch = super().collate([item.inputs for item in items])
         batch["labels"] = self.label_tensor(items, batch)
         return batch
 
@@ -182,7 +180,7 @@ class LabelledBatcher:
         return self._token_labels(items, batch[self.modality])
 
     def _token_labels(self, items: list[LabelledItem], sub: dict[str, Tensor]) -> Tensor:
-        units = self.batcher.tokenizers[self.modality].unit_positions(sub)  # (B_m, L_m)
+        units = self.tokenizers[self.modality].unit_positions(sub)  # (B_m, L_m)
         rows = sub.get("rows")
         carriers = rows.tolist() if rows is not None else range(len(items))
         out = torch.full(units.shape, IGNORE, dtype=torch.long)  # (B_m, L_m)
@@ -192,9 +190,7 @@ class LabelledBatcher:
 
     def for_evaluation(self) -> LabelledBatcher:
         """The backbone's evaluation batcher (no augmentation), same labels."""
-        return LabelledBatcher(
-            self.batcher.for_evaluation(), self.task, self.num_labels, self.modality
-        )
+        return LabelledBatcher(super().for_evaluation(), self.task, self.num_labels, self.modality)
 
     def __repr__(self) -> str:
-        return f"LabelledBatcher({self.batcher!r}, task={self.task!r})"
+        return f"LabelledBatcher({super().__repr__()}, task={self.task!r})"

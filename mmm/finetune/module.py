@@ -37,10 +37,16 @@ from torch import Tensor, nn
 
 from mmm.data.labels import TASKS, LabelSpec
 from mmm.finetune.batching import IGNORE, LabelledBatcher, Task
-from mmm.finetune.heads import ClassifierHead, HeadKind, Pooler, Pooling, PositionClassifier
-from mmm.finetune.heads import pack_states
+from mmm.finetune.heads import (
+    ClassifierHead,
+    HeadKind,
+    Pooler,
+    Pooling,
+    PositionClassifier,
+    pack_states,
+)
 from mmm.finetune.layer_decay import layer_index, parameter_groups, trunk_depth
-from mmm.finetune.lora import add_lora, adapter_state, is_adapter
+from mmm.finetune.lora import adapter_state, add_lora, is_adapter
 from mmm.finetune.metrics import computed, is_updated, metric_inputs, task_metrics
 from mmm.module import (
     MaskedModelingModule,
@@ -49,7 +55,7 @@ from mmm.module import (
     log_skipped,
     warmup_schedule,
 )
-from mmm.tokenizers.multimodal import ModalityBatch
+from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
 
 Mode = Literal["full", "lora", "probe"]
 MODES = ("full", "lora", "probe")
@@ -133,7 +139,8 @@ class FineTuningModule(L.LightningModule):
             self.hparams["backbone_config"] = _checkpoint_config(checkpoint, backbone_config)
         token_level = task == "token_classification"
         self.modality = self.backbone.modality_named(modality) if modality or token_level else None
-        self.batcher = LabelledBatcher(self.backbone.batcher, task, num_labels, self.modality)
+        inputs = _input_batcher(self.backbone.batcher, self.modality)
+        self.batcher = LabelledBatcher(inputs, task, num_labels, self.modality)
         self.head_kind: HeadKind = head or ("linear" if mode == "probe" else "dense")
         self.pooler = None if token_level else Pooler(self.backbone.encoder.dim, pooling)
         self.head: nn.Module | None = None
@@ -495,6 +502,15 @@ def _build_backbone(
     module.on_load_checkpoint(saved)  # tokenizer fingerprints; old key names
     module.load_state_dict(saved["state_dict"])
     return module
+
+
+def _input_batcher(batcher: MultimodalBatcher, modality: str | None) -> MultimodalBatcher:
+    """The backbone's batcher, with every modality but ``modality`` optional when one is
+    named: an image + text backbone fine-tunes on images alone."""
+    if modality is None:
+        return batcher
+    optional = (batcher.optional | frozenset(batcher.tokenizers)) - {modality}
+    return MultimodalBatcher(batcher.tokenizers, optional, batcher.members)
 
 
 def _drop_pretraining_heads(backbone: MaskedModelingModule) -> MaskedModelingModule:
