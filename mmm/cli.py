@@ -8,7 +8,11 @@ tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed
 embeddings from a checkpoint), ``mmm generate`` (sample or infill sequences), ``mmm score``
 (pseudo-log-likelihoods, mutation effects), ``mmm audio-stats`` (dataset mean/std of log-mel
 features), ``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load)
-and ``mmm probe`` (linear probe of frozen embeddings on a labelled set).
+``mmm probe`` (linear probe of frozen embeddings on a labelled set) and ``mmm predict``
+(a CSV of a fine-tuned checkpoint's predictions for new inputs).
+
+``mmm finetune fit --config configs/finetune/X.yaml`` fine-tunes (``FineTuningModule``; also
+``validate``, ``test`` and ``predict``), with the same linking and checkpoint handling.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import StopOnSigterm, TrainingProgressBar
 from mmm.export import export_command
 from mmm.finetune.module import FineTuningModule
+from mmm.finetune.predict import predict_command
 from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.probe import probe_command
@@ -87,12 +92,14 @@ TOOLS: dict[str, Callable[..., object]] = {
     "audio-stats": audio_stats_command,
     "export": export_command,
     "probe": probe_command,
+    "predict": predict_command,
 }
 
 
 DESCRIPTION = (
     "mmm: masked modeling for text, images, audio, proteins and SMILES. "
-    "Train with `mmm fit --config configs/X.yaml`; tools: "
+    "Train with `mmm fit --config configs/X.yaml`, fine-tune with "
+    "`mmm finetune fit --config configs/finetune/X.yaml`; tools: "
     + ", ".join(f"`mmm {name} --help`" for name in TOOLS)
     + "."
 )

@@ -27,7 +27,7 @@ from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.multimodal import MultimodalBatcher
 from mmm.tokenizers.protein import ProteinTokenizer
-from tests.helpers import fit_protein_checkpoint
+from tests.helpers import fit_protein_checkpoint, single_thread
 from tests.test_embeddings import PROTEINS
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "finetune"
@@ -321,29 +321,87 @@ def test_labels_json_of_another_task_is_refused(digits_dir):
         module.use_label_spec(spec)
 
 
-def test_finetune_fit_through_the_cli(digits_dir, tmp_path, monkeypatch, one_thread):
-    """``mmm finetune fit`` on the digits config, shrunk, keeps the best checkpoint."""
-    monkeypatch.chdir(tmp_path)
-    cli = run(
-        [
-            "finetune",
-            "fit",
-            f"--config={CONFIGS / 'digits.yaml'}",
-            "--data.embedded=null",
-            f"--data.train_shards={digits_dir}/train-*.tar",
-            f"--data.val_shards={digits_dir}/val-*.tar",
-            "--data.num_workers=0",
-            "--data.batch_size=32",
-            "--model.backbone.encoder.init_args.dim=16",
-            "--trainer.max_steps=4",
-            "--trainer.val_check_interval=2",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
-    )
+@pytest.fixture(scope="module")
+def finetuned(digits_dir, tmp_path_factory):
+    """``mmm finetune fit`` of the digits config, shrunk: the CLI and the best checkpoint."""
+    root = tmp_path_factory.mktemp("finetuned")
+    with single_thread():
+        cli = run(
+            [
+                "finetune",
+                "fit",
+                f"--config={CONFIGS / 'digits.yaml'}",
+                "--data.embedded=null",
+                f"--data.train_shards={digits_dir}/train-*.tar",
+                f"--data.val_shards={digits_dir}/val-*.tar",
+                "--data.num_workers=0",
+                "--data.batch_size=32",
+                "--model.backbone.encoder.init_args.dim=16",
+                "--trainer.max_steps=4",
+                "--trainer.val_check_interval=2",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={root}",
+            ]
+        )
+    [best] = root.rglob("best-*.ckpt")
+    return cli, best
+
+
+def test_finetune_fit_through_the_cli_keeps_the_best_checkpoint(finetuned):
+    cli, best = finetuned
     assert cli.datamodule.tokenizer is cli.model.batcher
     assert cli.trainer.global_step == 4
     assert "val/accuracy" in cli.trainer.callback_metrics
-    [best] = tmp_path.rglob("best-*.ckpt")
+    assert cli.trainer.checkpoint_callback.best_model_path == str(best)
     restored = FineTuningModule.load_from_checkpoint(best, weights_only=True)
     assert restored.hparams.classes == [str(d) for d in range(10)]
+
+
+def test_predict_writes_a_csv_of_classes_and_probabilities(finetuned, tmp_path, one_thread):
+    """``mmm predict`` on PNG files: one row per file, the arg-max class name, probabilities
+    that sum to one and equal the module's own on the same batch."""
+    import csv
+
+    from sklearn.datasets import load_digits
+
+    checkpoint = finetuned[1]
+    module = FineTuningModule.load_from_checkpoint(checkpoint, weights_only=True)
+    images = load_digits().images[:3]
+    files = []
+    for index, image in enumerate(images):
+        files.append(tmp_path / f"digit{index}.png")
+        files[-1].write_bytes(_png(image))
+    output = tmp_path / "predictions.csv"
+    run(
+        [
+            "predict",
+            f"--checkpoint={checkpoint}",
+            f"--inputs={tmp_path}/digit*.png",
+            f"--output={output}",
+        ]
+    )
+    rows = list(csv.DictReader(output.open()))
+    assert [row["input"] for row in rows] == [str(f) for f in files]
+    probabilities = torch.tensor([[float(row[f"p_{d}"]) for d in range(10)] for row in rows])
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3), atol=1e-4, rtol=0)
+    assert [row["prediction"] for row in rows] == [str(int(p.argmax())) for p in probabilities]
+    module.eval()
+    batcher = module.batcher.for_evaluation()
+    samples = [{"__key__": f.name, "png": f.read_bytes(), LABEL_MEMBER: b"0"} for f in files]
+    batch = batcher.collate([batcher.decode_sample(s) for s in samples])
+    with torch.no_grad():
+        expected = module(batch).softmax(dim=-1)
+    torch.testing.assert_close(probabilities, expected, atol=1e-5, rtol=0)
+
+
+def test_predict_names_inputs_it_cannot_read(finetuned, tmp_path):
+    checkpoint = finetuned[1]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    output = str(tmp_path / "p.csv")
+    with pytest.raises(ValueError, match="notes.txt: the image modality reads files ending in"):
+        run(["predict", f"--checkpoint={checkpoint}", f"--inputs={notes}", f"--output={output}"])
+    with pytest.raises(ValueError, match="broken.png.*not a decodable image"):
+        run(["predict", f"--checkpoint={checkpoint}", f"--inputs={broken}", f"--output={output}"])
