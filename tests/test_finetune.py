@@ -405,3 +405,98 @@ def test_predict_names_inputs_it_cannot_read(finetuned, tmp_path):
         run(["predict", f"--checkpoint={checkpoint}", f"--inputs={notes}", f"--output={output}"])
     with pytest.raises(ValueError, match="broken.png.*not a decodable image"):
         run(["predict", f"--checkpoint={checkpoint}", f"--inputs={broken}", f"--output={output}"])
+
+
+# ----------------------------------------------------------------------------- export
+def _protein_classifier(norm_first: bool, task: str, mode: str = "full") -> FineTuningModule:
+    """A fine-tuned-shaped protein classifier with every weight random (see ``_randomized``)."""
+    from tests.test_export import _randomized
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, norm_first=norm_first)
+    backbone = MaskedModelingModule(tokenizer=ProteinTokenizer(max_length=40), encoder=encoder)
+    options = {"modality": "protein"} if task == "token_classification" else {"pooling": "cls"}
+    module = FineTuningModule(backbone=backbone, task=task, num_labels=3, mode=mode, **options)
+    return _randomized(module)
+
+
+@pytest.mark.parametrize("task", ["classification", "token_classification"])
+@pytest.mark.parametrize(("norm_first", "family"), [(True, "Esm"), (False, "Bert")])
+def test_exported_classifier_logits_equal_mmm_logits(task, norm_first, family):
+    from mmm.export import to_classifier
+    from tests.test_export import PROTEINS as SHORT_PROTEINS
+
+    module = _protein_classifier(norm_first, task)
+    model = to_classifier(module)
+    kind = "Token" if task == "token_classification" else "Sequence"
+    assert type(model).__name__ == f"{family}For{kind}Classification"
+    batch = {"protein": module.backbone.tokenizers["protein"].collate(SHORT_PROTEINS)}
+    real = batch["protein"]["attention_mask"]  # (B, L)
+    assert not real.all()  # padding is present, and handled
+    with torch.no_grad():
+        expected = module(batch)
+        logits = model(input_ids=batch["protein"]["input_ids"], attention_mask=real.long()).logits
+    if task == "token_classification":
+        torch.testing.assert_close(logits[real], expected[real])
+    else:
+        torch.testing.assert_close(logits, expected)
+
+
+def test_a_lora_classifier_exports_with_its_adapters_merged(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from mmm.export import export_classifier
+    from tests.test_export import PROTEINS as SHORT_PROTEINS
+
+    module = _protein_classifier(True, "classification", mode="lora")
+    module.hparams.classes = ["a", "b", "c"]
+    export_classifier(module, tmp_path / "hf")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    batch = {"protein": module.backbone.tokenizers["protein"].collate(SHORT_PROTEINS)}
+    sub = batch["protein"]
+    with torch.no_grad():
+        logits = model(input_ids=sub["input_ids"], attention_mask=sub["attention_mask"].long())
+        torch.testing.assert_close(logits.logits, module(batch))
+
+
+def test_export_refuses_a_pooling_stock_classifiers_lack():
+    from mmm.export import to_classifier
+
+    module = FineTuningModule(backbone=_protein_backbone(), num_labels=2, pooling="mean")
+    with pytest.raises(ValueError, match="--model.pooling cls"):
+        to_classifier(module)
+    image = FineTuningModule(backbone=_image_backbone(), num_labels=2, head="dense")
+    from mmm.export import export_timm_classifier
+
+    with pytest.raises(ValueError, match="--model.head linear"):
+        export_timm_classifier(image, "unused")
+
+
+def test_exported_timm_classifier_logits_equal_mmm_logits(tmp_path):
+    from mmm.export import export_timm_classifier, load_timm
+    from tests.test_export import _image_inputs, _randomized
+
+    tokenizer, batch, pixels = _image_inputs()
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, layer_norm_eps=1e-6)
+    backbone = MaskedModelingModule(tokenizer=tokenizer, encoder=encoder)
+    module = _randomized(FineTuningModule(backbone=backbone, num_labels=4, head="linear"))
+    export_timm_classifier(module, tmp_path / "vit")
+    model = load_timm(tmp_path / "vit")
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels), module({"image": batch}))
+
+
+def test_mmm_export_writes_a_finetuned_image_model_as_a_timm_classifier(finetuned, tmp_path):
+    from sklearn.datasets import load_digits
+
+    from mmm.export import load_timm
+
+    checkpoint = finetuned[1]
+    run(["export", f"--checkpoint={checkpoint}", f"--output={tmp_path / 'vit'}"])
+    model = load_timm(tmp_path / "vit")
+    module = FineTuningModule.load_from_checkpoint(checkpoint, weights_only=True).eval()
+    images = torch.from_numpy(load_digits().images[:4]).float().div(16).unsqueeze(1)  # (4,1,8,8)
+    batch = {"image": module.backbone.tokenizers["image"].collate(list(images))}
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), module(batch))

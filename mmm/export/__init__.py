@@ -14,16 +14,21 @@ import json
 from pathlib import Path
 
 from mmm.export.masked_lm import (
+    classifier_config,
+    classifier_state_dict,
+    export_classifier,
     export_masked_lm,
     hf_tokenizer,
     init_from_masked_lm,
     masked_lm_config,
     masked_lm_state_dict,
+    to_classifier,
     to_masked_lm,
 )
 from mmm.export.parts import only_modality
 from mmm.export.vit import (
     export_timm,
+    export_timm_classifier,
     init_from_vit,
     load_timm,
     spectrogram_image,
@@ -34,9 +39,13 @@ from mmm.models.modality import TokenModality
 from mmm.module import MaskedModelingModule
 
 __all__ = [
+    "classifier_config",
+    "classifier_state_dict",
+    "export_classifier",
     "export_command",
     "export_masked_lm",
     "export_timm",
+    "export_timm_classifier",
     "hf_tokenizer",
     "init_from",
     "init_from_masked_lm",
@@ -47,6 +56,7 @@ __all__ = [
     "spectrogram_image",
     "timm_kwargs",
     "timm_state_dict",
+    "to_classifier",
     "to_masked_lm",
 ]
 
@@ -76,6 +86,9 @@ def export_command(*, checkpoint: str, output: str) -> str:
     ``BertForMaskedLM`` for a post-LN trunk) plus tokenizer (``AutoModelForMaskedLM`` /
     ``AutoTokenizer`` / ``pipeline("fill-mask")``, no ``trust_remote_code``); image and audio
     MAE encoders become a timm ``VisionTransformer`` (``timm.create_model("local-dir:DIR")``).
+    A checkpoint of ``mmm finetune fit`` becomes the family's ``*ForSequenceClassification``
+    or ``*ForTokenClassification`` (``AutoModelFor...Classification``), or a timm ViT with
+    its classifier head.
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
@@ -83,6 +96,8 @@ def export_command(*, checkpoint: str, output: str) -> str:
     """
     from mmm.inference import load_module
 
+    if is_finetuned(checkpoint):
+        return _export_finetuned(checkpoint, output)
     module = load_module(checkpoint)
     if isinstance(only_modality(module), TokenModality):
         export_masked_lm(module, output)
@@ -90,5 +105,36 @@ def export_command(*, checkpoint: str, output: str) -> str:
     else:
         export_timm(module, output)
         kind = "timm VisionTransformer"
+    print(f"exported {checkpoint} as {kind} to {output}")
+    return output
+
+
+def is_finetuned(checkpoint: str) -> bool:
+    """Whether a checkpoint file was written by ``mmm finetune fit`` (its hyperparameters
+    name a task)."""
+    import torch
+
+    from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except UNREADABLE_CHECKPOINT as error:
+        raise unreadable_checkpoint(checkpoint, error) from error
+    return "task" in saved.get("hyper_parameters", {})
+
+
+def _export_finetuned(checkpoint: str, output: str) -> str:
+    """A fine-tuned checkpoint as the stock classifier of its family, or a timm classifier."""
+    from mmm.finetune.predict import load_finetuned
+
+    finetuned = load_finetuned(checkpoint)
+    if isinstance(only_modality(finetuned.backbone), TokenModality):
+        export_classifier(finetuned, output)
+        kind = f"transformers {classifier_config(finetuned).architectures[0]}"
+    else:
+        export_timm_classifier(finetuned, output)
+        kind = "timm VisionTransformer classifier"
     print(f"exported {checkpoint} as {kind} to {output}")
     return output
