@@ -521,3 +521,52 @@ def test_bench_lora_smoke(one_thread):
     assert lora["trainable_parameters"] < full["trainable_parameters"]
     assert lora["state_bytes"]["optimizer"] < full["state_bytes"]["optimizer"]
     assert full["step_seconds"] > 0 and lora["step_seconds"] > 0
+
+
+@pytest.fixture
+def paired_batch(tokenizer):
+    """An image + text backbone and a batch of 4 digits, two of them with a caption: the
+    text sub-batch covers rows 1 and 3 only."""
+    from sklearn.datasets import load_digits
+
+    from mmm.module import ModalityConfig
+
+    torch.manual_seed(0)
+    image = ImageTokenizer(image_size=8, patch_size=4, channels=1)
+    backbone = MaskedModelingModule(
+        modalities={
+            "image": ModalityConfig(image),
+            "text": ModalityConfig(tokenizer, optional=True),
+        },
+        encoder=TransformerEncoder(dim=16, depth=1, num_heads=2),
+    )
+    images = load_digits().images[:4]
+    samples = [{"__key__": f"s{i}", "png": _png(im)} for i, im in enumerate(images)]
+    samples[1]["txt"] = b"the quick brown fox"
+    samples[3]["txt"] = b"open the file and return a stream"
+    batcher = backbone.batcher.for_evaluation()
+    return backbone, batcher.collate([batcher.decode_sample(s) for s in samples])
+
+
+def test_mean_pooling_of_paired_samples_is_the_backbones_embedding(paired_batch):
+    """Samples of several modalities pool over all their real positions, as
+    ``MaskedModelingModule.embed`` does, also when only some samples carry a modality."""
+    backbone, batch = paired_batch
+    assert batch["text"]["rows"].tolist() == [1, 3]
+    module = FineTuningModule(backbone=backbone, num_labels=2, mode="probe").eval()
+    inputs = module.backbone.modality_batch(batch)
+    with torch.no_grad():
+        states = module.backbone.encode_modalities(inputs)[0]
+        torch.testing.assert_close(module.pool(inputs, states), backbone.embed(batch)[1])
+        assert module(batch).shape == (4, 2)
+
+
+def test_attention_pooling_starts_as_mean_pooling_and_learns_its_query(paired_batch):
+    backbone, batch = paired_batch
+    module = FineTuningModule(backbone=backbone, num_labels=2, pooling="attention").eval()
+    inputs = module.backbone.modality_batch(batch)
+    states = module.backbone.encode_modalities(inputs)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(module.pool(inputs, states), backbone.embed(batch)[1])
+    module.loss(module(batch), torch.tensor([0, 1, 1, 0])).backward()
+    assert module.pooler.query.grad.abs().sum() > 0
