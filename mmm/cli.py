@@ -112,10 +112,19 @@ FINETUNE_DESCRIPTION = (
 )
 
 
+def is_lightning_predict(argv: list[str]) -> bool:
+    """Whether ``mmm predict ...`` is LightningCLI's ``predict`` subcommand (a config and a
+    pretraining checkpoint: ``--config``, ``--ckpt_path``, ``--model.*``), which writes
+    embeddings, rather than the ``predict`` tool (``--checkpoint``, ``--inputs``), which
+    writes a fine-tuned model's predictions as CSV."""
+    lightning = ("--config", "--ckpt_path", "--model", "--data", "--trainer", "--print_config")
+    return argv[0] == "predict" and any(arg.startswith(lightning) for arg in argv[1:])
+
+
 def run(args: list[str] | None = None) -> MMMCLI | object:
     """Run ``mmm`` with ``args`` (default: the command line); returns the CLI or tool result."""
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in TOOLS:
+    if argv and argv[0] in TOOLS and not is_lightning_predict(argv):
         return auto_cli(TOOLS[argv[0]], args=argv[1:])
     if argv and argv[0] == "finetune":
         return MMMCLI(

@@ -112,17 +112,9 @@ def export_command(*, checkpoint: str, output: str) -> str:
 def is_finetuned(checkpoint: str) -> bool:
     """Whether a checkpoint file was written by ``mmm finetune fit`` (its hyperparameters
     name a task)."""
-    import torch
+    from mmm.inference import read_checkpoint
 
-    from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
-
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
-    try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except UNREADABLE_CHECKPOINT as error:
-        raise unreadable_checkpoint(checkpoint, error) from error
-    return "task" in saved.get("hyper_parameters", {})
+    return "task" in read_checkpoint(checkpoint).get("hyper_parameters", {})
 
 
 def _export_finetuned(checkpoint: str, output: str) -> str:

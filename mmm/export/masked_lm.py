@@ -252,13 +252,18 @@ def to_masked_lm(module: MaskedModelingModule) -> PreTrainedModel:
     from transformers import AutoModelForMaskedLM
 
     model = AutoModelForMaskedLM.from_config(masked_lm_config(module))
-    result = model.load_state_dict(masked_lm_state_dict(module), strict=False)
-    # ESM's contact-prediction head reads attention maps and plays no part in masked-LM
-    # logits; mmm has none, so it keeps its initialization. Everything else must be set.
+    return _loaded(model, masked_lm_state_dict(module), "masked-LM")
+
+
+def _loaded(model: PreTrainedModel, state: dict[str, Tensor], what: str) -> PreTrainedModel:
+    """``model`` with ``state`` loaded, in eval mode, after checking that every tensor is
+    set: ESM's contact-prediction head reads attention maps and plays no part in the logits;
+    mmm has none, so it keeps its initialization. Everything else must be mmm's."""
+    result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("esm.contact_head.")]
     if missing or result.unexpected_keys:
         raise RuntimeError(
-            f"export: masked-LM mapping incomplete: missing {missing}, "
+            f"export: {what} mapping incomplete: missing {missing}, "
             f"unexpected {result.unexpected_keys}"
         )
     return model.eval()
@@ -430,15 +435,7 @@ def to_classifier(finetuned: FineTuningModule) -> PreTrainedModel:
         if finetuned.task == "token_classification"
         else AutoModelForSequenceClassification
     )
-    model = auto.from_config(config)
-    result = model.load_state_dict(classifier_state_dict(finetuned), strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("esm.contact_head.")]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(
-            f"export: classifier mapping incomplete: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
-        )
-    return model.eval()
+    return _loaded(auto.from_config(config), classifier_state_dict(finetuned), "classifier")
 
 
 def export_classifier(finetuned: FineTuningModule, output: str | Path) -> Path:

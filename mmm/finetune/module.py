@@ -48,6 +48,7 @@ from mmm.finetune.heads import (
 from mmm.finetune.layer_decay import layer_index, parameter_groups, trunk_depth
 from mmm.finetune.lora import adapter_state, add_lora, is_adapter
 from mmm.finetune.metrics import computed, is_updated, metric_inputs, task_metrics
+from mmm.inference import read_checkpoint
 from mmm.module import (
     MaskedModelingModule,
     _batch_size,
@@ -447,22 +448,11 @@ def _own_hyperparameters() -> Iterator[None]:
         _given_hyperparameters.reset(token)
 
 
-def _read_checkpoint(path: str) -> dict:
-    from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"FineTuningModule: no pretraining checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE_CHECKPOINT as error:
-        raise unreadable_checkpoint(path, error) from error
-
-
 def _checkpoint_config(path: str, known: dict | None) -> dict:
     """The hyperparameters a pretraining checkpoint was built with (``known`` when given)."""
     if known is not None:
         return known
-    config = dict(_read_checkpoint(path).get("hyper_parameters", {}))
+    config = dict(read_checkpoint(path).get("hyper_parameters", {}))
     if config.pop("_instantiator", None) is None:
         raise ValueError(
             f"FineTuningModule: {path} was written by a MaskedModelingModule built in Python, "
@@ -498,7 +488,7 @@ def _build_backbone(
     module = _architecture(_checkpoint_config(checkpoint, config))
     if from_scratch or (config is not None and mode != "lora"):
         return module
-    saved = _read_checkpoint(checkpoint)
+    saved = read_checkpoint(checkpoint)
     module.on_load_checkpoint(saved)  # tokenizer fingerprints; old key names
     module.load_state_dict(saved["state_dict"])
     return module

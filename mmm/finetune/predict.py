@@ -36,15 +36,9 @@ def load_finetuned(checkpoint: str, map_location: str = "cpu") -> FineTuningModu
         FileNotFoundError / ValueError: naming the file when it is missing, no checkpoint,
             or a pretraining checkpoint (``mmm embed`` serves those).
     """
-    from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
+    from mmm.inference import read_checkpoint
 
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
-    try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except UNREADABLE_CHECKPOINT as error:
-        raise unreadable_checkpoint(checkpoint, error) from error
-    hyperparameters = saved.get("hyper_parameters", {})
+    hyperparameters = read_checkpoint(checkpoint).get("hyper_parameters", {})
     if "task" not in hyperparameters:
         raise ValueError(
             f"{checkpoint} is not a fine-tuned checkpoint (written by mmm finetune fit); for "
