@@ -416,11 +416,13 @@ def _protein_classifier(norm_first: bool, task: str, mode: str = "full") -> Fine
     encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, norm_first=norm_first)
     backbone = MaskedModelingModule(tokenizer=ProteinTokenizer(max_length=40), encoder=encoder)
     options = {"modality": "protein"} if task == "token_classification" else {"pooling": "cls"}
+    if task == "regression":  # targets in label units: the scaling is folded into the export
+        options |= {"target_mean": 2.0, "target_std": 3.0}
     module = FineTuningModule(backbone=backbone, task=task, num_labels=3, mode=mode, **options)
     return _randomized(module)
 
 
-@pytest.mark.parametrize("task", ["classification", "token_classification"])
+@pytest.mark.parametrize("task", ["classification", "regression", "token_classification"])
 @pytest.mark.parametrize(("norm_first", "family"), [(True, "Esm"), (False, "Bert")])
 def test_exported_classifier_logits_equal_mmm_logits(task, norm_first, family):
     from mmm.export import to_classifier

@@ -410,13 +410,12 @@ def classifier_state_dict(finetuned: FineTuningModule) -> dict[str, Tensor]:
     """The fine-tuned trunk and head under the stock classifier's names (fp32 copies)."""
     backbone, head = finetuned.backbone, finetuned.head
     state = {name: view.float().clone() for name, view in _trunk_views(backbone).items()}
-    layers = {TOKEN_HEAD_NAME: head.out}
+    out = TOKEN_HEAD_NAME
     if _classifier_kind(finetuned) == "Sequence":
         dense, out = SEQUENCE_HEAD_NAMES[family(backbone)]
-        layers = {dense: head.dense, out: head.out}
-    for prefix, layer in layers.items():
-        state[prefix + "weight"] = layer.weight.detach().float().clone()
-        state[prefix + "bias"] = layer.bias.detach().float().clone()
+        state[dense + "weight"] = head.dense.weight.detach().float().clone()
+        state[dense + "bias"] = head.dense.bias.detach().float().clone()
+    state[out + "weight"], state[out + "bias"] = finetuned.output_layer()
     return state | _position_state(backbone)
 
 

@@ -150,23 +150,25 @@ def _create(kwargs: dict[str, Any], eps: float, **options: Any) -> nn.Module:
 
 
 def export_timm(
-    module: MaskedModelingModule, output: str | Path, classifier: nn.Linear | None = None
+    module: MaskedModelingModule,
+    output: str | Path,
+    classifier: tuple[Tensor, Tensor] | None = None,
 ) -> Path:
     """Write the image or audio MAE's encoder in timm's local format (``config.json`` +
     ``model.safetensors``): ``timm.create_model("local-dir:" + output, pretrained=True)``, or
     ``load_timm(output)``, which also restores a LayerNorm eps other than timm's 1e-6.
 
-    ``classifier``: a fine-tuned linear head on the average-pooled states, exported as the
-    ViT's ``head`` (``num_classes`` its outputs); without it the ViT has no classifier."""
+    ``classifier``: the (C, D) weight and (C,) bias of a fine-tuned linear head on the
+    average-pooled states, exported as the ViT's ``head`` (``num_classes=C``); without it the
+    ViT has no classifier."""
     from timm.models import save_for_hf
 
     output = Path(output)
     kwargs, eps = timm_kwargs(module), layer_norm_eps(module.encoder)  # the decoder stays
     state = timm_state_dict(module)
     if classifier is not None:
-        kwargs["num_classes"] = classifier.out_features
-        state["head.weight"] = classifier.weight.detach().float().clone()
-        state["head.bias"] = classifier.bias.detach().float().clone()
+        kwargs["num_classes"] = classifier[0].shape[0]
+        state["head.weight"], state["head.bias"] = classifier
     model = _create(kwargs, eps)
     model.load_state_dict(state)  # strict: every tensor is mmm's
     channels = kwargs["in_chans"]
@@ -287,4 +289,4 @@ def export_timm_classifier(finetuned: FineTuningModule, output: str | Path) -> P
 
     if finetuned.mode == "lora":
         finetuned = merge_lora(copy.deepcopy(finetuned))
-    return export_timm(finetuned.backbone, output, classifier=finetuned.head.out)
+    return export_timm(finetuned.backbone, output, classifier=finetuned.output_layer())

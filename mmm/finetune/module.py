@@ -99,6 +99,10 @@ class FineTuningModule(L.LightningModule):
         class_weights: one loss weight per class (classification kinds), e.g. for rare
             classes.
         head_dropout: dropout before (and inside) the head.
+        target_mean: regression: the head predicts ``(y - target_mean) / target_std``, and
+            outputs are mapped back to label units, so that a head starting near zero starts
+            near the mean (set them to the training targets' mean and standard deviation).
+        target_std: see ``target_mean``; the loss is the MSE of standardized targets.
         backbone_config: set by the module itself: the hyperparameters of ``checkpoint``, so
             that a fine-tuned checkpoint rebuilds its architecture without the pretraining
             file (``lora`` mode still reads the base weights from it).
@@ -127,6 +131,8 @@ class FineTuningModule(L.LightningModule):
         warmup_steps: int = 0,
         class_weights: list[float] | None = None,
         head_dropout: float = 0.0,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
         backbone_config: dict | None = None,
     ) -> None:
         super().__init__()
@@ -249,7 +255,10 @@ class FineTuningModule(L.LightningModule):
             states = self.backbone.encode_modalities(inputs)[0]  # modality -> (B_m, L_m, D)
         if self.task == "token_classification":
             return self.head(states[self.modality])  # (B_m, L_m, C)
-        return self.head(self.pool(inputs, states))  # (B, C)
+        outputs = self.head(self.pool(inputs, states))  # (B, C)
+        if self.task == "regression":  # standardized -> label units
+            return outputs * self.hparams.target_std + self.hparams.target_mean
+        return outputs
 
     def pool(self, inputs: ModalityBatch, states: dict[str, Tensor]) -> Tensor:
         """One vector per sample, (B, D), from the real positions of the pooled modalities."""
@@ -272,7 +281,7 @@ class FineTuningModule(L.LightningModule):
             return F.binary_cross_entropy_with_logits(outputs.float(), labels, weight=weights)
         if self.task == "regression":
             values = outputs.float().squeeze(-1) if labels.ndim == 1 else outputs.float()
-            return F.mse_loss(values, labels)
+            return F.mse_loss(values, labels) / self.hparams.target_std**2  # standardized
         logits = outputs.float().flatten(0, 1)  # (B_m * L_m, C)
         return F.cross_entropy(logits, labels.flatten(), weight=weights, ignore_index=IGNORE)
 
@@ -352,6 +361,17 @@ class FineTuningModule(L.LightningModule):
             base = {k: v for k, v in self.state_dict().items() if k not in state}
             checkpoint["state_dict"] = {**base, **state}
 
+    def output_layer(self) -> tuple[Tensor, Tensor]:
+        """The head's last linear layer, (C, D) weight and (C,) bias, with the regression
+        targets' scaling folded in: what a stock model's last layer must hold to give
+        this module's outputs."""
+        out = self.head.out
+        weight, bias = out.weight.detach().float(), out.bias.detach().float()
+        if self.task != "regression":
+            return weight.clone(), bias.clone()
+        std, mean = self.hparams.target_std, self.hparams.target_mean
+        return weight * std, bias * std + mean
+
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """The LoRA adapters' weights alone (``lora`` mode)."""
         return {name: p.detach() for name, p in self.named_parameters() if is_adapter(name)}
@@ -420,6 +440,7 @@ def _check_arguments(arguments: dict[str, Any]) -> None:
         (arguments["lr"] > 0, "lr must be > 0"),
         (arguments["warmup_steps"] >= 0, "warmup_steps must be >= 0"),
         (0.0 <= arguments["head_dropout"] < 1.0, "head_dropout must lie in [0, 1)"),
+        (arguments["target_std"] > 0, f"target_std must be > 0, got {arguments['target_std']}"),
         (
             arguments["num_labels"] is None or arguments["num_labels"] >= 1,
             f"num_labels must be >= 1, got {arguments['num_labels']}",
