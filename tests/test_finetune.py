@@ -258,6 +258,28 @@ def test_from_scratch_control_has_the_checkpoints_architecture_not_its_weights(
     }
 
 
+def test_a_lora_checkpoint_restores_from_its_adapters_and_the_pretraining_file(tmp_path):
+    """What Lightning saves of a LoRA module (adapters and head only) plus the pretraining
+    checkpoint give back the same model; without the pretraining file, a named error."""
+    checkpoint = fit_protein_checkpoint(tmp_path, PROTEINS)
+    module = FineTuningModule(checkpoint=str(checkpoint), num_labels=2, mode="lora").eval()
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # trained adapters: B is no longer zero
+    saved = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(saved)
+    assert all("lora_" in k or k.startswith("head.") for k in saved["state_dict"])
+    restored = FineTuningModule(**saved["hyper_parameters"]).eval()
+    restored.on_load_checkpoint(saved)
+    restored.load_state_dict(saved["state_dict"])  # strict
+    batch = {"protein": module.backbone.tokenizers["protein"].collate(PROTEINS)}
+    with torch.no_grad():
+        torch.testing.assert_close(restored(batch), module(batch))
+    with pytest.raises(FileNotFoundError, match="LoRA checkpoint holds adapters only"):
+        FineTuningModule(**{**saved["hyper_parameters"], "checkpoint": str(tmp_path / "gone")})
+
+
 def _raw(member: dict, key: str = "sample7") -> dict:
     return {"__key__": key, "__url__": "shard-000.tar", "png": _png(np.eye(8) * 16), **member}
 

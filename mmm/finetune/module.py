@@ -139,11 +139,10 @@ class FineTuningModule(L.LightningModule):
         _check_arguments(locals())
         self.save_hyperparameters(ignore=_unsaved_hyperparameters())
         self.task, self.mode = task, mode
-        self.backbone = _drop_pretraining_heads(
-            _build_backbone(backbone, checkpoint, from_scratch, backbone_config, mode)
-        )
-        if checkpoint is not None:
-            self.hparams["backbone_config"] = _checkpoint_config(checkpoint, backbone_config)
+        built, config = _build_backbone(backbone, checkpoint, from_scratch, backbone_config, mode)
+        self.backbone = _drop_pretraining_heads(built)
+        if config is not None:
+            self.hparams["backbone_config"] = config
         token_level = task == "token_classification"
         self.modality = self.backbone.modality_named(modality) if modality or token_level else None
         inputs = _input_batcher(self.backbone.batcher, self.modality)
@@ -469,11 +468,10 @@ def _own_hyperparameters() -> Iterator[None]:
         _given_hyperparameters.reset(token)
 
 
-def _checkpoint_config(path: str, known: dict | None) -> dict:
-    """The hyperparameters a pretraining checkpoint was built with (``known`` when given)."""
-    if known is not None:
-        return known
-    config = dict(read_checkpoint(path).get("hyper_parameters", {}))
+def _checkpoint_config(path: str, saved: dict) -> dict:
+    """The hyperparameters pretraining checkpoint ``saved`` (read from ``path``) was built
+    with."""
+    config = dict(saved.get("hyper_parameters", {}))
     if config.pop("_instantiator", None) is None:
         raise ValueError(
             f"FineTuningModule: {path} was written by a MaskedModelingModule built in Python, "
@@ -498,21 +496,36 @@ def _build_backbone(
     from_scratch: bool,
     config: dict | None,
     mode: str,
-) -> MaskedModelingModule:
-    """The backbone: ``backbone`` as it is, or ``checkpoint``'s architecture with its weights
-    (not when ``from_scratch``, nor when ``config`` says the module is being restored from a
-    fine-tuned checkpoint whose state dict holds them, unless LoRA saved adapters only)."""
+) -> tuple[MaskedModelingModule, dict | None]:
+    """The backbone and, when it comes from ``checkpoint``, the checkpoint's hyperparameters.
+
+    ``backbone`` as it is, or ``checkpoint``'s architecture with its weights: not when
+    ``from_scratch``, nor when ``config`` (the hyperparameters recorded in a fine-tuned
+    checkpoint) says the module is being restored and the state dict about to be loaded
+    holds them, unless LoRA saved adapters only."""
     if checkpoint is None:
-        return backbone
+        return backbone, None
     if backbone is not None:
         rank_zero_info(f"FineTuningModule: the backbone is {checkpoint}'s (model.backbone unused)")
-    module = _architecture(_checkpoint_config(checkpoint, config))
-    if from_scratch or (config is not None and mode != "lora"):
-        return module
-    saved = read_checkpoint(checkpoint)
-    module.on_load_checkpoint(saved)  # tokenizer fingerprints; old key names
-    module.load_state_dict(saved["state_dict"])
-    return module
+    restoring = config is not None
+    needs_weights = not from_scratch and (not restoring or mode == "lora")
+    saved = None
+    if needs_weights or not restoring:
+        try:
+            saved = read_checkpoint(checkpoint)
+        except FileNotFoundError as error:
+            if not restoring:
+                raise
+            raise FileNotFoundError(
+                f"FineTuningModule: a LoRA checkpoint holds adapters only; its base weights "
+                f"come from the pretraining checkpoint {checkpoint}, which is gone"
+            ) from error
+    config = config if restoring else _checkpoint_config(checkpoint, saved)
+    module = _architecture(config)
+    if needs_weights:
+        module.on_load_checkpoint(saved)  # tokenizer fingerprints; old key names
+        module.load_state_dict(saved["state_dict"])
+    return module, config
 
 
 def _input_batcher(batcher: MultimodalBatcher, modality: str | None) -> MultimodalBatcher:
