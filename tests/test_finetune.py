@@ -347,36 +347,37 @@ def test_labels_json_of_another_task_is_refused(digits_dir):
 def finetuned(digits_dir, tmp_path_factory):
     """``mmm finetune fit`` of the digits config, shrunk: the CLI and the best checkpoint."""
     root = tmp_path_factory.mktemp("finetuned")
+    options = [
+        f"--config={CONFIGS / 'digits.yaml'}",
+        "--data.embedded=null",
+        f"--data.train_shards={digits_dir}/train-*.tar",
+        f"--data.val_shards={digits_dir}/val-*.tar",
+        "--data.num_workers=0",
+        "--data.batch_size=32",
+        "--model.backbone.encoder.init_args.dim=16",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root}",
+    ]
     with single_thread():
         cli = run(
-            [
-                "finetune",
-                "fit",
-                f"--config={CONFIGS / 'digits.yaml'}",
-                "--data.embedded=null",
-                f"--data.train_shards={digits_dir}/train-*.tar",
-                f"--data.val_shards={digits_dir}/val-*.tar",
-                "--data.num_workers=0",
-                "--data.batch_size=32",
-                "--model.backbone.encoder.init_args.dim=16",
-                "--trainer.max_steps=4",
-                "--trainer.val_check_interval=2",
-                "--trainer.enable_progress_bar=false",
-                f"--trainer.default_root_dir={root}",
-            ]
+            ["finetune", "fit", *options, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
         )
     [best] = root.rglob("best-*.ckpt")
-    return cli, best
+    return cli, best, options
 
 
-def test_finetune_fit_through_the_cli_keeps_the_best_checkpoint(finetuned):
-    cli, best = finetuned
+def test_finetune_fit_through_the_cli_keeps_the_best_checkpoint(finetuned, digits_dir):
+    cli, best, options = finetuned
     assert cli.datamodule.tokenizer is cli.model.batcher
     assert cli.trainer.global_step == 4
     assert "val/accuracy" in cli.trainer.callback_metrics
     assert cli.trainer.checkpoint_callback.best_model_path == str(best)
     restored = FineTuningModule.load_from_checkpoint(best, weights_only=True)
     assert restored.hparams.classes == [str(d) for d in range(10)]
+    test_shards = f"--data.test_shards={digits_dir}/val-*.tar"
+    tested = run(["finetune", "test", *options, test_shards, f"--ckpt_path={best}"])
+    for metric in ("test/loss", "test/accuracy", "test/f1_macro", "test/auroc"):
+        assert metric in tested.trainer.callback_metrics
 
 
 def test_predict_writes_a_csv_of_classes_and_probabilities(finetuned, tmp_path, one_thread):
