@@ -36,7 +36,9 @@ import webdataset as wds
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmm.data.corpora import ensure_embedded_shards
+from mmm.data.corpora import ensure_embedded_shards, is_labelled_corpus, reads_folder
+from mmm.data.labelled import budget_prefix, split_pattern
+from mmm.data.labels import LabelSpec
 from mmm.data.patterns import expand_shards, is_remote
 from mmm.data.reading import read_shards
 from mmm.data.shards import indexed_counts
@@ -684,6 +686,32 @@ class TrainLoader(DataLoader):
             yield batch
 
 
+def prepare_embedded(
+    name: str, data_dir: str | os.PathLike = "data", source_dir: str | None = None
+) -> Path:
+    """The directory of embedded corpus ``name`` under ``data_dir``, its ``train-*.tar`` and
+    ``val-*.tar`` shards written on first use, sized as ``ShardDataModule.prepare_data``
+    writes them (whoever comes first, later readers see the same shards). ``source_dir``:
+    the user's copy of a corpus read from a folder (FSDD)."""
+    return ensure_embedded_shards(
+        name,
+        os.path.join(data_dir, name),
+        samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD,
+        source_dir=source_dir,
+    )
+
+
+def embedded_shards(name: str, split: str, data_dir: str | os.PathLike = "data") -> list[str]:
+    """Sorted ``split`` (``train`` or ``val``) shards of embedded corpus ``name``, written
+    under ``data_dir`` first if they are not there yet: for code that reads the shards
+    without a ``ShardDataModule`` (a fresh checkout has no ``data/``)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"embedded_shards: split must be 'train' or 'val', got {split!r}")
+    return sorted(
+        str(path) for path in prepare_embedded(name, data_dir).glob(f"{split}-[0-9]*.tar")
+    )
+
+
 # ---------------------------------------------------------------------------- datamodule
 class ShardDataModule(L.LightningDataModule):
     """Batches from WebDataset shards for any modality, split across ranks and workers.
@@ -700,16 +728,34 @@ class ShardDataModule(L.LightningDataModule):
         train_shards: training shards: a pattern (glob, braces, ``pipe:`` URL, ``.txt`` list
             file, several joined by ``::``; see ``expand_shards``), or a list of such
             patterns, one per source to mix (see ``train_weights``); defaults to the embedded
-            corpus's ``train-*.tar`` when ``embedded`` is set. A ``pipe:`` URL, also one
-            listed in a ``.txt`` file, runs its command in a shell: use trusted lists only.
-        val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``.
-        test_shards: test shards; defaults to ``val_shards``.
-        predict_shards: shards for ``mmm predict``; defaults to ``val_shards``.
+            corpus's ``train-*.tar`` when ``embedded`` is set (a labelled corpus's or
+            ``labelled_dir``'s: the label budget ``label_fraction`` picks). A ``pipe:`` URL,
+            also one listed in a ``.txt`` file, runs its command in a shell: use trusted lists
+            only.
+        val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``. A
+            ``pipe:`` URL, also one listed in a ``.txt`` file, runs its command in a shell.
+        test_shards: test shards; defaults to the ``test-*.tar`` of labelled corpora (and of
+            ``labelled_dir``), else to ``val_shards``. A ``pipe:`` URL runs its command in a
+            shell.
+        predict_shards: shards for ``mmm predict``; defaults to ``val_shards``. A ``pipe:``
+            URL runs its command in a shell.
         embedded: name of a corpus that ships with an installed package (``python-docs``),
             or a list of names: each is written to shards under ``data_dir`` on first use.
             Several corpora are several training sources, mixed by ``train_weights`` (e.g.
             text and proteins on one trunk), and their validation splits are read together.
+            Labelled corpora (``digits-labelled``, ``amp-labelled``, ``freesolv-labelled``,
+            ``solubility-labelled``, ``docstrings-labelled``, ``fsdd-labelled``) give
+            train/val/test splits and label budgets (see ``docs/labelled-data.md``).
         data_dir: where embedded corpora are written.
+        labelled_dir: a folder of labelled shards (``mmm shards --modality manifest --label
+            COLUMN``: ``labels.json``, train/val/test splits and label budgets) to read like
+            a labelled embedded corpus.
+        label_fraction: the label budget to train on, of a labelled corpus or
+            ``labelled_dir``: ``1.0`` (all training labels), ``0.3`` or ``0.1`` (nested,
+            stratified, seeded subsets of them; val and test stay the same).
+        source_dir: the folder of a user's copy of a public dataset that an embedded corpus
+            reads: for ``fsdd-labelled``, a clone of the Free Spoken Digit Dataset (the folder
+            holding ``recordings/``).
         tokenizer: a tokenizer (flat batches) or a module's ``MultimodalBatcher`` (batches keyed
             by modality; LightningCLI links ``model.batcher`` here).
         batch_size: samples per batch, per device.
@@ -738,6 +784,9 @@ class ShardDataModule(L.LightningDataModule):
         predict_shards: str | list[str] | None = None,
         embedded: str | list[str] | None = None,
         data_dir: str = "data",
+        labelled_dir: str | None = None,
+        label_fraction: float = 1.0,
+        source_dir: str | None = None,
         tokenizer: Batcher | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -749,8 +798,10 @@ class ShardDataModule(L.LightningDataModule):
         on_error: OnError = "skip",
     ) -> None:
         super().__init__()
-        if train_shards is None and val_shards is None and embedded is None:
-            raise ValueError("ShardDataModule: set train_shards/val_shards or an embedded corpus")
+        if train_shards is None and val_shards is None and not (embedded or labelled_dir):
+            raise ValueError(
+                "ShardDataModule: set train_shards/val_shards, an embedded corpus or a labelled_dir"
+            )
         _check_choice("train_mode", train_mode, ("resampled", "exact"))
         _check_choice("on_error", on_error, ("skip", "raise"))
         for name, value in (("batch_size", batch_size), ("epoch_samples", epoch_samples)):
@@ -760,9 +811,15 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError("ShardDataModule: num_workers and shuffle_buffer must be >= 0")
         self.embedded = [embedded] if isinstance(embedded, str) else list(embedded or [])
         self.data_dir = data_dir
+        self.labelled_dir = labelled_dir
+        self.label_fraction = label_fraction
+        self.source_dir = source_dir
+        self._check_labelled_options(train_shards)
         self.train_shards = _as_patterns(train_shards) or self._embedded_pattern("train")
         self.val_shards = _as_patterns(val_shards) or self._embedded_pattern("val")
-        self.test_shards = _as_patterns(test_shards) or self.val_shards
+        self.test_shards = (
+            _as_patterns(test_shards) or self._labelled_patterns("test") or self.val_shards
+        )
         self.predict_shards = _as_patterns(predict_shards) or self.val_shards
         _check_weights(train_weights, self.train_shards, train_mode)
         self.tokenizer = tokenizer
@@ -777,18 +834,75 @@ class ShardDataModule(L.LightningDataModule):
         self._trained: dict[int, list[int]] = {}  # slot -> encoded state after its last batch
         self._train_stream: dict[str, Any] = {}  # shards, readers, batching the states refer to
 
+    def _check_labelled_options(self, train_shards: str | list[str] | None) -> None:
+        """``label_fraction`` is a written budget of a labelled folder the module reads,
+        and ``source_dir`` goes to a corpus that reads one.
+
+        Raises:
+            ValueError: naming the option and what it needs.
+        """
+        try:
+            budget_prefix(self.label_fraction)
+        except ValueError as error:
+            raise ValueError(f"ShardDataModule: {error}") from None
+        if self.label_fraction != 1.0 and (train_shards is not None or not self._labelled()):
+            raise ValueError(
+                f"ShardDataModule: label_fraction={self.label_fraction} picks a label budget "
+                "of a labelled embedded corpus (*-labelled) or of labelled_dir, without "
+                "train_shards; with train_shards, name the budget's shards instead "
+                "(DIR/train-p10-[0-9]*.tar)"
+            )
+        if self.source_dir is not None and not any(map(reads_folder, self.embedded)):
+            raise ValueError(
+                f"ShardDataModule: source_dir={self.source_dir!r} is for an embedded corpus "
+                f"that reads a folder (fsdd-labelled); none of {self.embedded} does"
+            )
+
+    def _labelled(self) -> list[str]:
+        """The labelled folders read: labelled embedded corpora, then ``labelled_dir``."""
+        folders = [
+            os.path.join(self.data_dir, name) for name in self.embedded if is_labelled_corpus(name)
+        ]
+        return folders + ([self.labelled_dir] if self.labelled_dir is not None else [])
+
+    def _labelled_patterns(self, split: str) -> list[str] | None:
+        """A split's shards in each labelled folder; ``train``: the label budget's."""
+        prefix = budget_prefix(self.label_fraction) if split == "train" else split
+        return [split_pattern(folder, prefix) for folder in self._labelled()] or None
+
     def _embedded_pattern(self, split: str) -> list[str] | None:
-        """One pattern per embedded corpus (training: one source each)."""
-        patterns = [os.path.join(self.data_dir, name, f"{split}-*.tar") for name in self.embedded]
+        """One pattern per embedded corpus and labelled folder (training: one source each)."""
+        patterns = [
+            os.path.join(self.data_dir, name, f"{split}-*.tar")
+            for name in self.embedded
+            if not is_labelled_corpus(name)
+        ]
+        patterns += self._labelled_patterns(split) or []
         return patterns or None
+
+    def label_spec(self) -> LabelSpec:
+        """What the labels of the labelled folder read mean (its ``labels.json``); call it
+        after ``prepare_data`` for an embedded corpus.
+
+        Raises:
+            ValueError: when the module reads no labelled folder, or several whose labels
+                differ.
+        """
+        specs = {folder: LabelSpec.load(folder) for folder in self._labelled()}
+        if not specs or len(set(specs.values())) > 1:
+            raise ValueError(
+                f"ShardDataModule: label_spec needs one labelled corpus or labelled_dir, or "
+                f"several with the same labels; found {specs or 'none'}"
+            )
+        return next(iter(specs.values()))
 
     def prepare_data(self) -> None:
         for name in self.embedded:
-            ensure_embedded_shards(
-                name,
-                os.path.join(self.data_dir, name),
-                samples_per_shard=EMBEDDED_SAMPLES_PER_SHARD,
+            prepare_embedded(
+                name, self.data_dir, source_dir=self.source_dir if reads_folder(name) else None
             )
+        if self.labelled_dir is not None:
+            LabelSpec.load(self.labelled_dir)  # a named error now, not at the first batch
 
     # ----------------------------------------------------------------- layout and shards
     def layout(self, num_workers: int | None = None) -> Layout:

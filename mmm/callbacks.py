@@ -242,6 +242,36 @@ class StopOnSigterm(L.Callback):
         timer.start()
 
 
+class CheckpointAtTrainEnd(L.Callback):
+    """Save the last step when training ends on a step no checkpoint holds: Lightning's
+    ``ModelCheckpoint`` saves at validation ends, so a run of ``max_steps`` 5 validating every
+    3 steps would otherwise keep step 3 and lose steps 4-5. The file goes to the checkpoint
+    callback's folder under its usual name (``epoch=0-step=5.ckpt``): a name carrying the step
+    never passes off an older run's file as the latest. Nothing is written when checkpointing
+    is off or the run failed."""
+
+    def __init__(self) -> None:
+        self.saved_step: int | None = None
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        callback = trainer.checkpoint_callback
+        if callback is None or callback.dirpath is None or trainer.global_step == 0:
+            return
+        if self.saved_step == trainer.global_step:
+            return
+        metrics = {
+            **trainer.callback_metrics,
+            "epoch": torch.tensor(trainer.current_epoch),
+            "step": torch.tensor(trainer.global_step),
+        }
+        trainer.save_checkpoint(callback.format_checkpoint_name(metrics))
+
+
 class OnlineLinearProbe(L.Callback):
     """A linear classifier trained alongside pretraining on stop-gradient pooled features of a
     labelled set, its held-out accuracy logged as ``probe/accuracy`` at every validation

@@ -18,16 +18,17 @@ features), ``mmm export`` (a checkpoint -> a directory stock transformers / timm
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-from jsonargparse import auto_cli
+from jsonargparse import Namespace, auto_cli
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
-from mmm.callbacks import StopOnSigterm, TrainingProgressBar
+from mmm.callbacks import CheckpointAtTrainEnd, StopOnSigterm, TrainingProgressBar
 from mmm.export import export_command
 from mmm.finetune.module import FineTuningModule
 from mmm.finetune.predict import predict_command
@@ -54,12 +55,23 @@ class MMMCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's reading of the hyperparameters in ``--ckpt_path``, with a file that is
-        no checkpoint named as such instead of a bare ``EOFError`` or ``IndexError``."""
+        no checkpoint named as such instead of a bare ``EOFError`` or ``IndexError``, and
+        model settings that differ from the checkpoint's refused instead of silently
+        replaced by them (``refuse_other_settings``)."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self.config[subcommand].get("ckpt_path"):
+            return super()._parse_ckpt_path()
+        path = self.config[subcommand]["ckpt_path"]
+        asked = self.config[subcommand]["model"].clone()
         try:
             super()._parse_ckpt_path()
         except UNREADABLE_CHECKPOINT as error:
-            path = self.config[self.config.subcommand].get("ckpt_path")
             raise unreadable_checkpoint(path, error) from error
+        refuse_other_settings(path, asked, self.config[subcommand]["model"])
+        # The checkpoint holds the weights init_from started from (older checkpoints still
+        # name its directory): the directory is not read again.
+        if "init_from" in self.config[subcommand]["model"]:
+            self.config[subcommand]["model"]["init_from"] = None
 
     def _load_weights_only(self) -> None:
         """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning
@@ -72,14 +84,72 @@ class MMMCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with Lightning's default rich progress bar (when it is on)
-        replaced by one that shows the epochs of step-bounded runs, and a SIGTERM that stops
-        the run even while it waits for data."""
+        replaced by one that shows the epochs of step-bounded runs, a SIGTERM that stops
+        the run even while it waits for data, and a checkpoint of the last step."""
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [
             TrainingProgressBar() if type(callback) is RichProgressBar else callback
             for callback in trainer.callbacks
-        ] + [StopOnSigterm()]
+        ] + [StopOnSigterm(), CheckpointAtTrainEnd()]
         return trainer
+
+
+#: Model settings a checkpoint need not agree on: the weights ``init_from`` started from are
+#: in the checkpoint's state dict, so the directory is neither needed nor compared.
+UNCOMPARED_SETTINGS = ("init_from",)
+#: Settings a module fills in itself when the command leaves them unset (a fine-tuned
+#: module's label count and class names from the data's labels.json, its pretraining
+#: checkpoint's hyperparameters): compared only when the command sets them.
+DERIVED_SETTINGS = ("num_labels", "classes", "backbone_config")
+
+
+def _compared(key: str, asked: dict[str, object]) -> bool:
+    """Whether the flattened setting ``key`` must agree with the checkpoint's."""
+    root = key.split(".")[0]
+    if root in UNCOMPARED_SETTINGS:
+        return False
+    return root not in DERIVED_SETTINGS or asked.get(root) is not None
+
+
+def refuse_other_settings(path: str, asked: Namespace, saved: Namespace) -> None:
+    """Refuse model settings (config and command line, ``asked``) that differ from those of
+    the checkpoint at ``path`` (``saved``), naming each with both values.
+
+    Lightning rebuilds the model of ``--ckpt_path`` from the checkpoint's hyperparameters,
+    over whatever the command asked: ``--model.encoder.dim 64`` would train at the
+    checkpoint's 32, a masked-diffusion config resumed from a masked-LM checkpoint would train
+    masked LM, an image config from a text checkpoint would read every image sample as text.
+    A run continues its checkpoint's settings, so asking for others is an error."""
+    asked_flat, saved_flat = _flat_settings(asked), _flat_settings(saved)
+    differing = [
+        f"model.{key}: checkpoint {saved_flat.get(key, '(unset)')!r}, "
+        f"asked {asked_flat.get(key, '(unset)')!r}"
+        for key in sorted(set(asked_flat) | set(saved_flat))
+        if _compared(key, asked_flat)
+        and asked_flat.get(key, "(unset)") != saved_flat.get(key, "(unset)")
+    ]
+    if differing:
+        raise ValueError(
+            f"--ckpt_path {path}: the checkpoint was trained with other model settings than "
+            "this command's config and options ask for:\n  "
+            + "\n  ".join(differing)
+            + "\nA checkpoint keeps its own settings. Drop the differing options or pass the "
+            "run's own config (config.yaml, saved next to its logs); to train these weights "
+            "under new settings, start a new run from them with --model.init_from (an "
+            "`mmm export` directory)."
+        )
+
+
+def _flat_settings(settings: Namespace | dict | object, prefix: str = "") -> dict[str, object]:
+    """Nested settings as ``{"encoder.init_args.dim": 32, ...}``."""
+    if isinstance(settings, Namespace):
+        settings = settings.as_dict()
+    if not isinstance(settings, dict):
+        return {prefix: settings}
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        flat.update(_flat_settings(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 TOOLS: dict[str, Callable[..., object]] = {
@@ -121,10 +191,32 @@ def is_lightning_predict(argv: list[str]) -> bool:
     return argv[0] == "predict" and any(arg.startswith(lightning) for arg in argv[1:])
 
 
+def refuse_repeated_options(tool: str, args: list[str]) -> None:
+    """Refuse an option given twice to a tool: the parser keeps only the last
+    (``mmm fill-mask --text A --text B`` would answer B alone), so a second one is a mistake.
+    ``--name+ VALUE`` appends to a list and may repeat, and so may ``--config`` (several
+    files are merged in order).
+
+    Raises:
+        ValueError: naming the option and how to give several values.
+    """
+    names = [arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")]
+    counts = Counter(name for name in names if not name.endswith("+") and name != "config")
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        name = repeated[0]
+        raise ValueError(
+            f"mmm {tool}: --{name} is given {counts[name]} times and only the last would count; "
+            f"give several values as one list (--{name} '[A, B]') or append each after the "
+            f"first with --{name}+ (--{name} A --{name}+ B)"
+        )
+
+
 def run(args: list[str] | None = None) -> MMMCLI | object:
     """Run ``mmm`` with ``args`` (default: the command line); returns the CLI or tool result."""
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in TOOLS and not is_lightning_predict(argv):
+        refuse_repeated_options(argv[0], argv[1:])
         return auto_cli(TOOLS[argv[0]], args=argv[1:])
     if argv and argv[0] == "finetune":
         return MMMCLI(

@@ -20,8 +20,9 @@ touched.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -137,13 +138,30 @@ def encode_templates(
     for index, (template, text, row) in enumerate(zip(templates, expanded, fill, strict=True)):
         wanted = text.count(mask)
         if wanted == 0:
-            raise ValueError(f"template {index} ({template!r}) has no {mask} to fill in")
+            raise ValueError(f"template {index} ({shortened(template)}) has no {mask} to fill in")
         if int(row.sum()) != wanted:
             raise ValueError(
-                f"template {index} ({template!r}) does not fit in max_length="
+                f"template {index} ({shortened(template)}) does not fit in max_length="
                 f"{tokenizer.spec.max_length} tokens: {int(row.sum())} of its {wanted} masks remain"
             )
     return batch, fill
+
+
+def shortened(text: str, most: int = 60) -> str:
+    """``repr(text)``, its middle left out when longer than ``most`` characters (a template
+    of 5,000 masks must not fill the terminal)."""
+    if len(text) <= most:
+        return repr(text)
+    half = most // 2
+    return f"{text[:half]!r}...{text[-half:]!r} ({len(text)} characters)"
+
+
+def most_tokens(tokenizer: DiscreteTokenizer) -> int:
+    """How many tokens a generated sequence can have: the mask tokens of an all-mask
+    template of ``max_length`` that survive collation (``max_length`` less the tokenizer's
+    special tokens)."""
+    batch = tokenizer.collate([tokenizer.mask_token * tokenizer.spec.max_length])
+    return int(((batch["input_ids"] == tokenizer.spec.mask_token_id) & batch["maskable"]).sum())
 
 
 # -------------------------------------------------------------------------------- sampling
@@ -262,7 +280,6 @@ def _decode_rows(tokenizer: DiscreteTokenizer, ids: Tensor, real: Tensor) -> lis
     return [tokenizer.decode(row[keep].tolist()) for row, keep in zip(ids, real, strict=True)]
 
 
-@torch.no_grad()
 def infill(
     module: MaskedModelingModule,
     templates: list[str],
@@ -275,7 +292,35 @@ def infill(
 
     Templates spell hidden positions with the tokenizer's mask token (``<mask>`` for proteins
     and SMILES, ``[MASK]`` for the WordPiece text tokenizer); ``<mask>x12`` is 12 of them:
-    ``infill(module, ["MKT<mask>x12GLS"])``.
+    ``infill(module, ["MKT<mask>x12GLS"])``. See ``infill_batches`` for the arguments.
+
+    Returns:
+        The filled-in sequences, decoded, in template order.
+    """
+    batches = infill_batches(
+        module,
+        templates,
+        settings,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        total=len(templates),
+    )
+    return [sequence for batch in batches for sequence in batch]
+
+
+def infill_batches(
+    module: MaskedModelingModule,
+    templates: Iterable[str],
+    settings: SamplingSettings | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[list[str]]:
+    """Fill in templates ``batch_size`` at a time, yielding each batch's sequences as soon as
+    they are sampled: templates are read from the iterable only as needed, so memory holds
+    one batch, whatever the number of samples.
 
     Args:
         module: a trained discrete module (``load_module``).
@@ -284,32 +329,44 @@ def infill(
         seed: samples are the same for the same seed, settings, batch size and device.
         batch_size: sequences sampled together.
         progress: show a progress bar over steps.
+        total: how many templates there are, for the progress bar (unset: unknown).
 
-    Returns:
-        The filled-in sequences, decoded, in template order.
+    Yields:
+        The filled-in sequences of each batch, decoded, in template order.
     """
     settings = settings if settings is not None else SamplingSettings()
     tokenizer = discrete_modality(module, "infill")[1]
     if batch_size < 1:
         raise ValueError(f"infill: batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator(device=module.device).manual_seed(seed)
-    chunks = [templates[i : i + batch_size] for i in range(0, len(templates), batch_size)]
-    results: list[str] = []
+    steps = None if total is None else -(-total // batch_size) * settings.steps
     with (
-        evaluating(module),
-        tqdm(total=len(chunks) * settings.steps, desc="sampling", disable=not progress) as bar,
+        evaluating(module),  # fill_masked runs without gradients
+        tqdm(total=steps, desc="sampling", unit=" steps", disable=not progress) as bar,
     ):
-        for chunk in chunks:
+        for chunk in batched(templates, batch_size):
             batch, fill = encode_templates(tokenizer, chunk)
             batch = {k: v.to(module.device) for k, v in batch.items()}
             ids = fill_masked(module, batch, fill.to(module.device), settings, generator, bar)
-            results += _decode_rows(tokenizer, ids.cpu(), batch["attention_mask"].cpu())
-    return results
+            yield _decode_rows(tokenizer, ids.cpu(), batch["attention_mask"].cpu())
 
 
-def sample_lengths(module: MaskedModelingModule, count: int, seed: int = 0) -> list[int]:
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), read lazily."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def sample_lengths(
+    module: MaskedModelingModule,
+    count: int,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> list[int]:
     """``count`` sequence lengths (maskable positions) drawn from the lengths the module saw
-    in training (``length_counts``, saved in its checkpoint).
+    in training (``length_counts``, saved in its checkpoint), with ``generator`` (a CPU
+    generator; unset: one seeded with ``seed``).
 
     Raises:
         ValueError: for a module that records no training lengths (not trained, or trained
@@ -323,7 +380,7 @@ def sample_lengths(module: MaskedModelingModule, count: int, seed: int = 0) -> l
             "this model records no training lengths (trained before mmm counted them, or not "
             "trained): pass a length"
         )
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     return torch.multinomial(counts, count, replacement=True, generator=generator).tolist()
 
 
@@ -336,7 +393,27 @@ def generate(
     batch_size: int = 64,
     progress: bool = False,
 ) -> list[str]:
-    """Sample new sequences from a masked model, starting from all-mask input.
+    """Sample new sequences from a masked model, starting from all-mask input; see
+    ``generate_batches`` for the arguments.
+
+    Returns:
+        ``num_samples`` decoded sequences.
+    """
+    batches = generate_batches(module, num_samples, length, settings, seed, batch_size, progress)
+    return [sequence for batch in batches for sequence in batch]
+
+
+def generate_batches(
+    module: MaskedModelingModule,
+    num_samples: int,
+    length: int | None = None,
+    settings: SamplingSettings | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Iterator[list[str]]:
+    """Sample new sequences ``batch_size`` at a time, yielding each batch as soon as it is
+    sampled (memory holds one batch, however many samples are asked for).
 
     Args:
         module: a trained discrete module (``load_module``).
@@ -348,14 +425,44 @@ def generate(
         batch_size: sequences sampled together.
         progress: show a progress bar over steps.
 
-    Returns:
-        ``num_samples`` decoded sequences.
+    Yields:
+        Each batch's decoded sequences, ``num_samples`` in all.
+
+    Raises:
+        ValueError: for a ``num_samples`` or ``length`` below 1, or a ``length`` longer than
+            the model's positions hold.
     """
     tokenizer = discrete_modality(module, "generate")[1]
     if num_samples < 1:
         raise ValueError(f"generate: num_samples must be >= 1, got {num_samples}")
     if length is not None and length < 1:
         raise ValueError(f"generate: length must be >= 1, got {length}")
-    lengths = [length] * num_samples if length else sample_lengths(module, num_samples, seed)
-    templates = [tokenizer.mask_token * n for n in lengths]
-    return infill(module, templates, settings, seed=seed, batch_size=batch_size, progress=progress)
+    if length is not None and length > (most := most_tokens(tokenizer)):
+        raise ValueError(
+            f"generate: length {length} does not fit: this model reads at most {most} tokens "
+            f"besides its special ones (max_length={tokenizer.spec.max_length}); pass a length "
+            f"of at most {most}"
+        )
+    templates = _all_mask_templates(module, num_samples, length, seed, batch_size)
+    yield from infill_batches(
+        module,
+        templates,
+        settings,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        total=num_samples,
+    )
+
+
+def _all_mask_templates(
+    module: MaskedModelingModule, count: int, length: int | None, seed: int, batch_size: int
+) -> Iterator[str]:
+    """``count`` all-mask templates of ``length`` tokens, or of lengths drawn from training
+    a batch at a time, made as they are read."""
+    mask = discrete_modality(module, "generate")[1].mask_token
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, count, batch_size):
+        size = min(batch_size, count - start)
+        lengths = [length] * size if length else sample_lengths(module, size, generator=generator)
+        yield from (mask * n for n in lengths)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,7 @@ import torch
 
 from mmm.generation import SamplingSettings, discrete_modality, generate, infill
 from mmm.module import MaskedModelingModule
-from mmm.scoring import SequenceScore, score, score_mutations
-from mmm.tokenizers.base import DiscreteTokenizer
+from mmm.scoring import SequenceScore, collate_named, score, score_mutations
 from mmm.tokenizers.multimodal import MultimodalBatcher
 
 __all__ = [
@@ -56,6 +56,7 @@ def load_module(
     """
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
+    overrides.setdefault("init_from", None)  # its weights are in the checkpoint
     try:
         module = MaskedModelingModule.load_from_checkpoint(
             checkpoint, map_location=map_location, weights_only=True, **overrides
@@ -155,7 +156,10 @@ def _context_batch(
     if context is None:
         return {}
     if len(context) != len(texts):
-        raise ValueError(f"fill_mask: {len(context)} context samples for {len(texts)} texts")
+        raise ValueError(
+            f"fill_mask: {len(context)} context samples for {len(texts)} texts; give one for "
+            "each text, in the same order (mmm fill-mask also takes one for all of them)"
+        )
     others = {key: t for key, t in module.tokenizers.items() if key != name}
     if not others:
         raise ValueError(f"fill_mask: this model has no modality besides {name!r} for context")
@@ -203,7 +207,8 @@ def embed_sequences(
     names = names if names is not None else [f"sequence {n}" for n in range(len(sequences))]
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        sub = {k: v.to(module.device) for k, v in _collate(tokenizer, chunk, names[start:]).items()}
+        collated = collate_named(tokenizer, chunk, names[start:])
+        sub = {k: v.to(module.device) for k, v in collated.items()}
         hidden, mean = module.embed({name: sub})  # {name: (B, L, D)}, (B, D)
         pairs = zip(hidden[name].float().cpu(), sub["attention_mask"].cpu(), strict=True)
         for states, real in pairs:
@@ -212,21 +217,6 @@ def embed_sequences(
     module.train(was_training)
     dim = module.encoder.dim
     return per_token, torch.cat(pooled) if pooled else torch.empty(0, dim)
-
-
-def _collate(
-    tokenizer: DiscreteTokenizer, sequences: list[str], names: list[str]
-) -> dict[str, torch.Tensor]:
-    """``tokenizer.collate(sequences)``; a sequence it rejects is named by ``names``."""
-    try:
-        return tokenizer.collate(sequences)
-    except ValueError:
-        for sequence, name in zip(sequences, names, strict=False):
-            try:
-                tokenizer.collate([sequence])
-            except ValueError as error:
-                raise ValueError(f"{name}: {error}") from error
-        raise
 
 
 def read_sequences(path: str | Path) -> list[tuple[str, str]]:
@@ -264,22 +254,43 @@ FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 
 
 def write_sequences(path: str | Path, names: list[str], sequences: list[str]) -> None:
-    """Write named sequences in the format the file name asks for: FASTA (``.fasta``, ``.fa``,
-    ``.faa``, ``.fas``; 60 residues a line), ``.smi`` (``SMILES<TAB>name``) or one sequence a
-    line (anything else); ``read_sequences`` reads each back."""
+    """Write named sequences in the format the file name asks for (see ``sequence_lines``);
+    ``read_sequences`` reads each back."""
+    write_sequence_batches(path, [(names, sequences)])
+
+
+def write_sequence_batches(path: str | Path, batches: Iterable[tuple[list[str], list[str]]]) -> int:
+    """Write batches of (names, sequences) as they come, each flushed to disk before the next
+    is asked for: a long run shows its output as it goes, and keeps one batch in memory.
+
+    Returns:
+        How many sequences were written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for names, sequences in batches:
+            handle.writelines(line + "\n" for line in sequence_lines(path, names, sequences))
+            handle.flush()
+            written += len(sequences)
+    return written
+
+
+def sequence_lines(path: Path, names: list[str], sequences: list[str]) -> list[str]:
+    """Named sequences as the lines of the format ``path``'s name asks for: FASTA
+    (``.fasta``, ``.fa``, ``.faa``, ``.fas``; 60 residues a line), ``.smi``
+    (``SMILES<TAB>name``) or one sequence a line (anything else)."""
     suffix = path.suffix.lower()
     if suffix in FASTA_SUFFIXES:
         lines = []
         for name, sequence in zip(names, sequences, strict=True):
             lines.append(f">{name}")
             lines += [sequence[i : i + 60] for i in range(0, len(sequence), 60)] or [""]
-    elif suffix in (".smi", ".smiles"):
-        lines = [f"{seq}\t{name}" for name, seq in zip(names, sequences, strict=True)]
-    else:
-        lines = list(sequences)
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return lines
+    if suffix in (".smi", ".smiles"):
+        return [f"{seq}\t{name}" for name, seq in zip(names, sequences, strict=True)]
+    return list(sequences)
 
 
 def embed_command(

@@ -16,10 +16,12 @@ A single-modality run is the one-key case of the same module.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
@@ -30,7 +32,7 @@ from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import TokenModality, build_modality
 from mmm.models.sequences import Segment, context_of, pack_segments, unpack_segments
-from mmm.rng import seeded
+from mmm.rng import run_seed, seeded, step_seed
 from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
 
@@ -120,6 +122,13 @@ class MaskedModelingModule(L.LightningModule):
             ``model.batcher`` to ``data.tokenizer``).
         budgets: 4M-style token budgets across modalities, used instead of each modality's
             masking (see ``mmm.cross_modal_masking.TokenBudgets``).
+        evaluation_mask_only: held-out passes (validation, test) show every hidden token as
+            the mask token, as ``mmm fill-mask`` does, so ``val/<modality>/masked_accuracy``,
+            loss and perplexity measure prediction from context alone. ``False`` scores under
+            the training corruption (BERT's 80/10/10, as Hugging Face's ``run_mlm.py``
+            evaluates), where a model scores the hidden tokens left unchanged by copying them
+            (0.190 against 0.127 with the mask token only for the quickstart model, 15% hidden).
+            Training always uses the masking's own corruption.
     """
 
     def __init__(
@@ -135,6 +144,7 @@ class MaskedModelingModule(L.LightningModule):
         init_from: str | None = None,
         modalities: dict[str, ModalityConfig] | None = None,
         budgets: TokenBudgets | None = None,
+        evaluation_mask_only: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=_unsaved_hyperparameters())
@@ -147,6 +157,7 @@ class MaskedModelingModule(L.LightningModule):
         self.loss_weights = {name: config.loss_weight for name, config in configs.items()}
         self.drop_probabilities = {n: config.drop_probability for n, config in configs.items()}
         self.budgets = budgets
+        self.evaluation_mask_only = evaluation_mask_only
         self.modalities = nn.ModuleDict(
             {
                 name: build_modality(
@@ -169,6 +180,8 @@ class MaskedModelingModule(L.LightningModule):
 
             start_from(self, init_from)
         self._epoch_means = nn.ModuleDict()  # "stage/modality/metric" -> MeanMetric, on use
+        self._training_seed: int | None = None  # the run's seed: set at fit start or restored
+        self._training_batches = dict.fromkeys(configs, 0)  # modality -> batches carrying it
 
     # --------------------------------------------------------------------------- access
     def modality_named(self, name: str | None = None, discrete: bool = False) -> str:
@@ -179,13 +192,19 @@ class MaskedModelingModule(L.LightningModule):
             for key, modality in self.modalities.items()
             if not discrete or isinstance(modality, TokenModality)
         ]
-        kind = "discrete modality" if discrete else "modality"
+        kind, kinds = (
+            ("discrete modality", "discrete modalities") if discrete else ("modality", "modalities")
+        )
         if name is not None:
             if name not in candidates:
                 raise ValueError(f"no {kind} {name!r} in this model; it has {candidates}")
             return name
+        if not candidates:
+            raise ValueError(
+                f"this model has no {kind}; its modalities are {list(self.modalities)}"
+            )
         if len(candidates) != 1:
-            raise ValueError(f"this model has the {kind}s {candidates}: name one")
+            raise ValueError(f"this model has the {kinds} {candidates}: name one")
         return candidates[0]
 
     def modality_batch(self, batch: dict) -> ModalityBatch:
@@ -213,9 +232,13 @@ class MaskedModelingModule(L.LightningModule):
 
     def evaluation_masks(self, inputs: ModalityBatch) -> list[dict[str, MaskedPositions]]:
         """The masks a held-out batch is scored under: each modality's evaluation masks
-        (masked diffusion scores several noise levels; shorter lists repeat)."""
+        (masked diffusion scores several noise levels; shorter lists repeat), every hidden
+        position shown as the mask token when ``evaluation_mask_only``."""
         own = self._own_masks(inputs, evaluation=True)
-        return [self._masks_across(inputs, masks) for masks in own]
+        passes = [self._masks_across(inputs, masks) for masks in own]
+        if not self.evaluation_mask_only:
+            return passes
+        return [{name: _mask_only(masked) for name, masked in pass_.items()} for pass_ in passes]
 
     def _own_masks(
         self, inputs: ModalityBatch, evaluation: bool
@@ -357,8 +380,13 @@ class MaskedModelingModule(L.LightningModule):
 
     # ------------------------------------------------------------------------ lightning
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """One masked-prediction step. Every random choice of the step (masks, BERT's
+        replacements, dropped modalities, token budgets, diffusion times, dropout) is drawn
+        under ``training_batch_seed``, so a run resumed from any checkpoint trains as the
+        uninterrupted run did (``docs/resuming.md``)."""
         inputs = self.modality_batch(batch)
-        out = self.forward_masked(inputs)
+        with seeded(self.training_batch_seed(batch_idx), self.device):
+            out = self.forward_masked(inputs)
         self._check_finite(out.loss, f"training step {self.global_step}", across_ranks=True)
         size = _batch_size(inputs)
         values = {"train/loss": out.loss.detach()}
@@ -370,11 +398,58 @@ class MaskedModelingModule(L.LightningModule):
         self.log_dict(values, on_step=True, on_epoch=False, batch_size=size)
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
         for name, sub in inputs.items():
+            self._training_batches[name] += 1
             modality = self.modalities[name]
             if isinstance(modality, TokenModality):
                 modality.count_lengths(sub)
         self._log_skipped(batch, size)
         return out.loss
+
+    def training_batch_seed(self, batch_idx: int) -> int:
+        """The seed of training batch ``batch_idx``: a hash of the run's seed, the optimizer
+        step, the micro-batch within a gradient-accumulation window and the DDP rank.
+
+        Seeded per step rather than by saving torch's RNG states in checkpoints: a step's
+        randomness then depends on nothing that ran before it (validation, callbacks, a
+        library drawing from the global RNG, loader workers starting), a resumed run needs no
+        state beyond the step counters Lightning restores anyway, and every rank derives its
+        own seed without gathering states. Python's and the loaders' randomness is the data
+        module's, seeded by the sample's place in the stream."""
+        seed = self._training_seed if self._training_seed is not None else run_seed()
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return step_seed(seed, self.global_step, batch_idx % accumulate, self.global_rank)
+
+    def on_fit_start(self) -> None:
+        """Fix the run's training seed; a resumed run keeps its checkpoint's, loudly when the
+        command line's ``seed_everything`` differs from it."""
+        if self._training_seed is None:
+            self._training_seed = run_seed()
+        elif "PL_GLOBAL_SEED" in os.environ and run_seed() != self._training_seed:
+            rank_zero_warn(
+                f"resuming with the checkpoint's training seed {self._training_seed}, not "
+                f"seed_everything {run_seed()}: the resumed run continues the checkpoint's run"
+            )
+
+    def on_train_end(self) -> None:
+        """Warn, naming it, about a modality no training batch of any rank carried (an
+        optional modality whose shards hold none of its members): its embedder and head never
+        trained, which no loss shows."""
+        if self.global_step == 0:
+            return
+        names = list(self._training_batches)
+        counts = torch.tensor([self._training_batches[n] for n in names], device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        absent = [name for name, count in zip(names, counts.tolist(), strict=True) if count == 0]
+        if absent:
+            rank_zero_warn(
+                f"modalities {absent} appeared in no training batch of {self.global_step} "
+                "steps: their embedders and heads are untrained. Do the training shards carry "
+                f"their members ({', '.join(self._members_read(name) for name in absent)})?"
+            )
+
+    def _members_read(self, name: str) -> str:
+        members = self.batcher.members.get(name)
+        return f"{name}: {members or ', '.join(self.tokenizers[name].sample_keys)}"
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -423,12 +498,27 @@ class MaskedModelingModule(L.LightningModule):
         checkpoint["tokenizer_fingerprints"] = {
             name: tokenizer.fingerprint() for name, tokenizer in self.tokenizers.items()
         }
+        if self._training_seed is not None:
+            checkpoint["training_seed"] = self._training_seed
+        checkpoint["training_batches_per_modality"] = dict(self._training_batches)
+        # Self-contained: the weights init_from started from are in the state dict, so loading
+        # the checkpoint must not need their directory again (it may be gone, or relative to
+        # another working directory). Where they came from is kept for the record.
+        hyperparameters = checkpoint.get("hyper_parameters", {})
+        if hyperparameters.get("init_from") is not None:
+            checkpoint["initialized_from"] = hyperparameters["init_from"]
+            hyperparameters["init_from"] = None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse weights trained with another vocabulary than the tokenizer's now (a
         tokenizer directory retrained in place keeps its size, so the weights would load and
         silently predict other tokens). Checkpoints of one-modality modules written before
-        modalities were keyed load under their modality's name."""
+        modalities were keyed load under their modality's name. A resumed run keeps drawing
+        its training randomness from the checkpoint's seed."""
+        self._training_seed = checkpoint.get("training_seed", self._training_seed)
+        for name, count in checkpoint.get("training_batches_per_modality", {}).items():
+            if name in self._training_batches:
+                self._training_batches[name] = count
         _rename_single_modality_keys(
             checkpoint, self.modality_named() if len(self.modalities) == 1 else None
         )
@@ -594,8 +684,20 @@ def _modality_configs(
             )
         if not modalities:
             raise ValueError("MaskedModelingModule: modalities is empty")
+        if all(config.loss_weight == 0 for config in modalities.values()):
+            weights = ", ".join(f"modalities.{name}.loss_weight=0" for name in modalities)
+            raise ValueError(
+                f"MaskedModelingModule: every modality's loss weight is 0 ({weights}): the "
+                "loss would be 0 and nothing would train; give one a positive loss_weight"
+            )
         return dict(modalities)
     return {tokenizer.modality_name: ModalityConfig(tokenizer, masking, decoder=decoder)}
+
+
+def _mask_only(masked: MaskedPositions) -> MaskedPositions:
+    """``masked`` with every hidden position of every row shown as the mask token."""
+    every_row = torch.ones(masked.mask.shape[0], dtype=torch.bool, device=masked.mask.device)
+    return replace(masked, mask_only=every_row)
 
 
 def _rows(inputs: ModalityBatch) -> dict[str, Tensor | None]:

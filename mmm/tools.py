@@ -7,20 +7,23 @@ Each is a typed function; ``mmm <tool> --help`` is generated from its signature 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
-from collections.abc import Iterable
-from dataclasses import asdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from mmm.data.formats import Sample, audio_samples
+from mmm.data.labelled import LabelledSummary, labelled_manifest_shards
 from mmm.data.patterns import expand_inputs
 from mmm.data.reading import read_source
 from mmm.data.shards import ShardSummary, build_shards
+from mmm.files import replaced_atomically
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
 
@@ -39,29 +42,82 @@ def shards_command(
     on_error: Literal["skip", "raise"] = "skip",
     overwrite: bool = False,
     progress: bool = True,
-) -> ShardSummary:
+    allow_outside: bool = False,
+    label: str | None = None,
+    task: str = "classification",
+    splits: str = "0.8,0.1,0.1",
+    split_column: str = "split",
+    classes: str | None = None,
+) -> ShardSummary | LabelledSummary:
     """Turn input files of one modality into WebDataset shards ``output-000000.tar``, ...
 
-    Prints a summary (shards, samples, bytes, skipped files). Text: ``.txt`` files (a document
-    each) and ``.jsonl`` files (a document per line); see each modality for its files.
+    Prints a summary (shards, samples, bytes, skipped files or lines, the first reason). Text:
+    ``.txt`` files (a document each) and ``.jsonl`` files (a document per line); see each
+    modality for its files. One run at a time writes an output (``output.lock``).
+
+    Labelled manifests (``--modality manifest --label COLUMN``) become a labelled folder
+    ``output/`` instead: ``labels.json``, ``train-*``/``val-*``/``test-*`` shards and label
+    budgets ``train-p10-*``/``train-p30-*``, each sample with a ``label.json`` member (see
+    ``docs/labelled-data.md``).
 
     Args:
-        inputs: files, folders (read recursively) or glob/brace patterns.
+        inputs: files, folders (read recursively) or glob/brace patterns. Files found in a
+            folder or by a glob must resolve inside it (see ``allow_outside``).
         output: shard name prefix, e.g. ``data/mytext/train``.
-        modality: which reader turns files into samples (``text``, ``image``, ``audio``, ...).
+        modality: which reader turns files into samples (``text``, ``image``, ``audio``,
+            ``manifest``, ...).
         max_count: most samples per shard.
         max_size_mb: a shard is closed once it holds this many megabytes.
         workers: processes reading files in parallel (for readers that read file by file).
-        options: reader options, e.g. ``{text_field: body, max_words: 120}`` for text.
-        on_error: ``skip`` logs and counts a file its reader fails on and goes on (readers
-            that read file by file); ``raise`` stops at the first.
+        options: reader options, e.g. ``{text_field: body, max_words: 120}`` for text, or
+            ``{roots: [/data/clips], file_fields: [wav], members: {sentence: txt}}`` for
+            manifests.
+        on_error: ``skip`` logs and counts a file (a manifest line) its reader fails on and
+            goes on (readers that read file by file); ``raise`` stops at the first.
         overwrite: replace shards already at ``output-*.tar`` (else that is an error).
         progress: show a progress bar.
+        allow_outside: read files that data points outside its folder: links in an input
+            folder (``secret.txt -> /etc/passwd``), manifest paths that are absolute or
+            leave the manifest's folder (``../``, links). Off by default: such a file is
+            refused, naming the link or the manifest line. Set it for data you trust, such as
+            NeMo manifests of absolute paths (or name their folder in ``options.roots``).
+        label: the manifest field holding each line's label: writes a labelled folder. A bad
+            label (missing, empty, a class not in ``classes``, a non-numeric or NaN
+            regression target) stops with an error naming manifest and line when
+            ``on_error=raise``, and is logged, counted and left out with ``skip``.
+        task: what the labels are: ``classification``, ``multilabel`` (``a;b`` in a CSV),
+            ``regression`` or ``token_classification`` (a JSON list of ints per line).
+        splits: train,val,test fractions for lines the manifest does not assign a split.
+        split_column: the manifest field naming a line's split (train/val/test) where set;
+            it wins over ``splits``.
+        classes: the label set in index order, ``a,b,c``; default: the sorted class names
+            of the training lines.
     """
     if workers < 1 or max_count < 1 or max_size_mb <= 0:
         raise ValueError("shards: workers and max_count must be >= 1, max_size_mb > 0")
+    if label is not None:
+        if modality != "manifest":
+            raise ValueError(
+                f"shards: --label reads manifests (--modality manifest), not {modality}"
+            )
+        labelled = labelled_manifest_shards(
+            expand_inputs(inputs, allow_outside=allow_outside),
+            output,
+            label=label,
+            task=task,
+            splits=splits,
+            split_column=split_column,
+            classes=classes,
+            on_error=on_error,
+            max_count=max_count,
+            overwrite=overwrite,
+            options=options,
+            allow_outside=allow_outside,
+        )
+        print(labelled)
+        return labelled
     summary = build_shards(
-        expand_inputs(inputs),
+        expand_inputs(inputs, allow_outside=allow_outside),
         output,
         modality=modality,
         max_count=max_count,
@@ -71,6 +127,7 @@ def shards_command(
         on_error=on_error,
         overwrite=overwrite,
         progress=progress,
+        allow_outside=allow_outside,
     )
     print(summary)
     return summary
@@ -91,7 +148,9 @@ def tokenizer_command(
 
     Args:
         source: an embedded corpus name (``python-docs``) or a glob/brace pattern of shards
-            (their ``txt`` members) or ``.txt``/``.jsonl`` files.
+            (their ``txt`` members) or ``.txt``/``.jsonl`` files. A ``pipe:`` URL of a shard
+            (``pipe:aws s3 cp s3://bucket/train-000000.tar -``) runs its command in a shell:
+            trusted sources only.
         output: directory to write.
         vocab_size: vocabulary size, special tokens included.
         algorithm: ``wordpiece`` (BERT) or ``bpe`` (RoBERTa).
@@ -164,7 +223,8 @@ def audio_stats_command(
     Args:
         inputs: shards (``.tar``), audio files or folders (read recursively), or glob/brace
             patterns of them, e.g. ``'data/asterisk-en/train-*.tar'``; or an embedded corpus
-            name (``asterisk-en``).
+            name (``asterisk-en``). A ``pipe:`` URL of a shard runs its command in a shell:
+            trusted inputs only.
         output: JSON file to write.
         features: log-mel settings; they must equal the tokenizer's.
     """
@@ -188,13 +248,16 @@ def fill_mask_command(
 ) -> None:
     """Print the top-k predictions, with probabilities, for each mask token in each text.
 
+    Several texts: ``--text '[A, B]'`` or ``--text A --text+ B`` (a second ``--text`` would
+    replace the first, so it is refused).
+
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
         text: one or more inputs, the mask written as the tokenizer's mask token (``[MASK]``).
         top_k: predictions shown per mask.
-        context: for a multimodal model, one file per text that the model sees beside it
-            (e.g. the recording of a transcript: ``--context clip.wav``), read as the member
-            of its extension.
+        context: for a multimodal model, the file that the model sees beside each text (e.g.
+            the recording of a transcript: ``--context clip.wav``), read as the member of its
+            extension: one for every text, or one that every text is read with.
     """
     from mmm.inference import fill_mask, load_module
 
@@ -202,6 +265,8 @@ def fill_mask_command(
     text = [text] if isinstance(text, str) else text
     files = [context] if isinstance(context, str) else context
     samples = None if files is None else [_file_member(path) for path in files]
+    if samples is not None and len(samples) == 1:
+        samples = samples * len(text)  # one context for every text
     found = fill_mask(module, text, top_k=top_k, context=samples)
     for sentence, masks in zip(text, found, strict=True):
         print(sentence)
@@ -239,10 +304,12 @@ def generate_command(
     batch_size: int = 64,
     device: str | None = None,
     progress: bool = True,
-) -> list[str]:
+) -> int:
     """Sample sequences from a masked model, or fill in the masks of templates (infill).
 
-    MDLM ancestral sampling or MaskGIT; written as FASTA, .smi or text lines.
+    MDLM ancestral sampling or MaskGIT; written as FASTA, .smi or text lines, a batch at a
+    time as it is sampled (each flushed to the file), so output appears as the run goes and
+    memory holds one batch however many samples are asked for. Returns how many were written.
 
     Any discrete checkpoint works, whether trained with masked diffusion
     (``--model.masking mmm.masking.DiffusionMasking``) or BERT-style.
@@ -268,7 +335,8 @@ def generate_command(
         device: ``cpu``, ``cuda``, ...; unset: CUDA when available.
         progress: show a progress bar.
     """
-    from mmm.inference import SamplingSettings, generate, infill, load_module, write_sequences
+    from mmm.generation import generate_batches, infill_batches
+    from mmm.inference import SamplingSettings, load_module
 
     module = load_module(checkpoint, map_location=_device(device))
     settings = SamplingSettings(
@@ -281,21 +349,31 @@ def generate_command(
     )
     common = {"settings": settings, "seed": seed, "batch_size": batch_size, "progress": progress}
     if template is None:
-        sequences = generate(module, num_samples, length=length, **common)
-        names = [f"generated_{index}" for index in range(1, len(sequences) + 1)]
+        batches = generate_batches(module, num_samples, length=length, **common)
+        names = (f"generated_{index}" for index in itertools.count(1))
     else:
         templates = [template] if isinstance(template, str) else template
-        repeated = [t for t in templates for _ in range(num_samples)]
-        sequences = infill(module, repeated, **common)
-        names = [
-            f"infill_{i // num_samples + 1}_{i % num_samples + 1}" for i in range(len(repeated))
-        ]
-    if output is None:
-        print("\n".join(sequences))
-    else:
-        write_sequences(output, names, sequences)
-        print(f"wrote {len(sequences)} sequences to {output}")
-    return sequences
+        repeated = (t for t in templates for _ in range(num_samples))
+        total = len(templates) * num_samples
+        batches = infill_batches(module, repeated, total=total, **common)
+        names = (f"infill_{i // num_samples + 1}_{i % num_samples + 1}" for i in itertools.count())
+    named = ((list(itertools.islice(names, len(batch))), batch) for batch in batches)
+    return _write_generated(named, output)
+
+
+def _write_generated(batches: Iterator[tuple[list[str], list[str]]], output: str | None) -> int:
+    """Print or write each batch of (names, sequences) as soon as it is sampled."""
+    from mmm.inference import write_sequence_batches
+
+    if output is not None:
+        written = write_sequence_batches(output, batches)
+        print(f"wrote {written} sequences to {output}")
+        return written
+    written = 0
+    for _, sequences in batches:
+        print("\n".join(sequences), flush=True)
+        written += len(sequences)
+    return written
 
 
 def score_command(
@@ -314,19 +392,24 @@ def score_command(
     """Score sequences (pseudo-log-likelihood) or point mutations (masked marginals).
 
     ``--inputs``: each sequence's pseudo-log-likelihood into a CSV; ``--mutations``: ESM-1v
-    masked-marginal scores written back to the mutations' CSV as a score column.
+    masked-marginal scores, the mutations' CSV with a score column added, written to a new
+    file. Outputs are written beside their target and renamed into place once complete, so a
+    failure leaves no half-written file (and never touches the input).
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
         inputs: FASTA, ``.smi`` or one-sequence-a-line files (or patterns): each sequence's
             pseudo-log-likelihood (every position hidden in turn) goes to ``output`` as CSV
-            columns ``name,length,pll,pseudo_perplexity``.
+            columns ``name,length,pll,pseudo_perplexity``. A sequence longer than the model's
+            ``max_length`` is refused, naming it (it would be scored cut short).
         mutations: a CSV with a ``mutation_column`` of mutations such as ``A23G`` or
-            ``A23G:K45R`` (1-based positions): each gets ``log p(mutant) - log p(wild type)``
-            at its hidden positions, summed.
+            ``A23G:K45R`` (1-based positions, each position at most once): each gets
+            ``log p(mutant) - log p(wild type)`` at its hidden positions, summed. A wild type
+            longer than the model's ``max_length`` is refused: score a window that fits.
         sequence: the wild type of every mutation; unset: each row's ``sequence_column``.
-        output: where the CSV goes; unset: ``scores.csv`` for ``inputs``, the ``mutations``
-            file itself (written back) for mutations.
+        output: where the CSV goes; unset: ``scores.csv`` for ``inputs``, ``NAME.scored.csv``
+            beside ``NAME.csv`` for mutations. Naming the mutations file itself replaces it,
+            only once every row is scored.
         mutation_column: CSV column of the mutations.
         sequence_column: CSV column of the wild types when ``sequence`` is unset.
         score_column: name of the added column.
@@ -343,26 +426,92 @@ def score_command(
     return _score_mutation_csv(
         module,
         mutations,
-        output or mutations,
+        output or scored_name(mutations),
         sequence=sequence,
         columns=(mutation_column, sequence_column, score_column),
         batch_size=batch_size,
     )
 
 
+def scored_name(path: str) -> str:
+    """Where the scores of a mutations CSV go by default: ``dms.csv`` -> ``dms.scored.csv``."""
+    file = Path(path)
+    return str(file.with_name(f"{file.stem}.scored{file.suffix or '.csv'}"))
+
+
 def _score_sequences(module, inputs: str | list[str], output: str, batch_size: int) -> str:
     from mmm.inference import read_sequences, score
 
-    records = [pair for path in expand_inputs(inputs) for pair in read_sequences(path)]
-    scores = score(module, [seq for _, seq in records], batch_size=batch_size)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="", encoding="utf-8") as handle:
+    records = [
+        (path, name, sequence)
+        for path in expand_inputs(inputs)
+        for name, sequence in read_sequences(path)
+    ]
+    scores = score(
+        module,
+        [sequence for _, _, sequence in records],
+        batch_size=batch_size,
+        names=[f"{path}: record {name!r}" for path, name, _ in records],
+    )
+    with (
+        replaced_atomically(output) as staged,
+        open(staged, "w", newline="", encoding="utf-8") as handle,
+    ):
         writer = csv.writer(handle)
         writer.writerow(["name", "length", "pll", "pseudo_perplexity"])
-        for (name, _), result in zip(records, scores, strict=True):
+        for (_, name, _), result in zip(records, scores, strict=True):
             writer.writerow([name, result.length, result.pll, result.pseudo_perplexity])
     print(f"scored {len(records)} sequences into {output}")
     return output
+
+
+@dataclass(frozen=True)
+class MutationTable:
+    """The rows of a mutations CSV, each with its line number (how errors name it)."""
+
+    path: str
+    fields: list[str]
+    rows: list[dict[str, str]]
+    lines: list[int]
+
+    def where(self, index: int) -> str:
+        return f"{self.path} row {index + 1} (line {self.lines[index]})"
+
+    def value(self, index: int, column: str) -> str:
+        """The row's ``column``, or an error naming the row and the columns it has."""
+        value = self.rows[index].get(column)
+        if value is None or not value.strip():
+            present = [field for field, v in self.rows[index].items() if v]
+            raise ValueError(
+                f"{self.where(index)}: no {column!r} value (its columns with values: {present})"
+            )
+        return value
+
+
+def read_mutation_table(path: str, needed: list[str]) -> MutationTable:
+    """A mutations CSV, every row checked to have as many fields as the header.
+
+    Raises:
+        ValueError: naming a missing column, or a row with more fields than the header (the
+            extra fields would have no column to be written back under).
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows, lines = list(reader.fieldnames or []), [], []
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
+    missing = [c for c in needed if c not in fields]
+    if missing:
+        raise ValueError(f"{path}: no column {missing} (columns: {fields})")
+    table = MutationTable(path, fields, rows, lines)
+    for index, row in enumerate(rows):
+        if None in row:  # DictReader keeps the fields past the header's under None
+            raise ValueError(
+                f"{table.where(index)}: {len(fields) + len(row[None])} fields, the header has "
+                f"{len(fields)} ({fields}); quote values that hold commas"
+            )
+    return table
 
 
 def _score_mutation_csv(
@@ -371,29 +520,32 @@ def _score_mutation_csv(
     from mmm.inference import score_mutations
 
     mutation_column, sequence_column, score_column = columns
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fields, rows = list(reader.fieldnames or []), list(reader)
     needed = [mutation_column] + ([] if sequence is not None else [sequence_column])
-    missing = [c for c in needed if c not in fields]
-    if missing:
-        raise ValueError(f"{path}: no column {missing} (columns: {fields})")
+    table = read_mutation_table(path, needed)
     groups: dict[str, list[int]] = {}  # wild type -> its rows, each scored in one pass
-    for index, row in enumerate(rows):
-        groups.setdefault(sequence or row[sequence_column], []).append(index)
+    for index in range(len(table.rows)):
+        wild_type = sequence or table.value(index, sequence_column)
+        groups.setdefault(wild_type, []).append(index)
     for wild_type, indices in groups.items():
-        texts = [rows[i][mutation_column] for i in indices]
-        try:
-            values = score_mutations(module, wild_type, texts, batch_size=batch_size)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from error
+        values = score_mutations(
+            module,
+            wild_type,
+            [table.value(i, mutation_column) for i in indices],
+            batch_size=batch_size,
+            names=[table.where(i) for i in indices],
+            wild_type_name=(
+                "--sequence" if sequence else f"the wild type of {table.where(indices[0])}"
+            ),
+        )
         for i, value in zip(indices, values, strict=True):
-            rows[i][score_column] = value
-    if score_column not in fields:
-        fields.append(score_column)
-    with open(output, "w", newline="", encoding="utf-8") as handle:
+            table.rows[i][score_column] = value
+    fields = table.fields + ([score_column] if score_column not in table.fields else [])
+    with (
+        replaced_atomically(output) as staged,
+        open(staged, "w", newline="", encoding="utf-8") as handle,
+    ):
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
-    print(f"scored {len(rows)} mutations into {output} (column {score_column!r})")
+        writer.writerows(table.rows)
+    print(f"scored {len(table.rows)} mutations into {output} (column {score_column!r})")
     return output

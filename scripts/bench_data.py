@@ -12,8 +12,9 @@ exists), built exactly as ``mmm fit`` builds it:
    work on the machine hits both alike.
 
     python scripts/bench_data.py [--configs configs/text_mlm.yaml ...] [--batches 40] [--steps 15]
+        [--workers 0 1 2] [--set data.batch_size=16 ...]
 
-Run it from the repository root; embedded data and tokenizers are prepared on first use.
+Embedded data and tokenizers are prepared in the working directory on first use.
 """
 
 from __future__ import annotations
@@ -22,23 +23,15 @@ import argparse
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from datamodules.webdataset import ShardDataModule
-from mmm.cli import MMMCLI
+from mmm.experiment import CONFIGS, add_overrides_argument, build_from_config, config_overrides
 from mmm.module import MaskedModelingModule
 
 Batch = dict[str, torch.Tensor]
-
-
-def build(config: str) -> tuple[MaskedModelingModule, ShardDataModule]:
-    """Model and datamodule of ``config``, as ``mmm fit --config`` instantiates them."""
-    cli = MMMCLI(MaskedModelingModule, ShardDataModule, args=["--config", config], run=False)
-    cli.datamodule.prepare_data()
-    return cli.model, cli.datamodule
 
 
 def loader(data: ShardDataModule, workers: int) -> DataLoader:
@@ -100,18 +93,16 @@ def trained(data: ShardDataModule, batches: Iterator[Batch]) -> Iterator[Batch]:
         yield data.on_before_batch_transfer(batch, dataloader_idx=0)
 
 
-def bench(config: str, batches: int, steps: int) -> None:
-    module, data = build(config)
+def bench(config: str, overrides: list[str], batches: int, steps: int, workers: list[int]) -> None:
+    module, data = build_from_config(config, overrides)
     size = data.batch_size
     print(f"\n{config}: batch {size}, config workers {data.num_workers}")
     configured = data.num_workers
     held: list[Batch] = []
-    for workers in (0, 1, 2):
-        startup, seconds, held = timed_batches(
-            trained(data, forever(loader(data, workers))), batches
-        )
+    for count in workers:
+        startup, seconds, held = timed_batches(trained(data, forever(loader(data, count))), batches)
         print(
-            f"  loader, {workers} worker(s): {batches * size / seconds:8.0f} samples/s "
+            f"  loader, {count} worker(s): {batches * size / seconds:8.0f} samples/s "
             f"({batches / seconds:6.1f} batches/s; first batch {startup:.1f} s)"
         )
     fed = trained(data, forever(loader(data, configured)))
@@ -129,14 +120,20 @@ def bench(config: str, batches: int, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    defaults = [c for c in ("configs/text_mlm.yaml", "configs/image_mae.yaml") if Path(c).exists()]
+    defaults = [
+        str(c) for c in (CONFIGS / "text_mlm.yaml", CONFIGS / "image_mae.yaml") if c.exists()
+    ]
     parser.add_argument("--configs", nargs="+", default=defaults)
     parser.add_argument("--batches", type=int, default=40, help="batches timed per loader")
     parser.add_argument("--steps", type=int, default=15, help="training steps timed")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 1, 2], help="loader workers to time"
+    )
+    add_overrides_argument(parser)  # applied to every config
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {os.getloadavg()}")
     for config in args.configs:
-        bench(config, args.batches, args.steps)
+        bench(config, config_overrides(args), args.batches, args.steps, args.workers)
 
 
 if __name__ == "__main__":

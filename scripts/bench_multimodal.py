@@ -10,6 +10,7 @@ trunk costs exactly what two separate steps cost (packing both modalities into o
 is free); the issue's bound is 1.1.
 
     python scripts/bench_multimodal.py [--config configs/speech_text.yaml] [--rounds 20]
+        [--batches 8] [--set model.encoder.dim=96 ...]
 
 The paired step also does work the separate steps do not: an MAE decoder reads the other
 modality's encoder states (so a modality hidden whole can be drawn from the others). The
@@ -26,29 +27,21 @@ import time
 
 import torch
 import yaml
-from jsonargparse import ArgumentParser
 
 from datamodules import ShardDataModule
+from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 from mmm.module import MaskedModelingModule
 
 
-def build(model_config: dict) -> MaskedModelingModule:
-    """A module from the ``model:`` section of a config, as LightningCLI would build it."""
-    parser = ArgumentParser()
-    parser.add_class_arguments(MaskedModelingModule, "model")
-    return parser.instantiate(parser.parse_object({"model": model_config})).model
-
-
-def only(model_config: dict, name: str) -> dict:
+def only(config: dict, name: str) -> dict:
     """The config with one of its modalities."""
-    single = copy.deepcopy(model_config)
-    single["modalities"] = {name: single["modalities"][name]}
+    single = copy.deepcopy(config)
+    single["model"]["modalities"] = {name: single["model"]["modalities"][name]}
     return single
 
 
-def real_batches(config: dict, module: MaskedModelingModule, count: int) -> list[dict]:
-    data = ShardDataModule(**{**config["data"], "num_workers": 0}, tokenizer=module.batcher)
-    data.prepare_data()
+def real_batches(data: ShardDataModule, count: int) -> list[dict]:
+    """``count`` training batches of the paired pipeline (loader in this process)."""
     batches = []
     for batch in data.train_dataloader():
         batches.append({key: value for key, value in batch.items() if isinstance(value, dict)})
@@ -121,21 +114,26 @@ def report(kind: str, medians: dict[str, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/speech_text.yaml")
+    add_config_arguments(parser, default="speech_text.yaml")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--batches", type=int, default=8)
     args = parser.parse_args()
     with open(args.config) as handle:
         config = yaml.safe_load(handle)
+    overrides = ["--data.num_workers=0", *config_overrides(args)]
+
+    def build(variant: dict) -> MaskedModelingModule:
+        return build_from_config(variant, overrides)[0]
+
     torch.manual_seed(0)
-    paired = build(config["model"])
+    paired, data = build_from_config(config, overrides)
     models = {
-        "audio": build(only(config["model"], "audio")),
-        "text": build(only(config["model"], "text")),
+        "audio": build(only(config, "audio")),
+        "text": build(only(config, "text")),
         "paired": paired,
-        "paired, no decoder context": without_decoder_context(build(config["model"])),
+        "paired, no decoder context": without_decoder_context(build(config)),
     }
-    batches = real_batches(config, paired, args.batches)
+    batches = real_batches(data, args.batches)
     shapes = {n: tuple(s["attention_mask"].shape) for n, s in batches[0].items()}
     print(f"{args.config}: batches {shapes}, {torch.get_num_threads()} threads")
     report("real", compare(models, batches, args.rounds))

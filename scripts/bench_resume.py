@@ -16,8 +16,9 @@ Medians over ``--repeats``; prints the resume/fresh ratio (target: below 2) and 
 resuming is than replaying.
 
     python scripts/bench_resume.py [--config configs/text_mlm.yaml] [--skip 150] [--repeats 3]
+        [--set data.num_workers=1 ...]
 
-Run it from the repository root; embedded data and tokenizers are prepared on first use.
+Embedded data and tokenizers are prepared in the working directory on first use.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from bench_data import build
 
 from datamodules.webdataset import ShardDataModule
+from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 
 Batch = dict[str, torch.Tensor]
 
@@ -69,12 +70,12 @@ def seconds_to(count: int, start: Callable[[], ShardDataModule]) -> tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/text_mlm.yaml")
+    add_config_arguments(parser, default="text_mlm.yaml")
     parser.add_argument("--skip", type=int, default=150, help="batches trained before the stop")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    _, data = build(args.config)
+    _, data = build_from_config(args.config, config_overrides(args))
     data.trainer = None
     stream = batches(data)
     for _ in range(args.skip):

@@ -1,7 +1,7 @@
 """Training speed of mmm's text model against Hugging Face ``BertForMaskedLM``.
 
-Same size for both (hidden 256, 4 layers, 4 heads, FFN 1024, vocab 8192, sequence 128,
-batch 32, 15% masking, fp32, AdamW), in one process, steps alternating between the models so
+Same size for both (by default hidden 256, 4 layers, 4 heads, FFN 1024, vocab 8192, sequence
+128, batch 32, 15% masking, fp32, AdamW; ``--hidden`` etc. change it), in one process, steps alternating between the models so
 that machine noise hits all alike. Two comparisons:
 
 1. ``synthetic``: one ready-made batch without padding, the same hidden positions for both:
@@ -17,14 +17,15 @@ that machine noise hits all alike. Two comparisons:
 
     python scripts/bench_text.py [--mode synthetic|real|both] [--steps 10] [--warmup 3]
         [--threads N] [--docs 48] [--attention document|across]
+        [--hidden 256] [--layers 4] [--heads 4] [--ffn 1024] [--batch 32]
 
-Run it from the repository root; the embedded corpus and tokenizer are prepared on first use.
+The embedded corpus (``data/python-docs``) and the quickstart's tokenizer
+(``artifacts/tokenizers/``) are prepared in the working directory on first use.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -37,16 +38,32 @@ from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
 
 from datamodules import ShardDataModule
+from datamodules.webdataset import embedded_shards
 from mmm.masking import corrupt_tokens, random_mask
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, Tokenizer, copy_with
 from mmm.tokenizers.text import TextTokenizer
 
-HIDDEN, LAYERS, HEADS, FFN, VOCAB, LENGTH, BATCH, RATIO = 256, 4, 4, 1024, 8192, 128, 32, 0.15
+VOCAB, LENGTH = 8192, 128  # the quickstart tokenizer's vocabulary and row length
 TOKENIZER = "artifacts/tokenizers/python-docs-wordpiece-8k"  # the quickstart's
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The size both models share, and the batches they train on."""
+
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    ffn: int = 1024
+    """feed-forward width"""
+    batch: int = 32
+    """rows per synthetic batch, documents per unpacked batch, blocks per Hugging Face batch"""
+    ratio: float = 0.15
+    """share of tokens hidden"""
 
 
 class SyntheticTokenizer(DiscreteTokenizer):
@@ -69,32 +86,35 @@ class SyntheticTokenizer(DiscreteTokenizer):
         raise NotImplementedError
 
 
-def make_batch(seed: int = 0) -> Batch:
+def make_batch(rows: int, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, VOCAB, (BATCH, LENGTH), generator=g)
+    ids = torch.randint(5, VOCAB, (rows, LENGTH), generator=g)
     ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
-    attention = torch.ones(BATCH, LENGTH, dtype=torch.bool)
+    attention = torch.ones(rows, LENGTH, dtype=torch.bool)
     maskable = attention.clone()
     maskable[:, 0] = maskable[:, -1] = False
     return {"input_ids": ids, "attention_mask": attention, "maskable": maskable}
 
 
-def build_mmm(tokenizer: Tokenizer) -> MaskedModelingModule:
-    encoder = TransformerEncoder(dim=HIDDEN, depth=LAYERS, num_heads=HEADS, mlp_ratio=FFN / HIDDEN)
+def build_mmm(tokenizer: Tokenizer, sizes: Sizes) -> MaskedModelingModule:
+    encoder = TransformerEncoder(
+        dim=sizes.hidden,
+        depth=sizes.layers,
+        num_heads=sizes.heads,
+        mlp_ratio=sizes.ffn / sizes.hidden,
+    )
     return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder).train()
 
 
-def build_hf(
-    hidden: int = HIDDEN, layers: int = LAYERS, heads: int = HEADS, ffn: int = FFN
-) -> BertForMaskedLM:
-    """``BertForMaskedLM`` of the benchmark's size, or of another (``learning_per_minute``
-    sizes it like the quickstart config)."""
+def build_hf(sizes: Sizes) -> BertForMaskedLM:
+    """``BertForMaskedLM`` of ``sizes`` (``learning_per_minute`` sizes it like the quickstart
+    config)."""
     config = BertConfig(
         vocab_size=VOCAB,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=ffn,
+        hidden_size=sizes.hidden,
+        num_hidden_layers=sizes.layers,
+        num_attention_heads=sizes.heads,
+        intermediate_size=sizes.ffn,
         max_position_embeddings=LENGTH,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -112,15 +132,49 @@ class StepStats:
     length: int
 
 
-def mmm_trainer(module: MaskedModelingModule) -> Callable[[Batch], StepStats]:
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in what precision the steps run: fp32, or bf16 autocast (``bf16-mixed``,
+    Lightning's name) with fp32 weights and optimizer, as ``mmm fit --trainer.precision``."""
+
+    device: torch.device
+    precision: str = "32"
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"
+        )
+
+    def to_device(self, batch: dict) -> dict:
+        """The batch's tensors (also those of nested per-modality batches) on the device."""
+        return {
+            key: self.to_device(value)
+            if isinstance(value, dict)
+            else value.to(self.device, non_blocking=True)
+            if isinstance(value, torch.Tensor)
+            else value
+            for key, value in batch.items()
+        }
+
+    def synchronize(self) -> None:
+        """Wait for the device, so that a step's time includes its queued kernels."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def mmm_trainer(module: MaskedModelingModule, runtime: Runtime) -> Callable[[Batch], StepStats]:
     """One mmm training step (forward, backward, AdamW) on a batch."""
+    module.to(runtime.device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
 
     def step(batch: Batch) -> StepStats:
-        out = module.forward_masked(batch)
+        batch = runtime.to_device(batch)
+        with runtime.autocast():
+            out = module.forward_masked(batch)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
+        runtime.synchronize()
         tokens = int(batch["attention_mask"].sum())
         hidden = out[module.modality_named()].target.shape[0]
         return StepStats(tokens, hidden, batch["input_ids"].shape[1])
@@ -128,19 +182,22 @@ def mmm_trainer(module: MaskedModelingModule) -> Callable[[Batch], StepStats]:
     return step
 
 
-def hf_trainer(model: BertForMaskedLM) -> Callable[[Batch], StepStats]:
+def hf_trainer(model: BertForMaskedLM, runtime: Runtime) -> Callable[[Batch], StepStats]:
     """One Hugging Face training step on a batch with ``labels`` (-100 where not hidden)."""
+    model.to(runtime.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(batch: Batch) -> StepStats:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-        loss = model(**inputs).loss
+        inputs = runtime.to_device({k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
+        with runtime.autocast():
+            loss = model(**inputs).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        tokens = int(batch["attention_mask"].sum())
-        hidden = int((batch["labels"] != -100).sum())
-        return StepStats(tokens, hidden, batch["input_ids"].shape[1])
+        runtime.synchronize()
+        tokens = int(inputs["attention_mask"].sum())
+        hidden = int((inputs["labels"] != -100).sum())
+        return StepStats(tokens, hidden, inputs["input_ids"].shape[1])
 
     return step
 
@@ -166,29 +223,34 @@ class Arm:
     def tokens_per_second(self) -> float:
         return sum(s.tokens for s in self.stats) / sum(self.seconds)
 
-    def flops_per_second(self) -> float:
-        return sum(model_flops(s) for s in self.stats) / sum(self.seconds)
+    def flops_per_second(self, sizes: Sizes) -> float:
+        return sum(model_flops(s, sizes) for s in self.stats) / sum(self.seconds)
 
 
-def model_flops(stats: StepStats) -> float:
+def model_flops(stats: StepStats, sizes: Sizes) -> float:
     """Training FLOPs (forward + backward = 3x forward, 2 FLOPs per multiply-add) that the
     step's useful work needs: the encoder on real tokens (projections, feed-forward, attention
     over the row) and the masked-LM head (transform + vocabulary projection) on hidden
     positions. The same count for every contender, so the MFU ratio is the useful-work ratio;
     work on padding, and Hugging Face's head on unmasked positions, count as waste."""
-    per_token = LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN + 2 * stats.length * HIDDEN)
-    head = HIDDEN * HIDDEN + HIDDEN * VOCAB
+    hidden, ffn = sizes.hidden, sizes.ffn
+    per_token = sizes.layers * (4 * hidden * hidden + 2 * hidden * ffn + 2 * stats.length * hidden)
+    head = hidden * hidden + hidden * VOCAB
     return 6.0 * (stats.tokens * per_token + stats.hidden * head)
 
 
-def gemm_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matrix-multiply rate on the current threads (best of a few)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_flops_per_second(runtime: Runtime, size: int = 2048, repeats: int = 10) -> float:
+    """This machine's matrix-multiply rate on the device (best of a few): fp32, or bf16 for
+    ``bf16-mixed`` (the precision autocast runs the matrix multiplies in)."""
+    dtype = torch.bfloat16 if runtime.precision == "bf16-mixed" else torch.float32
+    a, b = (torch.randn(size, size, device=runtime.device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
+    runtime.synchronize()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        runtime.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best
 
@@ -220,11 +282,12 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[s
 
 
 def hf_batches(
-    tokenizer: TextTokenizer, mlm_probability: float = RATIO
+    tokenizer: TextTokenizer, batch_size: int, mlm_probability: float
 ) -> tuple[Iterator[Batch], float]:
-    """Hugging Face's recipe on the same training split, and the seconds its up-front
-    tokenization and grouping took (``datasets.map`` would cache it; not counted per step)."""
-    urls = sorted(glob.glob("data/python-docs/train-*.tar"))
+    """Hugging Face's recipe on the same training split (written to ``data/python-docs`` on
+    first use), and the seconds its up-front tokenization and grouping took
+    (``datasets.map`` would cache it; not counted per step)."""
+    urls = embedded_shards("python-docs", "train")
     texts = [s["txt"].decode("utf-8") for s in wds.WebDataset(urls, shardshuffle=False)]
     start = time.perf_counter()
     tokenized = tokenizer.hf(texts, return_special_tokens_mask=True)
@@ -236,7 +299,7 @@ def hf_batches(
     collator = DataCollatorForLanguageModeling(tokenizer.hf, mlm_probability=mlm_probability)
     loader = DataLoader(
         features,
-        batch_size=BATCH,
+        batch_size=batch_size,
         shuffle=True,
         drop_last=True,
         collate_fn=collator,
@@ -245,32 +308,41 @@ def hf_batches(
     return forever(loader), prepared
 
 
-def synthetic_arms() -> list[Arm]:
+def synthetic_arms(sizes: Sizes, runtime: Runtime) -> list[Arm]:
     """The same batch and, for Hugging Face, the same hidden positions every step."""
-    batch = make_batch()
-    mask = random_mask(batch["maskable"], RATIO, torch.Generator().manual_seed(1))
+    batch = make_batch(sizes.batch)
+    mask = random_mask(batch["maskable"], sizes.ratio, torch.Generator().manual_seed(1))
     hf_batch = {
         "input_ids": corrupt_tokens(batch["input_ids"], mask, mask_token_id=4, vocab_size=VOCAB),
         "attention_mask": batch["attention_mask"].long(),
         "labels": batch["input_ids"].masked_fill(~mask, -100),  # -100: not scored
     }
+    mmm = build_mmm(SyntheticTokenizer(), sizes)
     return [
-        Arm("mmm", repeat(batch), mmm_trainer(build_mmm(SyntheticTokenizer()))),
-        Arm("hf", repeat(hf_batch), hf_trainer(build_hf())),
+        Arm("mmm", repeat(batch), mmm_trainer(mmm, runtime)),
+        Arm("hf", repeat(hf_batch), hf_trainer(build_hf(sizes), runtime)),
     ]
 
 
-def real_arms(docs: int, attention: str) -> tuple[list[Arm], float]:
+def real_arms(docs: int, attention: str, sizes: Sizes, runtime: Runtime) -> tuple[list[Arm], float]:
     tokenizer = TextTokenizer(
         path=TOKENIZER, train_source="python-docs", max_length=LENGTH, pack=True
     )
     packed = copy_with(tokenizer, attention=attention)
     unpacked = copy_with(tokenizer, pack=False)
-    hf_stream, prepared = hf_batches(tokenizer)
+    hf_stream, prepared = hf_batches(tokenizer, sizes.batch, sizes.ratio)
     return [
-        Arm("mmm", mmm_batches(packed, docs), mmm_trainer(build_mmm(packed))),
-        Arm("mmm-unpacked", mmm_batches(unpacked, BATCH), mmm_trainer(build_mmm(unpacked))),
-        Arm("hf", hf_stream, hf_trainer(build_hf())),
+        Arm(
+            "mmm",
+            mmm_batches(packed, docs),
+            mmm_trainer(build_mmm(packed, sizes), runtime),
+        ),
+        Arm(
+            "mmm-unpacked",
+            mmm_batches(unpacked, sizes.batch),
+            mmm_trainer(build_mmm(unpacked, sizes), runtime),
+        ),
+        Arm("hf", hf_stream, hf_trainer(build_hf(sizes), runtime)),
     ], prepared
 
 
@@ -280,50 +352,68 @@ def measure(arms: list[Arm], steps: int, warmup: int) -> None:
             arm.run(record=i >= warmup)
 
 
-def report(arms: list[Arm], peak: float) -> None:
+def report(arms: list[Arm], peak: float, sizes: Sizes) -> None:
     hf = next(arm for arm in arms if arm.name == "hf")
     for arm in arms:
         tokens = statistics.mean(s.tokens for s in arm.stats)
         print(
             f"  {arm.name:13s} {statistics.median(arm.seconds) * 1e3:7.1f} ms/step  "
             f"{tokens:6.0f} real tokens/step  {arm.tokens_per_second():7.0f} real tokens/s  "
-            f"MFU {arm.flops_per_second() / peak:5.1%}  "
+            f"MFU {arm.flops_per_second(sizes) / peak:5.1%}  "
             f"({arm.tokens_per_second() / hf.tokens_per_second():.2f}x hf)"
         )
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = Sizes()
     parser.add_argument("--mode", choices=["synthetic", "real", "both"], default="both")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--docs", type=int, default=48, help="documents per packed batch (config)")
     parser.add_argument("--attention", choices=["document", "across"], default="document")
-    args = parser.parse_args()
+    parser.add_argument("--hidden", type=int, default=default.hidden, help="width (BERT-base: 768)")
+    parser.add_argument("--layers", type=int, default=default.layers, help="(BERT-base: 12)")
+    parser.add_argument("--heads", type=int, default=default.heads, help="(BERT-base: 12)")
+    parser.add_argument("--ffn", type=int, default=default.ffn, help="(BERT-base: 3072)")
+    parser.add_argument("--batch", type=int, default=default.batch, help=Sizes.__doc__)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
+    parser.add_argument(
+        "--gemm_size", type=int, default=2048, help="matrix side of the peak-rate measurement"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
+    sizes = Sizes(args.hidden, args.layers, args.heads, args.ffn, args.batch)
+    runtime = Runtime(torch.device(args.device), args.precision)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    peak = gemm_flops_per_second()
+    peak = gemm_flops_per_second(runtime, size=args.gemm_size)
     print(
-        f"hidden {HIDDEN}, {LAYERS} layers, FFN {FFN}, vocab {VOCAB}, rows of {LENGTH}, "
-        f"{RATIO:.0%} masked, fp32, {args.threads} threads, median/mean of {args.steps} steps "
-        f"after {args.warmup}; measured fp32 GEMM rate {peak / 1e9:.1f} GFLOP/s"
+        f"hidden {sizes.hidden}, {sizes.layers} layers, FFN {sizes.ffn}, vocab {VOCAB}, rows of "
+        f"{LENGTH}, {sizes.ratio:.0%} masked, {runtime.device}, precision {runtime.precision}, "
+        f"{args.threads} threads, median/mean of {args.steps} steps after {args.warmup}; "
+        f"measured GEMM rate {peak / 1e9:.1f} GFLOP/s"
     )
     if args.mode in ("synthetic", "both"):
-        arms = synthetic_arms()
+        arms = synthetic_arms(sizes, runtime)
         measure(arms, args.steps, args.warmup)
-        print(f"synthetic batch {BATCH}x{LENGTH}, no padding, training step alone:")
-        report(arms, peak)
+        print(f"synthetic batch {sizes.batch}x{LENGTH}, no padding, training step alone:")
+        report(arms, peak, sizes)
     if args.mode in ("real", "both"):
-        arms, prepared = real_arms(args.docs, args.attention)
+        arms, prepared = real_arms(args.docs, args.attention, sizes, runtime)
         measure(arms, args.steps, args.warmup)
         print(
             f"real batches of python-docs, loader time included: mmm packs {args.docs} "
-            f"documents per batch ({args.attention} attention), mmm-unpacked pads {BATCH} "
-            f"documents, hf takes {BATCH} group_texts blocks (tokenized and grouped up front "
-            f"in {prepared:.1f} s, not counted):"
+            f"documents per batch ({args.attention} attention), mmm-unpacked pads {sizes.batch} "
+            f"documents, hf takes {sizes.batch} group_texts blocks (tokenized and grouped up "
+            f"front in {prepared:.1f} s, not counted):"
         )
-        report(arms, peak)
+        report(arms, peak, sizes)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Benchmark (not a test): mmm's MAE training step against Hugging Face ``ViTMAEForPreTraining``.
 
-Both models have the same size (image 64, patch 8, width 256, 4 layers, 4 heads, FFN 1024,
-decoder 128 wide x 2 layers, mask ratio 0.75, per-patch normalized targets) and run in one
-process on the same batch, fp32, on CPU by default. A step is forward, backward and an AdamW
+Both models have the same size (by default image 64, patch 8, width 256, 4 layers, 4 heads,
+FFN 1024, decoder 128 wide x 2 layers, mask ratio 0.75, per-patch normalized targets; options
+change them) and run in one process on the same batch, fp32, on CPU by default. A step is forward, backward and an AdamW
 update; the reported time is the median over ``--steps`` steps after ``--warmup`` steps, the
 variants taking turns step by step (fair on a shared, noisy machine).
 Also compares mmm's visible-only encoding against encoding every patch at the same ratio.
 
-    python scripts/bench_vision.py --steps 10 --warmup 3
+    python scripts/bench_vision.py --steps 10 --warmup 3 [--width 256 --depth 4 --heads 4 ...]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
@@ -25,43 +26,62 @@ from mmm.models import PatchDecoderConfig, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.image import ImageTokenizer, patchify
 
-IMAGE, PATCH, WIDTH, DEPTH, HEADS, FFN = 64, 8, 256, 4, 4, 1024
-DECODER_WIDTH, DECODER_DEPTH, DECODER_HEADS, RATIO = 128, 2, 4, 0.75
+
+@dataclass(frozen=True)
+class Sizes:
+    """The size both models share (each field is a ``--name`` option)."""
+
+    image: int = 64
+    patch: int = 8
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    ffn: int = 1024
+    decoder_width: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    ratio: float = 0.75
 
 
-def build_mmm() -> MaskedModelingModule:
+def build_mmm(sizes: Sizes) -> MaskedModelingModule:
+    encoder = TransformerEncoder(
+        dim=sizes.width, depth=sizes.depth, num_heads=sizes.heads, mlp_ratio=sizes.ffn / sizes.width
+    )
     return MaskedModelingModule(
-        ImageTokenizer(image_size=IMAGE, patch_size=PATCH, channels=3),
-        encoder=TransformerEncoder(dim=WIDTH, depth=DEPTH, num_heads=HEADS, mlp_ratio=FFN / WIDTH),
-        masking=RandomMasking(ratio=RATIO),
+        ImageTokenizer(image_size=sizes.image, patch_size=sizes.patch, channels=3),
+        encoder=encoder,
+        masking=RandomMasking(ratio=sizes.ratio),
         decoder=PatchDecoderConfig(
-            dim=DECODER_WIDTH, depth=DECODER_DEPTH, num_heads=DECODER_HEADS, norm_pix_loss=True
+            dim=sizes.decoder_width,
+            depth=sizes.decoder_depth,
+            num_heads=sizes.decoder_heads,
+            norm_pix_loss=True,
         ),
     )
 
 
-def build_hf() -> ViTMAEForPreTraining:
+def build_hf(sizes: Sizes) -> ViTMAEForPreTraining:
     config = ViTMAEConfig(
-        image_size=IMAGE,
-        patch_size=PATCH,
+        image_size=sizes.image,
+        patch_size=sizes.patch,
         num_channels=3,
-        hidden_size=WIDTH,
-        num_hidden_layers=DEPTH,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        decoder_hidden_size=DECODER_WIDTH,
-        decoder_num_hidden_layers=DECODER_DEPTH,
-        decoder_num_attention_heads=DECODER_HEADS,
-        decoder_intermediate_size=4 * DECODER_WIDTH,
-        mask_ratio=RATIO,
+        hidden_size=sizes.width,
+        num_hidden_layers=sizes.depth,
+        num_attention_heads=sizes.heads,
+        intermediate_size=sizes.ffn,
+        decoder_hidden_size=sizes.decoder_width,
+        decoder_num_hidden_layers=sizes.decoder_depth,
+        decoder_num_attention_heads=sizes.decoder_heads,
+        decoder_intermediate_size=4 * sizes.decoder_width,
+        mask_ratio=sizes.ratio,
         norm_pix_loss=True,
     )
     return ViTMAEForPreTraining(config)
 
 
-def mmm_batch(images: torch.Tensor) -> dict[str, torch.Tensor]:
+def mmm_batch(images: torch.Tensor, patch: int) -> dict[str, torch.Tensor]:
     """What ``ImageTokenizer.collate`` returns; patchifying is timed, as HF patchifies inside."""
-    patches = patchify(images, PATCH)  # (B, L, P)
+    patches = patchify(images, patch)  # (B, L, P)
     present = torch.ones(patches.shape[:2], dtype=torch.bool, device=images.device)
     return {"patches": patches, "attention_mask": present, "maskable": present}
 
@@ -114,14 +134,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    for size in fields(Sizes):
+        parser.add_argument(
+            f"--{size.name.replace('_', '-')}", type=type(size.default), default=size.default
+        )
     args = parser.parse_args()
+    sizes = Sizes(**{size.name: getattr(args, size.name) for size in fields(Sizes)})
     if args.threads:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    images = torch.rand(args.batch_size, 3, IMAGE, IMAGE, device=device)
-    mmm_model, hf_model = build_mmm().to(device), build_hf().to(device)
+    images = torch.rand(args.batch_size, 3, sizes.image, sizes.image, device=device)
+    mmm_model, hf_model = build_mmm(sizes).to(device), build_hf(sizes).to(device)
     mmm_model.train()
     hf_model.train()
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
@@ -133,13 +158,15 @@ def main() -> None:
 
     steps = {
         "mmm MAE step": TimedStep(
-            lambda: mmm_model.forward_masked(mmm_batch(images)).loss, list(mmm_model.parameters())
+            lambda: mmm_model.forward_masked(mmm_batch(images, sizes.patch)).loss,
+            list(mmm_model.parameters()),
         ),
         "HF ViTMAEForPreTraining step": TimedStep(
             lambda: hf_model(pixel_values=images).loss, list(hf_model.parameters())
         ),
         "mmm step, encoder on all patches": TimedStep(
-            lambda: loss_all_patches(mmm_model, mmm_batch(images)), list(mmm_model.parameters())
+            lambda: loss_all_patches(mmm_model, mmm_batch(images, sizes.patch)),
+            list(mmm_model.parameters()),
         ),
     }
     seconds = median_step_seconds(steps, args.steps, args.warmup)

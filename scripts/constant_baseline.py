@@ -6,6 +6,7 @@ that token's share of maskable positions in the validation split. A trained mode
 ``val/<modality>/masked_accuracy`` should clearly beat it.
 
     python scripts/constant_baseline.py --config configs/text_mlm.yaml [--train_batches 200]
+        [--set data.batch_size=16 ...]
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from collections import Counter
 
 import torch
 
-from datamodules import ShardDataModule
-from mmm.cli import MMMCLI
-from mmm.module import MaskedModelingModule
+from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 
 
 def maskable_counts(loader, name: str, limit: int | None) -> Counter:
@@ -36,19 +35,17 @@ def maskable_counts(loader, name: str, limit: int | None) -> Counter:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
+    add_config_arguments(parser, default=None)
     parser.add_argument("--train_batches", type=int, default=200)
     args = parser.parse_args()
-    cli = MMMCLI(MaskedModelingModule, ShardDataModule, run=False, args=["--config", args.config])
-    data = cli.datamodule
-    data.prepare_data()
+    module, data = build_from_config(args.config, config_overrides(args))
     data.setup("fit")
-    modality = cli.model.modality_named(discrete=True)
+    modality = module.modality_named(discrete=True)
     train = maskable_counts(data.train_dataloader(), modality, args.train_batches)
     token, _ = train.most_common(1)[0]
     val = maskable_counts(data.val_dataloader(), modality, None)
     accuracy = val[token] / sum(val.values())
-    name = cli.model.tokenizers[modality].id_to_token(token)
+    name = module.tokenizers[modality].id_to_token(token)
     print(f"most frequent maskable token: {name!r} (id {token})")
     print(f"constant-prediction masked accuracy on validation: {accuracy:.4f}")
 

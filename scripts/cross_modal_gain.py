@@ -32,10 +32,9 @@ import argparse
 from collections import Counter
 
 import torch
-import yaml
 from scipy.stats import binomtest
 
-from datamodules import ShardDataModule
+from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 from mmm.inference import load_module
 from mmm.masking import MaskedPositions
 from mmm.module import MaskedModelingModule
@@ -111,7 +110,7 @@ def draw(module, batch: dict, target: str, outputs, path: str, count: int = 10) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
+    add_config_arguments(parser, default=None)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--target", default="text", help="the modality predicted")
     parser.add_argument("--context", default="audio", help="the modality seen or removed")
@@ -125,11 +124,8 @@ def main() -> None:
 
     module = load_module(args.checkpoint)
     control = load_module(args.control).eval() if args.control else None
-    with open(args.config) as handle:
-        data_config = yaml.safe_load(handle)["data"]
-    data_config["num_workers"] = 0
-    data = ShardDataModule(**data_config, tokenizer=module.batcher)
-    data.prepare_data()
+    _, data = build_from_config(args.config, ["--data.num_workers=0", *config_overrides(args)])
+    data.tokenizer = module.batcher  # the checkpoint's tokenizers batch the held-out split
     totals, hidden, truths = [0.0, 0.0, 0.0], 0, Counter()
     rights: tuple[list, list, list] = ([], [], [])
     repeats = 1 if args.hide == "all" else args.repeats  # hiding all is one draw

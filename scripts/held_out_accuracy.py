@@ -2,16 +2,17 @@
 trained with different ratios compare on the same task, with BERT's corruption and with every
 hidden token shown as the mask token.
 
-``mmm validate`` scores a checkpoint under the masking it was trained with: Lightning reads
-the checkpoint's hyperparameters over the command line's, so ``--model.masking`` cannot change
-it there. This script loads each checkpoint with ``RandomMasking(ratio)`` instead and runs the
-validation split (fixed evaluation masks, so the numbers repeat) twice:
+``mmm validate`` scores a checkpoint under the masking it was trained with (a
+``--model.masking`` that differs from the checkpoint's is refused). This script loads each
+checkpoint with ``RandomMasking(ratio)`` instead and runs the validation split (fixed
+evaluation masks, so the numbers repeat) twice:
 
-- ``80/10/10``: BERT's corruption, as training and ``mmm fit``'s validation use it (and as
-  Hugging Face's ``run_mlm.py`` evaluates): 10% of the hidden tokens stay unchanged, and a
-  model scores them by copying its input;
-- ``mask only``: every hidden token is the mask token, as in ``mmm fill-mask``: what the model
-  predicts from context alone.
+- ``80/10/10``: BERT's corruption, as training uses it (and as Hugging Face's ``run_mlm.py``
+  evaluates): 10% of the hidden tokens stay unchanged, and a model scores them by copying its
+  input;
+- ``mask only``: every hidden token is the mask token, as in ``mmm fill-mask`` and as ``mmm
+  fit``'s validation scores (``evaluation_mask_only``): what the model predicts from context
+  alone.
 
     python scripts/held_out_accuracy.py CKPT [CKPT ...] [--ratio 0.15]
         [--embedded python-docs] [--batch_size 48]
@@ -35,8 +36,8 @@ def held_out(
     checkpoint: str, masking: RandomMasking, embedded: str, batch_size: int
 ) -> dict[str, float]:
     """Validation loss and masked-token accuracy of every modality of ``checkpoint`` under
-    ``masking``."""
-    module = load_module(checkpoint, masking=masking)
+    ``masking`` and its own corruption."""
+    module = load_module(checkpoint, masking=masking, evaluation_mask_only=False)
     data = ShardDataModule(
         embedded=embedded, batch_size=batch_size, num_workers=0, tokenizer=module.batcher
     )

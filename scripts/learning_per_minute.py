@@ -16,16 +16,15 @@ of its maskable tokens replaced by the mask token at positions fixed by a seed, 
 both; accuracy is the share of hidden tokens predicted exactly (argmax).
 
     python scripts/learning_per_minute.py [--config configs/text_mlm.yaml] [--budget 300]
-        [--evaluations 3] [--warmup_share 0.1] [--threads N]
+        [--evaluations 3] [--warmup_share 0.1] [--threads N] [--set model.encoder.dim=64 ...]
 
-Run it from the repository root (next to ``scripts/bench_text.py``, whose Hugging Face model
-and pipeline it reuses).
+It imports ``scripts/bench_text.py`` (next to it), whose Hugging Face model and pipeline it
+reuses; the embedded corpus and tokenizer are prepared in the working directory on first use.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -33,13 +32,12 @@ from dataclasses import dataclass
 
 import torch
 import webdataset as wds
-from bench_text import build_hf, forever, hf_batches
+from bench_text import Sizes, build_hf, forever, hf_batches
 from torch import Tensor
 
-from datamodules import ShardDataModule
-from mmm.cli import MMMCLI
+from datamodules.webdataset import embedded_shards
+from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 from mmm.masking import random_mask
-from mmm.module import MaskedModelingModule
 from mmm.tokenizers.text import TextTokenizer
 
 Batch = dict[str, Tensor]
@@ -98,17 +96,11 @@ def real_tokens(batch: dict) -> int:
     return sum(int(sub["attention_mask"].sum()) for sub in batch.values() if isinstance(sub, dict))
 
 
-def quickstart(config: str) -> Recipe:
+def quickstart(config: str, overrides: list[str]) -> Recipe:
     """The config's module and data pipeline (loader in this process), with the optimizer
     groups ``mmm fit`` makes."""
-    cli = MMMCLI(
-        MaskedModelingModule,
-        ShardDataModule,
-        args=["--config", config, "--data.num_workers=0"],
-        run=False,
-    )
-    module, data = cli.model.train(), cli.datamodule
-    data.prepare_data()
+    module, data = build_from_config(config, ["--data.num_workers=0", *overrides])
+    module.train()
 
     def logits(ids: Tensor, attention: Tensor, hidden: Tensor) -> Tensor:
         states = module({"text": {"input_ids": ids, "attention_mask": attention}})["text"]
@@ -130,12 +122,15 @@ def hugging_face(tokenizer: TextTokenizer, like: Recipe) -> Recipe:
     hidden tokens and optimizer settings."""
     encoder = like.model.encoder
     block = encoder.blocks[0]
-    model = build_hf(
+    ratio = like.model.maskings["text"].ratio
+    sizes = Sizes(
         hidden=encoder.dim,
         layers=len(encoder.blocks),
         heads=block.attn.num_heads,
         ffn=block.mlp.fc1.out_features,
+        ratio=ratio,
     )
+    model = build_hf(sizes)
     settings = like.optimizer.defaults
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -147,7 +142,7 @@ def hugging_face(tokenizer: TextTokenizer, like: Recipe) -> Recipe:
         lr=settings["lr"],
         betas=settings["betas"],
     )
-    batches, _ = hf_batches(tokenizer, mlm_probability=like.model.maskings["text"].ratio)
+    batches, _ = hf_batches(tokenizer, sizes.batch, mlm_probability=ratio)
 
     def loss(batch: Batch) -> Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -161,7 +156,7 @@ def hugging_face(tokenizer: TextTokenizer, like: Recipe) -> Recipe:
 
 def held_out_batches(tokenizer: TextTokenizer, ratio: float = 0.15, seed: int = 0) -> HeldOut:
     """Every validation document once, one row each, 15% of maskable tokens hidden."""
-    urls = sorted(glob.glob("data/python-docs/val-*.tar"))
+    urls = embedded_shards("python-docs", "val")
     texts = [s["txt"].decode("utf-8") for s in wds.WebDataset(urls, shardshuffle=False)]
     generator = torch.Generator().manual_seed(seed)
     batches = []
@@ -175,14 +170,14 @@ def held_out_batches(tokenizer: TextTokenizer, ratio: float = 0.15, seed: int = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/text_mlm.yaml")
+    add_config_arguments(parser, default="text_mlm.yaml")
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds each")
     parser.add_argument("--evaluations", type=int, default=3, help="evenly over the budget")
     parser.add_argument("--warmup_share", type=float, default=0.1, help="of the budget")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    mmm = quickstart(args.config)
+    mmm = quickstart(args.config, config_overrides(args))
     tokenizer = mmm.model.tokenizers["text"]
     torch.manual_seed(0)
     recipes = [mmm, hugging_face(tokenizer, mmm)]

@@ -49,7 +49,12 @@ def fit_protein_checkpoint(tmp_path: Path, proteins: list[str], *overrides: str)
     fasta.write_text("".join(f">prot{i}\n{s}\n" for i, s in enumerate(proteins)))
     shards = tmp_path / "shards"
     run(["shards", f"--inputs={fasta}", f"--output={shards}/train", "--modality=protein"])
-    settings = {
+    return fit_checkpoint(tmp_path, "protein_mlm.yaml", protein_settings(shards), *overrides)
+
+
+def protein_settings(shards: Path) -> dict[str, str]:
+    """The protein YAML's settings shrunk to 2 steps of a 16-wide encoder on ``shards``."""
+    return {
         "model.tokenizer.max_length": "48",
         "model.encoder.dim": "16",
         "model.encoder.depth": "1",
@@ -61,7 +66,6 @@ def fit_protein_checkpoint(tmp_path: Path, proteins: list[str], *overrides: str)
         "trainer.max_steps": "2",
         "trainer.val_check_interval": "2",
     }
-    return fit_checkpoint(tmp_path, "protein_mlm.yaml", settings, *overrides)
 
 
 @contextmanager

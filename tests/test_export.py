@@ -25,9 +25,10 @@ from mmm.export import (
     spectrogram_image,
     to_masked_lm,
 )
+from mmm.export.parts import one_modality_module
 from mmm.inference import fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
-from mmm.module import MaskedModelingModule
+from mmm.module import MaskedModelingModule, ModalityConfig
 from mmm.tokenizers.audio import AudioItem, AudioTokenizer, LogMelSettings
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
@@ -146,6 +147,29 @@ PATCH_INPUTS = {
     "audio-patches": _audio_inputs,
     "audio-frames": lambda: _audio_inputs(patch_mels=None),
 }
+
+
+def test_one_modality_of_a_multimodal_model_exports_exactly(tmp_path):
+    """``mmm export --modality NAME``: the modality's embedder and head with the shared trunk,
+    its modality embedding folded into the embedder, compute what the multimodal model
+    computes on samples that carry that modality alone."""
+    image_tokenizer, image_batch, pixels = _image_inputs()
+    modalities = {
+        "protein": ModalityConfig(ProteinTokenizer(max_length=32)),
+        "image": ModalityConfig(image_tokenizer),
+    }
+    encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
+    module = _randomized(MaskedModelingModule(modalities=modalities, encoder=encoder))
+    protein = module.tokenizers["protein"].collate(PROTEINS)
+    real = protein["attention_mask"]  # (B, L)
+    model = to_masked_lm(one_modality_module(module, "protein"))
+    export_timm(one_modality_module(module, "image"), tmp_path / "vit")
+    with torch.no_grad():
+        expected = module.modalities["protein"].head(module({"protein": protein})["protein"])
+        logits = model(input_ids=protein["input_ids"], attention_mask=real.long()).logits
+        torch.testing.assert_close(logits[real], expected[real])
+        hidden = load_timm(tmp_path / "vit").forward_features(pixels)
+        torch.testing.assert_close(hidden, module({"image": image_batch})["image"])
 
 
 @pytest.mark.parametrize("kind", list(PATCH_INPUTS))

@@ -289,11 +289,11 @@ def _raw(member: dict, key: str = "sample7") -> dict:
     [
         ("classification", None, "no 'label.json' member"),
         ("classification", b"{not json", "not valid JSON"),
-        ("classification", b"12", "class 12 is not in the label set (0..9)"),
-        ("classification", b"2.5", "must be an int class index"),
-        ("multilabel", b"[1, 10]", "classes [10] are not in the label set"),
+        ("classification", b"12", "class index 12 is not in the label set of 10 classes"),
+        ("classification", b"2.5", "a classification label is a class index (int)"),
+        ("multilabel", b"[1, 10]", "class index 10 is not in the label set of 10 classes"),
         ("regression", b"NaN", "not finite"),
-        ("regression", b"[1.0, 2.0]", "2 regression targets, the model predicts 1"),
+        ("regression", b"[1.0, 2.0]", "expected 1 regression target(s), got [1.0, 2.0]"),
     ],
 )
 def test_bad_labels_are_named_errors_that_name_the_sample(task, label, message):
@@ -525,27 +525,6 @@ def test_mmm_export_writes_a_finetuned_image_model_as_a_timm_classifier(finetune
     batch = {"image": module.backbone.tokenizers["image"].collate(list(images))}
     with torch.no_grad():
         torch.testing.assert_close(model(images), module(batch))
-
-
-def test_bench_lora_smoke(one_thread):
-    """``scripts/bench_lora.py --steps 2 --dim 32``, each mode in this process (the script
-    runs each in its own): LoRA trains fewer weights and keeps less optimizer state."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "scripts" / "bench_lora.py"
-    spec = importlib.util.spec_from_file_location("bench_lora", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    args = bench.parse(["--steps=2", "--dim=32", "--depth=1", "--warmup=1", "--device=cpu"])
-    results = {}
-    for mode in bench.MODES:
-        args.mode = mode
-        results[mode] = bench.run_mode(args)
-    bench.report(results, args)
-    full, lora = results["full"], results["lora"]
-    assert lora["trainable_parameters"] < full["trainable_parameters"]
-    assert lora["state_bytes"]["optimizer"] < full["state_bytes"]["optimizer"]
-    assert full["step_seconds"] > 0 and lora["step_seconds"] > 0
 
 
 @pytest.fixture

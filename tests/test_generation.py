@@ -286,7 +286,8 @@ def test_score_and_generate_commands(protein_checkpoint, tmp_path):
     table.write_text("mutant,note\nA4G,one\nK2R:A4C,two\n")
     run(["score", f"--checkpoint={protein_checkpoint}", f"--mutations={table}",
          f"--sequence={wild_type}"])  # fmt: skip
-    rows = list(csv.DictReader(table.open()))
+    assert table.read_text() == "mutant,note\nA4G,one\nK2R:A4C,two\n", "the input is kept"
+    rows = list(csv.DictReader((tmp_path / "dms.scored.csv").open()))
     assert [row["note"] for row in rows] == ["one", "two"]
     module = load_module(str(protein_checkpoint))
     with torch.no_grad():

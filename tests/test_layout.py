@@ -36,6 +36,8 @@ print(",".join(loaded))
         "mmm.data.reading",
         "mmm.data.corpora",
         "mmm.data.patterns",
+        "mmm.data.labels",
+        "mmm.data.labelled",
     ],
 )
 def test_data_imports_no_modality_and_no_model(module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from datamodules import ShardDataModule
@@ -166,3 +167,41 @@ def test_bf16_mixed_precision_trains_text(tmp_path, tokenizer, corpus_dir):
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3
     assert torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+def _shown_at_hidden(module: MaskedModelingModule, run_pass) -> torch.Tensor:
+    """The token ids the embedder received at the hidden positions during ``run_pass()``."""
+    text = module.modalities["text"]
+    masks, ids = [], []
+    embed, embedder = text.embed, text.embedder.forward
+
+    def recorded_embed(batch, masked):
+        masks.append(masked)
+        return embed(batch, masked)
+
+    def recorded_embedder(input_ids, *rest):
+        ids.append(input_ids)
+        return embedder(input_ids, *rest)
+
+    text.embed, text.embedder.forward = recorded_embed, recorded_embedder
+    run_pass()
+    return torch.cat([shown[masked.mask] for shown, masked in zip(ids, masks, strict=True)])
+
+
+@pytest.mark.parametrize("mask_only", [True, False])
+def test_held_out_batches_show_hidden_tokens_as_the_mask_token_only(tokenizer, mask_only):
+    """BERT's 80/10/10 leaves 10% of hidden tokens unchanged, which a model scores by
+    copying: the held-out accuracy counts only the mask token unless asked otherwise.
+    Training keeps BERT's corruption."""
+    encoder = TransformerEncoder(dim=32, depth=1, num_heads=2)
+    module = MaskedModelingModule(
+        tokenizer=tokenizer, encoder=encoder, evaluation_mask_only=mask_only
+    )
+    module.maskings["text"].ratio = 0.5
+    batch, mask_id = _batch(tokenizer), tokenizer.spec.mask_token_id
+    held_out = _shown_at_hidden(module, lambda: module.validation_step(batch, 0))
+    assert held_out.numel() > 20
+    assert bool((held_out == mask_id).all()) is mask_only
+    torch.manual_seed(0)
+    trained = _shown_at_hidden(module, lambda: module.forward_masked(batch))
+    assert 0 < int((trained != mask_id).sum()) < trained.numel() // 2

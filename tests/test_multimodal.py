@@ -304,9 +304,12 @@ def test_masks_passed_for_one_modality_cover_a_flat_batch(tiny_module, tokenizer
     assert out["text"].pred.shape[0] == 2
 
 
-def test_a_multimodal_cli_checkpoint_reloads_and_fills_masks_with_context(tmp_path, monkeypatch):
+def test_a_multimodal_cli_checkpoint_reloads_and_fills_masks_with_context(
+    tmp_path, monkeypatch, capsys
+):
     """`mmm fit` on the image + label-word config, then `mmm fill-mask --context digit.png`
-    from its checkpoint: the paired model rebuilds from the checkpoint alone."""
+    from its checkpoint: the paired model rebuilds from the checkpoint alone. Two texts with
+    one context are each answered with it; `mmm export --modality` writes either modality."""
     from pathlib import Path
 
     from mmm.cli import run
@@ -337,10 +340,21 @@ def test_a_multimodal_cli_checkpoint_reloads_and_fills_masks_with_context(tmp_pa
             "fill-mask",
             f"--checkpoint={checkpoint}",
             "--text=digit [MASK]",
+            "--text+",
+            "[MASK] digit",
             f"--context={tmp_path / 'digit.png'}",
             "--top_k=3",
         ]
     )
+    out = capsys.readouterr().out
+    assert "digit [MASK]\n  mask 1:" in out and "[MASK] digit\n  mask 1:" in out
+    import timm
+    from transformers import AutoModelForMaskedLM
+
+    for name in ("image", "text"):
+        run(["export", f"--checkpoint={checkpoint}", f"--output=out-{name}", f"--modality={name}"])
+    assert timm.create_model(f"local-dir:{tmp_path / 'out-image'}", pretrained=True)
+    assert AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out-text"))
 
 
 def test_a_continuous_modality_hidden_whole_is_predicted_from_the_others(tokenizer):

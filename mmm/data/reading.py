@@ -14,7 +14,7 @@ import webdataset as wds
 
 from mmm.data.corpora import corpus_names, iter_corpus
 from mmm.data.formats.base import Sample, SampleSource
-from mmm.data.patterns import expand_inputs
+from mmm.data.patterns import expand_inputs, is_remote
 
 
 def read_shards(
@@ -28,7 +28,8 @@ def read_shards(
 
 def read_source(source: str | list[str], read_files: SampleSource) -> Iterator[Sample]:
     """The samples of an embedded corpus (``source`` is its name), or of what patterns match:
-    input files (``read_files`` turns them into samples), then shards (``.tar``), in order.
+    input files (``read_files`` turns them into samples), then shards (``.tar`` files and
+    remote URLs; a ``pipe:`` URL runs its command in a shell), in order.
 
     Raises:
         FileNotFoundError: naming the source that is neither a corpus nor matches a file.
@@ -43,8 +44,9 @@ def read_source(source: str | list[str], read_files: SampleSource) -> Iterator[S
             f"{source!r} is neither an embedded corpus ({corpus_names()}) nor a pattern of "
             f"files: {error}"
         ) from error
-    yield from read_files([p for p in paths if not p.endswith(".tar")])
-    yield from read_shards([p for p in paths if p.endswith(".tar")])
+    is_shard = [p.endswith(".tar") or is_remote(p) for p in paths]
+    yield from read_files([p for p, shard in zip(paths, is_shard, strict=True) if not shard])
+    yield from read_shards([p for p, shard in zip(paths, is_shard, strict=True) if shard])
 
 
 def member_texts(

@@ -3,6 +3,7 @@ and the shard index beside them."""
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import heapq
 import inspect
@@ -15,6 +16,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import Manager
 from pathlib import Path
@@ -34,6 +36,11 @@ from mmm.data.formats import (
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 64  # samples between progress reports of a worker process
+_REASONS_KEPT = 3  # skip reasons a summary keeps to show
+
+
+class OutputBusyError(RuntimeError):
+    """Another ``mmm shards`` run is writing the same output."""
 
 
 @dataclass
@@ -48,11 +55,14 @@ class ShardSummary:
     """Samples in each of ``shards``."""
     sources: dict[str, str] = field(default_factory=dict, repr=False)
     """Key -> source of each sample written (for the duplicate check across worker jobs)."""
+    reasons: list[str] = field(default_factory=list, repr=False)
+    """Why the first few skipped inputs (files, lines, records) were skipped."""
 
     def __str__(self) -> str:
+        first = f" (first: {self.reasons[0]})" if self.reasons else ""
         return (
             f"wrote {self.samples} samples in {len(self.shards)} shards "
-            f"({self.bytes / 1e6:.1f} MB), skipped {self.skipped}"
+            f"({self.bytes / 1e6:.1f} MB), skipped {self.skipped}{first}"
         )
 
 
@@ -84,11 +94,13 @@ def write_shards(
     Path(pattern).parent.mkdir(parents=True, exist_ok=True)
     counts: list[int] = []
     skipped = 0
+    reasons: list[str] = []
     sources: dict[str, str] = {}  # key -> where its sample came from
     with wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, verbose=0) as writer:
         for sample in samples:
             if SKIPPED in sample:  # a reader's note of an input it left out
                 skipped += 1
+                reasons += [str(sample[SKIPPED])][: _REASONS_KEPT - len(reasons)]
                 continue
             key, source = sample["__key__"], str(sample.get("__source__", "a sample"))
             if key in sources:
@@ -109,6 +121,7 @@ def write_shards(
         skipped=skipped,
         counts=counts,
         sources=sources,
+        reasons=reasons,
     )
 
 
@@ -167,7 +180,7 @@ class ShardJob:
 
     def samples(self, skipped: list[str]) -> Iterator[Sample]:
         """The reader's samples; per-file readers read one file at a time so that, in ``skip``
-        mode, a file that fails is logged, recorded in ``skipped`` and passed over."""
+        mode, a file that fails is logged, its reason recorded in ``skipped`` and passed over."""
         reader = sample_source(self.modality)
         if not reads_per_file(self.modality):
             yield from reader(self.paths, **self.options)
@@ -179,7 +192,7 @@ class ShardJob:
                 if self.on_error == "raise":
                     raise ValueError(f"{path}: {self.modality} reader failed: {error}") from error
                 log.warning("skipping the rest of %s: %s: %s", path, type(error).__name__, error)
-                skipped.append(path)
+                skipped.append(f"{path}: {error}")
 
     def run(self, report: Callable[[int], None]) -> ShardSummary:
         """Write this job's shards, calling ``report(n)`` every few samples."""
@@ -198,6 +211,7 @@ class ShardJob:
         )
         report(pending)
         summary.skipped += len(skipped)
+        summary.reasons = (summary.reasons + skipped)[:_REASONS_KEPT]
         return summary
 
 
@@ -229,6 +243,7 @@ def build_shards(
     on_error: Literal["skip", "raise"] = "skip",
     overwrite: bool = False,
     progress: bool = True,
+    allow_outside: bool = False,
 ) -> ShardSummary:
     """Read ``paths`` with the modality's reader and write ``output-000000.tar``, ... .
 
@@ -236,22 +251,105 @@ def build_shards(
     size; each writes its own shards, which are then numbered in one sequence. Shards are
     written to a staging folder first: existing shards at ``output`` (with ``overwrite``)
     are replaced only once the new ones are complete, so a failed run loses nothing, and
-    they are never read as inputs.
+    they are never read as inputs. One run at a time writes an output (``output.lock``).
+
+    ``on_error`` and ``allow_outside`` reach readers that take them (``manifest``), as does
+    the inputs' common folder (``root``) for per-file readers; ``options`` set them otherwise.
 
     Raises:
         FileExistsError: when shards named ``output-NNNNNN.tar`` exist and not ``overwrite``.
+        OutputBusyError: when another run is writing ``output``, naming its process id.
         ValueError: when no sample was written (the old shards, if any, are kept).
     """
+    with output_lock(output) as lock:
+        return _build_shards(
+            paths,
+            output,
+            modality,
+            max_count=max_count,
+            max_size=max_size,
+            workers=workers,
+            options=options or {},
+            on_error=on_error,
+            overwrite=overwrite,
+            progress=progress,
+            allow_outside=allow_outside,
+            lock=lock,
+        )
+
+
+@contextmanager
+def output_lock(output: str) -> Iterator[Path]:
+    """Hold ``output.lock`` while one run writes ``output``: a second run would delete the
+    first's staging folder and mix their shards. The lock is the OS's (``flock``), released
+    however the process ends, so a killed run leaves no stale lock; the file names the pid.
+
+    Raises:
+        OutputBusyError: naming the output and the process id of the run writing it.
+    """
+    lock = Path(f"{output}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 (held until the finally)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise OutputBusyError(
+                f"another mmm shards run is writing {output} (pid {holder}); wait for it to "
+                "end, or write to another --output"
+            ) from None
+        if _is_same_file(handle, lock):
+            break
+        handle.close()  # the holder ended and removed the file after we opened it: again
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def _is_same_file(handle: Any, path: Path) -> bool:
+    """Whether the open ``handle`` is still the file at ``path`` (not one unlinked since)."""
+    try:
+        return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _build_shards(
+    paths: list[str],
+    output: str,
+    modality: str,
+    max_count: int,
+    max_size: float,
+    workers: int,
+    options: dict[str, Any],
+    on_error: Literal["skip", "raise"],
+    overwrite: bool,
+    progress: bool,
+    allow_outside: bool,
+    lock: Path,
+) -> ShardSummary:
+    """``build_shards`` once it holds the output's ``lock``."""
     existing = sorted(glob.glob(f"{glob.escape(output)}-[0-9]*.tar"))
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} shards exist at {output}-*.tar; set overwrite")
     staging = Path(f"{output}.parts")
-    paths = _readable_inputs(paths, modality, own=[*existing, str(staging)])
+    paths = _readable_inputs(paths, modality, own=[*existing, str(staging), str(lock)])
     if workers > 1 and not reads_per_file(modality):
         log.warning("the %s reader needs all files at once: writing with 1 worker", modality)
         workers = 1
-    options = _with_root(modality, paths, options or {})
-    shutil.rmtree(staging, ignore_errors=True)
+    options = _reader_options(
+        modality, paths, options, on_error=on_error, allow_outside=allow_outside
+    )
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's leftovers; the lock is ours
     jobs = [
         ShardJob(
             part,
@@ -270,10 +368,13 @@ def build_shards(
         counts = [count for summary in summaries for count in summary.counts]
         skipped = sum(s.skipped for s in summaries)
         _refuse_keys_shared_by_jobs(summaries)
+        reasons = [reason for summary in summaries for reason in summary.reasons]
         if not counts:
             kept = f"; the {len(existing)} existing shards are kept" if existing else ""
+            first = f"; first skipped: {reasons[0]}" if reasons else ""
             raise ValueError(
                 f"no sample written from {len(paths)} input file(s) ({skipped} skipped){kept}"
+                f"{first}"
             )
         for path in existing:  # the new shards are complete: now the old ones may go
             os.remove(path)
@@ -290,6 +391,7 @@ def build_shards(
         bytes=sum(s.bytes for s in summaries),
         skipped=skipped,
         counts=counts,
+        reasons=reasons[:_REASONS_KEPT],
     )
 
 
@@ -334,14 +436,17 @@ def _readable_inputs(paths: list[str], modality: str, own: list[str]) -> list[st
     return taken
 
 
-def _with_root(modality: str, paths: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` plus ``root`` (the inputs' common folder) for a per-file reader that takes
-    it, so that files read one at a time keep keys relative to the same folder."""
-    reader = sample_source(modality)
-    takes_root = "root" in inspect.signature(reader).parameters
-    if not paths or not takes_root or "root" in options or not reads_per_file(modality):
-        return options
-    return {**options, "root": os.path.commonpath([str(Path(p).parent) for p in paths])}
+def _reader_options(
+    modality: str, paths: list[str], options: dict[str, Any], **run_settings: Any
+) -> dict[str, Any]:
+    """``options`` plus the run's settings the reader takes and ``options`` does not set:
+    ``run_settings`` (e.g. ``on_error``), and for a per-file reader ``root`` (the inputs'
+    common folder), so that files read one at a time keep keys relative to the same folder."""
+    parameters = inspect.signature(sample_source(modality)).parameters
+    if paths and reads_per_file(modality):
+        run_settings["root"] = os.path.commonpath([str(Path(p).parent) for p in paths])
+    taken = {name: value for name, value in run_settings.items() if name in parameters}
+    return {**taken, **options}
 
 
 def _run_jobs(jobs: list[ShardJob], bar: tqdm) -> list[ShardSummary]:

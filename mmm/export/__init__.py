@@ -11,6 +11,8 @@ Each mapping is exact: the stock model computes what mmm computes (tested in fp3
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mmm.export.masked_lm import (
@@ -25,7 +27,7 @@ from mmm.export.masked_lm import (
     to_classifier,
     to_masked_lm,
 )
-from mmm.export.parts import only_modality
+from mmm.export.parts import MappingError, one_modality_module, only_modality
 from mmm.export.vit import (
     export_timm,
     export_timm_classifier,
@@ -35,10 +37,12 @@ from mmm.export.vit import (
     timm_kwargs,
     timm_state_dict,
 )
+from mmm.files import replaced_folder, require_empty_folder
 from mmm.models.modality import TokenModality
 from mmm.module import MaskedModelingModule
 
 __all__ = [
+    "MappingError",
     "classifier_config",
     "classifier_state_dict",
     "export_classifier",
@@ -64,22 +68,66 @@ __all__ = [
 def init_from(module: MaskedModelingModule, directory: str | Path) -> None:
     """Start ``module``'s embedder, trunk and head from a local directory: a Hugging Face
     masked LM (``config.json`` with ``model_type`` ``esm`` or ``bert``) for a discrete
-    modality, a timm ViT (``config.json`` with ``architecture``) for images and audio."""
-    path = Path(directory) / "config.json"
+    modality, a timm ViT (``config.json`` with ``architecture``) for images and audio.
+
+    Raises:
+        MappingError: starting ``init_from DIRECTORY:``, for a directory without a readable
+            ``config.json``, with weights that cannot be read (a truncated
+            ``model.safetensors``), or whose model does not map onto ``module``.
+    """
+    try:
+        config = _read_config(Path(directory))
+        discrete = isinstance(only_modality(module), TokenModality)
+        if discrete and "model_type" not in config:
+            raise MappingError("its config.json is not a Hugging Face masked-LM config")
+        if not discrete and "architecture" not in config:
+            raise MappingError("its config.json is not a timm model config (no 'architecture')")
+        with _named_weights(Path(directory)):
+            (init_from_masked_lm if discrete else init_from_vit)(module, directory)
+    except MappingError as error:
+        raise MappingError(f"init_from {directory}: {error}") from error
+
+
+def _read_config(directory: Path) -> dict:
+    """The ``config.json`` of a saved model, or a MappingError saying what is wrong with it."""
+    path = directory / "config.json"
+    if not directory.is_dir():
+        raise MappingError("no such folder")
     if not path.is_file():
-        raise FileNotFoundError(f"init_from: {directory} has no config.json (save_pretrained)")
-    config = json.loads(path.read_text())
-    if isinstance(only_modality(module), TokenModality):
-        if "model_type" not in config:
-            raise ValueError(f"init_from: {path} is not a Hugging Face masked-LM config")
-        init_from_masked_lm(module, directory)
-    else:
-        if "architecture" not in config:
-            raise ValueError(f"init_from: {path} is not a timm model config (no 'architecture')")
-        init_from_vit(module, directory)
+        raise MappingError("no config.json in it (write one with save_pretrained or mmm export)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MappingError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise MappingError(f"{path} holds a {type(config).__name__}, not a JSON object")
+    return config
 
 
-def export_command(*, checkpoint: str, output: str) -> str:
+#: Weight files a saved model may hold, as ``_named_weights`` names them.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+@contextmanager
+def _named_weights(directory: Path) -> Iterator[None]:
+    """Turn what transformers and timm raise on unreadable weights (safetensors' own error for
+    a truncated file, ``OSError`` for a missing one) into a MappingError naming the files."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, EOFError) as error:
+        files = [name for name in WEIGHT_FILES if (directory / name).is_file()]
+        held = ", ".join(f"{name} ({(directory / name).stat().st_size} bytes)" for name in files)
+        raise MappingError(
+            f"its weights cannot be read ({held or 'no weight file'}; truncated or not a "
+            f"weight file?): {type(error).__name__}: {error}"
+        ) from error
+
+
+def export_command(
+    *, checkpoint: str, output: str, modality: str | None = None, overwrite: bool = False
+) -> str:
     """Export a checkpoint written by ``mmm fit`` to a directory stock libraries load.
 
     Text, protein and SMILES models become ``transformers.EsmForMaskedLM`` (or
@@ -88,24 +136,36 @@ def export_command(*, checkpoint: str, output: str) -> str:
     MAE encoders become a timm ``VisionTransformer`` (``timm.create_model("local-dir:DIR")``).
     A checkpoint of ``mmm finetune fit`` becomes the family's ``*ForSequenceClassification``
     or ``*ForTokenClassification`` (``AutoModelFor...Classification``), or a timm ViT with
-    its classifier head.
+    its classifier head. The directory is written beside ``output`` and renamed into place
+    once complete.
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
-        output: the directory to write.
+        output: the directory to write; it must be empty or new unless ``overwrite``.
+        modality: for a multimodal model, the modality to export: its embedder and head with
+            the shared trunk (its modality embedding folded into the embedder), computing what
+            the model computes on samples that carry only this modality.
+        overwrite: replace the contents of a non-empty ``output``.
     """
     from mmm.inference import load_module
 
+    require_empty_folder(output, overwrite, what="export")
     if is_finetuned(checkpoint):
         return _export_finetuned(checkpoint, output)
-    module = load_module(checkpoint)
-    if isinstance(only_modality(module), TokenModality):
-        export_masked_lm(module, output)
-        kind = f"transformers {masked_lm_config(module).architectures[0]}"
-    else:
-        export_timm(module, output)
-        kind = "timm VisionTransformer"
-    print(f"exported {checkpoint} as {kind} to {output}")
+    try:
+        module = one_modality_module(load_module(checkpoint), modality)
+        discrete = isinstance(only_modality(module), TokenModality)
+        with replaced_folder(output) as staged:
+            if discrete:
+                export_masked_lm(module, staged)
+                kind = f"transformers {masked_lm_config(module).architectures[0]}"
+            else:
+                export_timm(module, staged)
+                kind = "timm VisionTransformer"
+    except MappingError as error:
+        raise MappingError(f"export {checkpoint}: {error}") from error
+    which = f" (modality {modality!r})" if modality else ""
+    print(f"exported {checkpoint}{which} as {kind} to {output}")
     return output
 
 
@@ -122,11 +182,15 @@ def _export_finetuned(checkpoint: str, output: str) -> str:
     from mmm.finetune.predict import load_finetuned
 
     finetuned = load_finetuned(checkpoint)
-    if isinstance(only_modality(finetuned.backbone), TokenModality):
-        export_classifier(finetuned, output)
-        kind = f"transformers {classifier_config(finetuned).architectures[0]}"
-    else:
-        export_timm_classifier(finetuned, output)
-        kind = "timm VisionTransformer classifier"
+    try:
+        with replaced_folder(output) as staged:
+            if isinstance(only_modality(finetuned.backbone), TokenModality):
+                export_classifier(finetuned, staged)
+                kind = f"transformers {classifier_config(finetuned).architectures[0]}"
+            else:
+                export_timm_classifier(finetuned, staged)
+                kind = "timm VisionTransformer classifier"
+    except MappingError as error:
+        raise MappingError(f"export {checkpoint}: {error}") from error
     print(f"exported {checkpoint} as {kind} to {output}")
     return output

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from mmm.export.parts import layer_norm_eps, only_modality, only_tokenizer, require_same, trunk
+from mmm.export.parts import (
+    MappingError,
+    layer_norm_eps,
+    only_modality,
+    only_tokenizer,
+    require_same,
+    trunk,
+)
 from mmm.models.modality import TokenModality
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers import smiles
@@ -87,7 +94,7 @@ def family(module: MaskedModelingModule) -> Family:
 def _token_modality(module: MaskedModelingModule) -> TokenModality:
     modality = only_modality(module)
     if not isinstance(modality, TokenModality):
-        raise TypeError("masked-LM export serves discrete modalities (text/protein/SMILES)")
+        raise MappingError("masked-LM export serves discrete modalities (text/protein/SMILES)")
     return modality
 
 
@@ -182,7 +189,7 @@ def _views(module: MaskedModelingModule) -> dict[str, Tensor]:
     modality, kind = _token_modality(module), family(module)
     embedder, head, names = modality.embedder, modality.head, HEAD_NAMES[kind]
     if head.decoder.weight is not embedder.tokens.weight:
-        raise ValueError("export: stock masked LMs tie their decoder; this module's head is untied")
+        raise MappingError("stock masked LMs tie their decoder; this module's head is untied")
     views = {
         names.dense + "weight": head.transform[0].weight,
         names.dense + "bias": head.transform[0].bias,
@@ -263,8 +270,7 @@ def _loaded(model: PreTrainedModel, state: dict[str, Tensor], what: str) -> PreT
     missing = [k for k in result.missing_keys if not k.startswith("esm.contact_head.")]
     if missing or result.unexpected_keys:
         raise RuntimeError(
-            f"export: {what} mapping incomplete: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
+            f"{what} mapping incomplete: missing {missing}, unexpected {result.unexpected_keys}"
         )
     return model.eval()
 
@@ -280,11 +286,11 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
     source = AutoModelForMaskedLM.from_pretrained(str(directory))
     kind = source.config.model_type
     if kind not in CHECKED_SETTINGS:
-        raise ValueError(f"init_from: {directory} is a {kind!r} model; mmm maps esm and bert")
+        raise MappingError(f"it is a {kind!r} model; mmm maps esm and bert")
     if kind != family(module):
         norm_first = kind == "esm"
-        raise ValueError(
-            f"init_from: {directory} is {kind} ({'pre' if norm_first else 'post'}-LN); set "
+        raise MappingError(
+            f"it is {kind} ({'pre' if norm_first else 'post'}-LN); set "
             f"--model.encoder.norm_first={str(norm_first).lower()}"
         )
     wanted = masked_lm_config(module)
@@ -294,8 +300,8 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
         {name: getattr(wanted, name) for name in CHECKED_SETTINGS[kind]},
     )
     if source.config.max_position_embeddings < wanted.max_position_embeddings:
-        raise ValueError(
-            f"init_from: {directory} has {source.config.max_position_embeddings} positions, "
+        raise MappingError(
+            f"it has {source.config.max_position_embeddings} positions, "
             f"max_length={_token_modality(module).spec.max_length} needs "
             f"{wanted.max_position_embeddings}"
         )
@@ -336,7 +342,7 @@ def hf_tokenizer(tokenizer: Tokenizer, output: Path) -> PreTrainedTokenizerBase:
             model_max_length=tokenizer.max_length,
         )
     else:
-        raise TypeError(f"export: no Hugging Face tokenizer for {type(tokenizer).__name__}")
+        raise MappingError(f"no Hugging Face tokenizer for {type(tokenizer).__name__}")
     hf.save_pretrained(str(output))
     return hf
 
@@ -373,19 +379,19 @@ def _classifier_kind(finetuned: FineTuningModule) -> Literal["Sequence", "Token"
     head is the stock sequence classifiers' (the first position, dense -> tanh -> linear).
 
     Raises:
-        ValueError: naming the pooling or head to choose instead.
+        MappingError: naming the pooling or head to choose instead.
     """
     if finetuned.task == "token_classification":
         return "Token"
     if finetuned.pooler.mode != "cls":
-        raise ValueError(
-            f"export: stock *ForSequenceClassification models read the first position; this "
+        raise MappingError(
+            f"stock *ForSequenceClassification models read the first position; this "
             f"model pools with {finetuned.pooler.mode!r}. Fine-tune with --model.pooling cls "
             "to export it"
         )
     if finetuned.head_kind != "dense":
-        raise ValueError(
-            "export: stock *ForSequenceClassification heads are dense -> tanh -> linear; this "
+        raise MappingError(
+            "stock *ForSequenceClassification heads are dense -> tanh -> linear; this "
             f"model's head is {finetuned.head_kind!r}. Fine-tune with --model.head dense"
         )
     return "Sequence"

@@ -27,7 +27,14 @@ from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from mmm.export.parts import layer_norm_eps, only_modality, only_tokenizer, require_same, trunk
+from mmm.export.parts import (
+    MappingError,
+    layer_norm_eps,
+    only_modality,
+    only_tokenizer,
+    require_same,
+    trunk,
+)
 from mmm.models.embedders import PatchEmbedder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import AudioTokenizer
@@ -85,7 +92,7 @@ def patch_layout(tokenizer: Tokenizer) -> PatchLayout:
             kernel_pattern="d (pf pt) -> d 1 pt pf",
             kernel_axes={"pf": mels, "pt": frames},
         )
-    raise TypeError(f"export: timm export serves images and audio, not {type(tokenizer).__name__}")
+    raise MappingError(f"timm export serves images and audio, not {type(tokenizer).__name__}")
 
 
 def spectrogram_image(features: Tensor) -> Tensor:
@@ -100,7 +107,7 @@ def timm_kwargs(module: MaskedModelingModule) -> dict[str, Any]:
     unmasked input: no class token, average pooling, no classifier (JSON-serializable)."""
     layout, encoder = patch_layout(only_tokenizer(module)), trunk(module)
     if not encoder.norm_first:
-        raise ValueError("export: timm's ViT is pre-LN; this module's trunk is post-LN")
+        raise MappingError("timm's ViT is pre-LN; this module's trunk is post-LN")
     block = encoder.blocks[0]
     return {
         "img_size": list(layout.img_size),
@@ -121,7 +128,7 @@ def timm_kwargs(module: MaskedModelingModule) -> dict[str, Any]:
 def _embedder(module: MaskedModelingModule) -> PatchEmbedder:
     embedder = only_modality(module).embedder
     if not isinstance(embedder, PatchEmbedder):
-        raise TypeError(f"export: timm export needs a PatchEmbedder, not {type(embedder)}")
+        raise MappingError(f"timm export needs a PatchEmbedder, not {type(embedder)}")
     return embedder
 
 
@@ -217,9 +224,7 @@ def init_from_vit(module: MaskedModelingModule, directory: str | Path) -> None:
         _embedder(module),
     )
     if not encoder.norm_first:
-        raise ValueError(
-            f"init_from: {directory} is a pre-LN ViT; set --model.encoder.norm_first=true"
-        )
+        raise MappingError("it is a pre-LN ViT; set --model.encoder.norm_first=true")
     block, source_block = encoder.blocks[0], source.blocks[0]
     need = {
         "embed_dim": encoder.dim,
@@ -251,7 +256,7 @@ def init_from_vit(module: MaskedModelingModule, directory: str | Path) -> None:
         encoder.blocks.load_state_dict(source.blocks.state_dict())
         encoder.norm.load_state_dict(source.norm.state_dict())
     except RuntimeError as error:
-        raise ValueError(f"init_from: the blocks of {directory} do not map: {error}") from error
+        raise MappingError(f"its blocks do not map: {error}") from error
     inverse = " -> ".join(reversed(layout.kernel_pattern.split(" -> ")))  # kernel -> (D, P)
     embedder.proj.weight.copy_(
         rearrange(source.patch_embed.proj.weight, inverse, **layout.kernel_axes)
@@ -272,17 +277,17 @@ def export_timm_classifier(finetuned: FineTuningModule, output: str | Path) -> P
     ``pooling: mean`` and ``head: linear`` compute.
 
     Raises:
-        ValueError: naming the pooling or head to choose, for the others.
+        MappingError: naming the pooling or head to choose, for the others.
     """
     if finetuned.task == "token_classification" or finetuned.pooler.mode != "mean":
         mode = "token-level" if finetuned.pooler is None else repr(finetuned.pooler.mode)
-        raise ValueError(
-            f"export: a timm ViT classifier average-pools its states; this model pools "
+        raise MappingError(
+            f"a timm ViT classifier average-pools its states; this model pools "
             f"{mode}. Fine-tune with --model.pooling mean to export it"
         )
     if finetuned.head_kind != "linear":
-        raise ValueError(
-            f"export: timm's classifier is one linear layer; this model's head is "
+        raise MappingError(
+            f"timm's classifier is one linear layer; this model's head is "
             f"{finetuned.head_kind!r}. Fine-tune with --model.head linear to export it"
         )
     from mmm.finetune.lora import merge_lora

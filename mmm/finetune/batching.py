@@ -8,21 +8,20 @@ sample key (the datamodule skips and counts them, or stops, per ``data.on_error`
 
 from __future__ import annotations
 
-import json
-import math
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from mmm.data.labels import LABEL_MEMBER
+from mmm.data.labels import IGNORED_UNIT, LABEL_MEMBER, LabelError, LabelSpec, parse_label
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
 
 Task = Literal["classification", "multilabel", "regression", "token_classification"]
 #: The label of a unit that has none (PyTorch's ``ignore_index``).
-IGNORE = -100
+IGNORE = IGNORED_UNIT
 
 
 @dataclass(frozen=True)
@@ -33,61 +32,28 @@ class LabelledItem:
     label: int | float | list[int] | list[float]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+@functools.cache
+def label_spec(task: Task, num_labels: int, classes: tuple[str, ...] | None = None) -> LabelSpec:
+    """The ``LabelSpec`` a module of ``task`` with ``num_labels`` outputs reads labels with:
+    its class names (``"0"``, ``"1"``, ... when not known), or ``num_labels`` regression
+    targets."""
+    if task == "regression":
+        return LabelSpec(task, (), num_targets=num_labels)
+    return LabelSpec(task, tuple(classes or (str(index) for index in range(num_labels))))
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check_label(value: object, task: Task, num_labels: int | None) -> str | None:
-    """What is wrong with a parsed ``label.json`` value for ``task``, or ``None`` when it is
-    usable. Class indices are checked against ``num_labels`` when it is known."""
-    classes = f"the label set (0..{num_labels - 1})" if num_labels else "the label set"
-
-    def out_of_range(index: int) -> bool:
-        return index < 0 or (num_labels is not None and index >= num_labels)
-
-    if task == "classification":
-        if not _is_int(value):
-            return f"a classification label must be an int class index, got {value!r}"
-        return f"class {value} is not in {classes}" if out_of_range(value) else None
-    if task == "multilabel" or task == "token_classification":
-        if not isinstance(value, list) or not all(_is_int(v) for v in value):
-            return f"a {task} label must be a list of ints, got {value!r}"
-        wrong = [v for v in value if out_of_range(v) and not (task != "multilabel" and v == IGNORE)]
-        return f"classes {sorted(set(wrong))} are not in {classes}" if wrong else None
-    values = value if isinstance(value, list) else [value]
-    if not values or not all(_is_number(v) for v in values):
-        return f"a regression label must be a number or a list of numbers, got {value!r}"
-    if not all(math.isfinite(v) for v in values):
-        return f"the regression target {value!r} is not finite (NaN or inf)"
-    if num_labels is not None and len(values) != num_labels:
-        return f"{len(values)} regression targets, the model predicts {num_labels}"
-    return None
-
-
-def parse_label(sample: dict[str, Any], task: Task, num_labels: int | None) -> Any:
-    """The parsed ``label.json`` member of a raw sample.
+def parse_sample_label(sample: dict[str, Any], spec: LabelSpec) -> Any:
+    """The checked ``label.json`` of a raw sample (``mmm.data.labels.parse_label``).
 
     Raises:
         SampleError: naming the shard and key, when the member is missing, not JSON, or not a
-            usable label for ``task`` (see ``check_label``).
+            usable label of ``spec`` (a class outside the label set, a NaN target, ...).
     """
     key, url = sample.get("__key__"), sample.get("__url__")
-    raw = sample.get(LABEL_MEMBER)
-    if raw is None:
-        members = sorted(k for k in sample if not k.startswith("__"))
-        raise SampleError(f"no {LABEL_MEMBER!r} member (members: {members})", key, url)
     try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SampleError(f"{LABEL_MEMBER!r} is not valid JSON ({error})", key, url) from error
-    problem = check_label(value, task, num_labels)
-    if problem is not None:
-        raise SampleError(f"{LABEL_MEMBER!r}: {problem}", key, url)
-    return value
+        return parse_label(sample.get(LABEL_MEMBER), spec, where=LABEL_MEMBER)
+    except LabelError as error:
+        raise SampleError(str(error), key, url) from error
 
 
 class LabelledBatcher(MultimodalBatcher):
@@ -133,7 +99,12 @@ class LabelledBatcher(MultimodalBatcher):
                 labels whose count differs from the units the model sees of the item.
         """
         inputs = super().decode_sample(sample)
-        label = parse_label(sample, self.task, self.num_labels)
+        if self.num_labels is None:
+            raise RuntimeError(
+                "LabelledBatcher: num_labels is not set yet (FineTuningModule.setup sets it "
+                "from the data's labels.json)"
+            )
+        label = parse_sample_label(sample, label_spec(self.task, self.num_labels))
         if self.task == "token_classification":
             self._check_units(sample, inputs, label)
         return LabelledItem(inputs, label)

@@ -388,8 +388,13 @@ def predictions(task: Task, outputs: Tensor) -> dict[str, Tensor]:
 
 
 def labels_beside_shards(datamodule: Any) -> LabelSpec | None:
-    """The ``labels.json`` in the folder of the datamodule's first local shard pattern
-    (training, then validation, test and predict), or ``None``."""
+    """The datamodule's ``label_spec()`` (its labelled corpus or folder), else the
+    ``labels.json`` in the folder of its first local shard pattern (training, then
+    validation, test and predict), or ``None``."""
+    try:
+        return datamodule.label_spec()
+    except (AttributeError, ValueError, FileNotFoundError):
+        pass  # shards named directly: look beside them
     for split in ("train_shards", "val_shards", "test_shards", "predict_shards"):
         for pattern in getattr(datamodule, split, None) or []:
             if "://" in pattern or pattern.startswith("pipe:"):

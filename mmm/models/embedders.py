@@ -56,6 +56,12 @@ class TokenEmbedder(nn.Module):
         x = self.tokens(input_ids) + positions  # (B, L, D)
         return self.dropout(self.norm(x))
 
+    @torch.no_grad()
+    def add_to_output(self, offset: Tensor) -> None:
+        """Make every output ``offset`` (D,) larger: the last step is the LayerNorm's affine
+        map, so its bias absorbs it exactly."""
+        self.norm.bias += offset
+
 
 def sincos_positions(shape: tuple[int, ...], dim: int) -> Tensor:
     """Fixed sine-cosine position codes for positions laid out on a grid of ``shape``.
@@ -114,3 +120,8 @@ class PatchEmbedder(nn.Module):
                 "the spec's max_length/grid"
             )
         return self.proj(patches) + self.positions[:length].to(patches.dtype)  # (B, L, D)
+
+    @torch.no_grad()
+    def add_to_output(self, offset: Tensor) -> None:
+        """Make every output ``offset`` (D,) larger: the positions, added last, absorb it."""
+        self.positions += offset

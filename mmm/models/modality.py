@@ -44,6 +44,11 @@ class Modality(nn.Module, ABC):
         corrupted when they stay in the encoder's input (discrete tokens); ``masked=None``
         embeds the batch as it is."""
 
+    def add_to_embeddings(self, offset: Tensor) -> None:
+        """Fold a constant ``offset`` (D,) added to every embedded position (a multimodal
+        model's modality embedding) into the embedder, so that it computes it alone."""
+        self.embedder.add_to_output(offset)
+
     def encoder_positions(self, batch: dict[str, Tensor], masked: MaskedPositions | None) -> Tensor:
         """(B, L) bool: the positions the encoder sees. Real positions, less the hidden ones
         when ``visible_only`` (MAE), less those the masking left out (4M budgets)."""

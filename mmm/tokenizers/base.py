@@ -234,10 +234,22 @@ class DiscreteTokenizer(Tokenizer):
     @abstractmethod
     def collate(self, items: list[str]) -> dict[str, Tensor]: ...
 
+    def content_length(self, text: str) -> int:
+        """How many content tokens ``text`` holds before ``max_length`` cuts it (special
+        tokens not counted): scoring refuses a sequence that ``collate`` would cut short."""
+        raise NotImplementedError(f"{type(self).__name__} does not count untruncated tokens")
+
     def fingerprint(self) -> str:
         """A short hash of the vocabulary: every id's token, in order."""
         tokens = (self.id_to_token(i) for i in range(self.spec.vocab_size))
         return _digest(type(self).__name__, *tokens)
+
+
+def untruncated_length(encoding: Any) -> int:
+    """The real tokens of a Rust ``tokenizers.Encoding`` and of the pieces its truncation cut
+    off (``overflowing``, a flat list), padding not counted."""
+    pieces = [encoding, *encoding.overflowing]
+    return sum(sum(piece.attention_mask) for piece in pieces)
 
 
 def _digest(*parts: str) -> str:

@@ -150,6 +150,10 @@ class ProteinTokenizer(DiscreteTokenizer):
         """Residue ids of ``text`` (see ``encode_residues``), (L,) long."""
         return encode_residues(text, name=name, on_unknown=self.on_unknown)
 
+    def content_length(self, text: str) -> int:
+        """Residues of ``text`` (one token each)."""
+        return len(self.encode(text))
+
     def decode(self, ids: Tensor | list[int]) -> str:
         """The residue string of ``ids``, special tokens and padding dropped."""
         return decode_residues(ids)

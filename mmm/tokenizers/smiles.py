@@ -39,6 +39,7 @@ from mmm.tokenizers.base import (
     copy_with,
     ensure_trained,
     read_text_member,
+    untruncated_length,
 )
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,9 @@ class SmilesTokenizer(DiscreteTokenizer):
     @property
     def special_token_ids(self) -> frozenset[int]:
         return frozenset(self.rust.token_to_id(t) for t in SPECIAL_TOKENS)
+
+    def content_length(self, text: str) -> int:
+        return untruncated_length(self.rust.encode(text, add_special_tokens=False))
 
     def encode(self, smiles: str) -> list[int]:
         """Token ids of one SMILES, ``<s>`` and ``</s>`` included, without padding."""

@@ -22,7 +22,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from mmm.data.formats import text_samples
 from mmm.data.reading import member_texts, read_source
-from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, ensure_trained, read_text_member
+from mmm.tokenizers.base import (
+    DiscreteSpec,
+    DiscreteTokenizer,
+    ensure_trained,
+    read_text_member,
+    untruncated_length,
+)
 
 Algorithm = Literal["wordpiece", "bpe"]
 
@@ -212,6 +218,11 @@ class TextTokenizer(DiscreteTokenizer):
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
         return read_text_member(sample, "txt")
+
+    def content_length(self, text: str) -> int:
+        # The Rust tokenizer keeps the truncation of the last call: count what it cut off too.
+        encoding = self.hf.backend_tokenizer.encode(text, add_special_tokens=False)
+        return untruncated_length(encoding)
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch in one call to the Rust tokenizer, one row per text, padded to the

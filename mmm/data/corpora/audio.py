@@ -4,17 +4,26 @@
 voicemail and IVR phrases; 0.2-73 s, ~25 minutes; 8 kHz mono 16-bit wav; CC-BY-SA-3.0). No
 Python package on PyPI ships real recorded audio, so the audio quickstart needs this one
 system package: ``apt-get install asterisk-core-sounds-en-wav``.
+
+``fsdd-labelled``: the Free Spoken Digit Dataset (3,000 recordings of the digits 0-9 by 6
+speakers; CC BY-SA 4.0), read from a clone the user names, with held-out speakers.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmm.data.corpora import register_corpus
+import numpy as np
+
+from mmm.data.corpora import LabelledCorpus, register_corpus, register_labelled_corpus
 from mmm.data.formats import Sample, audio_samples
+from mmm.data.labelled import select_classes
+from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
 
 ASTERISK_EN = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 #: Transcripts of the prompts, from ``asterisk-core-sounds-en`` (installed with the wav package).
@@ -83,3 +92,79 @@ def asterisk_en_transcribed(
         name = json.loads(sample["json"])["path"].removesuffix(".wav")
         if name in said:
             yield {**sample, "txt": said[name].encode("utf-8")}
+
+
+#: Prompt folders with fewer clips are left out of the labelled prompts.
+PROMPTS_MIN_PER_CLASS = 20
+
+
+def labelled_prompts(root: Path = ASTERISK_EN) -> tuple[list[Sample], np.ndarray, tuple[str, ...]]:
+    """The prompts (``asterisk-en`` samples) labelled by their folder: ``en_US_f_Allison``
+    (the top level: voicemail and IVR phrases, 358 clips), ``digits`` (94), ``letters`` (61)
+    and ``phonetic`` (27). ``dictate`` (12) and ``followme`` (6) have fewer than
+    ``PROMPTS_MIN_PER_CLASS`` clips and are left out.
+
+    Returns:
+        The kept samples, their class numbers, and the class names by number.
+
+    Raises:
+        FileNotFoundError: naming the Debian package when the sounds are not installed.
+    """
+    samples = list(asterisk_en(root))
+    folders = [json.loads(sample["json"])["label"] for sample in samples]
+    index, labels, classes = select_classes(folders, min_count=PROMPTS_MIN_PER_CLASS)
+    return [samples[i] for i in index], labels, classes
+
+
+#: FSDD's recordings are named ``{digit}_{speaker}_{index}.wav``.
+FSDD_NAME = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>[A-Za-z]+)_(?P<index>[0-9]+)$")
+#: Held-out speakers of ``fsdd-labelled``: each accent group keeps a speaker in training
+#: (jackson: US, nicolas: Belgian French, yweweler: German, george: Greek), and val and test
+#: hear new voices whose accents training has heard (theo: US, lucas: German). A speaker
+#: not listed here (a newer FSDD) trains.
+FSDD_HELD_OUT = {"theo": "val", "lucas": "test"}
+
+
+def fsdd_recordings(source_dir: str | os.PathLike | None) -> list[tuple[Path, int, str]]:
+    """(file, digit, speaker) of the ``recordings/*.wav`` of an FSDD clone, sorted by file.
+
+    Raises:
+        FileNotFoundError: when no folder is named, or it holds no FSDD recordings; the
+            message says how to get and name one.
+    """
+    how = (
+        "clone https://github.com/Jakobovski/free-spoken-digit-dataset and set "
+        "data.source_dir to the clone (the folder holding recordings/)"
+    )
+    if source_dir is None:
+        raise FileNotFoundError(f"the corpus 'fsdd-labelled' reads a local FSDD folder: {how}")
+    folder = Path(source_dir)
+    recordings = folder / "recordings" if (folder / "recordings").is_dir() else folder
+    names = {path: FSDD_NAME.match(path.stem) for path in sorted(recordings.glob("*.wav"))}
+    files = [(path, int(n["digit"]), n["speaker"]) for path, n in names.items() if n is not None]
+    if not files:
+        raise FileNotFoundError(
+            f"no FSDD recording ({{digit}}_{{speaker}}_{{index}}.wav) in {recordings}: {how}"
+        )
+    return files
+
+
+@register_labelled_corpus("fsdd-labelled", reads_folder=True)
+def fsdd_labelled(source_dir: str | os.PathLike | None) -> LabelledCorpus:
+    """FSDD's recordings as ``wav`` samples (8 kHz mono, bytes unchanged) labelled by the
+    digit spoken (10 classes, ``0``-``9``), keyed by file name; the speakers of
+    ``FSDD_HELD_OUT`` are the val and test splits, all others train."""
+    files = fsdd_recordings(source_dir)
+
+    def samples() -> Iterator[Sample]:
+        for path, digit, speaker in files:
+            yield {
+                "__key__": path.stem,
+                "__source__": str(path),
+                "__split__": FSDD_HELD_OUT.get(speaker, "train"),
+                "wav": path.read_bytes(),
+                LABEL_MEMBER: encode_label(digit),
+            }
+
+    spec = LabelSpec("classification", tuple(str(d) for d in range(10)), "wav")
+    return LabelledCorpus(spec=spec, samples=samples())

@@ -14,8 +14,14 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from mmm.data.corpora import register_corpus
+from mmm.data.corpora import (
+    LabelledCorpus,
+    labelled_samples,
+    register_corpus,
+    register_labelled_corpus,
+)
 from mmm.data.formats import Sample
+from mmm.data.labels import LabelSpec
 
 #: Crops per photograph, side of the stored crops, and the range of crop sides (pixels of the
 #: 427x640 photograph) before resizing: from close-ups to about half of the picture.
@@ -59,22 +65,49 @@ def sample_photo_crops() -> Iterator[Sample]:
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
+def digit_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits: images (N, 8, 8) float of 17 gray levels
+    (0-16) and their digits (N,) int."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target
+
+
+def digit_png(pixels: np.ndarray) -> bytes:
+    """An (8, 8) digit of gray levels 0-16 as a PNG of gray levels 0-255 (mode L)."""
+    gray = Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8))  # 2-D: mode L
+    buffer = io.BytesIO()
+    gray.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @register_corpus("digits-words")
 def digits_words() -> Iterator[Sample]:
     """scikit-learn's 1,797 handwritten digits (8x8 pixels, 17 gray levels) as paired samples:
     the image as ``png`` (gray levels scaled to 0-255), its label written as a word as
     ``txt`` (``seven``) and as a class index ``cls``. Image + label text for cross-modal masked
     modeling (a hidden label word predicted from the image, and the reverse)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        gray = Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8))  # 2-D: mode L
-        buffer = io.BytesIO()
-        gray.save(buffer, format="PNG")
+    images, targets = digit_arrays()
+    for index, (pixels, label) in enumerate(zip(images, targets, strict=True)):
         yield {
             "__key__": f"digit-{index:04d}",
-            "png": buffer.getvalue(),
+            "png": digit_png(pixels),
             "txt": DIGIT_WORDS[int(label)].encode("utf-8"),
             "cls": str(int(label)).encode("utf-8"),
         }
+
+
+@register_labelled_corpus("digits-labelled")
+def digits_labelled() -> LabelledCorpus:
+    """The 1,797 digits as ``png`` with their digit as ``label.json`` (10 classes, ``0``-``9``);
+    val and test are 10% each by a hash of the key."""
+    images, targets = digit_arrays()
+    samples = labelled_samples(
+        keys=(f"digit-{index:04d}" for index in range(len(images))),
+        member="png",
+        inputs=(digit_png(pixels) for pixels in images),
+        labels=(int(label) for label in targets),
+    )
+    spec = LabelSpec("classification", tuple(str(d) for d in range(10)), "png")
+    return LabelledCorpus(spec=spec, samples=samples)
