@@ -11,8 +11,9 @@ Each mapping is exact: the stock model computes what mmm computes (tested in fp3
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from mmm.export.masked_lm import (
@@ -147,21 +148,11 @@ def export_command(
             the model computes on samples that carry only this modality.
         overwrite: replace the contents of a non-empty ``output``.
     """
-    from mmm.inference import load_module
-
     require_empty_folder(output, overwrite, what="export")
-    if is_finetuned(checkpoint):
-        return _export_finetuned(checkpoint, output)
     try:
-        module = one_modality_module(load_module(checkpoint), modality)
-        discrete = isinstance(only_modality(module), TokenModality)
+        write, kind = _writer(checkpoint, modality)
         with replaced_folder(output) as staged:
-            if discrete:
-                export_masked_lm(module, staged)
-                kind = f"transformers {masked_lm_config(module).architectures[0]}"
-            else:
-                export_timm(module, staged)
-                kind = "timm VisionTransformer"
+            write(staged)
     except MappingError as error:
         raise MappingError(f"export {checkpoint}: {error}") from error
     which = f" (modality {modality!r})" if modality else ""
@@ -177,20 +168,21 @@ def is_finetuned(checkpoint: str) -> bool:
     return "task" in read_checkpoint(checkpoint).get("hyper_parameters", {})
 
 
-def _export_finetuned(checkpoint: str, output: str) -> str:
-    """A fine-tuned checkpoint as the stock classifier of its family, or a timm classifier."""
+def _writer(checkpoint: str, modality: str | None) -> tuple[Callable[[Path], object], str]:
+    """What writes ``checkpoint``'s export into a folder, and the kind it writes: a masked LM
+    or a timm ViT for a pretraining checkpoint, the stock classifier of its family or a timm
+    classifier for a fine-tuned one."""
     from mmm.finetune.predict import load_finetuned
+    from mmm.inference import load_module
 
-    finetuned = load_finetuned(checkpoint)
-    try:
-        with replaced_folder(output) as staged:
-            if isinstance(only_modality(finetuned.backbone), TokenModality):
-                export_classifier(finetuned, staged)
-                kind = f"transformers {classifier_config(finetuned).architectures[0]}"
-            else:
-                export_timm_classifier(finetuned, staged)
-                kind = "timm VisionTransformer classifier"
-    except MappingError as error:
-        raise MappingError(f"export {checkpoint}: {error}") from error
-    print(f"exported {checkpoint} as {kind} to {output}")
-    return output
+    if is_finetuned(checkpoint):
+        finetuned = load_finetuned(checkpoint)
+        if isinstance(only_modality(finetuned.backbone), TokenModality):
+            kind = f"transformers {classifier_config(finetuned).architectures[0]}"
+            return partial(export_classifier, finetuned), kind
+        return partial(export_timm_classifier, finetuned), "timm VisionTransformer classifier"
+    module = one_modality_module(load_module(checkpoint), modality)
+    if isinstance(only_modality(module), TokenModality):
+        kind = f"transformers {masked_lm_config(module).architectures[0]}"
+        return partial(export_masked_lm, module), kind
+    return partial(export_timm, module), "timm VisionTransformer"
