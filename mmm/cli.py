@@ -8,7 +8,11 @@ tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed
 embeddings from a checkpoint), ``mmm generate`` (sample or infill sequences), ``mmm score``
 (pseudo-log-likelihoods, mutation effects), ``mmm audio-stats`` (dataset mean/std of log-mel
 features), ``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load)
-and ``mmm probe`` (linear probe of frozen embeddings on a labelled set).
+``mmm probe`` (linear probe of frozen embeddings on a labelled set) and ``mmm predict``
+(a CSV of a fine-tuned checkpoint's predictions for new inputs).
+
+``mmm finetune fit --config configs/finetune/X.yaml`` fine-tunes (``FineTuningModule``; also
+``validate``, ``test`` and ``predict``), with the same linking and checkpoint handling.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import CheckpointAtTrainEnd, StopOnSigterm, TrainingProgressBar
 from mmm.export import export_command
+from mmm.finetune.module import FineTuningModule
+from mmm.finetune.predict import predict_command
 from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.probe import probe_command
@@ -64,7 +70,8 @@ class MMMCLI(LightningCLI):
         refuse_other_settings(path, asked, self.config[subcommand]["model"])
         # The checkpoint holds the weights init_from started from (older checkpoints still
         # name its directory): the directory is not read again.
-        self.config[subcommand]["model"]["init_from"] = None
+        if "init_from" in self.config[subcommand]["model"]:
+            self.config[subcommand]["model"]["init_from"] = None
 
     def _load_weights_only(self) -> None:
         """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning
@@ -90,6 +97,18 @@ class MMMCLI(LightningCLI):
 #: Model settings a checkpoint need not agree on: the weights ``init_from`` started from are
 #: in the checkpoint's state dict, so the directory is neither needed nor compared.
 UNCOMPARED_SETTINGS = ("init_from",)
+#: Settings a module fills in itself when the command leaves them unset (a fine-tuned
+#: module's label count and class names from the data's labels.json, its pretraining
+#: checkpoint's hyperparameters): compared only when the command sets them.
+DERIVED_SETTINGS = ("num_labels", "classes", "backbone_config")
+
+
+def _compared(key: str, asked: dict[str, object]) -> bool:
+    """Whether the flattened setting ``key`` must agree with the checkpoint's."""
+    root = key.split(".")[0]
+    if root in UNCOMPARED_SETTINGS:
+        return False
+    return root not in DERIVED_SETTINGS or asked.get(root) is not None
 
 
 def refuse_other_settings(path: str, asked: Namespace, saved: Namespace) -> None:
@@ -106,7 +125,7 @@ def refuse_other_settings(path: str, asked: Namespace, saved: Namespace) -> None
         f"model.{key}: checkpoint {saved_flat.get(key, '(unset)')!r}, "
         f"asked {asked_flat.get(key, '(unset)')!r}"
         for key in sorted(set(asked_flat) | set(saved_flat))
-        if key.split(".")[0] not in UNCOMPARED_SETTINGS
+        if _compared(key, asked_flat)
         and asked_flat.get(key, "(unset)") != saved_flat.get(key, "(unset)")
     ]
     if differing:
@@ -143,15 +162,33 @@ TOOLS: dict[str, Callable[..., object]] = {
     "audio-stats": audio_stats_command,
     "export": export_command,
     "probe": probe_command,
+    "predict": predict_command,
 }
 
 
 DESCRIPTION = (
     "mmm: masked modeling for text, images, audio, proteins and SMILES. "
-    "Train with `mmm fit --config configs/X.yaml`; tools: "
+    "Train with `mmm fit --config configs/X.yaml`, fine-tune with "
+    "`mmm finetune fit --config configs/finetune/X.yaml`; tools: "
     + ", ".join(f"`mmm {name} --help`" for name in TOOLS)
     + "."
 )
+
+
+FINETUNE_DESCRIPTION = (
+    "mmm finetune: fine-tune an mmm encoder on labelled shards. "
+    "`mmm finetune fit --config configs/finetune/X.yaml [--model.checkpoint PRETRAINED.ckpt]`; "
+    "then `mmm predict --checkpoint BEST.ckpt --inputs FILES --output preds.csv`."
+)
+
+
+def is_lightning_predict(argv: list[str]) -> bool:
+    """Whether ``mmm predict ...`` is LightningCLI's ``predict`` subcommand (a config and a
+    pretraining checkpoint: ``--config``, ``--ckpt_path``, ``--model.*``), which writes
+    embeddings, rather than the ``predict`` tool (``--checkpoint``, ``--inputs``), which
+    writes a fine-tuned model's predictions as CSV."""
+    lightning = ("--config", "--ckpt_path", "--model", "--data", "--trainer", "--print_config")
+    return argv[0] == "predict" and any(arg.startswith(lightning) for arg in argv[1:])
 
 
 def refuse_repeated_options(tool: str, args: list[str]) -> None:
@@ -178,9 +215,17 @@ def refuse_repeated_options(tool: str, args: list[str]) -> None:
 def run(args: list[str] | None = None) -> MMMCLI | object:
     """Run ``mmm`` with ``args`` (default: the command line); returns the CLI or tool result."""
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in TOOLS:
+    if argv and argv[0] in TOOLS and not is_lightning_predict(argv):
         refuse_repeated_options(argv[0], argv[1:])
         return auto_cli(TOOLS[argv[0]], args=argv[1:])
+    if argv and argv[0] == "finetune":
+        return MMMCLI(
+            FineTuningModule,
+            ShardDataModule,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": FINETUNE_DESCRIPTION},
+            args=argv[1:],
+        )
     return MMMCLI(
         MaskedModelingModule,
         ShardDataModule,

@@ -71,6 +71,21 @@ def load_module(
 UNREADABLE_CHECKPOINT = (EOFError, IndexError, KeyError, RuntimeError, pickle.UnpicklingError)
 
 
+def read_checkpoint(path: str) -> dict:
+    """The contents of a checkpoint file (tensors and plain values only, ``weights_only``).
+
+    Raises:
+        FileNotFoundError: naming the path when there is no file.
+        ValueError: naming the file when it is no checkpoint (see ``unreadable_checkpoint``).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE_CHECKPOINT as error:
+        raise unreadable_checkpoint(path, error) from error
+
+
 def unreadable_checkpoint(path: str, error: BaseException) -> ValueError:
     """The error for a checkpoint file that cannot be loaded, naming it and what was wanted."""
     return ValueError(

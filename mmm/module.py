@@ -538,26 +538,8 @@ class MaskedModelingModule(L.LightningModule):
             )
 
     def _check_finite(self, loss: Tensor, where: str, across_ranks: bool = False) -> None:
-        """Stop at the first NaN or infinite loss rather than train on (or average in) it:
-        one such step turns every weight into NaN, and a NaN validation batch would be dropped
-        from the mean without a trace. One scalar check per step; anomaly detection would
-        cost a full extra pass.
-
-        ``across_ranks`` (training): the DDP ranks agree first, so that all of them stop at the
-        same step; a rank stopping alone would leave the others waiting for its gradients.
-        Training steps are the same number on every rank; evaluation batches are not (each
-        sample is read once), so a per-batch collective there could itself hang."""
-        finite_here = bool(torch.isfinite(loss.detach()))
-        finite = finite_here
-        if across_ranks and self._trainer is not None:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite_here, all=True)
-        if not finite:
-            loss_is = f"{loss.item()}" if not finite_here else "not finite on another rank"
-            raise FloatingPointError(
-                f"{where}: the loss is {loss_is}. A sample with NaN/inf values, or a learning "
-                "rate too high for this model (try a lower --model.lr or more "
-                "--model.warmup_steps)."
-            )
+        """See ``check_finite``."""
+        check_finite(self, loss, where, across_ranks)
 
     def _epoch_mean(self, name: str) -> MeanMetric:
         if name not in self._epoch_means:
@@ -587,16 +569,7 @@ class MaskedModelingModule(L.LightningModule):
             self.log(f"{stage}_loss", total, prog_bar=True, logger=False)
 
     def _log_skipped(self, batch: dict, size: int) -> None:
-        if "skipped" in batch:
-            self.log(
-                "data/skipped_samples",
-                batch["skipped"].float().sum(),
-                reduce_fx="sum",
-                on_step=False,
-                on_epoch=True,
-                sync_dist=True,  # summed over ranks: the count of the whole epoch
-                batch_size=size,
-            )
+        log_skipped(self, batch, size)
 
     def no_weight_decay(self) -> set[str]:
         """Names of the parameters AdamW does not decay, decided by structure (timm's
@@ -632,14 +605,64 @@ class MaskedModelingModule(L.LightningModule):
             betas=tuple(self.hparams.betas),
         )
         total = self.trainer.max_steps if self._trainer is not None else -1
-        if total and total > 0 and math.isfinite(total):
-            scheduler = get_cosine_schedule_with_warmup(optimizer, self.hparams.warmup_steps, total)
-        else:
-            scheduler = get_constant_schedule_with_warmup(optimizer, self.hparams.warmup_steps)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            "lr_scheduler": {
+                "scheduler": warmup_schedule(optimizer, self.hparams.warmup_steps, total),
+                "interval": "step",
+            },
         }
+
+
+def check_finite(
+    module: L.LightningModule, loss: Tensor, where: str, across_ranks: bool = False
+) -> None:
+    """Stop at the first NaN or infinite loss rather than train on (or average in) it:
+    one such step turns every weight into NaN, and a NaN validation batch would be dropped
+    from the mean without a trace. One scalar check per step; anomaly detection would
+    cost a full extra pass.
+
+    ``across_ranks`` (training): the DDP ranks of ``module``'s trainer agree first, so that
+    all of them stop at the same step; a rank stopping alone would leave the others waiting
+    for its gradients. Training steps are the same number on every rank; evaluation batches
+    are not (each sample is read once), so a per-batch collective there could itself hang."""
+    finite_here = bool(torch.isfinite(loss.detach()))
+    finite = finite_here
+    if across_ranks and module._trainer is not None:
+        finite = module.trainer.strategy.reduce_boolean_decision(finite_here, all=True)
+    if not finite:
+        loss_is = f"{loss.item()}" if not finite_here else "not finite on another rank"
+        raise FloatingPointError(
+            f"{where}: the loss is {loss_is}. A sample with NaN/inf values, or a learning "
+            "rate too high for this model (try a lower --model.lr or more "
+            "--model.warmup_steps)."
+        )
+
+
+def log_skipped(module: L.LightningModule, batch: dict, size: int) -> None:
+    """Log the loader's count of skipped samples (``batch["skipped"]``) as
+    ``data/skipped_samples``, summed over the epoch and the ranks."""
+    if "skipped" in batch:
+        module.log(
+            "data/skipped_samples",
+            batch["skipped"].float().sum(),
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,  # summed over ranks: the count of the whole epoch
+            batch_size=size,
+        )
+
+
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int | float | None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``max_steps`` when
+    the run is step-bounded (``max_steps > 0``), else a constant rate. Every parameter group
+    keeps its own peak rate (layer-wise decay scales them)."""
+    if max_steps and max_steps > 0 and math.isfinite(max_steps):
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, int(max_steps))
+    return get_constant_schedule_with_warmup(optimizer, warmup_steps)
 
 
 def _modality_configs(

@@ -1,10 +1,12 @@
-"""Every YAML in configs/ parses and trains a few steps through the real CLI."""
+"""Every YAML in configs/ parses and trains a few steps through the real CLI (the ones in
+configs/finetune/ through ``mmm finetune``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mmm.cli import run
 
@@ -40,5 +42,42 @@ def test_config_fits_two_steps(config, tmp_path, monkeypatch):
     """Runs from a fresh directory: embedded data and tokenizers are prepared there."""
     monkeypatch.chdir(tmp_path)
     cli = run(["fit", f"--config={config}", *FAST])
+    assert cli.trainer.global_step == 2
+    assert "val/loss" in cli.trainer.callback_metrics
+
+
+FINETUNE_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "finetune").glob("*.yaml"))
+#: The finetune configs keep their best checkpoint, so checkpointing stays on.
+FINETUNE_FAST = [option for option in FAST if "enable_checkpointing" not in option]
+
+
+def test_finetune_configs_exist():
+    assert {c.stem for c in FINETUNE_CONFIGS} >= {"digits", "amp", "freesolv", "docstrings", "fsdd"}
+
+
+@pytest.mark.parametrize("config", FINETUNE_CONFIGS, ids=lambda p: p.stem)
+def test_finetune_config_prints(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["finetune", "fit", f"--config={config}", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "backbone:" in printed and "data:" in printed
+
+
+#: The local copy of the Free Spoken Digit Dataset that ``fsdd.yaml`` reads (no package
+#: ships it); the fsdd config is skipped without it.
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+
+
+@pytest.mark.parametrize("config", FINETUNE_CONFIGS, ids=lambda p: p.stem)
+def test_finetune_config_fits_two_steps(config, tmp_path, monkeypatch):
+    """Runs from a fresh directory: the labelled corpus is written there on first use."""
+    options = []
+    if yaml.safe_load(config.read_text())["data"]["embedded"] == "fsdd-labelled":
+        if not FSDD.is_dir():
+            pytest.skip(f"no FSDD copy at {FSDD}")
+        options = [f"--data.source_dir={FSDD}"]
+    monkeypatch.chdir(tmp_path)
+    cli = run(["finetune", "fit", f"--config={config}", *FINETUNE_FAST, *options])
     assert cli.trainer.global_step == 2
     assert "val/loss" in cli.trainer.callback_metrics

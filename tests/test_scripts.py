@@ -121,6 +121,12 @@ CASES: dict[str, list[Case]] = {
             expect="of step alone",
         )
     ],
+    "bench_lora": [
+        Case(
+            ["--steps", "2", "--dim", "32", "--depth", "1", "--warmup", "1", "--device", "cpu"],
+            expect="step time LoRA / full",
+        )
+    ],
     "bench_multimodal": [
         Case(
             [

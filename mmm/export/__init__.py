@@ -11,21 +11,27 @@ Each mapping is exact: the stock model computes what mmm computes (tested in fp3
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from mmm.export.masked_lm import (
+    classifier_config,
+    classifier_state_dict,
+    export_classifier,
     export_masked_lm,
     hf_tokenizer,
     init_from_masked_lm,
     masked_lm_config,
     masked_lm_state_dict,
+    to_classifier,
     to_masked_lm,
 )
 from mmm.export.parts import MappingError, one_modality_module, only_modality
 from mmm.export.vit import (
     export_timm,
+    export_timm_classifier,
     init_from_vit,
     load_timm,
     spectrogram_image,
@@ -38,9 +44,13 @@ from mmm.module import MaskedModelingModule
 
 __all__ = [
     "MappingError",
+    "classifier_config",
+    "classifier_state_dict",
+    "export_classifier",
     "export_command",
     "export_masked_lm",
     "export_timm",
+    "export_timm_classifier",
     "hf_tokenizer",
     "init_from",
     "init_from_masked_lm",
@@ -51,6 +61,7 @@ __all__ = [
     "spectrogram_image",
     "timm_kwargs",
     "timm_state_dict",
+    "to_classifier",
     "to_masked_lm",
 ]
 
@@ -124,7 +135,10 @@ def export_command(
     ``BertForMaskedLM`` for a post-LN trunk) plus tokenizer (``AutoModelForMaskedLM`` /
     ``AutoTokenizer`` / ``pipeline("fill-mask")``, no ``trust_remote_code``); image and audio
     MAE encoders become a timm ``VisionTransformer`` (``timm.create_model("local-dir:DIR")``).
-    The directory is written beside ``output`` and renamed into place once complete.
+    A checkpoint of ``mmm finetune fit`` becomes the family's ``*ForSequenceClassification``
+    or ``*ForTokenClassification`` (``AutoModelFor...Classification``), or a timm ViT with
+    its classifier head. The directory is written beside ``output`` and renamed into place
+    once complete.
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
@@ -134,21 +148,41 @@ def export_command(
             the model computes on samples that carry only this modality.
         overwrite: replace the contents of a non-empty ``output``.
     """
-    from mmm.inference import load_module
-
     require_empty_folder(output, overwrite, what="export")
     try:
-        module = one_modality_module(load_module(checkpoint), modality)
-        discrete = isinstance(only_modality(module), TokenModality)
+        write, kind = _writer(checkpoint, modality)
         with replaced_folder(output) as staged:
-            if discrete:
-                export_masked_lm(module, staged)
-                kind = f"transformers {masked_lm_config(module).architectures[0]}"
-            else:
-                export_timm(module, staged)
-                kind = "timm VisionTransformer"
+            write(staged)
     except MappingError as error:
         raise MappingError(f"export {checkpoint}: {error}") from error
     which = f" (modality {modality!r})" if modality else ""
     print(f"exported {checkpoint}{which} as {kind} to {output}")
     return output
+
+
+def is_finetuned(checkpoint: str) -> bool:
+    """Whether a checkpoint file was written by ``mmm finetune fit`` (its hyperparameters
+    name a task)."""
+    from mmm.inference import read_checkpoint
+
+    return "task" in read_checkpoint(checkpoint).get("hyper_parameters", {})
+
+
+def _writer(checkpoint: str, modality: str | None) -> tuple[Callable[[Path], object], str]:
+    """What writes ``checkpoint``'s export into a folder, and the kind it writes: a masked LM
+    or a timm ViT for a pretraining checkpoint, the stock classifier of its family or a timm
+    classifier for a fine-tuned one."""
+    from mmm.finetune.predict import load_finetuned
+    from mmm.inference import load_module
+
+    if is_finetuned(checkpoint):
+        finetuned = load_finetuned(checkpoint)
+        if isinstance(only_modality(finetuned.backbone), TokenModality):
+            kind = f"transformers {classifier_config(finetuned).architectures[0]}"
+            return partial(export_classifier, finetuned), kind
+        return partial(export_timm_classifier, finetuned), "timm VisionTransformer classifier"
+    module = one_modality_module(load_module(checkpoint), modality)
+    if isinstance(only_modality(module), TokenModality):
+        kind = f"transformers {masked_lm_config(module).architectures[0]}"
+        return partial(export_masked_lm, module), kind
+    return partial(export_timm, module), "timm VisionTransformer"

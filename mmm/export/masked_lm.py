@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     # backends (torchaudio) that must not break ``mmm`` commands which never export.
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+    from mmm.finetune.module import FineTuningModule
+
 Family = Literal["esm", "bert"]
 
 #: Each family's name of the position table, and of BERT's token-type table.
@@ -162,17 +164,33 @@ HEAD_NAMES: dict[Family, HeadNames] = {
 }
 
 
-def _views(module: MaskedModelingModule) -> dict[str, Tensor]:
-    """The stock class's names -> views of mmm's tensors (the position table excluded: its
-    rows are shifted, see ``position_offset``)."""
+def _trunk_views(module: MaskedModelingModule) -> dict[str, Tensor]:
+    """The stock class's names -> views of mmm's embedder and trunk tensors (the position
+    table excluded: its rows are shifted, see ``position_offset``): what every head of the
+    family sits on."""
     modality, encoder, kind = _token_modality(module), trunk(module), family(module)
-    embedder, head, names = modality.embedder, modality.head, HEAD_NAMES[kind]
-    if head.decoder.weight is not embedder.tokens.weight:
-        raise MappingError("stock masked LMs tie their decoder; this module's head is untied")
+    embedder, names = modality.embedder, HEAD_NAMES[kind]
     views = {
         f"{kind}.embeddings.word_embeddings.weight": embedder.tokens.weight,
         names.embedding_norm + "weight": embedder.norm.weight,
         names.embedding_norm + "bias": embedder.norm.bias,
+    }
+    if kind == "esm":  # pre-LN ends in a norm; post-LN blocks end in theirs
+        views["esm.encoder.emb_layer_norm_after.weight"] = encoder.norm.weight
+        views["esm.encoder.emb_layer_norm_after.bias"] = encoder.norm.bias
+    for index, block in enumerate(encoder.blocks):
+        views |= _layer_views(block, f"{kind}.encoder.layer.{index}.", kind)
+    return {name: value.detach() for name, value in views.items()}
+
+
+def _views(module: MaskedModelingModule) -> dict[str, Tensor]:
+    """The stock masked LM's names -> views of mmm's tensors: the trunk's and the masked-LM
+    head's."""
+    modality, kind = _token_modality(module), family(module)
+    embedder, head, names = modality.embedder, modality.head, HEAD_NAMES[kind]
+    if head.decoder.weight is not embedder.tokens.weight:
+        raise MappingError("stock masked LMs tie their decoder; this module's head is untied")
+    views = {
         names.dense + "weight": head.transform[0].weight,
         names.dense + "bias": head.transform[0].bias,
         names.norm + "weight": head.transform[2].weight,
@@ -180,14 +198,9 @@ def _views(module: MaskedModelingModule) -> dict[str, Tensor]:
         names.decoder: head.decoder.weight,
         names.bias: head.decoder.bias,
     }
-    if kind == "esm":  # pre-LN ends in a norm; post-LN blocks end in theirs
-        views["esm.encoder.emb_layer_norm_after.weight"] = encoder.norm.weight
-        views["esm.encoder.emb_layer_norm_after.bias"] = encoder.norm.bias
-    else:
+    if kind == "bert":
         views["cls.predictions.decoder.bias"] = head.decoder.bias  # BERT ties it to the bias
-    for index, block in enumerate(encoder.blocks):
-        views |= _layer_views(block, f"{kind}.encoder.layer.{index}.", kind)
-    return {name: value.detach() for name, value in views.items()}
+    return _trunk_views(module) | {name: value.detach() for name, value in views.items()}
 
 
 def _layer_views(block: nn.Module, prefix: str, kind: Family) -> dict[str, Tensor]:
@@ -224,13 +237,19 @@ def _layer_views(block: nn.Module, prefix: str, kind: Family) -> dict[str, Tenso
 def masked_lm_state_dict(module: MaskedModelingModule) -> dict[str, Tensor]:
     """mmm's weights under the stock class's names (fp32 copies, tied weights included)."""
     state = {name: view.float().clone() for name, view in _views(module).items()}
+    return state | _position_state(module)
+
+
+def _position_state(module: MaskedModelingModule) -> dict[str, Tensor]:
+    """The stock position table (mmm's rows shifted by ``position_offset``) and, for BERT,
+    a zero token-type table (mmm has no segments)."""
     table = _token_modality(module).embedder.positions.weight.detach().float()  # (max_length, D)
     offset = position_offset(module)
     positions = table.new_zeros(offset + table.shape[0], table.shape[1])
     positions[offset:] = table  # the stock position of token i is offset + i
-    state[POSITIONS[family(module)]] = positions
+    state = {POSITIONS[family(module)]: positions}
     if family(module) == "bert":
-        state[BERT_TOKEN_TYPES] = table.new_zeros(2, table.shape[1])  # mmm has no segments
+        state[BERT_TOKEN_TYPES] = table.new_zeros(2, table.shape[1])
     return state
 
 
@@ -240,13 +259,18 @@ def to_masked_lm(module: MaskedModelingModule) -> PreTrainedModel:
     from transformers import AutoModelForMaskedLM
 
     model = AutoModelForMaskedLM.from_config(masked_lm_config(module))
-    result = model.load_state_dict(masked_lm_state_dict(module), strict=False)
-    # ESM's contact-prediction head reads attention maps and plays no part in masked-LM
-    # logits; mmm has none, so it keeps its initialization. Everything else must be set.
+    return _loaded(model, masked_lm_state_dict(module), "masked-LM")
+
+
+def _loaded(model: PreTrainedModel, state: dict[str, Tensor], what: str) -> PreTrainedModel:
+    """``model`` with ``state`` loaded, in eval mode, after checking that every tensor is
+    set: ESM's contact-prediction head reads attention maps and plays no part in the logits;
+    mmm has none, so it keeps its initialization. Everything else must be mmm's."""
+    result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("esm.contact_head.")]
     if missing or result.unexpected_keys:
         raise RuntimeError(
-            f"masked-LM mapping incomplete: missing {missing}, unexpected {result.unexpected_keys}"
+            f"{what} mapping incomplete: missing {missing}, unexpected {result.unexpected_keys}"
         )
     return model.eval()
 
@@ -330,4 +354,100 @@ def export_masked_lm(module: MaskedModelingModule, output: str | Path) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     to_masked_lm(module).save_pretrained(str(output))
     hf_tokenizer(only_tokenizer(module), output)
+    return output
+
+
+# ------------------------------------------------------------------ fine-tuned classifiers
+#: Where each family's sequence classifier keeps the head's dense layer and output layer
+#: (BERT's dense layer is its pooler's), and the token classifiers' one linear layer.
+SEQUENCE_HEAD_NAMES: dict[Family, tuple[str, str]] = {
+    "esm": ("classifier.dense.", "classifier.out_proj."),
+    "bert": ("bert.pooler.dense.", "classifier."),
+}
+TOKEN_HEAD_NAME = "classifier."
+#: The stock ``problem_type`` of each fine-tuning task (what its loss is).
+PROBLEM_TYPES = {
+    "classification": "single_label_classification",
+    "multilabel": "multi_label_classification",
+    "regression": "regression",
+    "token_classification": None,
+}
+
+
+def _classifier_kind(finetuned: FineTuningModule) -> Literal["Sequence", "Token"]:
+    """``Token`` for token-level tasks, ``Sequence`` for the others, after checking that the
+    head is the stock sequence classifiers' (the first position, dense -> tanh -> linear).
+
+    Raises:
+        MappingError: naming the pooling or head to choose instead.
+    """
+    if finetuned.task == "token_classification":
+        return "Token"
+    if finetuned.pooler.mode != "cls":
+        raise MappingError(
+            f"stock *ForSequenceClassification models read the first position; this "
+            f"model pools with {finetuned.pooler.mode!r}. Fine-tune with --model.pooling cls "
+            "to export it"
+        )
+    if finetuned.head_kind != "dense":
+        raise MappingError(
+            "stock *ForSequenceClassification heads are dense -> tanh -> linear; this "
+            f"model's head is {finetuned.head_kind!r}. Fine-tune with --model.head dense"
+        )
+    return "Sequence"
+
+
+def classifier_config(finetuned: FineTuningModule) -> PretrainedConfig:
+    """The masked LM's config as the family's ``*ForSequenceClassification`` or
+    ``*ForTokenClassification`` config, with the labels' names and problem type."""
+    config = copy.deepcopy(masked_lm_config(finetuned.backbone))
+    kind = "Esm" if family(finetuned.backbone) == "esm" else "Bert"
+    config.architectures = [f"{kind}For{_classifier_kind(finetuned)}Classification"]
+    config.num_labels = finetuned.hparams.num_labels
+    classes = finetuned.hparams.get("classes")
+    if classes:
+        config.id2label = dict(enumerate(classes))
+        config.label2id = {name: index for index, name in enumerate(classes)}
+    config.problem_type = PROBLEM_TYPES[finetuned.task]
+    return config
+
+
+def classifier_state_dict(finetuned: FineTuningModule) -> dict[str, Tensor]:
+    """The fine-tuned trunk and head under the stock classifier's names (fp32 copies)."""
+    backbone, head = finetuned.backbone, finetuned.head
+    state = {name: view.float().clone() for name, view in _trunk_views(backbone).items()}
+    out = TOKEN_HEAD_NAME
+    if _classifier_kind(finetuned) == "Sequence":
+        dense, out = SEQUENCE_HEAD_NAMES[family(backbone)]
+        state[dense + "weight"] = head.dense.weight.detach().float().clone()
+        state[dense + "bias"] = head.dense.bias.detach().float().clone()
+    state[out + "weight"], state[out + "bias"] = finetuned.output_layer()
+    return state | _position_state(backbone)
+
+
+def to_classifier(finetuned: FineTuningModule) -> PreTrainedModel:
+    """A stock ``{Esm,Bert}For{Sequence,Token}Classification`` (eval mode, fp32) computing
+    the fine-tuned module's logits (LoRA adapters merged into a copy first)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from mmm.finetune.lora import merge_lora
+
+    if finetuned.mode == "lora":
+        finetuned = merge_lora(copy.deepcopy(finetuned))
+    config = classifier_config(finetuned)
+    auto = (
+        AutoModelForTokenClassification
+        if finetuned.task == "token_classification"
+        else AutoModelForSequenceClassification
+    )
+    return _loaded(auto.from_config(config), classifier_state_dict(finetuned), "classifier")
+
+
+def export_classifier(finetuned: FineTuningModule, output: str | Path) -> Path:
+    """Write a fine-tuned text, protein or SMILES model as the stock classifier (see
+    ``to_classifier``) plus its tokenizer."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    to_classifier(finetuned).save_pretrained(str(output))
+    hf_tokenizer(only_tokenizer(finetuned.backbone), output)
     return output

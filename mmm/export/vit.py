@@ -15,11 +15,12 @@ eps is recorded as ``layer_norm_eps`` and ``load_timm`` passes it on.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
@@ -39,6 +40,9 @@ from mmm.module import MaskedModelingModule
 from mmm.tokenizers.audio import AudioTokenizer
 from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.image import ImageTokenizer
+
+if TYPE_CHECKING:
+    from mmm.finetune.module import FineTuningModule
 
 #: timm model whose defaults the exported ViT overrides (every size is set explicitly).
 TIMM_MODEL = "vit_base_patch16_224"
@@ -152,16 +156,28 @@ def _create(kwargs: dict[str, Any], eps: float, **options: Any) -> nn.Module:
     return timm.create_model(TIMM_MODEL, pretrained=False, **kwargs, **options)
 
 
-def export_timm(module: MaskedModelingModule, output: str | Path) -> Path:
+def export_timm(
+    module: MaskedModelingModule,
+    output: str | Path,
+    classifier: tuple[Tensor, Tensor] | None = None,
+) -> Path:
     """Write the image or audio MAE's encoder in timm's local format (``config.json`` +
     ``model.safetensors``): ``timm.create_model("local-dir:" + output, pretrained=True)``, or
-    ``load_timm(output)``, which also restores a LayerNorm eps other than timm's 1e-6."""
+    ``load_timm(output)``, which also restores a LayerNorm eps other than timm's 1e-6.
+
+    ``classifier``: the (C, D) weight and (C,) bias of a fine-tuned linear head on the
+    average-pooled states, exported as the ViT's ``head`` (``num_classes=C``); without it the
+    ViT has no classifier."""
     from timm.models import save_for_hf
 
     output = Path(output)
     kwargs, eps = timm_kwargs(module), layer_norm_eps(module.encoder)  # the decoder stays
+    state = timm_state_dict(module)
+    if classifier is not None:
+        kwargs["num_classes"] = classifier[0].shape[0]
+        state["head.weight"], state["head.bias"] = classifier
     model = _create(kwargs, eps)
-    model.load_state_dict(timm_state_dict(module))  # strict: every tensor is mmm's
+    model.load_state_dict(state)  # strict: every tensor is mmm's
     channels = kwargs["in_chans"]
     save_for_hf(
         model,
@@ -253,3 +269,29 @@ def init_from_vit(module: MaskedModelingModule, directory: str | Path) -> None:
     old_grid = list(source.patch_embed.grid_size)
     positions = resample_abs_pos_embed(positions, list(grid), old_grid, num_prefix_tokens=0)
     embedder.positions.copy_(positions[0])  # (N, D)
+
+
+def export_timm_classifier(finetuned: FineTuningModule, output: str | Path) -> Path:
+    """Write a fine-tuned image or audio model as a timm ViT with its classifier head:
+    average pooling (``global_pool="avg"``) and one linear layer, which is what
+    ``pooling: mean`` and ``head: linear`` compute.
+
+    Raises:
+        MappingError: naming the pooling or head to choose, for the others.
+    """
+    if finetuned.task == "token_classification" or finetuned.pooler.mode != "mean":
+        mode = "token-level" if finetuned.pooler is None else repr(finetuned.pooler.mode)
+        raise MappingError(
+            f"a timm ViT classifier average-pools its states; this model pools "
+            f"{mode}. Fine-tune with --model.pooling mean to export it"
+        )
+    if finetuned.head_kind != "linear":
+        raise MappingError(
+            f"timm's classifier is one linear layer; this model's head is "
+            f"{finetuned.head_kind!r}. Fine-tune with --model.head linear to export it"
+        )
+    from mmm.finetune.lora import merge_lora
+
+    if finetuned.mode == "lora":
+        finetuned = merge_lora(copy.deepcopy(finetuned))
+    return export_timm(finetuned.backbone, output, classifier=finetuned.output_layer())

@@ -183,6 +183,19 @@ class Tokenizer(ABC):
         retrained in place has the same size but other ids)."""
         return _digest(type(self).__name__, repr(self.spec))
 
+    def unit_positions(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, L) bool: the positions of a ``collate`` batch that each hold one labelled unit
+        of the item (a residue, a SMILES token), in order. Token-level labels (one per unit,
+        ``token_classification``) are laid on them; modalities without such units refuse.
+
+        Raises:
+            ValueError: naming the modality, when it has no units to label.
+        """
+        raise ValueError(
+            f"token-level labels are not supported for the {self.modality_name} modality "
+            f"({type(self).__name__}); use a sample-level task (classification, regression)"
+        )
+
     def for_evaluation(self) -> Tokenizer:
         """This tokenizer with random augmentation switched off, for validation, test and
         predict: held-out numbers are measured on the data, not on a random view of it, and

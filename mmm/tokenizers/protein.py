@@ -170,6 +170,11 @@ class ProteinTokenizer(DiscreteTokenizer):
             raise SampleError("'seq' holds no residue", key, url)
         return self.decode(crop_window(ids, self.max_length - 2, self.crop))
 
+    def unit_positions(self, batch: dict[str, Tensor]) -> Tensor:
+        """The residue positions (every position but ``<cls>``, ``<eos>`` and padding): one
+        token-level label per residue."""
+        return batch["maskable"]
+
     def collate(self, items: list[str]) -> dict[str, Tensor]:
         """Encode and pad a batch: ``<cls> residues <eos> <pad>...``, the width rounded up to a
         multiple of 8 (tensor cores) within ``max_length``.

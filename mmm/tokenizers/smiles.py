@@ -238,6 +238,11 @@ class SmilesTokenizer(DiscreteTokenizer):
         pieces = zip(encoding.ids, encoding.offsets, strict=True)
         return [smiles[a:b] for i, (a, b) in pieces if i == unk]
 
+    def unit_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The SMILES token positions (atoms, bonds, ring digits; not ``<s>``, ``</s>`` and
+        padding): one token-level label per token of the vocabulary's split."""
+        return batch["maskable"]
+
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize a batch in one Rust call, padded to the longest molecule rounded up to a
         multiple of 8. Strings may contain ``<mask>`` (fill-mask)."""
