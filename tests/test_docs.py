@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from jsonargparse import ArgumentParser, auto_cli, capture_parser
 
-from mmm.cli import TOOLS, refuse_repeated_options, run
+from mmm.cli import TOOLS, is_lightning_predict, refuse_repeated_options, run
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -103,8 +103,10 @@ def test_pages_hold_commands_and_snippets():
 def parser_of(subcommand: str) -> ArgumentParser:
     """The parser ``mmm SUBCOMMAND`` builds, captured where it would parse: LightningCLI's
     (one for all its subcommands, keyed by ``fit``) or the tool's ``auto_cli`` parser."""
-    if subcommand in LIGHTNING_SUBCOMMANDS:
+    if subcommand in LIGHTNING_SUBCOMMANDS and subcommand not in TOOLS:
         return capture_parser(lambda: run(["fit"]))
+    if subcommand == "finetune":
+        return capture_parser(lambda: run(["finetune", "fit"]))
     return capture_parser(lambda: auto_cli(TOOLS[subcommand], args=[]))
 
 
@@ -114,9 +116,11 @@ def test_mmm_command_parses(block: Block, argv: list[str], monkeypatch, capsys):
     file) through the parser ``mmm`` uses; nothing runs."""
     monkeypatch.chdir(ROOT)  # configs/ paths are relative to the repository
     subcommand, options = argv[0], argv[1:]
-    known = (*LIGHTNING_SUBCOMMANDS, *TOOLS)
+    known = (*LIGHTNING_SUBCOMMANDS, "finetune", *TOOLS)
     assert subcommand in known, f"{block.where}: `mmm {subcommand}` is not one of {known}"
-    if subcommand in TOOLS:
+    if subcommand == "finetune":  # `mmm finetune fit ...`: LightningCLI over FineTuningModule
+        parser, parse = parser_of("finetune"), options
+    elif subcommand in TOOLS and not is_lightning_predict(argv):
         refuse_repeated_options(subcommand, options)
         parser, parse = parser_of(subcommand), options
     else:
