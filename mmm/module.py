@@ -24,7 +24,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from mmm.cross_modal_masking import TokenBudgets, drop_modalities
 from mmm.masking import MaskedPositions, Masking, RandomMasking
@@ -659,10 +658,25 @@ def warmup_schedule(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``max_steps`` when
     the run is step-bounded (``max_steps > 0``), else a constant rate. Every parameter group
-    keeps its own peak rate (layer-wise decay scales them)."""
-    if max_steps and max_steps > 0 and math.isfinite(max_steps):
-        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, int(max_steps))
-    return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    keeps its own peak rate (layer-wise decay scales them).
+
+    The same factors as ``transformers``' ``get_cosine_schedule_with_warmup`` and
+    ``get_constant_schedule_with_warmup``, written here because importing those pulls in
+    ``transformers.trainer_utils``, which imports ``peft`` and through it the audio utilities:
+    a broken torchaudio (a CUDA-version mismatch) would then break every modality's training.
+    """
+    bounded = bool(max_steps) and max_steps > 0 and math.isfinite(max_steps)
+    total = int(max_steps) if bounded else 0
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        if not bounded:
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _modality_configs(

@@ -205,3 +205,23 @@ def test_held_out_batches_show_hidden_tokens_as_the_mask_token_only(tokenizer, m
     torch.manual_seed(0)
     trained = _shown_at_hidden(module, lambda: module.forward_masked(batch))
     assert 0 < int((trained != mask_id).sum()) < trained.numel() // 2
+
+
+@pytest.mark.parametrize("max_steps", [50, None], ids=["cosine", "constant"])
+def test_warmup_schedule_matches_transformers(max_steps):
+    """mmm's schedule (written to keep transformers.trainer_utils out of the import path)
+    gives transformers' warm-up + cosine / constant factors at every step."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    from mmm.module import warmup_schedule
+
+    ours = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    mine = warmup_schedule(ours, 10, max_steps)
+    if max_steps:
+        reference = get_cosine_schedule_with_warmup(theirs, 10, max_steps)
+    else:
+        reference = get_constant_schedule_with_warmup(theirs, 10)
+    for _ in range(60):
+        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"], abs=1e-12)
+        ours.step(), theirs.step(), mine.step(), reference.step()
