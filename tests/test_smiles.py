@@ -19,6 +19,7 @@ from mmm.data.shards import write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
+from mmm.optional import MissingDependencyError
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.smiles import (
     MASK,
@@ -334,3 +335,15 @@ def test_a_safe_string_that_spells_no_molecule_decodes_to_nothing(tmp_path, smi_
 def test_an_unknown_representation_is_named(tmp_path):
     with pytest.raises(ValueError, match="representation must be one of"):
         SmilesTokenizer(path=str(tmp_path / "x.json"), representation="inchi")
+
+
+@pytest.mark.parametrize(
+    ("representation", "module", "install"),
+    [("selfies", "selfies", "pip install selfies"), ("safe", "safe", "pip install safe-mol")],
+)
+def test_a_missing_converter_says_what_to_install(
+    representation, module, install, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=install):
+        SmilesTokenizer(path=str(tmp_path / "x.json"), representation=representation)
