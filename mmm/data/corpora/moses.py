@@ -11,26 +11,39 @@ is a uniform sample. Evaluation against the MOSES test sets is ``mmm.metrics.mos
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 from mmm.data.corpora import register_corpus
-from mmm.data.formats import Sample, smiles_samples
-from mmm.metrics.moses import moses_data_file
+from mmm.data.formats import Sample
+from mmm.data.formats.smiles import check_smiles_tokens
+from mmm.metrics.moses import moses_data_file, read_moses_smiles
 
 #: Every SUBSET_STRIDE-th training molecule makes the ``moses`` corpus.
 SUBSET_STRIDE = 32
 
 
 def moses_training_samples(stride: int) -> Iterator[Sample]:
-    """``smi`` samples of every ``stride``-th MOSES training molecule, keyed ``train-<line>``.
+    """``smi`` samples of every ``stride``-th MOSES training molecule, keyed ``train-<line>``
+    (line 1 is the header), as ``mmm shards --modality smiles`` would key the file's lines.
+    The stride is taken before the token check, so the subset checks 1/32 of the lines.
 
     Raises:
         MissingDependencyError: when molsets is not installed, saying how to install it.
+        ValueError: naming the line of a SMILES with a character no SMILES token covers.
     """
     path = moses_data_file("train.csv.gz")
-    samples = smiles_samples([str(path)], column="SMILES", strict=True)
-    return itertools.islice(samples, 0, None, stride)
+    smiles = read_moses_smiles("train")
+    for index in range(0, len(smiles), stride):
+        line = index + 2  # after the header line
+        try:
+            check_smiles_tokens(smiles[index])
+        except ValueError as error:
+            raise ValueError(f"{path}:{line}: {error}") from error
+        yield {
+            "__key__": f"train-{line}",
+            "__source__": f"{path}:{line}",
+            "smi": smiles[index].encode("utf-8"),
+        }
 
 
 @register_corpus("moses")
