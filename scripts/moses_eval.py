@@ -50,12 +50,16 @@ def sampled_rows(args: argparse.Namespace) -> list[dict[str, object]]:
     for sampler in args.samplers:
         for steps in args.steps:
             settings = SamplingSettings(
-                steps=steps, sampler=sampler, remask=args.remask, eta=args.eta
+                steps=steps,
+                sampler=sampler,
+                remask=args.remask,
+                eta=args.eta,
+                temperature=args.temperature,
             )
             start = time.perf_counter()
             smiles = generate(module, args.samples, settings=settings, seed=args.seed)
             seconds = round(time.perf_counter() - start, 1)
-            name = f"{sampler}, {steps} steps" + (
+            name = f"{sampler}, {steps} steps, temperature {args.temperature}" + (
                 f", {args.remask} eta={args.eta}" if sampler == "remdm" else ""
             )
             rows.append(score_row(name, smiles, sampling_s=seconds, examples=smiles[:5]))
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[64])
     parser.add_argument("--remask", choices=["cap", "rescale"], default="cap")
     parser.add_argument("--eta", type=float, default=0.02)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="append each result as a JSON line to this file")
     args = parser.parse_args()
