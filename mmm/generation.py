@@ -10,12 +10,20 @@ unmask them over ``steps`` steps, following a noise schedule from t = 1 (all hid
 - ``maskgit`` (confidence-ordered, Chang et al. 2022): every step draws a candidate for every
   hidden position and keeps the most confident ones (highest probability of the drawn token),
   leaving ``mask_probability(s)`` of the initially hidden positions hidden.
+- ``remdm`` (ReMDM, Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time
+  Scaling"): ancestral sampling in which a revealed token is hidden again with probability
+  ``sigma_t`` at each step, so that an early mistake can be redrawn; hidden positions are
+  revealed with probability ``(alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t)``, which keeps
+  the schedule's share of hidden tokens. ``sigma_t`` is at most
+  ``sigma_max = min(1, (1 - alpha_s) / alpha_t)``; ``remask="cap"`` uses
+  ``min(eta, sigma_max)``, ``remask="rescale"`` uses ``eta * sigma_max``. With ``eta = 0`` it
+  is ``ancestral``. Remasking trades steps for quality: it pays off with more steps.
 
 The model takes no time input (MDLM), so its prediction for a sequence changes only when a token
 of it changes: a forward pass runs only for the sequences that reveal something at that step
 (MDLM's ``ddpm_cache``). With many steps and short sequences most steps reveal nothing.
 Positions that are not hidden in the input (an infill template's fixed tokens) are never
-touched.
+touched, not even by ReMDM's remasking.
 """
 
 from __future__ import annotations
@@ -36,7 +44,9 @@ from mmm.masking import NOISE_SCHEDULES, DiffusionMasking, NoiseSchedule, Schedu
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import DiscreteTokenizer
 
-Sampler = Literal["ancestral", "maskgit"]
+Sampler = Literal["ancestral", "maskgit", "remdm"]
+RemaskSchedule = Literal["cap", "rescale"]
+SAMPLERS = ("ancestral", "maskgit", "remdm")
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,8 @@ class SamplingSettings:
     steps: int = 64
     """Unmasking steps from all-hidden to none hidden."""
     sampler: Sampler = "ancestral"
-    """``ancestral`` (MDLM) or ``maskgit`` (confidence-ordered unmasking)."""
+    """``ancestral`` (MDLM), ``maskgit`` (confidence-ordered unmasking) or ``remdm``
+    (ancestral with remasking of revealed tokens, ReMDM)."""
     temperature: float = 1.0
     """Divides the logits before sampling; below 1 sharpens the distribution."""
     top_k: int | None = None
@@ -60,14 +71,26 @@ class SamplingSettings:
     """Ancestral sampler: run the model only for sequences that reveal a token at a step (the
     samples are the same; ``False`` runs it for every sequence at every step, for timing the
     saving). MaskGIT reveals something in every row at every step, so it always runs."""
+    remask: RemaskSchedule = "cap"
+    """ReMDM: hide a revealed token again with probability ``min(eta, sigma_max)`` (``cap``)
+    or ``eta * sigma_max`` (``rescale``), ``sigma_max`` being the most the schedule allows."""
+    eta: float = 0.02
+    """ReMDM: the remasking strength (``cap``: a probability; ``rescale``: a share of
+    ``sigma_max``), in [0, 1]; 0 is plain ancestral sampling."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"SamplingSettings: steps must be >= 1, got {self.steps}")
-        if self.sampler not in ("ancestral", "maskgit"):
+        if self.sampler not in SAMPLERS:
             raise ValueError(
-                f"SamplingSettings: sampler must be 'ancestral' or 'maskgit', got {self.sampler!r}"
+                f"SamplingSettings: sampler must be one of {SAMPLERS}, got {self.sampler!r}"
             )
+        if self.remask not in ("cap", "rescale"):
+            raise ValueError(
+                f"SamplingSettings: remask must be 'cap' or 'rescale', got {self.remask!r}"
+            )
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"SamplingSettings: eta must lie in [0, 1], got {self.eta}")
         if self.temperature <= 0:
             raise ValueError(f"SamplingSettings: temperature must be > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -79,6 +102,16 @@ class SamplingSettings:
                 f"SamplingSettings: schedule must be one of {sorted(NOISE_SCHEDULES)}, "
                 f"got {self.schedule!r}"
             )
+
+    def remask_probability(self, now: float, after: float) -> float:
+        """ReMDM's ``sigma_t``: the probability of hiding a revealed token again going from
+        hidden share ``now`` = 1 - alpha_t to ``after`` = 1 - alpha_s; 0 at the last step
+        (``after`` = 0), so that the output has no hidden token."""
+        if self.sampler != "remdm":
+            return 0.0
+        alpha_now = 1.0 - now
+        sigma_max = 1.0 if alpha_now <= 0.0 else min(1.0, after / alpha_now)
+        return min(self.eta, sigma_max) if self.remask == "cap" else self.eta * sigma_max
 
     def noise(self, module: MaskedModelingModule) -> NoiseSchedule:
         """The schedule to unmask with for ``module``."""
@@ -210,6 +243,23 @@ def _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, cache) -> N
     ids[reveal] = tokens
 
 
+def _remdm_step(module, ids, real, fill, hidden, now, after, settings, sampler, mask_id) -> None:
+    """Hide each generated token again with probability ``sigma_t`` and reveal each hidden one
+    with ReMDM's probability, in place. The model predicts from the sequence before this
+    step's remasking; positions outside ``fill`` (template tokens) are never hidden."""
+    sigma = settings.remask_probability(now, after)
+    remask = torch.zeros_like(fill)  # (B, L); no draw when sigma is 0, so eta=0 is ancestral
+    if sigma > 0:
+        u = torch.rand(ids.shape, device=ids.device, generator=sampler.generator)  # (B, L)
+        remask = fill & ~hidden & (u < sigma)
+    # (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t), written so that sigma = 0 gives the
+    # ancestral sampler's number exactly; the hidden share after the step is still ``after``
+    reveal_prob = (now - after + sigma * (1.0 - now)) / max(now, 1e-12)
+    reveal_prob = min(max(reveal_prob, 0.0), 1.0)
+    _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, settings.cache)
+    ids[remask] = mask_id
+
+
 def _maskgit_step(module, ids, real, hidden, keep_hidden, sampler) -> None:
     """Reveal the most confident hidden positions of each row until ``keep_hidden`` (B,) stay
     hidden (at least one revealed per row with hidden positions), in place."""
@@ -268,6 +318,9 @@ def fill_masked(
         if settings.sampler == "ancestral":
             reveal_prob = min(max((now - after) / max(now, 1e-12), 0.0), 1.0)
             _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, settings.cache)
+        elif settings.sampler == "remdm":
+            mask_id = spec.mask_token_id
+            _remdm_step(module, ids, real, fill, hidden, now, after, settings, sampler, mask_id)
         else:
             keep_hidden = torch.floor(initial * after).long()  # (B,)
             _maskgit_step(module, ids, real, hidden, keep_hidden, sampler)

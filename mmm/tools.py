@@ -295,7 +295,9 @@ def generate_command(
     length: int | None = None,
     template: str | list[str] | None = None,
     steps: int = 64,
-    sampler: Literal["ancestral", "maskgit"] = "ancestral",
+    sampler: Literal["ancestral", "maskgit", "remdm"] = "ancestral",
+    remask: Literal["cap", "rescale"] = "cap",
+    eta: float = 0.02,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -325,7 +327,11 @@ def generate_command(
             ``[MASK]``) are filled and whose other positions are kept; ``<mask>x12`` is 12
             masks, e.g. ``MKT<mask>x12GLS``.
         steps: unmasking steps.
-        sampler: ``ancestral`` (MDLM) or ``maskgit`` (most confident first).
+        sampler: ``ancestral`` (MDLM), ``maskgit`` (most confident first) or ``remdm``
+            (ancestral that hides revealed tokens again, ReMDM).
+        remask: ReMDM's schedule: ``cap`` (probability ``min(eta, sigma_max)``) or
+            ``rescale`` (``eta * sigma_max``).
+        eta: ReMDM's remasking strength, in [0, 1].
         temperature: logits are divided by it before sampling.
         top_k: sample among the k most likely tokens only.
         top_p: nucleus sampling: the smallest set of tokens with this much probability.
@@ -342,6 +348,8 @@ def generate_command(
     settings = SamplingSettings(
         steps=steps,
         sampler=sampler,
+        remask=remask,
+        eta=eta,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,

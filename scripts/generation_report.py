@@ -26,7 +26,7 @@ from collections import Counter
 import torch
 
 from mmm.data.corpora import is_validation_key, iter_corpus
-from mmm.generation import SamplingSettings, generate
+from mmm.generation import SAMPLERS, SamplingSettings, generate
 from mmm.inference import load_module, score
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.protein import ESM_RESIDUES
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--steps", type=int, nargs="+", default=[64])
-    parser.add_argument("--sampler", choices=["ancestral", "maskgit"], default="ancestral")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--compare", help="another checkpoint to score the held-out split with")

@@ -14,6 +14,8 @@ from mmm.cli import run
 from mmm.data.shards import write_shards
 from mmm.generation import (
     SamplingSettings,
+    TokenSampler,
+    _remdm_step,
     encode_templates,
     expand_template,
     fill_masked,
@@ -155,11 +157,11 @@ def test_expand_template_writes_out_repeated_masks():
     assert expand_template("<mask>xG", "<mask>") == "<mask>xG"  # x without a count: residue X
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "maskgit"])
+@pytest.mark.parametrize("sampler", ["ancestral", "maskgit", "remdm"])
 def test_infill_never_changes_fixed_positions(sampler):
     module = _protein_module()
     templates = ["MKT<mask>x5GLS", "<mask>AAAA<mask>", "W<mask>x12", "<mask>"]
-    settings = SamplingSettings(steps=8, sampler=sampler)
+    settings = SamplingSettings(steps=8, sampler=sampler, remask="rescale", eta=1.0)
     results = infill(module, templates * 3, settings=settings, seed=0, batch_size=5)
     residues = set("LAGVSERTIDPKQNFYMHWCXBUZO.-J")
     for template, result in zip(templates * 3, results, strict=True):
@@ -167,6 +169,41 @@ def test_infill_never_changes_fixed_positions(sampler):
         assert len(result) == len(expanded)
         assert all(want in ("?", got) for want, got in zip(expanded, result, strict=True))
         assert set(result) <= residues, "special tokens are never generated"
+
+
+def test_remdm_hides_generated_tokens_again_but_never_template_tokens():
+    """One ReMDM step with nothing left to reveal: only remasking acts (no model call)."""
+    ids = torch.arange(4 * 12).reshape(4, 12) + 10  # (B, L) all revealed
+    fill = torch.zeros(4, 12, dtype=torch.bool)
+    fill[:, 3:9] = True  # generated positions; the rest is the template
+    settings = SamplingSettings(sampler="remdm", remask="rescale", eta=1.0)
+    sampler = TokenSampler(settings, torch.zeros(60, dtype=torch.bool), torch.Generator())
+    before = ids.clone()
+    hidden = torch.zeros_like(fill)
+    _remdm_step(None, ids, None, fill, hidden, 0.5, 0.4, settings, sampler, mask_id=1)
+    assert torch.equal(ids[~fill], before[~fill])
+    remasked = (ids == 1).sum().item()
+    assert 0 < remasked < fill.sum().item()  # sigma = 0.4 / 0.5 of 24 positions
+
+
+def test_remdm_sigma_follows_cap_and_rescale_and_is_zero_at_the_end():
+    cap = SamplingSettings(sampler="remdm", remask="cap", eta=0.1)
+    rescale = SamplingSettings(sampler="remdm", remask="rescale", eta=0.5)
+    # sigma_max = min(1, (1 - alpha_s) / alpha_t) with hidden shares now = 0.8, after = 0.6
+    assert cap.remask_probability(0.8, 0.6) == pytest.approx(0.1)
+    assert rescale.remask_probability(0.8, 0.6) == pytest.approx(0.5)
+    assert rescale.remask_probability(0.2, 0.1) == pytest.approx(0.5 * 0.1 / 0.8)
+    assert cap.remask_probability(0.1, 0.0) == 0.0  # the last step hides nothing
+    assert SamplingSettings().remask_probability(0.8, 0.6) == 0.0  # ancestral never remasks
+    with pytest.raises(ValueError, match="eta must lie in"):
+        SamplingSettings(sampler="remdm", eta=1.5)
+
+
+def test_remdm_with_eta_zero_is_the_ancestral_sampler(one_thread):
+    module = _protein_module()
+    ancestral = generate(module, 4, length=8, settings=SamplingSettings(steps=8), seed=1)
+    plain = SamplingSettings(steps=8, sampler="remdm", eta=0.0)
+    assert generate(module, 4, length=8, settings=plain, seed=1) == ancestral
 
 
 def test_text_infill_fills_a_span_of_the_chosen_length_and_keeps_the_rest(tiny_module):
@@ -195,9 +232,11 @@ def test_generation_is_reproducible_with_a_seed(one_thread):
     assert all(len(sequence) == 10 for sequence in first)
 
 
-@pytest.mark.parametrize(("sampler", "least"), [("ancestral", 0.6), ("maskgit", 0.9)])
+@pytest.mark.parametrize(
+    ("sampler", "least"), [("ancestral", 0.6), ("maskgit", 0.9), ("remdm", 0.6)]
+)
 def test_a_model_of_a_tiny_corpus_regenerates_it(memorizer, sampler, least, one_thread):
-    settings = SamplingSettings(steps=32, sampler=sampler)
+    settings = SamplingSettings(steps=32, sampler=sampler, eta=0.05)
     samples = generate(memorizer, 40, length=8, settings=settings, seed=0)
     share = sum(sample in CORPUS for sample in samples) / len(samples)
     assert share >= least, f"{sampler}: {share:.2f} of samples are corpus sequences: {samples}"

@@ -9,6 +9,7 @@ Scripts that read a checkpoint get one from a tiny ``mmm fit`` made once per ses
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -108,6 +109,8 @@ class Case:
     expect: str
     checkpoint: str | None = None
     """the config of the tiny ``mmm fit`` whose checkpoint ``CHECKPOINT`` stands for"""
+    needs: tuple[str, ...] = ()
+    """packages the script reads data from (found, not imported); the case skips without them"""
 
 
 CASES: dict[str, list[Case]] = {
@@ -213,6 +216,17 @@ CASES: dict[str, list[Case]] = {
             checkpoint="smiles_mdlm.yaml",
         )
     ],
+    "moses_eval": [
+        Case(
+            [
+                *("--checkpoint", CHECKPOINT, "--samples", "4", "--steps", "2"),
+                *("--samplers", "ancestral", "remdm", "--eta", "0.1"),
+            ],
+            expect="MOSES metrics of 2 sample set(s): done",
+            checkpoint="smiles_mdlm.yaml",
+            needs=("moses", "fcd_torch"),
+        )
+    ],
     "learning_per_minute": [
         Case(
             [
@@ -261,6 +275,9 @@ def test_script_runs_in_an_empty_directory(
     if name not in CASES:
         pytest.fail(f"scripts/{name}.py has no smoke case: add one to CASES in {__file__}")
     for index, case in enumerate(CASES[name]):
+        missing = [package for package in case.needs if importlib.util.find_spec(package) is None]
+        if missing:
+            pytest.skip(f"scripts/{name}.py needs {missing}")
         cwd = tmp_path / f"case{index}"
         output = run_script(name, case_directory(case, cwd, checkpoints), cwd)
         assert case.expect in output, f"scripts/{name}.py printed no {case.expect!r}:\n{output}"

@@ -19,6 +19,7 @@ from mmm.data.shards import write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
+from mmm.optional import MissingDependencyError
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.smiles import (
     MASK,
@@ -265,3 +266,84 @@ def test_yaml_trains_with_span_masking_then_fills_masks_and_embeds(tmp_path, mon
     assert [t.shape[0] for t in per_token] == [
         len(tokenize_smiles(s)) + 2 for s in ("CCO", MOLECULES[0])
     ]
+
+
+# ------------------------------------------------------------------------ SELFIES and SAFE
+@pytest.fixture(scope="module")
+def embedded_smi_file(tmp_path_factory) -> Path:
+    """The first 150 embedded NCI/WEHI molecules that RDKit reads, as a ``.smi`` file."""
+    chem = pytest.importorskip("rdkit.Chem")
+    corpus = (sample["smi"].decode() for sample in iter_corpus("smiles-nci-wehi"))
+    valid = [s for s in corpus if chem.MolFromSmiles(s) is not None]
+    path = tmp_path_factory.mktemp("embedded") / "embedded.smi"
+    path.write_text("\n".join(valid[:150]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("representation", "package"), [("selfies", "selfies"), ("safe", "safe")])
+def test_selfies_and_safe_round_trip_the_embedded_molecules(
+    representation, package, embedded_smi_file, tmp_path
+):
+    """Read as SMILES, spelled in the representation, tokenized, decoded back to the same
+    molecule; every token is in the vocabulary built from those spellings."""
+    pytest.importorskip(package)
+    tokenizer = SmilesTokenizer(
+        path=str(tmp_path / f"{representation}.json"),
+        train_source=str(embedded_smi_file),
+        representation=representation,
+        canonicalize=True,
+        max_length=512,
+    )
+    molecules = embedded_smi_file.read_text().split()
+    refused = converted = 0
+    for smiles in molecules:
+        try:
+            spelled = tokenizer.prepare(smiles)
+        except ValueError as error:
+            assert representation in str(error)
+            refused += 1
+            continue
+        converted += spelled != canonical_smiles(smiles)  # SAFE leaves uncut molecules as is
+        assert tokenizer.unknown_tokens(spelled) == []
+        assert canonical_smiles(tokenizer.decode(tokenizer.encode(spelled))) == canonical_smiles(
+            smiles
+        )
+    assert refused <= len(molecules) // 50, f"{refused} of {len(molecules)} refused"
+    assert converted > len(molecules) // 2
+
+
+def test_selfies_tokens_are_whole_bracketed_words(tmp_path, smi_file):
+    pytest.importorskip("selfies")
+    tokenizer = SmilesTokenizer(
+        path=str(tmp_path / "selfies.json"), train_source=str(smi_file), representation="selfies"
+    )
+    spelled = tokenizer.prepare("CC(=O)O")
+    assert spelled == "[C][C][=Branch1][C][=O][O]"
+    ids = tokenizer.encode(spelled)
+    assert [tokenizer.id_to_token(i) for i in ids[1:-1]] == tokenize_smiles(spelled)
+    assert tokenizer.decode(ids) == "CC(=O)O"
+
+
+def test_a_safe_string_that_spells_no_molecule_decodes_to_nothing(tmp_path, smi_file):
+    pytest.importorskip("safe")
+    tokenizer = SmilesTokenizer(
+        path=str(tmp_path / "safe.json"), train_source=str(smi_file), representation="safe"
+    )
+    assert tokenizer.to_smiles("c1cc") == ""  # an unclosed ring: counted invalid downstream
+
+
+def test_an_unknown_representation_is_named(tmp_path):
+    with pytest.raises(ValueError, match="representation must be one of"):
+        SmilesTokenizer(path=str(tmp_path / "x.json"), representation="inchi")
+
+
+@pytest.mark.parametrize(
+    ("representation", "module", "install"),
+    [("selfies", "selfies", "pip install selfies"), ("safe", "safe", "pip install safe-mol")],
+)
+def test_a_missing_converter_says_what_to_install(
+    representation, module, install, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=install):
+        SmilesTokenizer(path=str(tmp_path / "x.json"), representation=representation)

@@ -9,12 +9,19 @@ character-level BPE instead (as ChemBERTa did), for comparison.
 RDKit is optional (``pip install mmm[chem]``): it validates molecules, canonicalizes them, and
 enumerates randomized SMILES as augmentation. Without it, samples are still checked to consist
 of SMILES tokens only.
+
+``representation`` spells each molecule to the model as SMILES, SELFIES (Krenn et al. 2020:
+every string of SELFIES tokens is a molecule) or SAFE (Noutahi et al. 2024: SMILES of
+fragments joined by ring-closure digits, so that a fragment is a contiguous span). Both read
+their tokens with the same regex (a SELFIES token is a bracketed word), and ``decode`` turns
+what the model wrote back into SMILES, so that generation always outputs SMILES.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +39,7 @@ from mmm.data.formats.smiles import (
     smiles_samples,
 )
 from mmm.data.reading import member_texts, read_source
+from mmm.optional import require
 from mmm.tokenizers.base import (
     DiscreteSpec,
     DiscreteTokenizer,
@@ -45,12 +53,62 @@ from mmm.tokenizers.base import (
 log = logging.getLogger(__name__)
 
 SmilesAlgorithm = Literal["regex", "bpe"]
+SmilesRepresentation = Literal["smiles", "selfies", "safe"]
 #: The ``tokenizers`` model each algorithm builds (a saved file must match the one asked for).
 _MODEL_TYPES = {"regex": models.WordLevel, "bpe": models.BPE}
 
 #: Special tokens in id order (pad first, so that the pad id is 0); RoBERTa/ChemBERTa spelling.
 PAD, UNK, BOS, EOS, MASK = "<pad>", "<unk>", "<s>", "</s>", "<mask>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, MASK]
+
+
+# ------------------------------------------------------------------------ representations
+@dataclass(frozen=True)
+class MolecularStrings:
+    """How molecules are spelled to the model, and how its strings read back as SMILES."""
+
+    module: str | None
+    """the package that converts (imported on first use); ``None``: SMILES as they are"""
+    install: str
+    """the command that installs it"""
+    encode: Callable[[Any, str], str]
+    """(module, SMILES) -> the molecule's string; raises on a molecule it cannot spell"""
+    decode: Callable[[Any, str], str | None]
+    """(module, string) -> SMILES, or ``None`` when the string spells no molecule"""
+
+
+def _safe_encode(safe: Any, smiles: str) -> str:
+    # canonical=False follows the SMILES given, so canonicalize/randomize keep their meaning;
+    # allow_empty: a molecule with no bond to cut is one fragment (else SAFE refuses a third
+    # of the NCI molecules)
+    return safe.encode(smiles, canonical=False, allow_empty=True)
+
+
+def _safe_decode(safe: Any, text: str) -> str | None:
+    return safe.decode(text, ignore_errors=True)
+
+
+def _selfies_encode(selfies: Any, smiles: str) -> str:
+    return selfies.encoder(smiles, strict=True)
+
+
+def _selfies_decode(selfies: Any, text: str) -> str | None:
+    return selfies.decoder(text) or None
+
+
+def _unchanged(module: Any, text: str) -> str:
+    return text
+
+
+REPRESENTATIONS: dict[str, MolecularStrings] = {
+    "smiles": MolecularStrings(None, "", encode=_unchanged, decode=_unchanged),
+    "selfies": MolecularStrings(
+        "selfies", "pip install selfies", encode=_selfies_encode, decode=_selfies_decode
+    ),
+    "safe": MolecularStrings(
+        "safe", "pip install safe-mol", encode=_safe_encode, decode=_safe_decode
+    ),
+}
 
 
 # -------------------------------------------------------------------------------- vocabulary
@@ -111,6 +169,11 @@ class SmilesTokenizer(DiscreteTokenizer):
         canonicalize: feed RDKit's canonical SMILES (needs RDKit).
         randomize: feed a different random SMILES of the molecule each time a sample is drawn,
             as augmentation (needs RDKit); evaluation reads canonical SMILES instead.
+        representation: spell molecules to the model as ``smiles``, ``selfies`` (needs
+            ``pip install selfies``) or ``safe`` (needs ``pip install safe-mol``); data are
+            read as SMILES and converted, decoded output is converted back to SMILES. Each
+            needs its own vocabulary ``path``. Strings given to the model directly (fill-mask,
+            infill templates, scores) are written in the representation.
     """
 
     modality_name = "smiles"
@@ -127,7 +190,22 @@ class SmilesTokenizer(DiscreteTokenizer):
         validate: bool = False,
         canonicalize: bool = False,
         randomize: bool = False,
+        representation: SmilesRepresentation = "smiles",
     ) -> None:
+        if representation not in REPRESENTATIONS:
+            raise ValueError(
+                f"SmilesTokenizer: representation must be one of {sorted(REPRESENTATIONS)}, "
+                f"got {representation!r}"
+            )
+        strings = REPRESENTATIONS[representation]
+        self._converter = None
+        if strings.module is not None:
+            self._converter = require(
+                strings.module,
+                feature=f"SmilesTokenizer(representation={representation!r})",
+                fix=f"Install it with: {strings.install}",
+            )
+        self.representation = representation
         if max_length < 3:
             raise ValueError(f"SmilesTokenizer: max_length must be >= 3, got {max_length}")
         if algorithm not in _MODEL_TYPES:
@@ -189,16 +267,43 @@ class SmilesTokenizer(DiscreteTokenizer):
             return None
 
     def prepare(self, smiles: str) -> str:
-        """Check ``smiles`` and apply the configured RDKit validation/canonicalization/
-        randomization. Raises ``ValueError`` saying what is wrong."""
+        """Check ``smiles``, apply the configured RDKit validation/canonicalization/
+        randomization, and spell it in the tokenizer's representation. Raises ``ValueError``
+        saying what is wrong."""
         check_smiles_tokens(smiles)
         if self.randomize:
-            return randomized_smiles(smiles)
-        if self.canonicalize:
-            return canonical_smiles(smiles)
-        if self.validate:
+            smiles = randomized_smiles(smiles)
+        elif self.canonicalize:
+            smiles = canonical_smiles(smiles)
+        elif self.validate:
             parse_smiles(smiles)
-        return smiles
+        return self.spell(smiles)
+
+    def spell(self, smiles: str) -> str:
+        """``smiles`` in the tokenizer's representation.
+
+        Raises:
+            ValueError: when the converter cannot spell the molecule (SELFIES refuses some
+                valences; its reason is named).
+        """
+        strings = REPRESENTATIONS[self.representation]
+        try:
+            return strings.encode(self._converter, smiles)
+        except Exception as error:  # the converters raise their own error types
+            raise ValueError(
+                f"cannot write {smiles!r} as {self.representation}: {type(error).__name__}: {error}"
+            ) from error
+
+    def to_smiles(self, text: str) -> str:
+        """SMILES of a string in the tokenizer's representation; ``""`` when it spells no
+        molecule (a SAFE string whose fragments do not join), which MOSES counts invalid."""
+        strings = REPRESENTATIONS[self.representation]
+        try:
+            smiles = strings.decode(self._converter, text)
+        except Exception as error:  # the converters raise their own error types
+            log.debug("%r spells no molecule as %s: %s", text, self.representation, error)
+            return ""
+        return smiles or ""
 
     @property
     def spec(self) -> DiscreteSpec:
@@ -282,8 +387,12 @@ class SmilesTokenizer(DiscreteTokenizer):
         return encoding.ids[: sum(encoding.attention_mask)]  # padding is on the right
 
     def decode(self, ids: list[int]) -> str:
-        """The SMILES spelled by ``ids``, special tokens dropped."""
-        return self.rust.decode(ids, skip_special_tokens=True)
+        """The SMILES spelled by ``ids`` (converted from SELFIES or SAFE), special tokens
+        dropped; ``""`` for a SAFE string that spells no molecule."""
+        return self.to_smiles(self.rust.decode(ids, skip_special_tokens=True))
 
     def __repr__(self) -> str:
-        return f"SmilesTokenizer(path={self.path!r}, vocab_size={self.spec.vocab_size})"
+        return (
+            f"SmilesTokenizer(path={self.path!r}, representation={self.representation!r}, "
+            f"vocab_size={self.spec.vocab_size})"
+        )

@@ -1,0 +1,1 @@
+"""Metrics of generated samples against published benchmarks (``moses``: molecules)."""
