@@ -30,7 +30,7 @@ from mmm.cross_modal_masking import TokenBudgets, drop_modalities
 from mmm.masking import MaskedPositions, Masking, RandomMasking
 from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
-from mmm.models.modality import TokenModality, build_modality
+from mmm.models.modality import build_modality
 from mmm.models.sequences import Segment, context_of, pack_segments, unpack_segments
 from mmm.rng import run_seed, seeded, step_seed
 from mmm.tokenizers.base import Tokenizer
@@ -188,9 +188,7 @@ class MaskedModelingModule(L.LightningModule):
         """``name`` checked against the module's modalities, or the only one (the only
         discrete one with ``discrete``) when ``name`` is ``None``."""
         candidates = [
-            key
-            for key, modality in self.modalities.items()
-            if not discrete or isinstance(modality, TokenModality)
+            key for key, tokenizer in self.tokenizers.items() if not discrete or tokenizer.discrete
         ]
         kind, kinds = (
             ("discrete modality", "discrete modalities") if discrete else ("modality", "modalities")
@@ -399,9 +397,7 @@ class MaskedModelingModule(L.LightningModule):
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
         for name, sub in inputs.items():
             self._training_batches[name] += 1
-            modality = self.modalities[name]
-            if isinstance(modality, TokenModality):
-                modality.count_lengths(sub)
+            self.modalities[name].count_lengths(sub)
         self._log_skipped(batch, size)
         return out.loss
 

@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmm.data.corpora.audio import ASTERISK_EN, labelled_prompts
@@ -39,8 +38,8 @@ from mmm.data.corpora.protein import amp_peptides
 from mmm.data.corpora.smiles import freesolv_rows
 from mmm.data.corpora.text import package_docstrings
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers.audio import AudioItem, AudioTokenizer
-from mmm.tokenizers.base import DiscreteTokenizer, Tokenizer
+from mmm.tokenizers.audio import AudioTokenizer
+from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.multimodal import ModalityBatch
 from mmm.tokenizers.protein import ProteinTokenizer
@@ -71,7 +70,7 @@ class LabelledSet:
 
 
 def load_digits_images() -> LabelledSet:
-    """scikit-learn's digits as (1, 8, 8) float images in [0, 1]; ``image_batch`` fits them
+    """scikit-learn's digits as (1, 8, 8) float images in [0, 1]; ``ImageTokenizer.probe_batch`` fits them
     to a tokenizer's size and channels."""
     pixels, targets = digit_arrays()
     images = torch.from_numpy(pixels).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8)
@@ -128,16 +127,6 @@ def load_labelled(name: str) -> LabelledSet:
     if name not in LABELLED_SETS:
         raise ValueError(f"unknown labelled set {name!r}; choose from {sorted(LABELLED_SETS)}")
     return LABELLED_SETS[name]()
-
-
-def image_batch(tokenizer: ImageTokenizer, images: list[Tensor]) -> dict[str, Tensor]:
-    """Images (C, h, w) in [0, 1] resized (bilinear) to the tokenizer's size, channels
-    repeated or averaged to its count, then collated: deterministic, no augmentation."""
-    x = torch.stack(images)  # (B, c, h, w)
-    if x.shape[1] != tokenizer.channels:
-        x = x.mean(dim=1, keepdim=True).expand(-1, tokenizer.channels, -1, -1)  # (B, C, h, w)
-    x = F.interpolate(x, size=tokenizer.size, mode="bilinear", align_corners=False)
-    return tokenizer.collate(list(x.clamp(0.0, 1.0)))
 
 
 #: Each labelled set and the modality it probes, for errors that suggest another set.
@@ -208,37 +197,18 @@ def check_split(labels: np.ndarray, task: Task) -> None:
         )
 
 
-def decoded_clips(tokenizer: AudioTokenizer, items: list[Any]) -> list[AudioItem]:
-    """Audio samples (``{"wav": bytes, ...}``) decoded by the tokenizer's evaluation view
-    (the middle window of longer clips, never a random crop), so that a probe sees the same
-    clip every time; items decoded already pass through."""
-    evaluation = tokenizer.for_evaluation()
-    return [
-        item if isinstance(item, AudioItem) else evaluation.decode_sample(item) for item in items
-    ]
-
-
 def prepared_items(
     module: MaskedModelingModule, items: list[Any], modality: str | None = None
 ) -> list[Any]:
-    """``items`` with the per-item work that does not change during training done once:
-    audio clips decoded (see ``decoded_clips``); other kinds unchanged. ``collate_items``
-    accepts both forms; preparing first spares repeated decoding."""
-    tokenizer = module.tokenizers[module.modality_named(modality)]
-    if isinstance(tokenizer, AudioTokenizer):
-        return decoded_clips(tokenizer, items)
-    return list(items)
+    """``items`` with the per-item work that does not change during training done once (the
+    modality's ``probe_items``: audio clips decoded). ``collate_items`` accepts both forms;
+    preparing first spares repeated decoding."""
+    return module.tokenizers[module.modality_named(modality)].probe_items(items)
 
 
 def tokenizer_batch(tokenizer: Tokenizer, items: list[Any]) -> dict[str, Tensor]:
     """Labelled items collated by ``tokenizer``, deterministically (no augmentation)."""
-    if isinstance(tokenizer, ImageTokenizer):
-        return image_batch(tokenizer, items)
-    if isinstance(tokenizer, AudioTokenizer):
-        return tokenizer.collate(decoded_clips(tokenizer, items))
-    if isinstance(tokenizer, DiscreteTokenizer):
-        return tokenizer.collate(items)
-    raise TypeError(f"probing needs a discrete, image or audio tokenizer, not {type(tokenizer)}")
+    return tokenizer.probe_batch(items)
 
 
 def collate_items(

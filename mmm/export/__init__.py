@@ -28,7 +28,7 @@ from mmm.export.masked_lm import (
     to_classifier,
     to_masked_lm,
 )
-from mmm.export.parts import MappingError, one_modality_module, only_modality
+from mmm.export.parts import MappingError, one_modality_module, only_tokenizer
 from mmm.export.vit import (
     export_timm,
     export_timm_classifier,
@@ -39,8 +39,8 @@ from mmm.export.vit import (
     timm_state_dict,
 )
 from mmm.files import replaced_folder, require_empty_folder
-from mmm.models.modality import TokenModality
 from mmm.module import MaskedModelingModule
+from mmm.tokenizers.base import ExportFamily
 
 __all__ = [
     "MappingError",
@@ -48,6 +48,7 @@ __all__ = [
     "classifier_state_dict",
     "export_classifier",
     "export_command",
+    "export_family",
     "export_masked_lm",
     "export_timm",
     "export_timm_classifier",
@@ -78,15 +79,35 @@ def init_from(module: MaskedModelingModule, directory: str | Path) -> None:
     """
     try:
         config = _read_config(Path(directory))
-        discrete = isinstance(only_modality(module), TokenModality)
-        if discrete and "model_type" not in config:
+        family = export_family(module)
+        if family == "masked_lm" and "model_type" not in config:
             raise MappingError("its config.json is not a Hugging Face masked-LM config")
-        if not discrete and "architecture" not in config:
+        if family == "vit" and "architecture" not in config:
             raise MappingError("its config.json is not a timm model config (no 'architecture')")
         with _named_weights(Path(directory)):
-            (init_from_masked_lm if discrete else init_from_vit)(module, directory)
+            INIT_FROM[family](module, directory)
     except MappingError as error:
         raise MappingError(f"init_from {directory}: {error}") from error
+
+
+#: Each export family's mapping from a saved directory onto a module (``init_from``).
+INIT_FROM: dict[ExportFamily, Callable[[MaskedModelingModule, str | Path], None]] = {
+    "masked_lm": init_from_masked_lm,
+    "vit": init_from_vit,
+}
+
+
+def export_family(module: MaskedModelingModule) -> ExportFamily:
+    """The stock family a one-modality module maps onto, as its modality says
+    (``Tokenizer.export_family``).
+
+    Raises:
+        MappingError: for a modality that maps onto none.
+    """
+    tokenizer = only_tokenizer(module)
+    if tokenizer.export_family is None:
+        raise MappingError(str(tokenizer.not_supported("export to a stock family")))
+    return tokenizer.export_family
 
 
 def _read_config(directory: Path) -> dict:
@@ -177,12 +198,12 @@ def _writer(checkpoint: str, modality: str | None) -> tuple[Callable[[Path], obj
 
     if is_finetuned(checkpoint):
         finetuned = load_finetuned(checkpoint)
-        if isinstance(only_modality(finetuned.backbone), TokenModality):
+        if export_family(finetuned.backbone) == "masked_lm":
             kind = f"transformers {classifier_config(finetuned).architectures[0]}"
             return partial(export_classifier, finetuned), kind
         return partial(export_timm_classifier, finetuned), "timm VisionTransformer classifier"
     module = one_modality_module(load_module(checkpoint), modality)
-    if isinstance(only_modality(module), TokenModality):
+    if export_family(module) == "masked_lm":
         kind = f"transformers {masked_lm_config(module).architectures[0]}"
         return partial(export_masked_lm, module), kind
     return partial(export_timm, module), "timm VisionTransformer"

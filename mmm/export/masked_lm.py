@@ -37,11 +37,7 @@ from mmm.export.parts import (
 )
 from mmm.models.modality import TokenModality
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers import smiles
-from mmm.tokenizers.base import Tokenizer
-from mmm.tokenizers.protein import TOKENS, ProteinTokenizer
-from mmm.tokenizers.smiles import SmilesTokenizer
-from mmm.tokenizers.text import TextTokenizer
+from mmm.tokenizers.base import NotSupportedError, Tokenizer
 
 if TYPE_CHECKING:
     # transformers' model classes are imported where used: importing them pulls in optional
@@ -316,33 +312,16 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
 
 
 def hf_tokenizer(tokenizer: Tokenizer, output: Path) -> PreTrainedTokenizerBase:
-    """A Hugging Face tokenizer giving mmm's ids for ``tokenizer`` (written to ``output``):
-    ESM-2's vocabulary for proteins, mmm's own fast tokenizer for text, a
-    ``PreTrainedTokenizerFast`` over mmm's SMILES vocabulary (same regex pre-tokenization)."""
-    from transformers import EsmTokenizer, PreTrainedTokenizerFast
+    """A Hugging Face tokenizer giving mmm's ids for ``tokenizer`` (the modality builds it:
+    ``Tokenizer.hf_tokenizer``), saved to ``output``.
 
-    if isinstance(tokenizer, ProteinTokenizer):
-        vocab = output / "vocab.txt"
-        vocab.write_text("\n".join(TOKENS) + "\n")  # ids 0-32 are ESM-2's, J is 33
-        hf = EsmTokenizer(vocab_file=str(vocab), model_max_length=tokenizer.max_length)
-    elif isinstance(tokenizer, TextTokenizer):
-        hf = copy.deepcopy(tokenizer.hf)
-        hf.model_max_length = tokenizer.max_length
-    elif isinstance(tokenizer, SmilesTokenizer):
-        rust = copy.deepcopy(tokenizer.rust)
-        rust.no_padding()  # mmm pads to a multiple of 8; Hugging Face pads per call
-        rust.no_truncation()
-        hf = PreTrainedTokenizerFast(
-            tokenizer_object=rust,
-            bos_token=smiles.BOS,
-            eos_token=smiles.EOS,
-            pad_token=smiles.PAD,
-            unk_token=smiles.UNK,
-            mask_token=smiles.MASK,
-            model_max_length=tokenizer.max_length,
-        )
-    else:
-        raise MappingError(f"no Hugging Face tokenizer for {type(tokenizer).__name__}")
+    Raises:
+        MappingError: for a modality without a Hugging Face tokenizer.
+    """
+    try:
+        hf = tokenizer.hf_tokenizer(output)
+    except NotSupportedError as error:
+        raise MappingError(str(error)) from error
     hf.save_pretrained(str(output))
     return hf
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mmm.finetune.module import FineTuningModule, predictions
-from mmm.tokenizers.base import DiscreteSpec, SampleError, Tokenizer
+from mmm.tokenizers.base import SampleError, Tokenizer
 from mmm.tokenizers.multimodal import MultimodalBatcher
 
 
@@ -67,7 +67,7 @@ def input_samples(paths: list[str], tokenizer: Tokenizer, member: str) -> list[d
 
     samples = []
     for path in paths:
-        if isinstance(tokenizer.spec, DiscreteSpec):  # sequences: records of text files
+        if tokenizer.discrete:  # sequences: records of text files
             for name, sequence in read_sequences(path):
                 samples.append({"__key__": f"{path}: {name}", member: sequence.encode()})
             continue

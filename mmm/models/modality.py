@@ -102,6 +102,10 @@ class Modality(nn.Module, ABC):
                 mean over hidden positions.
         """
 
+    def count_lengths(self, batch: dict[str, Tensor]) -> None:
+        """Record a training batch's lengths for the epoch's statistics; modalities without
+        variable lengths record nothing."""
+
     def metrics_from_loss(self, loss: Tensor) -> dict[str, Tensor]:
         """Metrics that are functions of the mean loss (e.g. perplexity), computed from the
         per-step loss in training and from the epoch's mean loss in evaluation."""
