@@ -73,14 +73,20 @@ class MMMCLI(LightningCLI):
         if "init_from" in self.config[subcommand]["model"]:
             self.config[subcommand]["model"]["init_from"] = None
 
-    def _load_weights_only(self) -> None:
-        """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning
-        leaves it unset, which lets ``torch.load`` run pickled code from a checkpoint file."""
+    def _before_run(self) -> None:
+        """Start the model from ``--model.init_from`` (the converters live in ``mmm.export``,
+        outside the module; a resumed run's weights are its checkpoint's, so ``_parse_ckpt_path``
+        unset it), and resume from checkpoints with ``weights_only=True`` unless asked
+        otherwise: Lightning leaves it unset, which lets ``torch.load`` run pickled code from a
+        checkpoint file."""
+        from mmm.export import apply_init_from
+
+        apply_init_from(self.model)
         arguments = self.config_init[self.subcommand]
         if arguments.get("weights_only") is None:
             arguments["weights_only"] = True
 
-    before_fit = before_validate = before_test = before_predict = _load_weights_only
+    before_fit = before_validate = before_test = before_predict = _before_run
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with Lightning's default rich progress bar (when it is on)

@@ -32,7 +32,7 @@ from mmm.cli import refuse_repeated_options, run
 from mmm.data.formats import chunk_text, read_fasta
 from mmm.data.reading import read_source
 from mmm.data.shards import OutputBusyError, output_lock, write_shards
-from mmm.export import MappingError
+from mmm.export import MappingError, init_from
 from mmm.export.parts import one_modality_module
 from mmm.generation import SamplingSettings, generate_batches
 from mmm.inference import (
@@ -851,7 +851,7 @@ def _saved_esm(tmp_path: Path) -> Path:
 def _start_from(directory: Path, encoder: TransformerEncoder | None = None) -> MaskedModelingModule:
     encoder = encoder or TransformerEncoder(dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
     tokenizer = ProteinTokenizer(max_length=16)
-    return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder, init_from=str(directory))
+    return init_from(MaskedModelingModule(tokenizer=tokenizer, encoder=encoder), directory)
 
 
 def test_init_from_names_a_corrupt_config_and_truncated_weights(tmp_path):

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from torch import nn
+
 from mmm.export.masked_lm import (
     classifier_config,
     classifier_state_dict,
@@ -53,6 +55,7 @@ __all__ = [
     "export_timm",
     "export_timm_classifier",
     "hf_tokenizer",
+    "apply_init_from",
     "init_from",
     "init_from_masked_lm",
     "init_from_vit",
@@ -67,10 +70,13 @@ __all__ = [
 ]
 
 
-def init_from(module: MaskedModelingModule, directory: str | Path) -> None:
-    """Start ``module``'s embedder, trunk and head from a local directory: a Hugging Face
-    masked LM (``config.json`` with ``model_type`` ``esm`` or ``bert``) for a discrete
-    modality, a timm ViT (``config.json`` with ``architecture``) for images and audio.
+def init_from(module: MaskedModelingModule, directory: str | Path) -> MaskedModelingModule:
+    """Start ``module``'s embedder, trunk and head from a local directory (and return it): a
+    Hugging Face masked LM (``config.json`` with ``model_type`` ``esm`` or ``bert``) for a
+    modality of the ``masked_lm`` family, a timm ViT (``config.json`` with ``architecture``)
+    for the ``vit`` family. The converter lives here, outside the module: its caller applies
+    it (``mmm fit --model.init_from`` through ``apply_init_from``; in Python, call it on a
+    new module before training).
 
     Raises:
         MappingError: starting ``init_from DIRECTORY:``, for a directory without a readable
@@ -88,6 +94,17 @@ def init_from(module: MaskedModelingModule, directory: str | Path) -> None:
             INIT_FROM[family](module, directory)
     except MappingError as error:
         raise MappingError(f"init_from {directory}: {error}") from error
+    module.initialized_from = str(directory)
+    return module
+
+
+def apply_init_from(model: nn.Module) -> None:
+    """Apply the ``init_from`` setting of every ``MaskedModelingModule`` in ``model`` (the
+    model itself, or a fine-tuning module's backbone) that has not been applied yet: what
+    the CLI does after building the model from its configuration, before it runs."""
+    for part in model.modules():
+        if isinstance(part, MaskedModelingModule) and part.pending_init_from() is not None:
+            init_from(part, part.pending_init_from())
 
 
 #: Each export family's mapping from a saved directory onto a module (``init_from``).
