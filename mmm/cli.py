@@ -51,7 +51,7 @@ class MMMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The tokenizers that size the model's embedders and heads also batch the data: the
         # module's batcher (one sub-batch per modality) goes to the datamodule.
-        parser.link_arguments("model.batcher", "data.tokenizer", apply_on="instantiate")
+        parser.link_arguments("model.batcher", "data.batcher", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's reading of the hyperparameters in ``--ckpt_path``, with a file that is

@@ -121,7 +121,7 @@ class MaskedModelingModule(L.LightningModule):
         modalities: modality name -> its tokenizer, masking, loss weight, drop probability
             and decoder. Several modalities share the trunk; each gets a learned modality
             embedding. The datamodule reads the batcher built from them (LightningCLI links
-            ``model.batcher`` to ``data.tokenizer``).
+            ``model.batcher`` to ``data.batcher``).
         budgets: 4M-style token budgets across modalities, used instead of each modality's
             masking (see ``mmm.cross_modal_masking.TokenBudgets``).
         evaluation_mask_only: held-out passes (validation, test) show every hidden token as

@@ -65,7 +65,7 @@ def test_shards_of_another_modality_stop_with_an_error_not_a_flood(corpus_dir, s
     what was read, what was skipped and why, and the log holds a handful of lines."""
     data = ShardDataModule(
         **{f"{split}_shards": str(corpus_dir / "train-*.tar")},
-        tokenizer=ImageTokenizer(image_size=16, patch_size=4),
+        batcher=ImageTokenizer(image_size=16, patch_size=4),
         batch_size=4,
         num_workers=0,
         shuffle_buffer=8,
@@ -200,7 +200,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, tokenizer,
     data = ShardDataModule(
         train_shards=str(corpus_dir / "train-*.tar"),
         val_shards=str(corpus_dir / "val-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
     )
@@ -224,7 +224,7 @@ def test_a_rank_stops_with_the_others_when_one_sees_a_non_finite_loss(
     played here by the strategy's ``reduce_boolean_decision`` saying "not all finite"."""
     data = ShardDataModule(
         train_shards=str(corpus_dir / "train-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
     )

@@ -143,7 +143,7 @@ def test_shards_from_fasta_feed_the_datamodule(tmp_path):
     data = ShardDataModule(
         train_shards=str(tmp_path / "shards" / "train-*.tar"),
         val_shards=str(tmp_path / "shards" / "train-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=3,
         num_workers=0,
     )
