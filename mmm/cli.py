@@ -29,20 +29,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import CheckpointAtTrainEnd, StopOnSigterm, TrainingProgressBar
-from mmm.export import export_command
+from mmm.commands import COMMANDS
 from mmm.finetune.module import FineTuningModule
-from mmm.finetune.predict import predict_command
-from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
+from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
-from mmm.probe import probe_command
-from mmm.tools import (
-    audio_stats_command,
-    fill_mask_command,
-    generate_command,
-    score_command,
-    shards_command,
-    tokenizer_command,
-)
 
 
 class MMMCLI(LightningCLI):
@@ -158,18 +148,8 @@ def _flat_settings(settings: Namespace | dict | object, prefix: str = "") -> dic
     return flat
 
 
-TOOLS: dict[str, Callable[..., object]] = {
-    "shards": shards_command,
-    "tokenizer": tokenizer_command,
-    "fill-mask": fill_mask_command,
-    "embed": embed_command,
-    "generate": generate_command,
-    "score": score_command,
-    "audio-stats": audio_stats_command,
-    "export": export_command,
-    "probe": probe_command,
-    "predict": predict_command,
-}
+#: The tools: ``mmm NAME`` runs ``COMMANDS[NAME]`` (``mmm.commands``).
+TOOLS: dict[str, Callable[..., object]] = COMMANDS
 
 
 DESCRIPTION = (

@@ -29,6 +29,7 @@ from PIL import Image
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
 from mmm.cli import refuse_repeated_options, run
+from mmm.commands import probe_command, shards_command, tokenizer_command
 from mmm.data.formats import chunk_text, read_fasta
 from mmm.data.reading import read_source
 from mmm.data.shards import OutputBusyError, output_lock, write_shards
@@ -44,7 +45,7 @@ from mmm.inference import (
 )
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule, ModalityConfig
-from mmm.probe import check_split, probe_command
+from mmm.probe import check_split
 from mmm.scoring import score
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
@@ -52,7 +53,6 @@ from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer
-from mmm.tools import shards_command, tokenizer_command
 from tests.helpers import fit_checkpoint, fit_protein_checkpoint, protein_settings
 
 ROOT = Path(__file__).parents[1]

@@ -114,13 +114,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("modalities", ("mmm.tokenizers",)),
     (
         "models and the data pipeline",
-        ("mmm.models", "mmm.masking", "mmm.cross_modal_masking", "datamodules"),
+        (
+            "mmm.models",
+            "mmm.masking",
+            "mmm.cross_modal_masking",
+            "mmm.finetune.lora",
+            "datamodules",
+        ),
     ),
     ("the module", ("mmm.module",)),
     ("using a trained module", ("mmm.generation", "mmm.scoring", "mmm.inference")),
+    ("converters to and from stock classes", ("mmm.export",)),
     ("tasks on a trained module", ("mmm.finetune", "mmm.probe", "mmm.callbacks")),
-    ("converters", ("mmm.export",)),
-    ("commands", ("mmm.tools", "mmm.cli", "mmm.experiment")),
+    ("commands", ("mmm.commands", "mmm.cli", "mmm.experiment")),
 )
 ROOT = Path(mmm.__file__).parents[1]
 

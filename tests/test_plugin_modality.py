@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from mmm.cli import run
+from mmm.commands import export_command
 from mmm.data.formats import register_source
-from mmm.export import MappingError, export_command
+from mmm.export import MappingError
 from mmm.inference import load_module
 from mmm.modalities import MODALITIES, ModalityInfo, register_modality, tokenizer_class
 from mmm.probe import linear_probe_score, pooled_features

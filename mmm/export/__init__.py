@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -30,7 +29,7 @@ from mmm.export.masked_lm import (
     to_classifier,
     to_masked_lm,
 )
-from mmm.export.parts import MappingError, one_modality_module, only_tokenizer
+from mmm.export.parts import MappingError, only_tokenizer
 from mmm.export.vit import (
     export_timm,
     export_timm_classifier,
@@ -40,7 +39,6 @@ from mmm.export.vit import (
     timm_kwargs,
     timm_state_dict,
 )
-from mmm.files import replaced_folder, require_empty_folder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import ExportFamily
 
@@ -49,7 +47,6 @@ __all__ = [
     "classifier_config",
     "classifier_state_dict",
     "export_classifier",
-    "export_command",
     "export_family",
     "export_masked_lm",
     "export_timm",
@@ -162,65 +159,3 @@ def _named_weights(directory: Path) -> Iterator[None]:
             f"its weights cannot be read ({held or 'no weight file'}; truncated or not a "
             f"weight file?): {type(error).__name__}: {error}"
         ) from error
-
-
-def export_command(
-    *, checkpoint: str, output: str, modality: str | None = None, overwrite: bool = False
-) -> str:
-    """Export a checkpoint written by ``mmm fit`` to a directory stock libraries load.
-
-    Text, protein and SMILES models become ``transformers.EsmForMaskedLM`` (or
-    ``BertForMaskedLM`` for a post-LN trunk) plus tokenizer (``AutoModelForMaskedLM`` /
-    ``AutoTokenizer`` / ``pipeline("fill-mask")``, no ``trust_remote_code``); image and audio
-    MAE encoders become a timm ``VisionTransformer`` (``timm.create_model("local-dir:DIR")``).
-    A checkpoint of ``mmm finetune fit`` becomes the family's ``*ForSequenceClassification``
-    or ``*ForTokenClassification`` (``AutoModelFor...Classification``), or a timm ViT with
-    its classifier head. The directory is written beside ``output`` and renamed into place
-    once complete.
-
-    Args:
-        checkpoint: a checkpoint written by ``mmm fit``.
-        output: the directory to write; it must be empty or new unless ``overwrite``.
-        modality: for a multimodal model, the modality to export: its embedder and head with
-            the shared trunk (its modality embedding folded into the embedder), computing what
-            the model computes on samples that carry only this modality.
-        overwrite: replace the contents of a non-empty ``output``.
-    """
-    require_empty_folder(output, overwrite, what="export")
-    try:
-        write, kind = _writer(checkpoint, modality)
-        with replaced_folder(output) as staged:
-            write(staged)
-    except MappingError as error:
-        raise MappingError(f"export {checkpoint}: {error}") from error
-    which = f" (modality {modality!r})" if modality else ""
-    print(f"exported {checkpoint}{which} as {kind} to {output}")
-    return output
-
-
-def is_finetuned(checkpoint: str) -> bool:
-    """Whether a checkpoint file was written by ``mmm finetune fit`` (its hyperparameters
-    name a task)."""
-    from mmm.inference import read_checkpoint
-
-    return "task" in read_checkpoint(checkpoint).get("hyper_parameters", {})
-
-
-def _writer(checkpoint: str, modality: str | None) -> tuple[Callable[[Path], object], str]:
-    """What writes ``checkpoint``'s export into a folder, and the kind it writes: a masked LM
-    or a timm ViT for a pretraining checkpoint, the stock classifier of its family or a timm
-    classifier for a fine-tuned one."""
-    from mmm.finetune.predict import load_finetuned
-    from mmm.inference import load_module
-
-    if is_finetuned(checkpoint):
-        finetuned = load_finetuned(checkpoint)
-        if export_family(finetuned.backbone) == "masked_lm":
-            kind = f"transformers {classifier_config(finetuned).architectures[0]}"
-            return partial(export_classifier, finetuned), kind
-        return partial(export_timm_classifier, finetuned), "timm VisionTransformer classifier"
-    module = one_modality_module(load_module(checkpoint), modality)
-    if export_family(module) == "masked_lm":
-        kind = f"transformers {masked_lm_config(module).architectures[0]}"
-        return partial(export_masked_lm, module), kind
-    return partial(export_timm, module), "timm VisionTransformer"
