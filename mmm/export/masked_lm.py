@@ -35,7 +35,7 @@ from mmm.export.parts import (
     require_same,
     trunk,
 )
-from mmm.models.modality import TokenModality
+from mmm.models.modality import DiscreteModality
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import NotSupportedError, Tokenizer
 
@@ -87,16 +87,16 @@ def family(module: MaskedModelingModule) -> Family:
     return "esm" if trunk(module).norm_first else "bert"
 
 
-def _token_modality(module: MaskedModelingModule) -> TokenModality:
+def _discrete_modality(module: MaskedModelingModule) -> DiscreteModality:
     modality = only_modality(module)
-    if not isinstance(modality, TokenModality):
+    if not isinstance(modality, DiscreteModality):
         raise MappingError("masked-LM export serves discrete modalities (text/protein/SMILES)")
     return modality
 
 
 def position_offset(module: MaskedModelingModule) -> int:
     """The stock position of mmm's position 0 (ESM counts from ``padding_idx + 1``)."""
-    return _token_modality(module).spec.pad_token_id + 1 if family(module) == "esm" else 0
+    return _discrete_modality(module).spec.pad_token_id + 1 if family(module) == "esm" else 0
 
 
 def masked_lm_config(module: MaskedModelingModule) -> PretrainedConfig:
@@ -104,7 +104,7 @@ def masked_lm_config(module: MaskedModelingModule) -> PretrainedConfig:
     activations are erf GELU, as ``nn.GELU`` in timm's ``Mlp`` and in ``TokenHead``)."""
     from transformers import BertConfig, EsmConfig
 
-    encoder, spec = trunk(module), _token_modality(module).spec
+    encoder, spec = trunk(module), _discrete_modality(module).spec
     block = encoder.blocks[0]
     shared = {
         "vocab_size": spec.vocab_size,
@@ -115,7 +115,7 @@ def masked_lm_config(module: MaskedModelingModule) -> PretrainedConfig:
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "max_position_embeddings": spec.max_length + position_offset(module),
-        "layer_norm_eps": layer_norm_eps(encoder, _token_modality(module)),
+        "layer_norm_eps": layer_norm_eps(encoder, _discrete_modality(module)),
         "pad_token_id": spec.pad_token_id,
         "tie_word_embeddings": True,
     }
@@ -164,7 +164,7 @@ def _trunk_views(module: MaskedModelingModule) -> dict[str, Tensor]:
     """The stock class's names -> views of mmm's embedder and trunk tensors (the position
     table excluded: its rows are shifted, see ``position_offset``): what every head of the
     family sits on."""
-    modality, encoder, kind = _token_modality(module), trunk(module), family(module)
+    modality, encoder, kind = _discrete_modality(module), trunk(module), family(module)
     embedder, names = modality.embedder, HEAD_NAMES[kind]
     views = {
         f"{kind}.embeddings.word_embeddings.weight": embedder.tokens.weight,
@@ -182,7 +182,7 @@ def _trunk_views(module: MaskedModelingModule) -> dict[str, Tensor]:
 def _views(module: MaskedModelingModule) -> dict[str, Tensor]:
     """The stock masked LM's names -> views of mmm's tensors: the trunk's and the masked-LM
     head's."""
-    modality, kind = _token_modality(module), family(module)
+    modality, kind = _discrete_modality(module), family(module)
     embedder, head, names = modality.embedder, modality.head, HEAD_NAMES[kind]
     if head.decoder.weight is not embedder.tokens.weight:
         raise MappingError("stock masked LMs tie their decoder; this module's head is untied")
@@ -239,7 +239,7 @@ def masked_lm_state_dict(module: MaskedModelingModule) -> dict[str, Tensor]:
 def _position_state(module: MaskedModelingModule) -> dict[str, Tensor]:
     """The stock position table (mmm's rows shifted by ``position_offset``) and, for BERT,
     a zero token-type table (mmm has no segments)."""
-    table = _token_modality(module).embedder.positions.weight.detach().float()  # (max_length, D)
+    table = _discrete_modality(module).embedder.positions.weight.detach().float()  # (max_length, D)
     offset = position_offset(module)
     positions = table.new_zeros(offset + table.shape[0], table.shape[1])
     positions[offset:] = table  # the stock position of token i is offset + i
@@ -298,13 +298,13 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
     if source.config.max_position_embeddings < wanted.max_position_embeddings:
         raise MappingError(
             f"it has {source.config.max_position_embeddings} positions, "
-            f"max_length={_token_modality(module).spec.max_length} needs "
+            f"max_length={_discrete_modality(module).spec.max_length} needs "
             f"{wanted.max_position_embeddings}"
         )
     state = source.state_dict()
     for name, view in _views(module).items():
         view.copy_(state[name])
-    table = _token_modality(module).embedder.positions.weight  # (max_length, D)
+    table = _discrete_modality(module).embedder.positions.weight  # (max_length, D)
     offset = position_offset(module)
     table.copy_(state[POSITIONS[kind]][offset : offset + table.shape[0]])
     if kind == "bert":
