@@ -871,6 +871,20 @@ def test_init_from_names_a_corrupt_config_and_truncated_weights(tmp_path):
         _start_from(tmp_path / "nowhere")
 
 
+def test_an_init_from_never_applied_is_refused_at_fit_start(tmp_path):
+    """The module records init_from and its caller applies it: one built in Python and fitted
+    without applying it would silently train from random weights."""
+    encoder = TransformerEncoder(dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
+    module = MaskedModelingModule(
+        tokenizer=ProteinTokenizer(max_length=16), encoder=encoder, init_from=str(tmp_path)
+    )
+    with pytest.raises(
+        ValueError, match=r"init_from=.* was never applied; .*mmm\.export\.init_from"
+    ):
+        module.on_fit_start()
+    assert _start_from(_saved_esm(tmp_path)).pending_init_from() is None
+
+
 def test_init_from_errors_say_init_from_not_export(tmp_path):
     """The mapping helpers are shared with ``mmm export``; during ``mmm fit`` their errors
     name init_from and the directory."""

@@ -139,3 +139,10 @@ def test_a_modality_defined_outside_mmm_shards_fits_probes_and_refuses_export(
     assert 0.0 <= linear_probe_score(features, labels, "classification") <= 1.0
     with pytest.raises(MappingError, match="not supported for the dna modality"):
         export_command(checkpoint=str(checkpoint), output=str(tmp_path / "exported"))
+
+
+def test_a_modality_name_is_registered_once(dna_row):
+    other = ModalityInfo("dna", "mmm.tokenizers.text:TextTokenizer", (DNA_MEMBER,), True)
+    with pytest.raises(ValueError, match="modality 'dna' is registered already"):
+        register_modality(other)
+    assert register_modality(DNA) is DNA  # the same row again is no conflict
