@@ -1,7 +1,7 @@
 """WebDataset-backed data for every modality: shards in, padded batches out, at any scale.
 
 One ``ShardDataModule`` serves all modalities: what differs (which shard members to read, how
-to decode and batch them) is the tokenizer's job. Shards may be local paths, globs,
+to decode and batch them) is the batcher's job. Shards may be local paths, globs,
 brace-expanded lists (``data/train-{000000..000009}.tar``), text files listing one shard URL
 per line (``shards.txt``), or ``pipe:`` URLs for object storage
 (``pipe:aws s3 cp s3://bucket/train-000000.tar -``), several joined with ``::``
@@ -325,7 +325,7 @@ class UndecodableDataError(RuntimeError):
 
 
 class SampleDecoder:
-    """Pipeline stage that decodes raw samples with the tokenizer and counts what it skips.
+    """Pipeline stage that decodes raw samples with the batcher and counts what it skips.
 
     It runs inside each loader worker (one copy per worker). Unusable samples and unreadable
     shard data (truncated or corrupt tar, unreachable URL) raise in ``raise`` mode; in ``skip``
@@ -336,8 +336,8 @@ class SampleDecoder:
     ``UndecodableDataError`` instead of skipping forever.
     """
 
-    def __init__(self, tokenizer: Batcher, on_error: OnError, seed: int | None = None) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, batcher: Batcher, on_error: OnError, seed: int | None = None) -> None:
+        self.batcher = batcher
         self.on_error = on_error
         self.seed = seed
         self.skipped = 0  # since the last batch
@@ -347,14 +347,14 @@ class SampleDecoder:
         self.reasons: list[str] = []  # the first few, for the error message
 
     def decode(self, sample: dict[str, Any]) -> Any:
-        """The tokenizer's item for ``sample``. With a ``seed`` (training), random
+        """The batcher's item for ``sample``. With a ``seed`` (training), random
         augmentation draws from a generator seeded with the sample's address, so a resumed
         stream augments every sample as the uninterrupted one did (and a sample met again in
         a later pass gets another view)."""
         if self.seed is None:
-            return self.tokenizer.decode_sample(sample)
+            return self.batcher.decode_sample(sample)
         with seeded(wds.utils.make_seed(self.seed, *sample["__address__"])):
-            return self.tokenizer.decode_sample(sample)
+            return self.batcher.decode_sample(sample)
 
     def shard_error_handler(self, streams: list[ShardStream], source: int):
         """A webdataset error handler that names the shard being read; ``True`` = go on."""
@@ -374,7 +374,7 @@ class SampleDecoder:
         self, samples: Iterator[dict[str, Any]], skip_limit: Callable[[], int | None] = lambda: None
     ) -> Iterator[Any]:
         """Decoded items of ``samples``. ``skip_limit`` gives, once the reader's pass size is
-        known, how many skips in a row mean that its data holds nothing this tokenizer can
+        known, how many skips in a row mean that its data holds nothing this batcher can
         decode (more than a whole pass's samples)."""
         decoded = 0
         for sample in samples:
@@ -412,12 +412,12 @@ class SampleDecoder:
             )
 
     def _undecodable(self) -> UndecodableDataError:
-        members = getattr(self.tokenizer, "sample_keys", ())
+        members = getattr(self.batcher, "sample_keys", ())
         return UndecodableDataError(
-            f"{type(self.tokenizer).__name__} could not decode any sample of a whole pass over "
+            f"{type(self.batcher).__name__} could not decode any sample of a whole pass over "
             f"this reader's shards: {self.read} read, {self.total_skipped} skipped. First "
             f"reasons: {'; '.join(self.reasons)}. Are these shards of another modality? This "
-            f"tokenizer reads the members {list(members)}."
+            f"batcher reads the members {list(members)}."
         )
 
     def take_skipped(self) -> int:
@@ -482,7 +482,7 @@ class ShardPipeline(IterableDataset):
     def __init__(
         self,
         sources: list[list[str]],
-        tokenizer: Batcher,
+        batcher: Batcher,
         layout: Layout,
         mode: Mode,
         batch_size: int,
@@ -495,7 +495,7 @@ class ShardPipeline(IterableDataset):
     ) -> None:
         super().__init__()
         self.sources = sources
-        self.tokenizer = tokenizer
+        self.batcher = batcher
         self.layout = layout
         self.mode = mode
         self.batch_size = batch_size
@@ -547,16 +547,16 @@ class ShardPipeline(IterableDataset):
 
     def _exact_batches(self, slot: int, pass_index: int) -> Iterator[Batch]:
         """One pass over this reader's shards, every sample once, in order."""
-        decoder = SampleDecoder(self.tokenizer, self.on_error)
+        decoder = SampleDecoder(self.batcher, self.on_error)
         [stream] = self._streams(slot, decoder, shuffle=False)
-        collate = BatchCollator(self.tokenizer, decoder)
+        collate = BatchCollator(self.batcher, decoder)
         samples = stream.one_pass(pass_index)
         return batched(decoder(samples), self.batch_size, collate, partial=True)
 
     def _training_batches(self, slot: int, state: ReaderState) -> Iterator[Batch]:
         """The batch stream of one training reader, rebuilt from ``state``, in stages."""
         shuffle = self.shuffle_buffer > 0
-        decoder = SampleDecoder(self.tokenizer, self.on_error, seed=self.seed)
+        decoder = SampleDecoder(self.batcher, self.on_error, seed=self.seed)
         streams = self._streams(slot, decoder, shuffle)
         for stream, position in zip(streams, state.sources, strict=True):
             stream.position = position
@@ -569,7 +569,7 @@ class ShardPipeline(IterableDataset):
             mixed = buffer(mixed)
         # at this point: raw samples of this reader, mixed and shuffled
         collate = BatchCollator(
-            self.tokenizer,
+            self.batcher,
             decoder,
             ReaderTracker(self.seed, slot, state.batches, streams, buffer, rng),
         )
@@ -655,18 +655,18 @@ class ReaderTracker:
 
 
 class BatchCollator:
-    """Pipeline stage: the tokenizer's ``collate_stream``, plus the count of samples skipped since the
+    """Pipeline stage: the batcher's ``collate_stream``, plus the count of samples skipped since the
     previous batch and, for training, the reader's slot and state after this batch."""
 
     def __init__(
-        self, tokenizer: Batcher, decoder: SampleDecoder, tracker: ReaderTracker | None = None
+        self, batcher: Batcher, decoder: SampleDecoder, tracker: ReaderTracker | None = None
     ) -> None:
-        self.tokenizer = tokenizer
+        self.batcher = batcher
         self.decoder = decoder
         self.tracker = tracker
 
     def __call__(self, items: list[Any]) -> Batch:
-        batch = self.tokenizer.collate_stream(items)
+        batch = self.batcher.collate_stream(items)
         batch["skipped"] = torch.tensor(self.decoder.take_skipped())
         if self.tracker is not None:
             batch["reader_slot"] = torch.tensor(self.tracker.slot)
@@ -756,7 +756,7 @@ class ShardDataModule(L.LightningDataModule):
         source_dir: the folder of a user's copy of a public dataset that an embedded corpus
             reads: for ``fsdd-labelled``, a clone of the Free Spoken Digit Dataset (the folder
             holding ``recordings/``).
-        tokenizer: a tokenizer (flat batches) or a module's ``MultimodalBatcher`` (batches keyed
+        batcher: what decodes and batches samples: a tokenizer (flat batches) or a module's ``MultimodalBatcher`` (batches keyed
             by modality; LightningCLI links ``model.batcher`` here).
         batch_size: samples per batch, per device.
         num_workers: loader worker processes per device.
@@ -787,7 +787,7 @@ class ShardDataModule(L.LightningDataModule):
         labelled_dir: str | None = None,
         label_fraction: float = 1.0,
         source_dir: str | None = None,
-        tokenizer: Batcher | None = None,
+        batcher: Batcher | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
         train_mode: Mode = "resampled",
@@ -822,7 +822,7 @@ class ShardDataModule(L.LightningDataModule):
         )
         self.predict_shards = _as_patterns(predict_shards) or self.val_shards
         _check_weights(train_weights, self.train_shards, train_mode)
-        self.tokenizer = tokenizer
+        self.batcher = batcher
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.train_mode = train_mode
@@ -1003,10 +1003,10 @@ class ShardDataModule(L.LightningDataModule):
         batches_per_reader: int | None = None,
     ) -> ShardPipeline:
         """The pipeline of one split; training pipelines shuffle, mix, and resume."""
-        tokenizer = self._require_tokenizer()
+        batcher = self._require_batcher()
         return ShardPipeline(
             sources,
-            tokenizer if training else tokenizer.for_evaluation(),  # no random views held out
+            batcher if training else batcher.for_evaluation(),  # no random views held out
             layout,
             mode=mode,
             batch_size=self.batch_size,
@@ -1050,10 +1050,10 @@ class ShardDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._exact_loader(self.predict_shards, "predict", training=False)
 
-    def _require_tokenizer(self) -> Batcher:
-        if self.tokenizer is None:
-            raise RuntimeError("ShardDataModule needs a tokenizer (pass tokenizer=...)")
-        return self.tokenizer
+    def _require_batcher(self) -> Batcher:
+        if self.batcher is None:
+            raise RuntimeError("ShardDataModule needs a batcher (pass batcher=...)")
+        return self.batcher
 
     # -------------------------------------------------------------------------- resuming
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

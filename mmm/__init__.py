@@ -12,28 +12,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mmm.modalities import MODALITIES
+
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "AudioTokenizer": "mmm.tokenizers",
     "BlockMasking": "mmm.masking",
     "DiffusionMasking": "mmm.masking",
     "HFEncoder": "mmm.models",
-    "ImageTokenizer": "mmm.tokenizers",
     "MaskedModelingModule": "mmm.module",
     "ModalityConfig": "mmm.module",
     "MultimodalBatcher": "mmm.tokenizers.multimodal",
     "Masking": "mmm.masking",
     "PatchDecoderConfig": "mmm.models",
-    "ProteinTokenizer": "mmm.tokenizers",
     "RandomMasking": "mmm.masking",
-    "SmilesTokenizer": "mmm.tokenizers",
     "SpanMasking": "mmm.masking",
-    "TextTokenizer": "mmm.tokenizers",
     "TimmEncoder": "mmm.models",
     "TokenBudgets": "mmm.cross_modal_masking",
     "TransformerEncoder": "mmm.models",
     "WholeWordMasking": "mmm.masking",
 }
+
+#: Each modality's tokenizer, from the one table of modalities (``mmm.modalities``).
+_EXPORTS.update({info.tokenizer_name: info.tokenizer_module for info in MODALITIES.values()})
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

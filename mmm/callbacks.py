@@ -45,7 +45,7 @@ class ReconstructionImages(L.Callback):
     to any logger with a ``log_image`` method.
 
     Works for every continuous modality whose tokenizer has ``render`` (``Renderable``) and
-    whose modality has ``reconstruct`` (``PatchModality``), alone or beside other modalities
+    whose modality has ``reconstruct`` (``ContinuousModality``), alone or beside other modalities
     (which the model then sees as context, or predicts the picture from when a masking
     across modalities hides all of it).
 

@@ -29,20 +29,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import CheckpointAtTrainEnd, StopOnSigterm, TrainingProgressBar
-from mmm.export import export_command
+from mmm.commands import COMMANDS
 from mmm.finetune.module import FineTuningModule
-from mmm.finetune.predict import predict_command
-from mmm.inference import UNREADABLE_CHECKPOINT, embed_command, unreadable_checkpoint
+from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
-from mmm.probe import probe_command
-from mmm.tools import (
-    audio_stats_command,
-    fill_mask_command,
-    generate_command,
-    score_command,
-    shards_command,
-    tokenizer_command,
-)
 
 
 class MMMCLI(LightningCLI):
@@ -51,7 +41,7 @@ class MMMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The tokenizers that size the model's embedders and heads also batch the data: the
         # module's batcher (one sub-batch per modality) goes to the datamodule.
-        parser.link_arguments("model.batcher", "data.tokenizer", apply_on="instantiate")
+        parser.link_arguments("model.batcher", "data.batcher", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's reading of the hyperparameters in ``--ckpt_path``, with a file that is
@@ -73,14 +63,20 @@ class MMMCLI(LightningCLI):
         if "init_from" in self.config[subcommand]["model"]:
             self.config[subcommand]["model"]["init_from"] = None
 
-    def _load_weights_only(self) -> None:
-        """Resume from checkpoints with ``weights_only=True`` unless asked otherwise: Lightning
-        leaves it unset, which lets ``torch.load`` run pickled code from a checkpoint file."""
+    def _before_run(self) -> None:
+        """Start the model from ``--model.init_from`` (the converters live in ``mmm.export``,
+        outside the module; a resumed run's weights are its checkpoint's, so ``_parse_ckpt_path``
+        unset it), and resume from checkpoints with ``weights_only=True`` unless asked
+        otherwise: Lightning leaves it unset, which lets ``torch.load`` run pickled code from a
+        checkpoint file."""
+        from mmm.export import apply_init_from
+
+        apply_init_from(self.model)
         arguments = self.config_init[self.subcommand]
         if arguments.get("weights_only") is None:
             arguments["weights_only"] = True
 
-    before_fit = before_validate = before_test = before_predict = _load_weights_only
+    before_fit = before_validate = before_test = before_predict = _before_run
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with Lightning's default rich progress bar (when it is on)
@@ -152,18 +148,8 @@ def _flat_settings(settings: Namespace | dict | object, prefix: str = "") -> dic
     return flat
 
 
-TOOLS: dict[str, Callable[..., object]] = {
-    "shards": shards_command,
-    "tokenizer": tokenizer_command,
-    "fill-mask": fill_mask_command,
-    "embed": embed_command,
-    "generate": generate_command,
-    "score": score_command,
-    "audio-stats": audio_stats_command,
-    "export": export_command,
-    "probe": probe_command,
-    "predict": predict_command,
-}
+#: The tools: ``mmm NAME`` runs ``COMMANDS[NAME]`` (``mmm.commands``).
+TOOLS: dict[str, Callable[..., object]] = COMMANDS
 
 
 DESCRIPTION = (

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmm.generation import SamplingSettings, discrete_modality, generate, infill
@@ -23,7 +22,6 @@ __all__ = [
     "Candidate",
     "SamplingSettings",
     "SequenceScore",
-    "embed_command",
     "embed_sequences",
     "fill_mask",
     "generate",
@@ -291,55 +289,3 @@ def sequence_lines(path: Path, names: list[str], sequences: list[str]) -> list[s
     if suffix in (".smi", ".smiles"):
         return [f"{seq}\t{name}" for name, seq in zip(names, sequences, strict=True)]
     return list(sequences)
-
-
-def embed_command(
-    *,
-    checkpoint: str,
-    inputs: str | list[str],
-    output: str,
-    batch_size: int = 32,
-    per_token: bool = False,
-) -> str:
-    """Embed sequences with a trained discrete model (mean-pooled encoder states) and save them.
-
-    Inputs are FASTA files (``>`` headers, gzipped or not), ``.smi`` files (SMILES, then an
-    optional name) or text files of one sequence per line; see ``read_sequences``.
-
-    Args:
-        checkpoint: a checkpoint written by ``mmm fit``.
-        inputs: files or glob/brace patterns; their sequences are embedded in file order.
-        output: ``.npy``: the pooled (N, D) float32 array, rows in input order; ``.pt``: a dict
-            with ``names`` (N strings), ``pooled`` (N, D) and, with ``per_token``,
-            ``per_token`` (N tensors (L_i, D)).
-        batch_size: sequences per forward pass.
-        per_token: also save per-token states (``.pt`` only).
-    """
-    from mmm.data.patterns import expand_inputs as _expand_inputs
-
-    suffix = Path(output).suffix
-    if suffix not in (".npy", ".pt"):
-        raise ValueError(f"embed: output must end in .npy or .pt, got {output!r}")
-    if per_token and suffix != ".pt":
-        raise ValueError("embed: per_token states need a .pt output")
-    records = [
-        (path, name, sequence)
-        for path in _expand_inputs(inputs)
-        for name, sequence in read_sequences(path)
-    ]
-    names = [name for _, name, _ in records]
-    module = load_module(checkpoint)
-    tokens, pooled = embed_sequences(
-        module,
-        [sequence for _, _, sequence in records],
-        batch_size=batch_size,
-        names=[f"{path}: record {name!r}" for path, name, _ in records],
-    )
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npy":
-        np.save(output, pooled.numpy())
-    else:
-        saved = {"names": names, "pooled": pooled, **({"per_token": tokens} if per_token else {})}
-        torch.save(saved, output)
-    print(f"embedded {len(names)} sequences into {output} ({tuple(pooled.shape)})")
-    return output

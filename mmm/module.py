@@ -29,7 +29,7 @@ from mmm.cross_modal_masking import TokenBudgets, drop_modalities
 from mmm.masking import MaskedPositions, Masking, RandomMasking
 from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
-from mmm.models.modality import TokenModality, build_modality
+from mmm.models.modality import build_modality
 from mmm.models.sequences import Segment, context_of, pack_segments, unpack_segments
 from mmm.rng import run_seed, seeded, step_seed
 from mmm.tokenizers.base import Tokenizer
@@ -113,12 +113,14 @@ class MaskedModelingModule(L.LightningModule):
         init_from: a local directory whose weights start the embedder and trunk (and masked-LM
             head) of a one-modality run (continued pretraining): an ``EsmForMaskedLM`` or
             ``BertForMaskedLM`` (``save_pretrained``, or ``mmm export``) for text, proteins
-            and SMILES, a timm ViT (``save_for_hf``, or ``mmm export``) for images and audio;
-            see ``mmm.export.init_from``.
+            and SMILES, a timm ViT (``save_for_hf``, or ``mmm export``) for images and audio.
+            The module records it; its caller applies it (``mmm fit`` does, through
+            ``mmm.export.apply_init_from``; in Python call ``mmm.export.init_from``), so that
+            the module does not import its converters.
         modalities: modality name -> its tokenizer, masking, loss weight, drop probability
             and decoder. Several modalities share the trunk; each gets a learned modality
             embedding. The datamodule reads the batcher built from them (LightningCLI links
-            ``model.batcher`` to ``data.tokenizer``).
+            ``model.batcher`` to ``data.batcher``).
         budgets: 4M-style token budgets across modalities, used instead of each modality's
             masking (see ``mmm.cross_modal_masking.TokenBudgets``).
         evaluation_mask_only: held-out passes (validation, test) show every hidden token as
@@ -174,22 +176,25 @@ class MaskedModelingModule(L.LightningModule):
         optional = frozenset(name for name, config in configs.items() if config.optional)
         members = {name: config.member for name, config in configs.items() if config.member}
         self.batcher = MultimodalBatcher(self.tokenizers, optional, members)
-        if init_from is not None:
-            from mmm.export import init_from as start_from  # mmm.export imports this module
-
-            start_from(self, init_from)
+        # The directory init_from names is read by its caller, not here (the converters live
+        # in mmm.export, which imports this module): see ``pending_init_from``.
+        self.initialized_from: str | None = None
         self._epoch_means = nn.ModuleDict()  # "stage/modality/metric" -> MeanMetric, on use
         self._training_seed: int | None = None  # the run's seed: set at fit start or restored
         self._training_batches = dict.fromkeys(configs, 0)  # modality -> batches carrying it
 
     # --------------------------------------------------------------------------- access
+    def pending_init_from(self) -> str | None:
+        """The ``init_from`` directory whose weights this module is still to start from, or
+        ``None`` (none set, or applied already by ``mmm.export.init_from``)."""
+        directory = self.hparams.get("init_from")
+        return None if directory is None or directory == self.initialized_from else directory
+
     def modality_named(self, name: str | None = None, discrete: bool = False) -> str:
         """``name`` checked against the module's modalities, or the only one (the only
         discrete one with ``discrete``) when ``name`` is ``None``."""
         candidates = [
-            key
-            for key, modality in self.modalities.items()
-            if not discrete or isinstance(modality, TokenModality)
+            key for key, tokenizer in self.tokenizers.items() if not discrete or tokenizer.discrete
         ]
         kind, kinds = (
             ("discrete modality", "discrete modalities") if discrete else ("modality", "modalities")
@@ -398,9 +403,7 @@ class MaskedModelingModule(L.LightningModule):
         self.log("loss", out.loss.detach(), prog_bar=True, logger=False, batch_size=size)
         for name, sub in inputs.items():
             self._training_batches[name] += 1
-            modality = self.modalities[name]
-            if isinstance(modality, TokenModality):
-                modality.count_lengths(sub)
+            self.modalities[name].count_lengths(sub)
         self._log_skipped(batch, size)
         return out.loss
 
@@ -421,6 +424,12 @@ class MaskedModelingModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """Fix the run's training seed; a resumed run keeps its checkpoint's, loudly when the
         command line's ``seed_everything`` differs from it."""
+        directory = self.pending_init_from()
+        if directory is not None:
+            raise ValueError(
+                f"MaskedModelingModule: init_from={directory!r} was never applied; mmm fit "
+                "applies it, in Python call mmm.export.init_from(module, directory) first"
+            )
         if self._training_seed is None:
             self._training_seed = run_seed()
         elif "PL_GLOBAL_SEED" in os.environ and run_seed() != self._training_seed:
@@ -515,6 +524,7 @@ class MaskedModelingModule(L.LightningModule):
         modalities were keyed load under their modality's name. A resumed run keeps drawing
         its training randomness from the checkpoint's seed."""
         self._training_seed = checkpoint.get("training_seed", self._training_seed)
+        self.initialized_from = self.hparams.get("init_from")  # its weights are the checkpoint's
         for name, count in checkpoint.get("training_batches_per_modality", {}).items():
             if name in self._training_batches:
                 self._training_batches[name] = count

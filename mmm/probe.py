@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmm.data.corpora.audio import ASTERISK_EN, labelled_prompts
@@ -39,8 +38,8 @@ from mmm.data.corpora.protein import amp_peptides
 from mmm.data.corpora.smiles import freesolv_rows
 from mmm.data.corpora.text import package_docstrings
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers.audio import AudioItem, AudioTokenizer
-from mmm.tokenizers.base import DiscreteTokenizer, Tokenizer
+from mmm.tokenizers.audio import AudioTokenizer
+from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.multimodal import ModalityBatch
 from mmm.tokenizers.protein import ProteinTokenizer
@@ -71,7 +70,7 @@ class LabelledSet:
 
 
 def load_digits_images() -> LabelledSet:
-    """scikit-learn's digits as (1, 8, 8) float images in [0, 1]; ``image_batch`` fits them
+    """scikit-learn's digits as (1, 8, 8) float images in [0, 1]; ``ImageTokenizer.probe_batch`` fits them
     to a tokenizer's size and channels."""
     pixels, targets = digit_arrays()
     images = torch.from_numpy(pixels).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8)
@@ -128,16 +127,6 @@ def load_labelled(name: str) -> LabelledSet:
     if name not in LABELLED_SETS:
         raise ValueError(f"unknown labelled set {name!r}; choose from {sorted(LABELLED_SETS)}")
     return LABELLED_SETS[name]()
-
-
-def image_batch(tokenizer: ImageTokenizer, images: list[Tensor]) -> dict[str, Tensor]:
-    """Images (C, h, w) in [0, 1] resized (bilinear) to the tokenizer's size, channels
-    repeated or averaged to its count, then collated: deterministic, no augmentation."""
-    x = torch.stack(images)  # (B, c, h, w)
-    if x.shape[1] != tokenizer.channels:
-        x = x.mean(dim=1, keepdim=True).expand(-1, tokenizer.channels, -1, -1)  # (B, C, h, w)
-    x = F.interpolate(x, size=tokenizer.size, mode="bilinear", align_corners=False)
-    return tokenizer.collate(list(x.clamp(0.0, 1.0)))
 
 
 #: Each labelled set and the modality it probes, for errors that suggest another set.
@@ -208,37 +197,18 @@ def check_split(labels: np.ndarray, task: Task) -> None:
         )
 
 
-def decoded_clips(tokenizer: AudioTokenizer, items: list[Any]) -> list[AudioItem]:
-    """Audio samples (``{"wav": bytes, ...}``) decoded by the tokenizer's evaluation view
-    (the middle window of longer clips, never a random crop), so that a probe sees the same
-    clip every time; items decoded already pass through."""
-    evaluation = tokenizer.for_evaluation()
-    return [
-        item if isinstance(item, AudioItem) else evaluation.decode_sample(item) for item in items
-    ]
-
-
 def prepared_items(
     module: MaskedModelingModule, items: list[Any], modality: str | None = None
 ) -> list[Any]:
-    """``items`` with the per-item work that does not change during training done once:
-    audio clips decoded (see ``decoded_clips``); other kinds unchanged. ``collate_items``
-    accepts both forms; preparing first spares repeated decoding."""
-    tokenizer = module.tokenizers[module.modality_named(modality)]
-    if isinstance(tokenizer, AudioTokenizer):
-        return decoded_clips(tokenizer, items)
-    return list(items)
+    """``items`` with the per-item work that does not change during training done once (the
+    modality's ``probe_items``: audio clips decoded). ``collate_items`` accepts both forms;
+    preparing first spares repeated decoding."""
+    return module.tokenizers[module.modality_named(modality)].probe_items(items)
 
 
 def tokenizer_batch(tokenizer: Tokenizer, items: list[Any]) -> dict[str, Tensor]:
     """Labelled items collated by ``tokenizer``, deterministically (no augmentation)."""
-    if isinstance(tokenizer, ImageTokenizer):
-        return image_batch(tokenizer, items)
-    if isinstance(tokenizer, AudioTokenizer):
-        return tokenizer.collate(decoded_clips(tokenizer, items))
-    if isinstance(tokenizer, DiscreteTokenizer):
-        return tokenizer.collate(items)
-    raise TypeError(f"probing needs a discrete, image or audio tokenizer, not {type(tokenizer)}")
+    return tokenizer.probe_batch(items)
 
 
 def collate_items(
@@ -323,50 +293,3 @@ def linear_probe_score(
         estimator = RidgeCV(alphas=np.logspace(-3, 3, 13))
     model = make_pipeline(StandardScaler(), estimator).fit(x_train, y_train)
     return float(model.score(x_test, y_test))  # accuracy or R²
-
-
-def probe_command(
-    *,
-    checkpoint: str,
-    data: str,
-    modality: str | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-) -> dict:
-    """Linear probe of a checkpoint's frozen, mean-pooled encoder states on a labelled set,
-    beside a randomly initialized encoder of the same size and a no-encoder baseline.
-
-    Args:
-        checkpoint: a checkpoint written by ``mmm fit``.
-        data: ``digits`` (images), ``amp`` (proteins), ``freesolv`` (SMILES), ``prompts``
-            (audio) or ``docstrings`` (text).
-        modality: the modality of a multimodal model to probe (default: the one whose
-            tokenizer reads the set's items).
-        limit: use ``limit`` items drawn at random only (quick checks); at least
-            ``PROBE_MIN_ITEMS``, and enough for every class to reach both parts of the split.
-        seed: split and random-encoder seed.
-
-    Prints and returns the held-out accuracy (classification) or R² (regression) of each.
-    """
-    from mmm.inference import load_module
-
-    if limit is not None and limit < PROBE_MIN_ITEMS:
-        raise ValueError(f"probe: limit must be >= {PROBE_MIN_ITEMS} items, got {limit}")
-    labelled = load_labelled(data)
-    module = load_module(checkpoint)
-    name = probe_modality(module, labelled, modality)
-    items, labels = labelled.sample(limit, seed=seed)
-    check_split(labels, labelled.task)
-    items = prepared_items(module, items, name)
-    representations = {
-        "pretrained encoder": pooled_features(module, items, name),
-        "random encoder": pooled_features(randomly_initialized(module, seed=seed), items, name),
-        "no encoder": input_features(module, items, name),
-    }
-    metric = "accuracy" if labelled.task == "classification" else "R2"
-    print(f"{data}: {len(items)} items, {name} modality, linear probe, 25% held out, {metric}")
-    scores = {}
-    for kind, features in representations.items():
-        scores[kind] = linear_probe_score(features, labels, labelled.task, seed=seed)
-        print(f"  {kind:<20} {scores[kind]:.3f}  ({features.shape[1]} features)")
-    return scores

@@ -264,7 +264,7 @@ def forever(loader: DataLoader) -> Iterator[Batch]:
 def mmm_batches(tokenizer: TextTokenizer, batch_size: int) -> Iterator[Batch]:
     """Training batches of the quickstart's pipeline, in this process (loader time counts)."""
     data = ShardDataModule(
-        embedded="python-docs", tokenizer=tokenizer, batch_size=batch_size, num_workers=0
+        embedded="python-docs", batcher=tokenizer, batch_size=batch_size, num_workers=0
     )
     data.prepare_data()
     return forever(data.train_dataloader())

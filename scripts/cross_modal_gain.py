@@ -125,7 +125,7 @@ def main() -> None:
     module = load_module(args.checkpoint)
     control = load_module(args.control).eval() if args.control else None
     _, data = build_from_config(args.config, ["--data.num_workers=0", *config_overrides(args)])
-    data.tokenizer = module.batcher  # the checkpoint's tokenizers batch the held-out split
+    data.batcher = module.batcher  # the checkpoint's tokenizers batch the held-out split
     totals, hidden, truths = [0.0, 0.0, 0.0], 0, Counter()
     rights: tuple[list, list, list] = ([], [], [])
     repeats = 1 if args.hide == "all" else args.repeats  # hiding all is one draw

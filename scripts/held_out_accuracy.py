@@ -39,7 +39,7 @@ def held_out(
     ``masking`` and its own corruption."""
     module = load_module(checkpoint, masking=masking, evaluation_mask_only=False)
     data = ShardDataModule(
-        embedded=embedded, batch_size=batch_size, num_workers=0, tokenizer=module.batcher
+        embedded=embedded, batch_size=batch_size, num_workers=0, batcher=module.batcher
     )
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     return trainer.validate(module, datamodule=data, verbose=False)[0]

@@ -186,12 +186,12 @@ def _bad_and_good_shards(root: Path) -> str:
 def test_datamodule_skips_and_counts_or_raises(tmp_path):
     shards = _bad_and_good_shards(tmp_path)
     tokenizer = AudioTokenizer(SMALL, duration=1.0)
-    data = ShardDataModule(val_shards=shards, tokenizer=tokenizer, batch_size=8, num_workers=0)
+    data = ShardDataModule(val_shards=shards, batcher=tokenizer, batch_size=8, num_workers=0)
     batches = list(data.val_dataloader())
     assert sum(b["patches"].shape[0] for b in batches) == 6
     assert sum(int(b["skipped"]) for b in batches) == 2
     strict = ShardDataModule(
-        val_shards=shards, tokenizer=tokenizer, batch_size=8, num_workers=0, on_error="raise"
+        val_shards=shards, batcher=tokenizer, batch_size=8, num_workers=0, on_error="raise"
     )
     with pytest.raises(SampleError, match="silent"):
         list(strict.val_dataloader())
@@ -331,7 +331,7 @@ def test_shard_reader_keeps_folder_labels(tmp_path):
     assert summary.samples == 5
     data = ShardDataModule(
         val_shards=summary.shards[0],
-        tokenizer=AudioTokenizer(SMALL, duration=1.0),
+        batcher=AudioTokenizer(SMALL, duration=1.0),
         batch_size=8,
         num_workers=0,
     )

@@ -45,7 +45,7 @@ def test_overrides_reach_the_objects(fit_args, tmp_path, monkeypatch):
     cli = run(["fit", *fit_args])
     assert cli.model.maskings["text"].ratio == 0.3
     assert cli.model.encoder.dim == 32
-    assert cli.datamodule.tokenizer is cli.model.batcher
+    assert cli.datamodule.batcher is cli.model.batcher
     assert cli.trainer.global_step == 4
     for metric in ("train/loss", "train/text/masked_accuracy", "train/text/perplexity", "val/loss"):
         assert metric in cli.trainer.callback_metrics

@@ -20,7 +20,7 @@ from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
 
 
 def _data(**kwargs) -> ShardDataModule:
-    settings = {"tokenizer": IdTokenizer(), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 0}
+    settings = {"batcher": IdTokenizer(), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 0}
     return ShardDataModule(**{**settings, **kwargs})
 
 
@@ -195,7 +195,7 @@ def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, sources):
     root, _ = uneven
     patterns = [f"{root}/train-00000[0-3].tar", f"{root}/train-00000[4-7].tar"][:sources]
     settings = {
-        "tokenizer": AugmentingTokenizer(),
+        "batcher": AugmentingTokenizer(),
         "train_shards": patterns,
         "train_weights": [0.6, 0.4][:sources],
         "batch_size": 2,
@@ -239,7 +239,7 @@ def test_skipped_samples_are_logged_per_epoch(tmp_path, tiny_module, tokenizer, 
     write_shards(bad, str(tmp_path / "bad-%06d.tar"))
     data = ShardDataModule(
         val_shards=[str(corpus_dir / "val-*.tar"), str(tmp_path / "bad-*.tar")],
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
     )

@@ -112,7 +112,7 @@ def run_ddp(shards: str, out: str) -> None:
     data = ShardDataModule(
         train_shards=f"{shards}/train-*.tar",
         val_shards=f"{shards}/val-*.tar",
-        tokenizer=IdTokenizer(),
+        batcher=IdTokenizer(),
         batch_size=4,
         num_workers=2,
         epoch_samples=40,

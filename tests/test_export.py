@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -21,6 +23,7 @@ from mmm.cli import run
 from mmm.export import (
     export_masked_lm,
     export_timm,
+    init_from,
     load_timm,
     spectrogram_image,
     to_masked_lm,
@@ -196,8 +199,8 @@ def test_init_from_a_timm_directory_reproduces_its_hidden_states(kind, tmp_path)
     export_timm(_module(tokenizer, layer_norm_eps=1e-6), tmp_path / "vit")
     torch.manual_seed(3)
     encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, layer_norm_eps=1e-6)
-    module = MaskedModelingModule(
-        tokenizer=tokenizer, encoder=encoder, init_from=str(tmp_path / "vit")
+    module = init_from(
+        MaskedModelingModule(tokenizer=tokenizer, encoder=encoder), tmp_path / "vit"
     ).eval()
     source = load_timm(tmp_path / "vit")
     with torch.no_grad():
@@ -221,10 +224,12 @@ def test_init_from_a_class_token_vit_of_another_grid_drops_the_token_and_resampl
     save_for_hf(source, str(tmp_path / "mae"), safe_serialization=True)
     encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0, layer_norm_eps=1e-6)
     with pytest.warns(UserWarning, match="1 class/register token"):
-        module = MaskedModelingModule(
-            tokenizer=ImageTokenizer(image_size=16, patch_size=4, channels=3),
-            encoder=encoder,
-            init_from=str(tmp_path / "mae"),
+        module = init_from(
+            MaskedModelingModule(
+                tokenizer=ImageTokenizer(image_size=16, patch_size=4, channels=3),
+                encoder=encoder,
+            ),
+            tmp_path / "mae",
         )
     torch.testing.assert_close(module.encoder.blocks.state_dict(), source.blocks.state_dict())
     resampled = resample_abs_pos_embed(source.pos_embed[:, 1:], [4, 4], [8, 8], 0)
@@ -237,10 +242,11 @@ def test_init_from_a_timm_directory_refuses_other_sizes(tmp_path):
     for options, setting in [({"num_heads": 2}, "num_heads=4"), ({}, "layer_norm_eps=1e-06")]:
         encoder_options = {"dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0} | options
         with pytest.raises(ValueError, match=setting):
-            MaskedModelingModule(
-                tokenizer=tokenizer,
-                encoder=TransformerEncoder(**encoder_options),
-                init_from=str(tmp_path / "vit"),
+            init_from(
+                MaskedModelingModule(
+                    tokenizer=tokenizer, encoder=TransformerEncoder(**encoder_options)
+                ),
+                tmp_path / "vit",
             )
 
 
@@ -283,45 +289,43 @@ def _tiny_bert(tmp_path, text_tokenizer, **overrides) -> str:
     return str(tmp_path / "bert")
 
 
-def _protein_module(**kwargs) -> MaskedModelingModule:
+def _protein_module(start: Path | None = None) -> MaskedModelingModule:
     encoder = TransformerEncoder(dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
-    return MaskedModelingModule(
-        tokenizer=ProteinTokenizer(max_length=40), encoder=encoder, **kwargs
-    )
+    module = MaskedModelingModule(tokenizer=ProteinTokenizer(max_length=40), encoder=encoder)
+    return module if start is None else init_from(module, start)
 
 
 def test_init_from_esm_directory_reproduces_its_logits(tmp_path):
     directory = _tiny_esm(tmp_path)
-    module = _protein_module(init_from=directory).eval()
+    module = _protein_module(start=directory).eval()
     assert_same_logits(module, EsmForMaskedLM.from_pretrained(directory).eval(), PROTEINS)
 
 
-def _post_ln_text_module(tokenizer, **kwargs) -> MaskedModelingModule:
+def _post_ln_text_module(tokenizer, start: Path | None = None) -> MaskedModelingModule:
     encoder = TransformerEncoder(
         dim=32, depth=2, num_heads=4, mlp_ratio=2.0, norm_first=False, layer_norm_eps=1e-12
     )
-    return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder, **kwargs)
+    module = MaskedModelingModule(tokenizer=tokenizer, encoder=encoder)
+    return module if start is None else init_from(module, start)
 
 
 def test_init_from_bert_directory_reproduces_its_logits(tmp_path, tokenizer):
     """Segment 0's token-type row, which BERT adds everywhere, is folded into positions."""
     directory = _tiny_bert(tmp_path, tokenizer)
-    module = _post_ln_text_module(tokenizer, init_from=directory).eval()
+    module = _post_ln_text_module(tokenizer, start=directory).eval()
     assert_same_logits(module, BertForMaskedLM.from_pretrained(directory).eval(), SENTENCES[:3])
 
 
 def test_init_from_refuses_layouts_that_do_not_map(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="position_embedding_type='rotary'"):
-        _protein_module(init_from=_tiny_esm(tmp_path, position_embedding_type="rotary"))
+        _protein_module(start=_tiny_esm(tmp_path, position_embedding_type="rotary"))
     with pytest.raises(ValueError, match="hidden_size=48"):
-        _protein_module(init_from=_tiny_esm(tmp_path, hidden_size=48))
+        _protein_module(start=_tiny_esm(tmp_path, hidden_size=48))
     bert = _tiny_bert(tmp_path, tokenizer)
     with pytest.raises(ValueError, match="norm_first=false"):
-        _protein_module(init_from=bert)  # pre-LN trunk, post-LN source
+        _protein_module(start=bert)  # pre-LN trunk, post-LN source
     with pytest.raises(ValueError, match="hidden_act='relu'"):
-        _post_ln_text_module(
-            tokenizer, init_from=_tiny_bert(tmp_path, tokenizer, hidden_act="relu")
-        )
+        _post_ln_text_module(tokenizer, start=_tiny_bert(tmp_path, tokenizer, hidden_act="relu"))
 
 
 def test_fit_from_an_esm_directory_then_export(tmp_path, monkeypatch):

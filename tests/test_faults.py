@@ -29,10 +29,11 @@ from PIL import Image
 from datamodules import ShardDataModule
 from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
 from mmm.cli import refuse_repeated_options, run
+from mmm.commands import probe_command, shards_command, tokenizer_command
 from mmm.data.formats import chunk_text, read_fasta
 from mmm.data.reading import read_source
 from mmm.data.shards import OutputBusyError, output_lock, write_shards
-from mmm.export import MappingError
+from mmm.export import MappingError, init_from
 from mmm.export.parts import one_modality_module
 from mmm.generation import SamplingSettings, generate_batches
 from mmm.inference import (
@@ -44,7 +45,7 @@ from mmm.inference import (
 )
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule, ModalityConfig
-from mmm.probe import check_split, probe_command
+from mmm.probe import check_split
 from mmm.scoring import score
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
@@ -52,7 +53,6 @@ from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer
-from mmm.tools import shards_command, tokenizer_command
 from tests.helpers import fit_checkpoint, fit_protein_checkpoint, protein_settings
 
 ROOT = Path(__file__).parents[1]
@@ -65,7 +65,7 @@ def test_shards_of_another_modality_stop_with_an_error_not_a_flood(corpus_dir, s
     what was read, what was skipped and why, and the log holds a handful of lines."""
     data = ShardDataModule(
         **{f"{split}_shards": str(corpus_dir / "train-*.tar")},
-        tokenizer=ImageTokenizer(image_size=16, patch_size=4),
+        batcher=ImageTokenizer(image_size=16, patch_size=4),
         batch_size=4,
         num_workers=0,
         shuffle_buffer=8,
@@ -200,7 +200,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, tokenizer,
     data = ShardDataModule(
         train_shards=str(corpus_dir / "train-*.tar"),
         val_shards=str(corpus_dir / "val-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
     )
@@ -224,7 +224,7 @@ def test_a_rank_stops_with_the_others_when_one_sees_a_non_finite_loss(
     played here by the strategy's ``reduce_boolean_decision`` saying "not all finite"."""
     data = ShardDataModule(
         train_shards=str(corpus_dir / "train-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
     )
@@ -851,7 +851,7 @@ def _saved_esm(tmp_path: Path) -> Path:
 def _start_from(directory: Path, encoder: TransformerEncoder | None = None) -> MaskedModelingModule:
     encoder = encoder or TransformerEncoder(dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
     tokenizer = ProteinTokenizer(max_length=16)
-    return MaskedModelingModule(tokenizer=tokenizer, encoder=encoder, init_from=str(directory))
+    return init_from(MaskedModelingModule(tokenizer=tokenizer, encoder=encoder), directory)
 
 
 def test_init_from_names_a_corrupt_config_and_truncated_weights(tmp_path):
@@ -869,6 +869,20 @@ def test_init_from_names_a_corrupt_config_and_truncated_weights(tmp_path):
         _start_from(directory)
     with pytest.raises(MappingError, match=r"init_from .*nowhere: no such folder"):
         _start_from(tmp_path / "nowhere")
+
+
+def test_an_init_from_never_applied_is_refused_at_fit_start(tmp_path):
+    """The module records init_from and its caller applies it: one built in Python and fitted
+    without applying it would silently train from random weights."""
+    encoder = TransformerEncoder(dim=16, depth=1, num_heads=2, mlp_ratio=2.0)
+    module = MaskedModelingModule(
+        tokenizer=ProteinTokenizer(max_length=16), encoder=encoder, init_from=str(tmp_path)
+    )
+    with pytest.raises(
+        ValueError, match=r"init_from=.* was never applied; .*mmm\.export\.init_from"
+    ):
+        module.on_fit_start()
+    assert _start_from(_saved_esm(tmp_path)).pending_init_from() is None
 
 
 def test_init_from_errors_say_init_from_not_export(tmp_path):

@@ -98,7 +98,7 @@ def _fit(module: FineTuningModule, root: Path, steps: int, **trainer: object) ->
     data = ShardDataModule(
         train_shards=str(root / "train-*.tar"),
         val_shards=str(root / "val-*.tar"),
-        tokenizer=module.batcher,
+        batcher=module.batcher,
         batch_size=32,
         num_workers=0,
         on_error="raise",
@@ -368,7 +368,7 @@ def finetuned(digits_dir, tmp_path_factory):
 
 def test_finetune_fit_through_the_cli_keeps_the_best_checkpoint(finetuned, digits_dir):
     cli, best, options = finetuned
-    assert cli.datamodule.tokenizer is cli.model.batcher
+    assert cli.datamodule.batcher is cli.model.batcher
     assert cli.trainer.global_step == 4
     assert "val/accuracy" in cli.trainer.callback_metrics
     assert cli.trainer.checkpoint_callback.best_model_path == str(best)

@@ -191,7 +191,7 @@ def test_datamodule_skips_or_raises_on_corrupt_images(tmp_path, tokenizer, on_er
     write_shards(samples, str(tmp_path / "val-%06d.tar"))
     data = ShardDataModule(
         val_shards=str(tmp_path / "val-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
         on_error=on_error,
@@ -245,7 +245,7 @@ def test_reconstruction_picture_is_saved_and_logged(tmp_path, tokenizer):
     write_shards(samples, str(tmp_path / "shards" / "train-%06d.tar"))
     shards = str(tmp_path / "shards" / "train-*.tar")
     data = ShardDataModule(
-        train_shards=shards, val_shards=shards, tokenizer=tokenizer, batch_size=4, num_workers=0
+        train_shards=shards, val_shards=shards, batcher=tokenizer, batch_size=4, num_workers=0
     )
     trainer = L.Trainer(
         max_steps=2,
@@ -290,7 +290,7 @@ def test_two_validations_of_one_model_agree(tmp_path):
         image_size=16, patch_size=4, random_crop_scale=(0.3, 1.0), horizontal_flip=True
     )
     data = ShardDataModule(
-        val_shards=str(tmp_path / "val-*.tar"), tokenizer=tokenizer, batch_size=4, num_workers=0
+        val_shards=str(tmp_path / "val-*.tar"), batcher=tokenizer, batch_size=4, num_workers=0
     )
     module = tiny_module(tokenizer)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)

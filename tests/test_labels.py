@@ -19,6 +19,7 @@ import webdataset as wds
 
 from datamodules.webdataset import ShardDataModule
 from mmm.cli import run
+from mmm.commands import shards_command
 from mmm.data.corpora import ensure_embedded_shards
 from mmm.data.corpora.audio import FSDD_HELD_OUT
 from mmm.data.labelled import BUDGETS, hashed_split, nested_budgets, split_pattern
@@ -31,7 +32,6 @@ from mmm.data.labels import (
     parse_label,
 )
 from mmm.optional import MissingDependencyError
-from mmm.tools import shards_command
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 needs_fsdd = pytest.mark.skipif(

@@ -82,7 +82,7 @@ def test_library_use_trains_and_resumes_from_checkpoint(tmp_path, tokenizer, cor
     data = ShardDataModule(
         train_shards=str(corpus_dir / "train-*.tar"),
         val_shards=str(corpus_dir / "val-{000000..000000}.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
     )
@@ -159,7 +159,7 @@ def test_bf16_mixed_precision_trains_text(tmp_path, tokenizer, corpus_dir):
     data = ShardDataModule(
         train_shards=str(corpus_dir / "train-*.tar"),
         val_shards=str(corpus_dir / "val-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=8,
         num_workers=0,
     )

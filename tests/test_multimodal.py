@@ -240,7 +240,7 @@ def test_multimodal_run_logs_per_modality_and_reloads_for_fill_mask_and_embed(tm
     data = ShardDataModule(
         train_shards=str(tmp_path / "train-*.tar"),
         val_shards=str(tmp_path / "val-*.tar"),
-        tokenizer=module.batcher,
+        batcher=module.batcher,
         batch_size=4,
         num_workers=0,
     )

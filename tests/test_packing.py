@@ -151,7 +151,7 @@ def test_packed_evaluation_reads_every_document_once(tmp_path, tokenizer_dir):
     samples = [{"__key__": f"k{i}", "txt": t.encode()} for i, t in enumerate(texts)]
     write_shards(samples, str(tmp_path / "val-%06d.tar"), max_count=5)
     data = ShardDataModule(
-        val_shards=str(tmp_path / "val-*.tar"), tokenizer=packer, batch_size=4, num_workers=0
+        val_shards=str(tmp_path / "val-*.tar"), batcher=packer, batch_size=4, num_workers=0
     )
     runs = []
     for _ in range(2):

@@ -11,12 +11,12 @@ import soundfile as sf
 import webdataset as wds
 from PIL import Image
 
+from mmm.commands import shards_command
 from mmm.data.corpora import iter_corpus
 from mmm.data.corpora.audio import ASTERISK_TRANSCRIPTS
 from mmm.data.formats import manifest_samples
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.image import ImageTokenizer
-from mmm.tools import shards_command
 
 
 def _wav(path, seconds: float = 0.5, rate: int = 8000) -> None:

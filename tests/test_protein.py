@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from datamodules.webdataset import ShardDataModule
+from mmm.commands import shards_command
 from mmm.data.corpora import iter_corpus
 from mmm.data.formats import protein_samples, read_fasta
 from mmm.data.formats.protein import RESIDUES
@@ -17,7 +18,6 @@ from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.protein import TOKEN_IDS, ProteinTokenizer
-from mmm.tools import shards_command
 from tests.helpers import overfit_loss
 
 # Real proteins: human hemoglobin alpha (start), ubiquitin, insulin B chain.
@@ -143,7 +143,7 @@ def test_shards_from_fasta_feed_the_datamodule(tmp_path):
     data = ShardDataModule(
         train_shards=str(tmp_path / "shards" / "train-*.tar"),
         val_shards=str(tmp_path / "shards" / "train-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=3,
         num_workers=0,
     )

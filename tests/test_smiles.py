@@ -157,7 +157,7 @@ def test_datamodule_skips_and_counts_bad_molecules(tokenizer, tmp_path):
     samples.insert(2, _sample(b"CC(x)", key="broken"))
     write_shards(samples, str(tmp_path / "train-%06d.tar"))
     shards = str(tmp_path / "train-*.tar")
-    common = {"train_shards": shards, "tokenizer": tokenizer, "num_workers": 0, "batch_size": 8}
+    common = {"train_shards": shards, "batcher": tokenizer, "num_workers": 0, "batch_size": 8}
     batches = list(ShardDataModule(**common, train_mode="exact").train_dataloader())
     assert sum(b["input_ids"].shape[0] for b in batches) == 5
     assert sum(int(b["skipped"]) for b in batches) == 1

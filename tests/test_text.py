@@ -50,7 +50,7 @@ def test_shards_round_trip_every_text_once(tmp_path, tokenizer_dir):
     samples = [{"__key__": f"k{i}", "txt": t.encode()} for i, t in enumerate(texts)]
     write_shards(samples, str(tmp_path / "val-%06d.tar"), max_count=5)
     data = ShardDataModule(
-        val_shards=str(tmp_path / "val-*.tar"), tokenizer=tokenizer, batch_size=4, num_workers=0
+        val_shards=str(tmp_path / "val-*.tar"), batcher=tokenizer, batch_size=4, num_workers=0
     )
     decoded = [
         tokenizer.decode(row.tolist()) for b in data.val_dataloader() for row in b["input_ids"]
@@ -66,7 +66,7 @@ def test_undecodable_and_empty_text_are_skipped_counted_and_named(tmp_path, toke
     ]
     write_shards(samples, str(tmp_path / "val-%06d.tar"))
     data = ShardDataModule(
-        val_shards=str(tmp_path / "val-*.tar"), tokenizer=tokenizer, batch_size=4, num_workers=0
+        val_shards=str(tmp_path / "val-*.tar"), batcher=tokenizer, batch_size=4, num_workers=0
     )
     with caplog.at_level(logging.WARNING):
         [batch] = list(data.val_dataloader())
@@ -76,7 +76,7 @@ def test_undecodable_and_empty_text_are_skipped_counted_and_named(tmp_path, toke
 
     strict = ShardDataModule(
         val_shards=str(tmp_path / "val-*.tar"),
-        tokenizer=tokenizer,
+        batcher=tokenizer,
         batch_size=4,
         num_workers=0,
         on_error="raise",
@@ -87,7 +87,7 @@ def test_undecodable_and_empty_text_are_skipped_counted_and_named(tmp_path, toke
 
 def test_missing_shards_name_the_pattern(tmp_path, tokenizer):
     data = ShardDataModule(
-        val_shards=str(tmp_path / "nowhere-{000..003}.tar"), tokenizer=tokenizer, num_workers=0
+        val_shards=str(tmp_path / "nowhere-{000..003}.tar"), batcher=tokenizer, num_workers=0
     )
     with pytest.raises(FileNotFoundError, match="nowhere-000.tar"):
         list(data.val_dataloader())
@@ -98,7 +98,7 @@ def test_empty_shard_is_reported_not_silently_dropped(tmp_path, tokenizer, caplo
     with tarfile.open(tmp_path / "val-000001.tar", "w"):
         pass  # an empty shard
     data = ShardDataModule(
-        val_shards=str(tmp_path / "val-*.tar"), tokenizer=tokenizer, batch_size=4, num_workers=0
+        val_shards=str(tmp_path / "val-*.tar"), batcher=tokenizer, batch_size=4, num_workers=0
     )
     with caplog.at_level(logging.WARNING):
         batches = list(data.val_dataloader())

@@ -1,6 +1,6 @@
 """The Tokenizer contract, checked for every tokenizer mmm ships.
 
-A new modality's tokenizer joins ``CASES`` and is held to the same promises: its spec sizes
+A new modality's tokenizer joins ``CASES`` (and its row of ``mmm.modalities`` is checked against it) and is held to the same promises: its spec sizes
 the model, decoded samples batch (``collate``, and ``collate_stream`` in the loader) into ``attention_mask``/``maskable`` of one shape with
 ``maskable`` inside ``attention_mask``, a batch trains through ``MaskedModelingModule``, and a
 sample without its member is a ``SampleError`` naming the sample.
@@ -13,6 +13,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from mmm.data.formats import sample_source
+from mmm.modalities import MODALITIES, tokenizer_class
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers import (
@@ -226,3 +228,21 @@ def test_evaluation_decoding_repeats(case):
     evaluation = built.for_evaluation()
     assert evaluation.spec == built.spec
     assert all(_distinct(_views(evaluation, sample, draws=3)) == 1 for sample in samples)
+
+
+@pytest.mark.parametrize("name", sorted(MODALITIES))
+def test_the_modality_table_agrees_with_its_tokenizer_and_reader(name):
+    """``mmm.modalities`` is the one list of modalities: each row names a tokenizer whose
+    modality name, members and kind are the row's, and a reader ``mmm shards`` has."""
+    info = MODALITIES[name]
+    tokenizer = tokenizer_class(name)
+    assert tokenizer.modality_name == name
+    assert tuple(tokenizer.sample_keys) == info.members
+    assert issubclass(tokenizer, DiscreteTokenizer) == info.discrete
+    if info.reader is not None:
+        assert callable(sample_source(info.reader))
+
+
+def test_every_tokenizer_case_is_a_row_of_the_modality_table(case):
+    tokenizer, _ = case
+    assert type(tokenizer) is tokenizer_class(tokenizer.modality_name)

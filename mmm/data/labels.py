@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-#: The sample member that holds a labelled sample's label (JSON).
-LABEL_MEMBER = "label.json"
+from mmm.data.members import LABEL_MEMBER
+
 #: The file beside labelled shards that describes their labels (``LabelSpec``).
 LABELS_FILE = "labels.json"
 #: The label value of a token (unit) that has no label; losses ignore it.

@@ -35,13 +35,9 @@ from mmm.export.parts import (
     require_same,
     trunk,
 )
-from mmm.models.modality import TokenModality
+from mmm.models.modality import DiscreteModality
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers import smiles
-from mmm.tokenizers.base import Tokenizer
-from mmm.tokenizers.protein import TOKENS, ProteinTokenizer
-from mmm.tokenizers.smiles import SmilesTokenizer
-from mmm.tokenizers.text import TextTokenizer
+from mmm.tokenizers.base import NotSupportedError, Tokenizer
 
 if TYPE_CHECKING:
     # transformers' model classes are imported where used: importing them pulls in optional
@@ -91,16 +87,16 @@ def family(module: MaskedModelingModule) -> Family:
     return "esm" if trunk(module).norm_first else "bert"
 
 
-def _token_modality(module: MaskedModelingModule) -> TokenModality:
+def _discrete_modality(module: MaskedModelingModule) -> DiscreteModality:
     modality = only_modality(module)
-    if not isinstance(modality, TokenModality):
+    if not isinstance(modality, DiscreteModality):
         raise MappingError("masked-LM export serves discrete modalities (text/protein/SMILES)")
     return modality
 
 
 def position_offset(module: MaskedModelingModule) -> int:
     """The stock position of mmm's position 0 (ESM counts from ``padding_idx + 1``)."""
-    return _token_modality(module).spec.pad_token_id + 1 if family(module) == "esm" else 0
+    return _discrete_modality(module).spec.pad_token_id + 1 if family(module) == "esm" else 0
 
 
 def masked_lm_config(module: MaskedModelingModule) -> PretrainedConfig:
@@ -108,7 +104,7 @@ def masked_lm_config(module: MaskedModelingModule) -> PretrainedConfig:
     activations are erf GELU, as ``nn.GELU`` in timm's ``Mlp`` and in ``TokenHead``)."""
     from transformers import BertConfig, EsmConfig
 
-    encoder, spec = trunk(module), _token_modality(module).spec
+    encoder, spec = trunk(module), _discrete_modality(module).spec
     block = encoder.blocks[0]
     shared = {
         "vocab_size": spec.vocab_size,
@@ -119,7 +115,7 @@ def masked_lm_config(module: MaskedModelingModule) -> PretrainedConfig:
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "max_position_embeddings": spec.max_length + position_offset(module),
-        "layer_norm_eps": layer_norm_eps(encoder, _token_modality(module)),
+        "layer_norm_eps": layer_norm_eps(encoder, _discrete_modality(module)),
         "pad_token_id": spec.pad_token_id,
         "tie_word_embeddings": True,
     }
@@ -168,7 +164,7 @@ def _trunk_views(module: MaskedModelingModule) -> dict[str, Tensor]:
     """The stock class's names -> views of mmm's embedder and trunk tensors (the position
     table excluded: its rows are shifted, see ``position_offset``): what every head of the
     family sits on."""
-    modality, encoder, kind = _token_modality(module), trunk(module), family(module)
+    modality, encoder, kind = _discrete_modality(module), trunk(module), family(module)
     embedder, names = modality.embedder, HEAD_NAMES[kind]
     views = {
         f"{kind}.embeddings.word_embeddings.weight": embedder.tokens.weight,
@@ -186,7 +182,7 @@ def _trunk_views(module: MaskedModelingModule) -> dict[str, Tensor]:
 def _views(module: MaskedModelingModule) -> dict[str, Tensor]:
     """The stock masked LM's names -> views of mmm's tensors: the trunk's and the masked-LM
     head's."""
-    modality, kind = _token_modality(module), family(module)
+    modality, kind = _discrete_modality(module), family(module)
     embedder, head, names = modality.embedder, modality.head, HEAD_NAMES[kind]
     if head.decoder.weight is not embedder.tokens.weight:
         raise MappingError("stock masked LMs tie their decoder; this module's head is untied")
@@ -243,7 +239,7 @@ def masked_lm_state_dict(module: MaskedModelingModule) -> dict[str, Tensor]:
 def _position_state(module: MaskedModelingModule) -> dict[str, Tensor]:
     """The stock position table (mmm's rows shifted by ``position_offset``) and, for BERT,
     a zero token-type table (mmm has no segments)."""
-    table = _token_modality(module).embedder.positions.weight.detach().float()  # (max_length, D)
+    table = _discrete_modality(module).embedder.positions.weight.detach().float()  # (max_length, D)
     offset = position_offset(module)
     positions = table.new_zeros(offset + table.shape[0], table.shape[1])
     positions[offset:] = table  # the stock position of token i is offset + i
@@ -302,13 +298,13 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
     if source.config.max_position_embeddings < wanted.max_position_embeddings:
         raise MappingError(
             f"it has {source.config.max_position_embeddings} positions, "
-            f"max_length={_token_modality(module).spec.max_length} needs "
+            f"max_length={_discrete_modality(module).spec.max_length} needs "
             f"{wanted.max_position_embeddings}"
         )
     state = source.state_dict()
     for name, view in _views(module).items():
         view.copy_(state[name])
-    table = _token_modality(module).embedder.positions.weight  # (max_length, D)
+    table = _discrete_modality(module).embedder.positions.weight  # (max_length, D)
     offset = position_offset(module)
     table.copy_(state[POSITIONS[kind]][offset : offset + table.shape[0]])
     if kind == "bert":
@@ -316,33 +312,16 @@ def init_from_masked_lm(module: MaskedModelingModule, directory: str | Path) -> 
 
 
 def hf_tokenizer(tokenizer: Tokenizer, output: Path) -> PreTrainedTokenizerBase:
-    """A Hugging Face tokenizer giving mmm's ids for ``tokenizer`` (written to ``output``):
-    ESM-2's vocabulary for proteins, mmm's own fast tokenizer for text, a
-    ``PreTrainedTokenizerFast`` over mmm's SMILES vocabulary (same regex pre-tokenization)."""
-    from transformers import EsmTokenizer, PreTrainedTokenizerFast
+    """A Hugging Face tokenizer giving mmm's ids for ``tokenizer`` (the modality builds it:
+    ``Tokenizer.hf_tokenizer``), saved to ``output``.
 
-    if isinstance(tokenizer, ProteinTokenizer):
-        vocab = output / "vocab.txt"
-        vocab.write_text("\n".join(TOKENS) + "\n")  # ids 0-32 are ESM-2's, J is 33
-        hf = EsmTokenizer(vocab_file=str(vocab), model_max_length=tokenizer.max_length)
-    elif isinstance(tokenizer, TextTokenizer):
-        hf = copy.deepcopy(tokenizer.hf)
-        hf.model_max_length = tokenizer.max_length
-    elif isinstance(tokenizer, SmilesTokenizer):
-        rust = copy.deepcopy(tokenizer.rust)
-        rust.no_padding()  # mmm pads to a multiple of 8; Hugging Face pads per call
-        rust.no_truncation()
-        hf = PreTrainedTokenizerFast(
-            tokenizer_object=rust,
-            bos_token=smiles.BOS,
-            eos_token=smiles.EOS,
-            pad_token=smiles.PAD,
-            unk_token=smiles.UNK,
-            mask_token=smiles.MASK,
-            model_max_length=tokenizer.max_length,
-        )
-    else:
-        raise MappingError(f"no Hugging Face tokenizer for {type(tokenizer).__name__}")
+    Raises:
+        MappingError: for a modality without a Hugging Face tokenizer.
+    """
+    try:
+        hf = tokenizer.hf_tokenizer(output)
+    except NotSupportedError as error:
+        raise MappingError(str(error)) from error
     hf.save_pretrained(str(output))
     return hf
 

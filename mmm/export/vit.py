@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,9 +36,7 @@ from mmm.export.parts import (
 )
 from mmm.models.embedders import PatchEmbedder
 from mmm.module import MaskedModelingModule
-from mmm.tokenizers.audio import AudioTokenizer
-from mmm.tokenizers.base import Tokenizer
-from mmm.tokenizers.image import ImageTokenizer
+from mmm.tokenizers.base import NotSupportedError, PatchLayout, Tokenizer
 
 if TYPE_CHECKING:
     from mmm.finetune.module import FineTuningModule
@@ -50,49 +47,17 @@ TIMM_MODEL = "vit_base_patch16_224"
 TIMM_LAYER_NORM_EPS = 1e-6
 
 
-@dataclass(frozen=True)
-class PatchLayout:
-    """How a patch tokenizer's positions lie on the image a timm ViT reads.
-
-    Attributes:
-        img_size: (height, width) of the ViT's input.
-        patch_size: (height, width) of one patch.
-        in_chans: input channels.
-        kernel_pattern: einops pattern from mmm's flattened patch projection (D, P) to the
-            ViT's convolution kernel (D, C, ph, pw).
-        kernel_axes: the sizes of the pattern's patch axes.
-    """
-
-    img_size: tuple[int, int]
-    patch_size: tuple[int, int]
-    in_chans: int
-    kernel_pattern: str
-    kernel_axes: dict[str, int]
-
-
 def patch_layout(tokenizer: Tokenizer) -> PatchLayout:
-    """The ViT input layout of an image or audio tokenizer's positions."""
-    if isinstance(tokenizer, ImageTokenizer):
-        size, channels = tokenizer.patch_size, tokenizer.channels
-        # mmm flattens a patch as (p, p, C) (MAE's patchify); a convolution's kernel is (C, p, p).
-        return PatchLayout(
-            img_size=tuple(tokenizer.size),
-            patch_size=(size, size),
-            in_chans=channels,
-            kernel_pattern="d (ph pw c) -> d c ph pw",
-            kernel_axes={"ph": size, "pw": size, "c": channels},
-        )
-    if isinstance(tokenizer, AudioTokenizer):
-        frames, mels = tokenizer.patch_frames, tokenizer.patch_mels
-        # mmm flattens an audio patch as (mels, frames); the image has time as its height.
-        return PatchLayout(
-            img_size=(tokenizer.num_frames, tokenizer.features.n_mels),
-            patch_size=(frames, mels),
-            in_chans=1,
-            kernel_pattern="d (pf pt) -> d 1 pt pf",
-            kernel_axes={"pf": mels, "pt": frames},
-        )
-    raise MappingError(f"timm export serves images and audio, not {type(tokenizer).__name__}")
+    """The ViT input layout of a modality's positions (the modality answers:
+    ``Tokenizer.patch_layout``).
+
+    Raises:
+        MappingError: for a modality without a 2-D patch grid.
+    """
+    try:
+        return tokenizer.patch_layout()
+    except NotSupportedError as error:
+        raise MappingError(str(error)) from error
 
 
 def spectrogram_image(features: Tensor) -> Tensor:

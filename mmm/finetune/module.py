@@ -507,8 +507,13 @@ def _build_backbone(
     ``backbone`` as it is, or ``checkpoint``'s architecture with its weights: not when
     ``from_scratch``, nor when ``config`` (the hyperparameters recorded in a fine-tuned
     checkpoint) says the module is being restored and the state dict about to be loaded
-    holds them, unless LoRA saved adapters only."""
+    holds them, unless LoRA saved adapters only. A ``backbone`` whose ``init_from`` names an
+    exported directory starts from it here, before its heads are dropped and adapters added."""
     if checkpoint is None:
+        if backbone is not None and backbone.pending_init_from() is not None:
+            from mmm.export import init_from
+
+            init_from(backbone, backbone.pending_init_from())
         return backbone, None
     if backbone is not None:
         rank_zero_info(f"FineTuningModule: the backbone is {checkpoint}'s (model.backbone unused)")

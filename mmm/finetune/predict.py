@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mmm.finetune.module import FineTuningModule, predictions
-from mmm.tokenizers.base import DiscreteSpec, SampleError, Tokenizer
+from mmm.tokenizers.base import SampleError, Tokenizer
 from mmm.tokenizers.multimodal import MultimodalBatcher
 
 
@@ -67,7 +67,7 @@ def input_samples(paths: list[str], tokenizer: Tokenizer, member: str) -> list[d
 
     samples = []
     for path in paths:
-        if isinstance(tokenizer.spec, DiscreteSpec):  # sequences: records of text files
+        if tokenizer.discrete:  # sequences: records of text files
             for name, sequence in read_sequences(path):
                 samples.append({"__key__": f"{path}: {name}", member: sequence.encode()})
             continue
@@ -164,45 +164,3 @@ def write_predictions(path: str | Path, rows: list[Prediction], classes: list[st
         for row in rows:
             probabilities = [f"{p:.6f}" for p in row.probabilities]
             writer.writerow([row.name, row.prediction, *probabilities])
-
-
-def predict_command(
-    *,
-    checkpoint: str,
-    inputs: str | list[str],
-    output: str,
-    batch_size: int = 32,
-    modality: str | None = None,
-) -> str:
-    """Predict with a fine-tuned checkpoint and write one CSV row per input.
-
-    Columns: ``input`` (file, and record for sequence files), ``prediction`` (the class name;
-    the classes above 0.5 joined by ``;`` for multilabel; the value(s) for regression; the
-    class of each unit for token classification) and ``p_<class>``, the probability of each
-    class (classification kinds).
-
-    Args:
-        checkpoint: a checkpoint written by ``mmm finetune fit``.
-        inputs: files, folders or glob/brace patterns: FASTA / ``.smi`` / one sequence a line
-            for text, proteins and SMILES; one ``.png`` / ``.wav`` / ... file per image or clip.
-        output: the CSV file to write.
-        batch_size: inputs per forward pass.
-        modality: the modality the inputs are (default: the one the model was fine-tuned on,
-            or its only one).
-    """
-    from mmm.data.patterns import expand_inputs
-
-    if batch_size < 1:
-        raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-    module = load_finetuned(checkpoint)
-    name = module.backbone.modality_named(modality or module.modality)
-    tokenizer = module.batcher.tokenizers[name]
-    member = module.batcher.members.get(name, tokenizer.sample_keys[0])
-    samples = input_samples(expand_inputs(inputs), tokenizer, member)
-    if not samples:
-        raise ValueError(f"predict: no input in {inputs}")
-    rows = predict_samples(module, samples, name, batch_size)
-    classes = module.hparams.get("classes") or [str(i) for i in range(module.hparams.num_labels)]
-    write_predictions(output, rows, classes)
-    print(f"predicted {len(rows)} inputs with {checkpoint} into {output}")
-    return output

@@ -3,7 +3,7 @@
 from mmm.models.embedders import PatchEmbedder, TokenEmbedder
 from mmm.models.encoder import Encoder, HFEncoder, TimmEncoder, TransformerEncoder
 from mmm.models.heads import PatchDecoder, PatchDecoderConfig, TokenHead
-from mmm.models.modality import Modality, PatchModality, TokenModality, build_modality
+from mmm.models.modality import ContinuousModality, DiscreteModality, Modality, build_modality
 
 __all__ = [
     "Encoder",
@@ -12,11 +12,11 @@ __all__ = [
     "PatchDecoder",
     "PatchDecoderConfig",
     "PatchEmbedder",
-    "PatchModality",
+    "ContinuousModality",
     "TokenEmbedder",
     "TokenHead",
     "TimmEncoder",
-    "TokenModality",
+    "DiscreteModality",
     "TransformerEncoder",
     "build_modality",
 ]

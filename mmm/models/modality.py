@@ -102,13 +102,17 @@ class Modality(nn.Module, ABC):
                 mean over hidden positions.
         """
 
+    def count_lengths(self, batch: dict[str, Tensor]) -> None:
+        """Record a training batch's lengths for the epoch's statistics; modalities without
+        variable lengths record nothing."""
+
     def metrics_from_loss(self, loss: Tensor) -> dict[str, Tensor]:
         """Metrics that are functions of the mean loss (e.g. perplexity), computed from the
         per-step loss in training and from the epoch's mean loss in evaluation."""
         return {}
 
 
-class TokenModality(Modality):
+class DiscreteModality(Modality):
     """Discrete tokens: BERT corruption, token embedder, tied masked-LM head, cross-entropy.
 
     Args:
@@ -224,7 +228,7 @@ def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
     return (patches - mean) / (var + eps).sqrt()
 
 
-class PatchModality(Modality):
+class ContinuousModality(Modality):
     """Continuous vectors (image patches, audio frames), MAE style: the encoder sees visible
     positions only, a lightweight decoder regresses the hidden ones, MSE over hidden positions.
 
@@ -254,7 +258,7 @@ class PatchModality(Modality):
 
     def predict(self, hidden, mask, seen=None, attention_mask=None, context=None):
         if seen is None or attention_mask is None:
-            raise ValueError("PatchModality.predict needs the seen and real positions")
+            raise ValueError("ContinuousModality.predict needs the seen and real positions")
         return self.head(hidden, mask, seen, attention_mask, context)  # (N, P)
 
     def targets(self, batch: dict[str, Tensor], mask: Tensor) -> Tensor:
@@ -289,10 +293,10 @@ class PatchModality(Modality):
 ModalityBuilder = Callable[[ModalitySpec, Encoder, Masking, PatchDecoderConfig | None], Modality]
 
 
-def _build_token_modality(
+def _build_discrete_modality(
     spec: ModalitySpec, encoder: Encoder, masking: Masking, decoder: PatchDecoderConfig | None
 ) -> Modality:
-    return TokenModality(
+    return DiscreteModality(
         spec,
         encoder.dim,
         mask_replace_prob=masking.mask_replace_prob,
@@ -301,16 +305,16 @@ def _build_token_modality(
     )
 
 
-def _build_patch_modality(
+def _build_continuous_modality(
     spec: ModalitySpec, encoder: Encoder, masking: Masking, decoder: PatchDecoderConfig | None
 ) -> Modality:
-    return PatchModality(spec, encoder.dim, decoder)
+    return ContinuousModality(spec, encoder.dim, decoder)
 
 
 #: Which modality serves a tokenizer, by the type of its spec. A new target kind registers here.
 MODALITY_BUILDERS: dict[type, ModalityBuilder] = {
-    DiscreteSpec: _build_token_modality,
-    ContinuousSpec: _build_patch_modality,
+    DiscreteSpec: _build_discrete_modality,
+    ContinuousSpec: _build_continuous_modality,
 }
 
 

@@ -36,6 +36,7 @@ from mmm.data.formats import AUDIO_EXTENSIONS
 from mmm.tokenizers.base import (
     ContinuousSpec,
     Crop,
+    PatchLayout,
     SampleError,
     Tokenizer,
     copy_with,
@@ -205,6 +206,7 @@ class AudioTokenizer(Tokenizer):
 
     modality_name = "audio"
     sample_keys = AUDIO_EXTENSIONS
+    export_family = "vit"
 
     def __init__(
         self,
@@ -256,6 +258,32 @@ class AudioTokenizer(Tokenizer):
         self.min_samples = self.features.n_fft + (patch_frames - 1) * self.features.hop_length
         self.mean, self.std = self._load_stats(stats) if stats is not None else (0.0, 1.0)
         self._log_mel = self.features.transform()
+
+    def patch_layout(self) -> PatchLayout:
+        """The spectrogram as a one-channel ViT image with time as its height; mmm
+        flattens an audio patch as (mels, frames)."""
+        frames, mels = self.patch_frames, self.patch_mels
+        return PatchLayout(
+            img_size=(self.num_frames, self.features.n_mels),
+            patch_size=(frames, mels),
+            in_chans=1,
+            kernel_pattern="d (pf pt) -> d 1 pt pf",
+            kernel_axes={"pf": mels, "pt": frames},
+        )
+
+    def probe_items(self, items: list[Any]) -> list[AudioItem]:
+        """Audio samples (``{"wav": bytes, ...}``) decoded by the evaluation view (the middle
+        window of longer clips, never a random crop), so that a probe sees the same clip every
+        time; items decoded already pass through."""
+        evaluation = self.for_evaluation()
+        return [
+            item if isinstance(item, AudioItem) else evaluation.decode_sample(item)
+            for item in items
+        ]
+
+    def probe_batch(self, items: list[Any]) -> dict[str, Tensor]:
+        """Audio samples or decoded clips, collated (see ``probe_items``)."""
+        return self.collate(self.probe_items(items))
 
     def _load_stats(self, path: str) -> tuple[float, float]:
         try:

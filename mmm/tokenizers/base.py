@@ -14,18 +14,31 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
 from mmm.data.cache import build_once
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 TokenizerT = TypeVar("TokenizerT")
 
 #: Which window of a too-long sample is kept: the first, the middle (deterministic) or a random
 #: one (augmentation).
 Crop = Literal["start", "center", "random"]
+
+
+#: Where a modality's model can go outside mmm: a Hugging Face masked LM (``EsmForMaskedLM`` /
+#: ``BertForMaskedLM``) or a timm ``VisionTransformer``.
+ExportFamily = Literal["masked_lm", "vit"]
+
+
+class NotSupportedError(ValueError):
+    """A modality asked for something it does not do (an export family, a probe, token-level
+    labels): the message names the modality and the request."""
 
 
 class SampleError(ValueError):
@@ -145,6 +158,27 @@ class ContinuousSpec:
 ModalitySpec = DiscreteSpec | ContinuousSpec
 
 
+@dataclass(frozen=True)
+class PatchLayout:
+    """How a continuous modality's positions tile a 2-D input, as a ViT's patch embedding
+    reads it (what ``mmm export`` needs to write a timm ``VisionTransformer``).
+
+    Attributes:
+        img_size: the ViT's input size (height, width).
+        patch_size: one patch's size (height, width).
+        in_chans: input channels.
+        kernel_pattern: einops pattern from mmm's flattened patch projection (D, P) to the
+            ViT's convolution kernel (D, C, ph, pw).
+        kernel_axes: the sizes of the pattern's patch axes.
+    """
+
+    img_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    in_chans: int
+    kernel_pattern: str
+    kernel_axes: dict[str, int]
+
+
 class Tokenizer(ABC):
     """Turns shard samples into batches of model inputs for one modality."""
 
@@ -153,11 +187,45 @@ class Tokenizer(ABC):
     modality_name: str = "data"
     #: File extensions inside a shard sample that this tokenizer reads (e.g. ``("txt",)``).
     sample_keys: tuple[str, ...] = ()
+    #: The stock family ``mmm export`` and ``init_from`` map this modality's model onto, or
+    #: ``None`` when it has none (export then says it is not supported for the modality).
+    export_family: ClassVar[ExportFamily | None] = None
 
     @property
     @abstractmethod
     def spec(self) -> ModalitySpec:
         """What the model needs to know to embed and predict this modality."""
+
+    @property
+    def discrete(self) -> bool:
+        """Whether positions are token ids (``DiscreteSpec``), not real-valued vectors."""
+        return isinstance(self.spec, DiscreteSpec)
+
+    def not_supported(self, what: str) -> NotSupportedError:
+        """The error for ``what`` (a request) on this modality, naming both."""
+        return NotSupportedError(
+            f"{what} is not supported for the {self.modality_name} modality ({type(self).__name__})"
+        )
+
+    def hf_tokenizer(self, output: Path) -> PreTrainedTokenizerBase:
+        """A Hugging Face tokenizer giving this tokenizer's ids, saved to ``output`` (a
+        masked-LM export). Modalities of other families refuse."""
+        raise self.not_supported("a Hugging Face tokenizer (masked-LM export)")
+
+    def patch_layout(self) -> PatchLayout:
+        """How positions tile a 2-D input (a timm ViT export). Modalities without a 2-D patch
+        grid refuse."""
+        raise self.not_supported("a ViT patch layout (timm export)")
+
+    def probe_items(self, items: list[Any]) -> list[Any]:
+        """Labelled items with the per-item work that does not change during probing done
+        once (audio clips decoded); ``probe_batch`` takes both forms."""
+        return list(items)
+
+    def probe_batch(self, items: list[Any]) -> dict[str, Tensor]:
+        """Labelled items (as ``mmm.probe``'s sets hold them) collated deterministically, with
+        no augmentation."""
+        raise self.not_supported("probing")
 
     @abstractmethod
     def decode_sample(self, sample: dict[str, Any]) -> Any:
@@ -191,7 +259,7 @@ class Tokenizer(ABC):
         Raises:
             ValueError: naming the modality, when it has no units to label.
         """
-        raise ValueError(
+        raise NotSupportedError(
             f"token-level labels are not supported for the {self.modality_name} modality "
             f"({type(self).__name__}); use a sample-level task (classification, regression)"
         )
@@ -233,6 +301,10 @@ class DiscreteTokenizer(Tokenizer):
 
     @abstractmethod
     def collate(self, items: list[str]) -> dict[str, Tensor]: ...
+
+    def probe_batch(self, items: list[str]) -> dict[str, Tensor]:
+        """Labelled strings collated as they are (no augmentation to switch off)."""
+        return self.collate(items)
 
     def content_length(self, text: str) -> int:
         """How many content tokens ``text`` holds before ``max_length`` cuts it (special

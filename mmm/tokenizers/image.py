@@ -21,7 +21,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from mmm.data.formats import IMAGE_EXTENSIONS
-from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer, copy_with
+from mmm.tokenizers.base import ContinuousSpec, PatchLayout, SampleError, Tokenizer, copy_with
 
 #: Pillow modes with more than 8 bits per value, and the value that maps to 1.0. ``I`` (32-bit
 #: integer) is how Pillow may open 16-bit PNG and TIFF files, so it is read as 16-bit too.
@@ -104,6 +104,7 @@ class ImageTokenizer(Tokenizer):
 
     modality_name = "image"
     sample_keys = IMAGE_EXTENSIONS
+    export_family = "vit"
 
     def __init__(
         self,
@@ -137,6 +138,27 @@ class ImageTokenizer(Tokenizer):
         self.random_crop_scale = random_crop_scale
         self.horizontal_flip = horizontal_flip
         self.transform = self._resize_transform()
+
+    def patch_layout(self) -> PatchLayout:
+        """The ViT input of these images; mmm flattens a patch as (p, p, C) (MAE's
+        patchify), a convolution's kernel is (C, p, p)."""
+        size = self.patch_size
+        return PatchLayout(
+            img_size=tuple(self.size),
+            patch_size=(size, size),
+            in_chans=self.channels,
+            kernel_pattern="d (ph pw c) -> d c ph pw",
+            kernel_axes={"ph": size, "pw": size, "c": self.channels},
+        )
+
+    def probe_batch(self, items: list[Tensor]) -> dict[str, Tensor]:
+        """Images (C, h, w) in [0, 1] resized (bilinear) to this size, channels repeated or
+        averaged to this count, then collated: deterministic, no augmentation."""
+        x = torch.stack(items)  # (B, c, h, w)
+        if x.shape[1] != self.channels:
+            x = x.mean(dim=1, keepdim=True).expand(-1, self.channels, -1, -1)  # (B, C, h, w)
+        x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return self.collate(list(x.clamp(0.0, 1.0)))
 
     def _resize_transform(self) -> v2.Transform:
         """Resize + crop (random resized crop when augmenting, else center) and optional flip."""

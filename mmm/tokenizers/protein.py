@@ -10,13 +10,19 @@ a sequence up in one numpy table rather than looping over residues in Python.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from mmm.data.formats.protein import MASK, RESIDUES, OnUnknown, clean_residues
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+from mmm.data.members import PROTEIN_MEMBER
 from mmm.tokenizers.base import (
     Crop,
     DiscreteSpec,
@@ -103,7 +109,8 @@ class ProteinTokenizer(DiscreteTokenizer):
     """
 
     modality_name = "protein"
-    sample_keys = ("seq",)
+    sample_keys = (PROTEIN_MEMBER,)
+    export_family = "masked_lm"
 
     def __init__(
         self, max_length: int = 1024, on_unknown: OnUnknown = "error", crop: Crop = "random"
@@ -121,6 +128,14 @@ class ProteinTokenizer(DiscreteTokenizer):
         self.max_length = max_length
         self.on_unknown = on_unknown
         self.crop = crop
+
+    def hf_tokenizer(self, output: Path) -> PreTrainedTokenizerBase:
+        """ESM-2's tokenizer over ``output/vocab.txt``: ids 0-32 are ESM-2's, J is 33."""
+        from transformers import EsmTokenizer
+
+        vocab = output / "vocab.txt"
+        vocab.write_text("\n".join(TOKENS) + "\n")
+        return EsmTokenizer(vocab_file=str(vocab), model_max_length=self.max_length)
 
     def for_evaluation(self) -> ProteinTokenizer:
         """The same alphabet with the middle window of long proteins instead of a random one."""
@@ -161,7 +176,7 @@ class ProteinTokenizer(DiscreteTokenizer):
     def decode_sample(self, sample: dict[str, Any]) -> str:
         """The cleaned residues of a sample's ``seq`` member, cropped to fit (``crop``)."""
         key, url = sample.get("__key__"), sample.get("__url__")
-        text = read_text_member(sample, "seq")
+        text = read_text_member(sample, PROTEIN_MEMBER)
         try:
             ids = self.encode(text, "'seq'")
         except ValueError as error:

@@ -19,15 +19,19 @@ what the model wrote back into SMILES, so that generation always outputs SMILES.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as RustTokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 from mmm.data.formats.smiles import (
     SMILES_PATTERN,
@@ -38,6 +42,7 @@ from mmm.data.formats.smiles import (
     require_rdkit,
     smiles_samples,
 )
+from mmm.data.members import SMILES_MEMBER
 from mmm.data.reading import member_texts, read_source
 from mmm.optional import require
 from mmm.tokenizers.base import (
@@ -118,7 +123,7 @@ def iter_training_smiles(source: str) -> Iterator[str]:
     ``smiles``), named by a glob or brace pattern (see ``mmm.data.reading.read_source``).
     Undecodable bytes read as U+FFFD, which the token check rejects."""
     samples = read_source(source, read_files=smiles_samples)
-    return (smiles.strip() for smiles in member_texts(samples, "smi", errors="replace"))
+    return (smiles.strip() for smiles in member_texts(samples, SMILES_MEMBER, errors="replace"))
 
 
 def build_smiles_tokenizer(
@@ -177,7 +182,8 @@ class SmilesTokenizer(DiscreteTokenizer):
     """
 
     modality_name = "smiles"
-    sample_keys = ("smi",)
+    sample_keys = (SMILES_MEMBER,)
+    export_family = "masked_lm"
 
     def __init__(
         self,
@@ -232,6 +238,24 @@ class SmilesTokenizer(DiscreteTokenizer):
         self.rust.enable_truncation(max_length)
         self.rust.enable_padding(
             pad_id=self.rust.token_to_id(PAD), pad_token=PAD, pad_to_multiple_of=8
+        )
+
+    def hf_tokenizer(self, output: Path) -> PreTrainedTokenizerBase:
+        """A ``PreTrainedTokenizerFast`` over mmm's SMILES vocabulary (the same regex
+        pre-tokenization), padding and truncation left to each call as Hugging Face does."""
+        from transformers import PreTrainedTokenizerFast
+
+        rust = copy.deepcopy(self.rust)
+        rust.no_padding()  # mmm pads to a multiple of 8; Hugging Face pads per call
+        rust.no_truncation()
+        return PreTrainedTokenizerFast(
+            tokenizer_object=rust,
+            bos_token=BOS,
+            eos_token=EOS,
+            pad_token=PAD,
+            unk_token=UNK,
+            mask_token=MASK,
+            model_max_length=self.max_length,
         )
 
     def _load_or_build(
@@ -320,7 +344,7 @@ class SmilesTokenizer(DiscreteTokenizer):
         return copy_with(self, randomize=False, canonicalize=True) if self.randomize else self
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
-        smiles = read_text_member(sample, "smi").strip()
+        smiles = read_text_member(sample, SMILES_MEMBER).strip()
         key, url = sample.get("__key__"), sample.get("__url__")
         try:
             prepared = self.prepare(smiles)

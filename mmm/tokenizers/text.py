@@ -8,6 +8,7 @@ Otherwise it trains a WordPiece (BERT) or byte-level BPE (RoBERTa) tokenizer wit
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator
 from functools import partial
@@ -21,6 +22,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mmm.data.formats import text_samples
+from mmm.data.members import TEXT_MEMBER
 from mmm.data.reading import member_texts, read_source
 from mmm.tokenizers.base import (
     DiscreteSpec,
@@ -92,7 +94,7 @@ def iter_training_texts(source: str) -> Iterator[str]:
     (``python-docs``) or of shards, or whole documents of ``.txt``/``.jsonl`` files, named by
     a glob or brace pattern (see ``mmm.data.reading.read_source``)."""
     documents = partial(text_samples, max_words=None)
-    return member_texts(read_source(source, read_files=documents), "txt")
+    return member_texts(read_source(source, read_files=documents), TEXT_MEMBER)
 
 
 def train_tokenizer(
@@ -152,7 +154,8 @@ class TextTokenizer(DiscreteTokenizer):
     """
 
     modality_name = "text"
-    sample_keys = ("txt",)
+    sample_keys = (TEXT_MEMBER,)
+    export_family = "masked_lm"
 
     def __init__(
         self,
@@ -183,6 +186,12 @@ class TextTokenizer(DiscreteTokenizer):
                 f"TextTokenizer: the tokenizer at {path} has no mask or pad token; masked "
                 "modeling needs both (set mask_token and pad_token in its tokenizer_config.json)"
             )
+
+    def hf_tokenizer(self, output: Path) -> PreTrainedTokenizerBase:
+        """mmm's own fast tokenizer (its ids are mmm's), not yet saved."""
+        hf = copy.deepcopy(self.hf)
+        hf.model_max_length = self.max_length
+        return hf
 
     @staticmethod
     def _load_or_train(
@@ -217,7 +226,7 @@ class TextTokenizer(DiscreteTokenizer):
         )
 
     def decode_sample(self, sample: dict[str, Any]) -> str:
-        return read_text_member(sample, "txt")
+        return read_text_member(sample, TEXT_MEMBER)
 
     def content_length(self, text: str) -> int:
         # The Rust tokenizer keeps the truncation of the last call: count what it cut off too.

@@ -24,6 +24,7 @@ from mmm.data.corpora import LabelledCorpus, register_corpus, register_labelled_
 from mmm.data.formats import Sample, audio_samples
 from mmm.data.labelled import select_classes
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
+from mmm.data.members import AUDIO_MEMBER, TEXT_MEMBER
 
 ASTERISK_EN = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 #: Transcripts of the prompts, from ``asterisk-core-sounds-en`` (installed with the wav package).
@@ -91,7 +92,7 @@ def asterisk_en_transcribed(
     for sample in asterisk_en(root):
         name = json.loads(sample["json"])["path"].removesuffix(".wav")
         if name in said:
-            yield {**sample, "txt": said[name].encode("utf-8")}
+            yield {**sample, TEXT_MEMBER: said[name].encode("utf-8")}
 
 
 #: Prompt folders with fewer clips are left out of the labelled prompts.
@@ -162,9 +163,9 @@ def fsdd_labelled(source_dir: str | os.PathLike | None) -> LabelledCorpus:
                 "__key__": path.stem,
                 "__source__": str(path),
                 "__split__": FSDD_HELD_OUT.get(speaker, "train"),
-                "wav": path.read_bytes(),
+                AUDIO_MEMBER: path.read_bytes(),
                 LABEL_MEMBER: encode_label(digit),
             }
 
-    spec = LabelSpec("classification", tuple(str(d) for d in range(10)), "wav")
+    spec = LabelSpec("classification", tuple(str(d) for d in range(10)), AUDIO_MEMBER)
     return LabelledCorpus(spec=spec, samples=samples())

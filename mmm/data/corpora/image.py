@@ -22,6 +22,7 @@ from mmm.data.corpora import (
 )
 from mmm.data.formats import Sample
 from mmm.data.labels import LabelSpec
+from mmm.data.members import CLASS_MEMBER, IMAGE_MEMBER, TEXT_MEMBER
 
 #: Crops per photograph, side of the stored crops, and the range of crop sides (pixels of the
 #: 427x640 photograph) before resizing: from close-ups to about half of the picture.
@@ -92,9 +93,9 @@ def digits_words() -> Iterator[Sample]:
     for index, (pixels, label) in enumerate(zip(images, targets, strict=True)):
         yield {
             "__key__": f"digit-{index:04d}",
-            "png": digit_png(pixels),
-            "txt": DIGIT_WORDS[int(label)].encode("utf-8"),
-            "cls": str(int(label)).encode("utf-8"),
+            IMAGE_MEMBER: digit_png(pixels),
+            TEXT_MEMBER: DIGIT_WORDS[int(label)].encode("utf-8"),
+            CLASS_MEMBER: str(int(label)).encode("utf-8"),
         }
 
 
@@ -105,9 +106,9 @@ def digits_labelled() -> LabelledCorpus:
     images, targets = digit_arrays()
     samples = labelled_samples(
         keys=(f"digit-{index:04d}" for index in range(len(images))),
-        member="png",
+        member=IMAGE_MEMBER,
         inputs=(digit_png(pixels) for pixels in images),
         labels=(int(label) for label in targets),
     )
-    spec = LabelSpec("classification", tuple(str(d) for d in range(10)), "png")
+    spec = LabelSpec("classification", tuple(str(d) for d in range(10)), IMAGE_MEMBER)
     return LabelledCorpus(spec=spec, samples=samples)

@@ -23,6 +23,7 @@ from mmm.data.corpora import (
 )
 from mmm.data.formats import Sample, protein_samples
 from mmm.data.labels import LabelSpec
+from mmm.data.members import PROTEIN_MEMBER
 from mmm.optional import require
 
 
@@ -75,8 +76,10 @@ def amp_labelled() -> LabelledCorpus:
     sequences, targets = amp_peptides()
     samples = labelled_samples(
         keys=(f"amp-{index:04d}" for index in range(len(sequences))),
-        member="seq",
+        member=PROTEIN_MEMBER,
         inputs=(sequence.encode("ascii") for sequence in sequences),
         labels=(int(target) for target in targets),
     )
-    return LabelledCorpus(spec=LabelSpec("classification", AMP_CLASSES, "seq"), samples=samples)
+    return LabelledCorpus(
+        spec=LabelSpec("classification", AMP_CLASSES, PROTEIN_MEMBER), samples=samples
+    )

@@ -28,6 +28,7 @@ from mmm.data.corpora import (
 )
 from mmm.data.formats import Sample, smiles_samples
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
+from mmm.data.members import SMILES_MEMBER
 from mmm.optional import MissingDependencyError, require
 
 #: SMILES<TAB>name lines, gzipped (184 KB); sources and licences in its header comment.
@@ -74,11 +75,11 @@ def freesolv_labelled() -> LabelledCorpus:
     smiles, values = freesolv_rows()
     samples = labelled_samples(
         keys=(f"freesolv-{index:03d}" for index in range(len(smiles))),
-        member="smi",
+        member=SMILES_MEMBER,
         inputs=(text.encode("utf-8") for text in smiles),
         labels=(float(value) for value in values),
     )
-    return LabelledCorpus(spec=LabelSpec("regression", (), "smi"), samples=samples)
+    return LabelledCorpus(spec=LabelSpec("regression", (), SMILES_MEMBER), samples=samples)
 
 
 def solubility_records(split: str) -> Iterator[tuple[int, str, float]]:
@@ -114,9 +115,9 @@ def solubility_labelled() -> LabelledCorpus:
                 yield {
                     "__key__": f"solubility-{split}-{identifier:04d}",
                     "__split__": "test" if split == "test" else None,  # train: hashed
-                    "smi": smiles.encode("utf-8"),
+                    SMILES_MEMBER: smiles.encode("utf-8"),
                     LABEL_MEMBER: encode_label(value),
                 }
 
-    spec = LabelSpec("regression", (), "smi")
+    spec = LabelSpec("regression", (), SMILES_MEMBER)
     return LabelledCorpus(spec=spec, samples=samples(), val_fraction=0.1, test_fraction=0.0)

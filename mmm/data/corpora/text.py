@@ -24,6 +24,7 @@ from mmm.data.corpora import (
 from mmm.data.formats import Sample, chunk_text, sample_key
 from mmm.data.labelled import select_classes
 from mmm.data.labels import LabelSpec
+from mmm.data.members import TEXT_MEMBER
 
 _SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages"}
 _MIN_DOCSTRING_CHARS = 80
@@ -66,7 +67,7 @@ def python_docs() -> Iterator[Sample]:
         for name, text in documents:
             for index, chunk in enumerate(chunk_text(text)):
                 key = sample_key(f"{source}-{name}-{index}")
-                yield {"__key__": key, "txt": chunk.encode("utf-8")}
+                yield {"__key__": key, TEXT_MEMBER: chunk.encode("utf-8")}
 
 
 #: ``docstrings``: the largest top-level packages with at least this many docstrings ...
@@ -107,8 +108,8 @@ def docstrings_labelled() -> LabelledCorpus:
     documents, labels, classes = package_docstrings()
     samples = labelled_samples(
         keys=(sample_key(name) for name, _ in documents),
-        member="txt",
+        member=TEXT_MEMBER,
         inputs=(text.encode("utf-8") for _, text in documents),
         labels=(int(label) for label in labels),
     )
-    return LabelledCorpus(spec=LabelSpec("classification", classes, "txt"), samples=samples)
+    return LabelledCorpus(spec=LabelSpec("classification", classes, TEXT_MEMBER), samples=samples)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mmm.data.formats.base import Sample, register_source, sample_key
+from mmm.data.members import CLASS_MEMBER
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,6 @@ def image_samples(paths: list[str], labels: bool = True) -> Iterator[Sample]:
         }
         if labels:
             label = path.parent.name
-            sample["cls"] = str(classes[label]).encode()
+            sample[CLASS_MEMBER] = str(classes[label]).encode()
             sample["json"] = json.dumps({"label": label, "file": str(path)}).encode()
         yield sample

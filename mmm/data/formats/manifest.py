@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from mmm.data.formats.base import SKIPPED, Sample, register_source, sample_key
+from mmm.data.members import METADATA_MEMBER, PROTEIN_MEMBER, SMILES_MEMBER, TEXT_MEMBER
 from mmm.data.patterns import resolves_inside
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,15 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE_FIELDS = ("audio", "audio_filepath", "image", "file_name", "path")
 #: Member extension of manifest fields given inline, by field name (what each tokenizer reads).
 MANIFEST_INLINE_MEMBERS = {
-    "text": "txt",
-    "transcript": "txt",
-    "caption": "txt",
-    "protein": "seq",
-    "sequence": "seq",
-    "smiles": "smi",
+    "text": TEXT_MEMBER,
+    "transcript": TEXT_MEMBER,
+    "caption": TEXT_MEMBER,
+    "protein": PROTEIN_MEMBER,
+    "sequence": PROTEIN_MEMBER,
+    "smiles": SMILES_MEMBER,
 }
 #: The member holding a line's other fields (``duration``, ``label``, ...), as the image and
 #: audio readers write it and ``mmm probe`` reads labels from it.
-METADATA_MEMBER = "json"
 #: Separators a CSV manifest's header line is searched for; the most frequent one is used
 #: (``,`` when none occurs), so that ``wav;text`` exports read as two columns.
 CSV_DELIMITERS = (",", ";", "\t", "|")

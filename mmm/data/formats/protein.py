@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from mmm.data.formats.base import Sample, open_text, register_source, sample_key
+from mmm.data.members import PROTEIN_MEMBER
 
 OnUnknown = Literal["error", "x"]
 
@@ -143,4 +144,4 @@ def protein_samples(paths: list[str], on_unknown: OnUnknown = "error") -> Iterat
                 )
             first_seen[key] = name
             residues = clean_residues(raw, name=name, on_unknown=on_unknown)
-            yield {"__key__": key, "__source__": name, "seq": residues.encode("ascii")}
+            yield {"__key__": key, "__source__": name, PROTEIN_MEMBER: residues.encode("ascii")}

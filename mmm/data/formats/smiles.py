@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmm.data.formats.base import SKIPPED, Sample, open_text, register_source, sample_key
+from mmm.data.members import SMILES_MEMBER
 from mmm.optional import require
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ def smiles_samples(
             yield {
                 "__key__": sample_key(f"{stem}-{number}"),
                 "__source__": f"{path}:{number}",
-                "smi": smiles.encode("utf-8"),
+                SMILES_MEMBER: smiles.encode("utf-8"),
             }
         if skipped:
             log.warning("%s: skipped %d invalid SMILES", path, skipped)

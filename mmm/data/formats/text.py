@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mmm.data.formats.base import Sample, open_text, register_source, sample_key
+from mmm.data.members import TEXT_MEMBER
 
 #: The files the text reader takes: plain text and JSON lines, optionally gzipped.
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
@@ -98,4 +99,8 @@ def text_samples(
     for key, text, source in text_documents(paths, text_field=text_field, root=root):
         pieces = [text] if max_words is None else chunk_text(text, max_words=max_words)
         for index, chunk in enumerate(pieces):
-            yield {"__key__": f"{key}-{index}", "txt": chunk.encode("utf-8"), "__source__": source}
+            yield {
+                "__key__": f"{key}-{index}",
+                TEXT_MEMBER: chunk.encode("utf-8"),
+                "__source__": source,
+            }

@@ -1,0 +1,185 @@
+"""Commands on trained models: export one to stock classes, probe its frozen states, predict
+with a fine-tuned one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from mmm.export import export_family
+from mmm.export.masked_lm import (
+    classifier_config,
+    export_classifier,
+    export_masked_lm,
+    masked_lm_config,
+)
+from mmm.export.parts import MappingError, one_modality_module
+from mmm.export.vit import (
+    export_timm,
+    export_timm_classifier,
+)
+from mmm.files import replaced_folder, require_empty_folder
+from mmm.finetune.predict import input_samples, load_finetuned, predict_samples, write_predictions
+from mmm.probe import (
+    PROBE_MIN_ITEMS,
+    check_split,
+    input_features,
+    linear_probe_score,
+    load_labelled,
+    pooled_features,
+    prepared_items,
+    probe_modality,
+    randomly_initialized,
+)
+
+
+def export_command(
+    *, checkpoint: str, output: str, modality: str | None = None, overwrite: bool = False
+) -> str:
+    """Export a checkpoint written by ``mmm fit`` to a directory stock libraries load.
+
+    Text, protein and SMILES models become ``transformers.EsmForMaskedLM`` (or
+    ``BertForMaskedLM`` for a post-LN trunk) plus tokenizer (``AutoModelForMaskedLM`` /
+    ``AutoTokenizer`` / ``pipeline("fill-mask")``, no ``trust_remote_code``); image and audio
+    MAE encoders become a timm ``VisionTransformer`` (``timm.create_model("local-dir:DIR")``).
+    A checkpoint of ``mmm finetune fit`` becomes the family's ``*ForSequenceClassification``
+    or ``*ForTokenClassification`` (``AutoModelFor...Classification``), or a timm ViT with
+    its classifier head. The directory is written beside ``output`` and renamed into place
+    once complete.
+
+    Args:
+        checkpoint: a checkpoint written by ``mmm fit``.
+        output: the directory to write; it must be empty or new unless ``overwrite``.
+        modality: for a multimodal model, the modality to export: its embedder and head with
+            the shared trunk (its modality embedding folded into the embedder), computing what
+            the model computes on samples that carry only this modality.
+        overwrite: replace the contents of a non-empty ``output``.
+    """
+    require_empty_folder(output, overwrite, what="export")
+    try:
+        write, kind = _writer(checkpoint, modality)
+        with replaced_folder(output) as staged:
+            write(staged)
+    except MappingError as error:
+        raise MappingError(f"export {checkpoint}: {error}") from error
+    which = f" (modality {modality!r})" if modality else ""
+    print(f"exported {checkpoint}{which} as {kind} to {output}")
+    return output
+
+
+def is_finetuned(checkpoint: str) -> bool:
+    """Whether a checkpoint file was written by ``mmm finetune fit`` (its hyperparameters
+    name a task)."""
+    from mmm.inference import read_checkpoint
+
+    return "task" in read_checkpoint(checkpoint).get("hyper_parameters", {})
+
+
+def _writer(checkpoint: str, modality: str | None) -> tuple[Callable[[Path], object], str]:
+    """What writes ``checkpoint``'s export into a folder, and the kind it writes: a masked LM
+    or a timm ViT for a pretraining checkpoint, the stock classifier of its family or a timm
+    classifier for a fine-tuned one."""
+    from mmm.finetune.predict import load_finetuned
+    from mmm.inference import load_module
+
+    if is_finetuned(checkpoint):
+        finetuned = load_finetuned(checkpoint)
+        if export_family(finetuned.backbone) == "masked_lm":
+            kind = f"transformers {classifier_config(finetuned).architectures[0]}"
+            return partial(export_classifier, finetuned), kind
+        return partial(export_timm_classifier, finetuned), "timm VisionTransformer classifier"
+    module = one_modality_module(load_module(checkpoint), modality)
+    if export_family(module) == "masked_lm":
+        kind = f"transformers {masked_lm_config(module).architectures[0]}"
+        return partial(export_masked_lm, module), kind
+    return partial(export_timm, module), "timm VisionTransformer"
+
+
+def probe_command(
+    *,
+    checkpoint: str,
+    data: str,
+    modality: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Linear probe of a checkpoint's frozen, mean-pooled encoder states on a labelled set,
+    beside a randomly initialized encoder of the same size and a no-encoder baseline.
+
+    Args:
+        checkpoint: a checkpoint written by ``mmm fit``.
+        data: ``digits`` (images), ``amp`` (proteins), ``freesolv`` (SMILES), ``prompts``
+            (audio) or ``docstrings`` (text).
+        modality: the modality of a multimodal model to probe (default: the one whose
+            tokenizer reads the set's items).
+        limit: use ``limit`` items drawn at random only (quick checks); at least
+            ``PROBE_MIN_ITEMS``, and enough for every class to reach both parts of the split.
+        seed: split and random-encoder seed.
+
+    Prints and returns the held-out accuracy (classification) or R² (regression) of each.
+    """
+    from mmm.inference import load_module
+
+    if limit is not None and limit < PROBE_MIN_ITEMS:
+        raise ValueError(f"probe: limit must be >= {PROBE_MIN_ITEMS} items, got {limit}")
+    labelled = load_labelled(data)
+    module = load_module(checkpoint)
+    name = probe_modality(module, labelled, modality)
+    items, labels = labelled.sample(limit, seed=seed)
+    check_split(labels, labelled.task)
+    items = prepared_items(module, items, name)
+    representations = {
+        "pretrained encoder": pooled_features(module, items, name),
+        "random encoder": pooled_features(randomly_initialized(module, seed=seed), items, name),
+        "no encoder": input_features(module, items, name),
+    }
+    metric = "accuracy" if labelled.task == "classification" else "R2"
+    print(f"{data}: {len(items)} items, {name} modality, linear probe, 25% held out, {metric}")
+    scores = {}
+    for kind, features in representations.items():
+        scores[kind] = linear_probe_score(features, labels, labelled.task, seed=seed)
+        print(f"  {kind:<20} {scores[kind]:.3f}  ({features.shape[1]} features)")
+    return scores
+
+
+def predict_command(
+    *,
+    checkpoint: str,
+    inputs: str | list[str],
+    output: str,
+    batch_size: int = 32,
+    modality: str | None = None,
+) -> str:
+    """Predict with a fine-tuned checkpoint and write one CSV row per input.
+
+    Columns: ``input`` (file, and record for sequence files), ``prediction`` (the class name;
+    the classes above 0.5 joined by ``;`` for multilabel; the value(s) for regression; the
+    class of each unit for token classification) and ``p_<class>``, the probability of each
+    class (classification kinds).
+
+    Args:
+        checkpoint: a checkpoint written by ``mmm finetune fit``.
+        inputs: files, folders or glob/brace patterns: FASTA / ``.smi`` / one sequence a line
+            for text, proteins and SMILES; one ``.png`` / ``.wav`` / ... file per image or clip.
+        output: the CSV file to write.
+        batch_size: inputs per forward pass.
+        modality: the modality the inputs are (default: the one the model was fine-tuned on,
+            or its only one).
+    """
+    from mmm.data.patterns import expand_inputs
+
+    if batch_size < 1:
+        raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    module = load_finetuned(checkpoint)
+    name = module.backbone.modality_named(modality or module.modality)
+    tokenizer = module.batcher.tokenizers[name]
+    member = module.batcher.members.get(name, tokenizer.sample_keys[0])
+    samples = input_samples(expand_inputs(inputs), tokenizer, member)
+    if not samples:
+        raise ValueError(f"predict: no input in {inputs}")
+    rows = predict_samples(module, samples, name, batch_size)
+    classes = module.hparams.get("classes") or [str(i) for i in range(module.hparams.num_labels)]
+    write_predictions(output, rows, classes)
+    print(f"predicted {len(rows)} inputs with {checkpoint} into {output}")
+    return output
