@@ -110,7 +110,18 @@ def test_public_names_of_mmm_resolve_lazily():
 #: one above (not even inside a function), so that the core never knows its converters or
 #: its commands. A module's layer is that of the longest name it starts with.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("mmm", "mmm.files", "mmm.rng", "mmm.optional", "mmm.data", "mmm.modalities")),
+    (
+        "foundation",
+        (
+            "mmm",
+            "mmm.files",
+            "mmm.rng",
+            "mmm.optional",
+            "mmm.data",
+            "mmm.modalities",
+            "mmm.metrics",
+        ),
+    ),
     ("modalities", ("mmm.tokenizers",)),
     (
         "models and the data pipeline",
