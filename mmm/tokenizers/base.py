@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,12 +135,25 @@ class ContinuousSpec:
     Attributes:
         input_dim: length of one position's vector (e.g. ``channels * patch * patch``).
         max_length: largest number of positions in a sample.
-        grid: positions laid out as (rows, cols) when they form a 2-D grid, else ``None``.
+        grid: the shape of the positions when they form a grid of any rank, row-major: (patches,)
+            of a patched series, (rows, cols) of an image, (frames, rows, cols) of a video's
+            tubelets; ``None`` for a plain sequence. Embedders, decoders, position codes and
+            block or tube masking take the rank from it.
     """
 
     input_dim: int
     max_length: int
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            if not self.grid or any(size < 1 for size in self.grid):
+                raise ValueError(f"ContinuousSpec: grid sizes must be >= 1, got {self.grid}")
+            if math.prod(self.grid) != self.max_length:
+                raise ValueError(
+                    f"ContinuousSpec: grid {self.grid} holds {math.prod(self.grid)} positions, "
+                    f"not max_length={self.max_length}"
+                )
 
 
 ModalitySpec = DiscreteSpec | ContinuousSpec
