@@ -1,7 +1,7 @@
 """mmm: multimodal masked modeling on PyTorch Lightning.
 
 One objective (hide positions, encode the rest, predict what was hidden) for text, images,
-audio, proteins and SMILES, on a shared Transformer encoder.
+audio, proteins, SMILES and time series, on a shared Transformer encoder.
 
 The names below are imported on first use (PEP 562), so that importing a part of mmm, such as
 ``mmm.data``, does not import the models and every modality with it.
@@ -17,6 +17,7 @@ _EXPORTS = {
     "AudioTokenizer": "mmm.tokenizers",
     "BlockMasking": "mmm.masking",
     "DiffusionMasking": "mmm.masking",
+    "ForecastMasking": "mmm.masking",
     "HFEncoder": "mmm.models",
     "ImageTokenizer": "mmm.tokenizers",
     "MaskedModelingModule": "mmm.module",
@@ -29,8 +30,10 @@ _EXPORTS = {
     "SmilesTokenizer": "mmm.tokenizers",
     "SpanMasking": "mmm.masking",
     "TextTokenizer": "mmm.tokenizers",
+    "TimeSeriesTokenizer": "mmm.tokenizers",
     "TimmEncoder": "mmm.models",
     "TokenBudgets": "mmm.cross_modal_masking",
+    "TubeMasking": "mmm.masking",
     "TransformerEncoder": "mmm.models",
     "WholeWordMasking": "mmm.masking",
 }
