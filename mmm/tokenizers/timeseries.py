@@ -229,6 +229,24 @@ class TimeSeriesTokenizer(Tokenizer):
         and ``std`` (B, C): how forecasts are read back."""
         return values * batch["std"][..., None] + batch["mean"][..., None]
 
+    def normalize_on(self, batch: dict[str, Tensor], steps: Tensor) -> dict[str, Tensor]:
+        """The batch re-normalized by each channel's mean and std over ``steps`` (B, T) bool
+        alone: the lookback window of a forecast, so that the hidden future does not reach the
+        input through the statistics (``decode_sample`` uses every real step). Padding stays
+        zero; without instance normalization the batch is returned as it is."""
+        if not self.instance_norm:
+            return batch
+        values = self.denormalize(batch["values"].float(), batch)  # (B, C, T)
+        weight = steps.unsqueeze(1).float()  # (B, 1, T)
+        count = weight.sum(dim=-1).clamp_min(1)  # (B, 1)
+        mean = (values * weight).sum(dim=-1) / count  # (B, C)
+        centred = values - mean.unsqueeze(-1)
+        std = ((centred.pow(2) * weight).sum(dim=-1) / count).sqrt().clamp_min(self.min_std)
+        real = torch.arange(self.length) < batch["real_steps"].unsqueeze(1)  # (B, T)
+        normalized = centred / std.unsqueeze(-1) * real.unsqueeze(1)  # (B, C, T)
+        patches = self.patchify(normalized)
+        return {**batch, "values": normalized, "patches": patches, "mean": mean, "std": std}
+
     def position_masks(self, real_steps: Tensor) -> dict[str, Tensor]:
         """``attention_mask`` and ``maskable`` (B, L): a patch is real when it holds at least
         one step of the series."""
