@@ -68,6 +68,7 @@ def forecast(
     patches = modality.reconstruct(sub, masked.mask, part.pred)  # (B, L, P)
     predicted = tokenizer.denormalize(tokenizer.unpatchify(patches), sub)  # (B, C, T)
     actual = tokenizer.denormalize(sub["values"].float(), sub)
+    predicted = torch.where(hidden.unsqueeze(1), predicted, actual)  # padding: not a forecast
     return Forecast(actual, predicted, hidden, sub["std"].float())
 
 
