@@ -197,3 +197,16 @@ def test_import_mmm_does_not_need_aeon():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "pip install mmm[timeseries]" in result.stdout
+
+
+def test_statistics_horizon_takes_the_statistics_from_the_lookback_window():
+    """Trained with it, the model's input is normalized as forecast() normalizes it."""
+    tokenizer = TimeSeriesTokenizer(length=16, patch_length=4, statistics_horizon=1)
+    series = np.concatenate([np.sin(np.arange(10.0)), np.full(4, 50.0)])  # 14 steps, 4 patches
+    assert tokenizer.lookback_steps(14) == 12
+    batch = _batch(tokenizer, [series])
+    hidden = torch.arange(16).unsqueeze(0) >= 12
+    again = tokenizer.normalize_on(batch, (torch.arange(16) < 14) & ~hidden)
+    assert torch.allclose(batch["values"], again["values"], atol=1e-5)
+    with pytest.raises(ValueError, match="statistics_horizon"):
+        TimeSeriesTokenizer(length=16, patch_length=4, statistics_horizon=4)

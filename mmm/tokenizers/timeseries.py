@@ -75,6 +75,11 @@ class TimeSeriesTokenizer(Tokenizer):
             (a new window each time: augmentation; evaluation uses ``center``).
         min_std: the smallest std a channel is divided by (a constant channel becomes zeros
             rather than infinities).
+        statistics_horizon: patches at the end of each series left out of its instance
+            statistics. Set it to ``ForecastMasking``'s ``horizon`` when training to forecast:
+            the statistics then come from the lookback window alone, as at forecast time;
+            with 0 the hidden future shifts and scales the visible input, a leak the model
+            learns to read (measured in docs/timeseries.md).
     """
 
     modality_name = "timeseries"
@@ -89,6 +94,7 @@ class TimeSeriesTokenizer(Tokenizer):
         instance_norm: bool = True,
         crop: Crop = "start",
         min_std: float = 1e-5,
+        statistics_horizon: int = 0,
     ) -> None:
         for name, value in (
             ("channels", channels),
@@ -109,6 +115,11 @@ class TimeSeriesTokenizer(Tokenizer):
             raise ValueError(
                 f"TimeSeriesTokenizer: crop must be start, center or random, got {crop!r}"
             )
+        if not 0 <= statistics_horizon < length // patch_length:
+            raise ValueError(
+                f"TimeSeriesTokenizer: statistics_horizon must lie in [0, {length // patch_length})"
+                f" (patches per sample), got {statistics_horizon}"
+            )
         if min_std <= 0:
             raise ValueError(f"TimeSeriesTokenizer: min_std must be > 0, got {min_std}")
         self.channels = channels
@@ -118,6 +129,7 @@ class TimeSeriesTokenizer(Tokenizer):
         self.instance_norm = instance_norm
         self.crop = crop
         self.min_std = min_std
+        self.statistics_horizon = statistics_horizon
 
     # ---------------------------------------------------------------------- geometry
     @property
@@ -169,11 +181,19 @@ class TimeSeriesTokenizer(Tokenizer):
 
     def decode_sample(self, sample: dict[str, Any]) -> SeriesItem:
         values = crop_window(self.series(sample), self.length, self.crop)  # (C, T_real)
-        mean, std = self.statistics(values)
         real_steps = values.shape[1]
+        mean, std = self.statistics(values[:, : self.lookback_steps(real_steps)])
         normalized = (values - mean[:, None]) / std[:, None]
         padded = torch.nn.functional.pad(normalized, (0, self.length - real_steps))  # (C, T)
         return SeriesItem(padded, real_steps, mean, std)
+
+    def lookback_steps(self, real_steps: int) -> int:
+        """The leading steps of a series of ``real_steps`` that its statistics come from: all
+        but its last ``statistics_horizon`` patches (a partial last patch counts as one), at
+        least one patch, as ``ForecastMasking`` hides them."""
+        patches = -(-real_steps // self.patch_length)  # ceil
+        kept = max(patches - self.statistics_horizon, 1)
+        return min(kept * self.patch_length, real_steps)
 
     def statistics(self, values: Tensor) -> tuple[Tensor, Tensor]:
         """Each channel's (mean, std) over the steps of (C, T) ``values``; (0, 1) without
@@ -263,5 +283,5 @@ class TimeSeriesTokenizer(Tokenizer):
         return (
             f"TimeSeriesTokenizer(channels={self.channels}, length={self.length}, "
             f"patch_length={self.patch_length}, patching={self.patching!r}, "
-            f"instance_norm={self.instance_norm})"
+            f"instance_norm={self.instance_norm}, statistics_horizon={self.statistics_horizon})"
         )
