@@ -93,6 +93,17 @@ def naive_forecast(actual: Tensor, hidden: Tensor) -> Tensor:
     return torch.where(hidden.unsqueeze(1), last, actual)
 
 
+def mean_forecast(actual: Tensor, hidden: Tensor) -> Tensor:
+    """Each channel's mean over its visible steps, over the hidden steps: (B, C, T). (What a
+    model predicting zeros in lookback-normalized units forecasts.)"""
+    visible = torch.arange(hidden.shape[1]) < first_hidden_step(hidden).unsqueeze(1)  # (B, T)
+    weight = visible.unsqueeze(1).float()  # (B, 1, T)
+    mean = (actual * weight).sum(dim=-1, keepdim=True) / weight.sum(dim=-1, keepdim=True).clamp_min(
+        1
+    )
+    return torch.where(hidden.unsqueeze(1), mean.expand_as(actual), actual)
+
+
 def seasonal_naive_forecast(actual: Tensor, hidden: Tensor, season: int) -> Tensor:
     """Each hidden step takes the value one season before, from the visible past
     (``y[s + h] = y[s - season + h mod season]`` with ``s`` the first hidden step): (B, C, T).

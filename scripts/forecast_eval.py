@@ -1,5 +1,5 @@
 """Forecasting error of a time series checkpoint on held-out series, against the naive
-last-value and seasonal-naive forecasts of the same hidden steps.
+last-value, lookback-mean and seasonal-naive forecasts of the same hidden steps.
 
 The last ``--horizon`` patches of every validation series are hidden (``ForecastMasking``), the
 model predicts them from the visible past, and the predictions are read back in each series'
@@ -23,6 +23,7 @@ from mmm.forecasting import (
     errors,
     forecast,
     has_season,
+    mean_forecast,
     naive_forecast,
     seasonal_naive_forecast,
 )
@@ -55,6 +56,7 @@ def main() -> None:
         candidates = {
             "model": result.predicted,
             "naive (last value)": naive_forecast(result.actual, result.hidden),
+            "mean of the lookback": mean_forecast(result.actual, result.hidden),
             f"seasonal naive ({season} steps)": seasonal_naive_forecast(
                 result.actual, result.hidden, season
             ),

@@ -16,7 +16,13 @@ from mmm.data.formats.timeseries import (
     read_series_file,
     timeseries_samples,
 )
-from mmm.forecasting import errors, forecast, naive_forecast, seasonal_naive_forecast
+from mmm.forecasting import (
+    errors,
+    forecast,
+    mean_forecast,
+    naive_forecast,
+    seasonal_naive_forecast,
+)
 from mmm.masking import ForecastMasking, RandomMasking
 from mmm.models.encoder import TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
@@ -138,6 +144,7 @@ def test_naive_forecasts_fill_the_hidden_steps_from_the_past():
     actual = torch.arange(10.0).view(1, 1, 10)
     hidden = torch.arange(10).unsqueeze(0) >= 7  # steps 7, 8, 9
     assert naive_forecast(actual, hidden)[0, 0, 7:].tolist() == [6, 6, 6]
+    assert mean_forecast(actual, hidden)[0, 0, 7:].tolist() == [3, 3, 3]
     assert seasonal_naive_forecast(actual, hidden, 2)[0, 0, 7:].tolist() == [5, 6, 5]
     assert seasonal_naive_forecast(actual, hidden, 2)[0, 0, :7].tolist() == list(range(7))
 
