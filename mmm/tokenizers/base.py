@@ -80,6 +80,19 @@ def crop_window(
     return values[..., start : start + length]
 
 
+def leading_real_positions(
+    real_units: Tensor, per_position: int, positions: int, repeat: int = 1
+) -> dict[str, Tensor]:
+    """``attention_mask`` and ``maskable`` (B, positions * repeat) of items whose first
+    ``real_units`` (B,) units (spectrogram frames, time steps) are real and the rest padding.
+    A position of ``per_position`` consecutive units is real when it holds at least one real
+    unit; each is repeated ``repeat`` times (the inner axis of a time-major grid)."""
+    real_positions = torch.div(real_units + per_position - 1, per_position, rounding_mode="floor")
+    real = torch.arange(positions) < real_positions.unsqueeze(1)  # (B, N)
+    real = real.repeat_interleave(repeat, dim=1)  # (B, N * repeat), time outer
+    return {"attention_mask": real, "maskable": real.clone()}
+
+
 def copy_with(tokenizer: TokenizerT, **changes: Any) -> TokenizerT:
     """A shallow copy of ``tokenizer`` with some attributes changed (its loaded vocabulary and
     transforms are shared, not rebuilt)."""

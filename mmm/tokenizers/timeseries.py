@@ -37,6 +37,7 @@ from mmm.tokenizers.base import (
     Tokenizer,
     copy_with,
     crop_window,
+    leading_real_positions,
 )
 
 Patching = Literal["channel", "across"]
@@ -270,14 +271,9 @@ class TimeSeriesTokenizer(Tokenizer):
     def position_masks(self, real_steps: Tensor) -> dict[str, Tensor]:
         """``attention_mask`` and ``maskable`` (B, L): a patch is real when it holds at least
         one step of the series."""
-        patches = self.length // self.patch_length
-        real_patches = torch.div(
-            real_steps + self.patch_length - 1, self.patch_length, rounding_mode="floor"
-        )
-        time_real = torch.arange(patches) < real_patches.unsqueeze(1)  # (B, N)
         per_step = self.channels if self.patching == "channel" else 1
-        real = time_real.repeat_interleave(per_step, dim=1)  # (B, N * C), time-major
-        return {"attention_mask": real, "maskable": real.clone()}
+        steps = self.length // self.patch_length
+        return leading_real_positions(real_steps, self.patch_length, steps, repeat=per_step)
 
     def __repr__(self) -> str:
         return (
