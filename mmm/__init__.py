@@ -1,7 +1,7 @@
 """mmm: multimodal masked modeling on PyTorch Lightning.
 
 One objective (hide positions, encode the rest, predict what was hidden) for text, images,
-audio, proteins and SMILES, on a shared Transformer encoder.
+audio, proteins, SMILES and time series, on a shared Transformer encoder.
 
 The names below are imported on first use (PEP 562), so that importing a part of mmm, such as
 ``mmm.data``, does not import the models and every modality with it.
@@ -18,6 +18,7 @@ from mmm.modalities import MODALITIES
 _EXPORTS = {
     "BlockMasking": "mmm.masking",
     "DiffusionMasking": "mmm.masking",
+    "ForecastMasking": "mmm.masking",
     "HFEncoder": "mmm.models",
     "MaskedModelingModule": "mmm.module",
     "ModalityConfig": "mmm.module",
@@ -28,6 +29,7 @@ _EXPORTS = {
     "SpanMasking": "mmm.masking",
     "TimmEncoder": "mmm.models",
     "TokenBudgets": "mmm.cross_modal_masking",
+    "TubeMasking": "mmm.masking",
     "TransformerEncoder": "mmm.models",
     "WholeWordMasking": "mmm.masking",
 }

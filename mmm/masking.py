@@ -144,61 +144,152 @@ def span_mask(
 
 def block_mask(
     maskable: Tensor,
-    grid: tuple[int, int],
+    grid: tuple[int, ...],
     ratio: Ratio,
     min_block: int = 4,
     min_aspect: float = 0.3,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Hide rectangular blocks of a 2-D grid (BEiT's block-wise masking), exactly
-    ``num_to_mask(n_maskable, ratio)`` positions per sample.
+    """Hide boxes of a grid of any rank (BEiT's block-wise masking on a 2-D grid: rectangles;
+    spans on a 1-D one; cuboids on a 3-D one), exactly ``num_to_mask(n_maskable, ratio)``
+    positions per sample.
 
-    Each sample draws ``ceil(L / min_block)`` blocks at once with areas uniform in
+    Each sample draws ``ceil(L / min_block)`` boxes at once with volumes uniform in
     ``[min_block, ratio * L]`` and log-uniform aspect ratios in ``[min_aspect, 1 / min_aspect]``
-    at random places. Positions are ranked by the first block that covers them (random order
-    within a block, uncovered positions last) and the top ``budget`` are hidden: whole blocks in
-    order, the last one partly. BEiT draws blocks one at a time until the budget is reached;
-    ranking all at once gives the same kind of mask without a Python loop per sample and with
-    an exact count, so every sample keeps the same number of visible positions.
+    between consecutive axes, at random places. Positions are ranked by the first box that
+    covers them (random order within a box, uncovered positions last) and the top ``budget``
+    are hidden: whole boxes in order, the last one partly. BEiT draws blocks one at a time
+    until the budget is reached; ranking all at once gives the same kind of mask without a
+    Python loop per sample and with an exact count, so every sample keeps the same number of
+    visible positions. On a 2-D grid the draws are BEiT's (area, aspect, top, left).
 
     Args:
-        maskable: (B, L) bool with ``L = rows * cols``, positions in row-major order.
-        grid: (rows, cols).
+        maskable: (B, L) bool with ``L = prod(grid)``, positions in row-major order.
+        grid: the grid's shape, any rank.
         ratio: fraction of maskable positions to hide: a float, or (B,) per-sample ratios.
-        min_block: fewest positions in a block.
-        min_aspect: most elongated block shape allowed (height / width).
+        min_block: fewest positions in a box.
+        min_aspect: most elongated box allowed (extent along one axis / the next).
         generator: optional RNG.
 
     Returns:
         (B, L) bool mask.
     """
     batch, length = maskable.shape
-    rows, cols = grid
-    if rows * cols != length:
-        raise ValueError(f"block_mask: grid {rows}x{cols} does not match {length} positions")
+    rank = _check_grid("block_mask", grid, length)
     if not 0.0 < min_aspect <= 1.0:
         raise ValueError(f"block_mask: min_aspect must lie in (0, 1], got {min_aspect}")
     device = maskable.device
     num_blocks = math.ceil(length / min_block)
     ratios = per_sample(ratio, batch, device)  # (B,)
-    max_area = (ratios * length).clamp_min(float(min_block)).view(batch, 1, 1, 1)
-    u = _uniform((4, batch, num_blocks, 1, 1), device, generator)  # four draws per block
-    area = min_block + u[0] * (max_area - min_block)
-    log_aspect = math.log(min_aspect) * (1 - 2 * u[1])
-    height = torch.sqrt(area * log_aspect.exp()).round().clamp(1, rows)  # (B, K, 1, 1)
-    width = torch.sqrt(area / log_aspect.exp()).round().clamp(1, cols)
-    top = (u[2] * (rows - height + 1)).floor()
-    left = (u[3] * (cols - width + 1)).floor()
-    r = torch.arange(rows, device=device).view(1, 1, rows, 1)
-    c = torch.arange(cols, device=device).view(1, 1, 1, cols)
-    covered = (r >= top) & (r < top + height) & (c >= left) & (c < left + width)  # (B,K,R,C)
-    block_ids = torch.arange(num_blocks, device=device, dtype=torch.float).view(1, -1, 1, 1)
-    first = torch.where(covered, block_ids, float(num_blocks)).amin(dim=1)  # (B, R, C)
+    box = (batch, num_blocks) + (1,) * rank  # broadcasts against the grid's axes
+    max_volume = (ratios * length).clamp_min(float(min_block)).view(batch, *(1,) * (rank + 1))
+    # 2 * rank draws per box: its volume, rank - 1 aspect ratios, rank offsets
+    u = _uniform((2 * rank, *box), device, generator)
+    volume = min_block + u[0] * (max_volume - min_block)
+    log_extents = box_log_extents(volume.log(), math.log(min_aspect) * (1 - 2 * u[1:rank]))
+    covered = torch.ones(box, dtype=torch.bool, device=device)  # (B, K, 1, ..., 1)
+    for axis, size in enumerate(grid):
+        extent = log_extents[axis].exp().round().clamp(1, size)  # (B, K, 1, ..., 1)
+        offset = (u[rank + axis] * (size - extent + 1)).floor()
+        shape = [1] * (rank + 2)
+        shape[axis + 2] = size
+        coordinate = torch.arange(size, device=device).view(shape)
+        covered = covered & (coordinate >= offset) & (coordinate < offset + extent)
+    # covered: (B, K, *grid)
+    block_ids = torch.arange(num_blocks, device=device, dtype=torch.float).view(1, -1, *(1,) * rank)
+    first = torch.where(covered, block_ids, float(num_blocks)).amin(dim=1)  # (B, *grid)
     # random order within a block: a uniform draw in [0, 1) never crosses to the next block
     score = first.reshape(batch, length) + _uniform((batch, length), device, generator)  # (B, L)
     score = score.masked_fill(~maskable, float("inf"))
     ranks = score.argsort(dim=1).argsort(dim=1)  # (B, L)
     return ranks < num_to_mask(maskable.sum(dim=1), ratio).unsqueeze(1)
+
+
+def box_log_extents(log_volume: Tensor, log_aspects: Tensor) -> list[Tensor]:
+    """The log extent of a box along each axis from its log volume and the log aspect ratios
+    between consecutive axes: extents multiply to the volume, and on two axes they are
+    BEiT's ``sqrt(area * aspect)`` by ``sqrt(area / aspect)``.
+
+    Args:
+        log_volume: (...) log volumes.
+        log_aspects: (rank - 1, ...) log ratios of axis i's extent to axis i + 1's.
+
+    Returns:
+        rank tensors shaped like ``log_volume``.
+    """
+    rank = log_aspects.shape[0] + 1
+    # axis i sits at sum(a_i..a_{rank-2}) above the last axis in log space; centre the offsets
+    # so that they sum to zero and the product of the extents is the volume
+    above_last = [log_aspects[i:].sum(dim=0) for i in range(rank - 1)] + [log_volume * 0]
+    centre = sum(above_last) / rank
+    return [log_volume / rank + offset - centre for offset in above_last]
+
+
+def tube_mask(
+    maskable: Tensor,
+    grid: tuple[int, ...],
+    ratio: Ratio,
+    axis: int = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Hide whole tubes: lines of positions along ``axis`` of the grid, all or none (VideoMAE's
+    tube masking hides the same spatial patches in every frame, so a patch cannot be copied
+    from its neighbour in time). ``num_to_mask(n_tubes, ratio)`` tubes per sample, chosen
+    among the tubes that hold a maskable position.
+
+    Args:
+        maskable: (B, L) bool with ``L = prod(grid)``, positions in row-major order.
+        grid: the grid's shape, rank >= 2 (on a 1-D grid a tube is the whole sample).
+        ratio: fraction of tubes to hide: a float, or (B,) per-sample ratios.
+        axis: the axis a tube runs along (0: time, the first axis of a video's grid).
+
+    Returns:
+        (B, L) bool mask.
+    """
+    batch, length = maskable.shape
+    rank = _check_grid("tube_mask", grid, length)
+    if rank < 2 or not 0 <= axis < rank:
+        raise ValueError(
+            f"tube_mask: need a grid of rank >= 2 and 0 <= axis < rank, got {grid}, {axis}"
+        )
+    # (B, *grid) -> (B, tubes, positions along the tube)
+    along = maskable.view(batch, *grid).movedim(axis + 1, -1).reshape(batch, -1, grid[axis])
+    chosen = random_mask(along.any(dim=-1), ratio, generator)  # (B, tubes)
+    hidden = chosen.unsqueeze(-1).expand_as(along)  # (B, tubes, grid[axis])
+    others = [size for i, size in enumerate(grid) if i != axis]
+    hidden = hidden.reshape(batch, *others, grid[axis]).movedim(-1, axis + 1)  # (B, *grid)
+    return hidden.reshape(batch, length) & maskable
+
+
+def last_positions_mask(maskable: Tensor, grid: tuple[int, ...] | None, horizon: int) -> Tensor:
+    """Hide the last ``horizon`` steps along the grid's first axis (time) that hold a maskable
+    position, every position of those steps (forecasting as masking the future: the encoder
+    sees the past only, the decoder predicts what follows).
+
+    Args:
+        maskable: (B, L) bool, positions in row-major order of ``grid`` (time outermost).
+        grid: the grid's shape, time first; ``None`` for a sequence of time steps.
+        horizon: steps to hide (each sample keeps at least its first maskable step visible).
+
+    Returns:
+        (B, L) bool mask.
+    """
+    batch, length = maskable.shape
+    shape = tuple(grid) if grid is not None else (length,)
+    _check_grid("last_positions_mask", shape, length)
+    steps = maskable.view(batch, shape[0], -1)  # (B, T, positions per step)
+    real = steps.any(dim=-1)  # (B, T)
+    from_end = real.flip(1).cumsum(dim=1).flip(1)  # (B, T): real steps at or after each step
+    budget = (real.sum(dim=1, keepdim=True) - 1).clamp(min=0, max=horizon)  # (B, 1)
+    hidden = real & (from_end <= budget)  # (B, T)
+    return hidden.unsqueeze(-1).expand_as(steps).reshape(batch, length) & maskable
+
+
+def _check_grid(name: str, grid: tuple[int, ...], length: int) -> int:
+    """The grid's rank, after checking it holds ``length`` positions."""
+    if not grid or math.prod(grid) != length:
+        raise ValueError(f"{name}: grid {tuple(grid)} does not match {length} positions")
+    return len(grid)
 
 
 def corrupt_tokens(
@@ -340,7 +431,7 @@ class Masking:
         step: int = 0,
         word_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
-        grid: tuple[int, int] | None = None,
+        grid: tuple[int, ...] | None = None,
     ) -> MaskedPositions:
         """Choose the hidden positions of a batch.
 
@@ -350,8 +441,8 @@ class Masking:
             word_ids: (B, L) long word index per token (negative outside words), used by
                 whole-word masking and ignored by the other strategies.
             generator: optional RNG.
-            grid: (rows, cols) layout of the positions when they form a 2-D grid (image
-                patches), used by block-wise masking and ignored by the other strategies.
+            grid: the positions' grid shape (any rank) when they form a grid, used by block,
+                tube and forecast masking and ignored by the other strategies.
         """
         ratio, weight = self.sample_ratios(maskable.shape[0], step, maskable.device, generator)
         mask = self.select(maskable, ratio, word_ids, grid, generator)
@@ -370,7 +461,7 @@ class Masking:
         maskable: Tensor,
         ratio: Tensor,
         word_ids: Tensor | None,
-        grid: tuple[int, int] | None,
+        grid: tuple[int, ...] | None,
         generator: torch.Generator | None,
     ) -> Tensor:
         """The strategy itself: (B, L) bool hidden positions at the (B,) per-sample ``ratio``."""
@@ -381,7 +472,7 @@ class Masking:
         maskable: Tensor,
         step: int = 0,
         word_ids: Tensor | None = None,
-        grid: tuple[int, int] | None = None,
+        grid: tuple[int, ...] | None = None,
     ) -> list[MaskedPositions]:
         """The masks a held-out batch is scored under (its losses are averaged): one draw of
         the training masking here; masked diffusion scores a fixed set of noise levels."""
@@ -443,8 +534,9 @@ class SpanMasking(Masking):
 
 
 class BlockMasking(Masking):
-    """Hide rectangular blocks of patches (BEiT's block-wise masking), the exact ratio in every
-    sample; needs positions laid out on a grid (the tokenizer's ``spec.grid``).
+    """Hide boxes of patches (BEiT's block-wise masking: rectangles on a 2-D grid, spans on a
+    1-D one, cuboids on a 3-D one), the exact ratio in every sample; needs positions laid out
+    on a grid (the tokenizer's ``spec.grid``).
 
     Args:
         ratio: fraction of patches hidden (MAE-style default; BEiT uses 0.4).
@@ -467,7 +559,7 @@ class BlockMasking(Masking):
     def select(self, maskable, ratio, word_ids, grid, generator):
         if grid is None:
             raise ValueError(
-                "BlockMasking needs positions on a 2-D grid; this tokenizer's spec has no grid "
+                "BlockMasking needs positions on a grid; this tokenizer's spec has no grid "
                 "(use RandomMasking for it)"
             )
         return block_mask(
@@ -478,6 +570,58 @@ class BlockMasking(Masking):
             min_aspect=self.min_aspect,
             generator=generator,
         )
+
+
+class TubeMasking(Masking):
+    """Hide whole tubes of a grid (VideoMAE: the same spatial patches in every frame, 90% of
+    them), the exact ratio of tubes in every sample; needs a grid of rank >= 2.
+
+    Args:
+        ratio: fraction of tubes hidden (VideoMAE: 0.9).
+        axis: the grid axis a tube runs along (0: time, the first axis of a video's grid; on
+            a time series' (time, channel) grid, ``1`` hides every channel of a time step).
+        **kwargs: the ``Masking`` settings.
+    """
+
+    def __init__(self, ratio: float = 0.9, axis: int = 0, **kwargs) -> None:
+        super().__init__(ratio=ratio, **kwargs)
+        if axis < 0:
+            raise ValueError(f"TubeMasking: axis must be >= 0, got {axis}")
+        self.axis = axis
+
+    def select(self, maskable, ratio, word_ids, grid, generator):
+        if grid is None or len(grid) <= self.axis or len(grid) < 2:
+            raise ValueError(
+                f"TubeMasking(axis={self.axis}) needs positions on a grid of rank >= 2 with that "
+                f"axis; this tokenizer's spec has grid {grid} (use RandomMasking for it)"
+            )
+        return tube_mask(maskable, grid, ratio, axis=self.axis, generator=generator)
+
+
+class ForecastMasking(Masking):
+    """Forecasting as masking the future: hide the last ``horizon`` time steps of every sample
+    (the grid's first axis; every channel of them), so that the encoder sees the past and
+    the decoder predicts what follows (PatchTST's and MOMENT's forecasting read as a masked
+    reconstruction). Deterministic: the same positions are hidden in training and held-out
+    batches. ``ratio`` settings do not apply; the reported ratio is the hidden fraction.
+
+    Args:
+        horizon: time steps hidden at the end of each sample (patches of a time series).
+    """
+
+    def __init__(self, horizon: int = 1) -> None:
+        super().__init__()
+        if horizon < 1:
+            raise ValueError(f"ForecastMasking: horizon must be >= 1, got {horizon}")
+        self.horizon = horizon
+
+    def __call__(self, maskable, step=0, word_ids=None, generator=None, grid=None):
+        mask = last_positions_mask(maskable, grid, self.horizon)
+        hidden = mask.sum(dim=1).float() / maskable.sum(dim=1).clamp_min(1)  # (B,)
+        return MaskedPositions(mask, hidden)
+
+    def select(self, maskable, ratio, word_ids, grid, generator):
+        return last_positions_mask(maskable, grid, self.horizon)
 
 
 def bernoulli_mask(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from mmm.data.formats.audio import AUDIO_EXTENSIONS
 from mmm.data.formats.image import IMAGE_EXTENSIONS
-from mmm.data.members import PROTEIN_MEMBER, SMILES_MEMBER, TEXT_MEMBER
+from mmm.data.members import PROTEIN_MEMBER, SERIES_MEMBER, SMILES_MEMBER, TEXT_MEMBER
 
 if TYPE_CHECKING:
     from mmm.tokenizers.base import Tokenizer
@@ -84,6 +84,13 @@ MODALITIES: dict[str, ModalityInfo] = {
         ),
         ModalityInfo(
             "audio", "mmm.tokenizers.audio:AudioTokenizer", AUDIO_EXTENSIONS, False, "audio"
+        ),
+        ModalityInfo(
+            "timeseries",
+            "mmm.tokenizers.timeseries:TimeSeriesTokenizer",
+            (SERIES_MEMBER,),
+            False,
+            "timeseries",
         ),
     )
 }

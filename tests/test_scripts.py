@@ -188,6 +188,13 @@ CASES: dict[str, list[Case]] = {
             checkpoint="digits_image_text.yaml",
         )
     ],
+    "forecast_eval": [
+        Case(
+            [CHECKPOINT, "--horizon", "1", "--batch_size", "64"],
+            expect="naive (last value)",
+            checkpoint="timeseries_mae.yaml",
+        )
+    ],
     "generation_report": [
         Case(
             [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,7 @@ from mmm.tokenizers import (
     ProteinTokenizer,
     SampleError,
     SmilesTokenizer,
+    TimeSeriesTokenizer,
     Tokenizer,
 )
 from mmm.tokenizers.audio import LogMelSettings
@@ -75,6 +77,16 @@ def _audio(tokenizer, tmp_path):
     return built, clips(3, seconds=0.8)
 
 
+def _timeseries(tokenizer, tmp_path):
+    from mmm.data.formats.timeseries import encode_series
+
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=(2, steps)).cumsum(axis=1) for steps in (40, 23, 64)]
+    return TimeSeriesTokenizer(channels=2, length=32, patch_length=8), _samples(
+        "npy", [encode_series(values) for values in series]
+    )
+
+
 CASES: dict[str, Callable] = {
     "text": _text,
     "text-packed": _packed_text,
@@ -82,6 +94,7 @@ CASES: dict[str, Callable] = {
     "smiles": _smiles,
     "image": _image,
     "audio": _audio,
+    "timeseries": _timeseries,
 }
 
 
@@ -189,9 +202,19 @@ def _augmented_smiles(tmp_path):
     return built, _samples("smi", [b"CC(=O)Nc1ccc(O)cc1"])
 
 
+def _augmented_timeseries(tmp_path):
+    from mmm.data.formats.timeseries import encode_series
+
+    long = np.sin(np.arange(100.0) / 3.0)
+    return TimeSeriesTokenizer(length=16, patch_length=4, crop="random"), _samples(
+        "npy", [encode_series(long)]
+    )
+
+
 AUGMENTED: dict[str, Callable] = {
     "image": _augmented_image,
     "audio": _augmented_audio,
+    "timeseries": _augmented_timeseries,
     "protein": _augmented_protein,
     "smiles": _augmented_smiles,
 }

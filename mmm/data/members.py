@@ -15,6 +15,8 @@ IMAGE_MEMBER = "png"
 #: An audio clip, as the bundled corpora write it (the audio reader keeps a file's own
 #: extension).
 AUDIO_MEMBER = "wav"
+#: A time series: a (time, channel) float array saved with ``numpy.save``.
+SERIES_MEMBER = "npy"
 #: A sample's class label as text (WebDataset's convention).
 CLASS_MEMBER = "cls"
 #: A sample's other fields (duration, label, ...), as the image and audio readers write them.

@@ -66,42 +66,48 @@ class TokenEmbedder(nn.Module):
 def sincos_positions(shape: tuple[int, ...], dim: int) -> Tensor:
     """Fixed sine-cosine position codes for positions laid out on a grid of ``shape``.
 
-    Each axis gets ``dim / len(shape)`` channels of the Transformer's 1-D code of its
-    coordinate, concatenated (MAE's 2-D code for ``shape = (rows, cols)``). Hand-written
-    because timm's ``build_sincos2d_pos_embed`` covers two axes only.
+    Each axis gets ``2 * (dim // (2 * len(shape)))`` channels of the Transformer's 1-D code of
+    its coordinate, concatenated (MAE's 2-D code for ``shape = (rows, cols)``); channels left
+    over when ``dim`` is not a multiple of ``2 * len(shape)`` (a width of 128 on a rank-3 grid)
+    are zero. Hand-written because timm's ``build_sincos2d_pos_embed`` covers two axes only.
 
     Returns:
         (prod(shape), dim) float, positions in row-major order.
     """
     axes = len(shape)
-    if dim % (2 * axes):
-        raise ValueError(f"sincos_positions: dim={dim} must be divisible by {2 * axes}")
     half = dim // axes // 2
+    if half < 1:
+        raise ValueError(
+            f"sincos_positions: dim={dim} is too small for {axes} axes (>= {2 * axes})"
+        )
     omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)  # (half,)
     coords = torch.meshgrid(*(torch.arange(s, dtype=torch.float64) for s in shape), indexing="ij")
     codes = []
     for coord in coords:
         angles = coord.reshape(-1, 1) * omega  # (N, half)
         codes += [torch.sin(angles), torch.cos(angles)]
+    spare = dim - 2 * half * axes
+    codes.append(torch.zeros(coords[0].numel(), spare, dtype=torch.float64))
     return torch.cat(codes, dim=1).float()  # (N, dim)
 
 
 class PatchEmbedder(nn.Module):
     """Continuous vectors (image patches, audio frames) -> linear projection + fixed positions.
 
-    Positions are not learned (MAE): a 2-D sine-cosine code over ``grid`` when positions form
-    a grid, else a 1-D code over ``max_length``. A sequence shorter than the table takes its
+    Positions are not learned (MAE): a sine-cosine code over ``grid`` of any rank when positions
+    form a grid (1-D patches, 2-D image patches, 3-D video tubelets), else a 1-D code over
+    ``max_length``. A sequence shorter than the table takes its
     first rows, so a grid must list the axis that may be cut short first (e.g. time).
 
     Args:
         input_dim: length of one input vector (e.g. ``channels * patch * patch``).
         dim: embedding width (the encoder's ``dim``).
         max_length: most positions in a sample.
-        grid: (rows, cols) layout of the positions, or ``None`` for a sequence.
+        grid: the positions' grid shape (any rank, row-major), or ``None`` for a sequence.
     """
 
     def __init__(
-        self, input_dim: int, dim: int, max_length: int, grid: tuple[int, int] | None = None
+        self, input_dim: int, dim: int, max_length: int, grid: tuple[int, ...] | None = None
     ) -> None:
         super().__init__()
         self.proj = nn.Linear(input_dim, dim)

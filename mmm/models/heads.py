@@ -83,7 +83,7 @@ class PatchDecoder(nn.Module):
         dim: encoder width.
         output_dim: length of one predicted vector (the spec's ``input_dim``).
         max_length: most positions in a sample.
-        grid: (rows, cols) layout of the positions, or ``None`` for a sequence.
+        grid: the positions' grid shape (any rank, row-major), or ``None`` for a sequence.
         config: decoder width, depth and heads.
     """
 
@@ -92,7 +92,7 @@ class PatchDecoder(nn.Module):
         dim: int,
         output_dim: int,
         max_length: int,
-        grid: tuple[int, int] | None,
+        grid: tuple[int, ...] | None,
         config: PatchDecoderConfig,
     ) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.protein import ProteinTokenizer
 from mmm.tokenizers.smiles import SmilesTokenizer
 from mmm.tokenizers.text import TextTokenizer, train_tokenizer
+from mmm.tokenizers.timeseries import TimeSeriesTokenizer
 
 __all__ = [
     "AudioTokenizer",
@@ -25,6 +26,7 @@ __all__ = [
     "SampleError",
     "SmilesTokenizer",
     "TextTokenizer",
+    "TimeSeriesTokenizer",
     "Tokenizer",
     "train_tokenizer",
 ]

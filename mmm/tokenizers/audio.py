@@ -41,6 +41,7 @@ from mmm.tokenizers.base import (
     Tokenizer,
     copy_with,
     crop_window,
+    leading_real_positions,
 )
 
 Normalize = Literal["clip", "dataset"]
@@ -413,12 +414,7 @@ class AudioTokenizer(Tokenizer):
         """``attention_mask`` and ``maskable`` (B, L): a position is real when it holds at least
         one frame of the clip."""
         rows, cols = self.grid
-        real_rows = torch.div(
-            real_frames + self.patch_frames - 1, self.patch_frames, rounding_mode="floor"
-        )
-        time_real = torch.arange(rows) < real_rows.unsqueeze(1)  # (B, Tp)
-        real = time_real.repeat_interleave(cols, dim=1)  # (B, Tp * Fp), time-major like patchify
-        return {"attention_mask": real, "maskable": real.clone()}
+        return leading_real_positions(real_frames, self.patch_frames, rows, repeat=cols)
 
     def __repr__(self) -> str:
         return (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,19 @@ def crop_window(
     return values[..., start : start + length]
 
 
+def leading_real_positions(
+    real_units: Tensor, per_position: int, positions: int, repeat: int = 1
+) -> dict[str, Tensor]:
+    """``attention_mask`` and ``maskable`` (B, positions * repeat) of items whose first
+    ``real_units`` (B,) units (spectrogram frames, time steps) are real and the rest padding.
+    A position of ``per_position`` consecutive units is real when it holds at least one real
+    unit; each is repeated ``repeat`` times (the inner axis of a time-major grid)."""
+    real_positions = torch.div(real_units + per_position - 1, per_position, rounding_mode="floor")
+    real = torch.arange(positions) < real_positions.unsqueeze(1)  # (B, N)
+    real = real.repeat_interleave(repeat, dim=1)  # (B, N * repeat), time outer
+    return {"attention_mask": real, "maskable": real.clone()}
+
+
 def copy_with(tokenizer: TokenizerT, **changes: Any) -> TokenizerT:
     """A shallow copy of ``tokenizer`` with some attributes changed (its loaded vocabulary and
     transforms are shared, not rebuilt)."""
@@ -147,12 +161,25 @@ class ContinuousSpec:
     Attributes:
         input_dim: length of one position's vector (e.g. ``channels * patch * patch``).
         max_length: largest number of positions in a sample.
-        grid: positions laid out as (rows, cols) when they form a 2-D grid, else ``None``.
+        grid: the shape of the positions when they form a grid of any rank, row-major: (patches,)
+            of a patched series, (rows, cols) of an image, (frames, rows, cols) of a video's
+            tubelets; ``None`` for a plain sequence. Embedders, decoders, position codes and
+            block or tube masking take the rank from it.
     """
 
     input_dim: int
     max_length: int
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            if not self.grid or any(size < 1 for size in self.grid):
+                raise ValueError(f"ContinuousSpec: grid sizes must be >= 1, got {self.grid}")
+            if math.prod(self.grid) != self.max_length:
+                raise ValueError(
+                    f"ContinuousSpec: grid {self.grid} holds {math.prod(self.grid)} positions, "
+                    f"not max_length={self.max_length}"
+                )
 
 
 ModalitySpec = DiscreteSpec | ContinuousSpec

@@ -170,4 +170,12 @@ def ensure_embedded_shards(
 
 def _import_builtin_corpora() -> None:
     """Import the modules that register the built-in corpora (kept lazy: some read many files)."""
-    from mmm.data.corpora import audio, image, moses, protein, smiles, text  # noqa: F401
+    from mmm.data.corpora import (  # noqa: F401
+        audio,
+        image,
+        moses,
+        protein,
+        smiles,
+        text,
+        timeseries,
+    )

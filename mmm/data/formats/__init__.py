@@ -18,22 +18,35 @@ from mmm.data.formats.manifest import manifest_samples
 from mmm.data.formats.protein import clean_residues, protein_samples, read_fasta
 from mmm.data.formats.smiles import smiles_samples
 from mmm.data.formats.text import TEXT_EXTENSIONS, chunk_text, text_documents, text_samples
+from mmm.data.formats.timeseries import (
+    SERIES_MEMBER,
+    TIMESERIES_EXTENSIONS,
+    decode_series,
+    encode_series,
+    read_series_file,
+    timeseries_samples,
+)
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
+    "SERIES_MEMBER",
     "SKIPPED",
     "TEXT_EXTENSIONS",
+    "TIMESERIES_EXTENSIONS",
     "Sample",
     "SampleSource",
     "audio_samples",
     "chunk_text",
     "clean_residues",
+    "decode_series",
+    "encode_series",
     "image_samples",
     "manifest_samples",
     "open_text",
     "protein_samples",
     "read_fasta",
+    "read_series_file",
     "reader_extensions",
     "reads_per_file",
     "register_source",
@@ -42,4 +55,5 @@ __all__ = [
     "smiles_samples",
     "text_documents",
     "text_samples",
+    "timeseries_samples",
 ]
