@@ -27,8 +27,8 @@ from mmm.data.corpora import (
 )
 from mmm.data.formats import Sample
 from mmm.data.formats.timeseries import encode_series, read_ts_file
-from mmm.data.members import SERIES_MEMBER
 from mmm.data.labels import LabelSpec
+from mmm.data.members import SERIES_MEMBER
 from mmm.optional import MissingDependencyError
 
 #: Univariate sets of ``ucr-univariate``: (name, series length).
