@@ -134,7 +134,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("the module", ("mmm.module",)),
-    ("using a trained module", ("mmm.generation", "mmm.scoring", "mmm.inference")),
+    (
+        "using a trained module",
+        ("mmm.generation", "mmm.scoring", "mmm.inference", "mmm.forecasting"),
+    ),
     ("converters to and from stock classes", ("mmm.export",)),
     ("tasks on a trained module", ("mmm.finetune", "mmm.probe", "mmm.callbacks")),
     ("commands", ("mmm.commands", "mmm.cli", "mmm.experiment")),
