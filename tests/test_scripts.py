@@ -213,6 +213,17 @@ CASES: dict[str, list[Case]] = {
             checkpoint="smiles_mdlm.yaml",
         )
     ],
+    "label_efficiency": [
+        Case(
+            [
+                *("--modality", "image", "--budgets", "0.1", "--seeds", "0", "--lrs", "1e-3"),
+                *("--pretrain-steps", "2", "--finetune-steps", "2", "--val-every", "2"),
+                *("--dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "8"),
+                "--markdown",
+            ],
+            expect="| 10% |",
+        )
+    ],
     "learning_per_minute": [
         Case(
             [
