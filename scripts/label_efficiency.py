@@ -360,6 +360,8 @@ def main() -> None:
     modality = MODALITIES[name]
     if name == "audio" and args.fsdd is None:
         parser.error("--modality audio needs --fsdd DIR (the folder holding recordings/)")
+    if name != "audio" and args.fsdd is not None:
+        parser.error(f"--fsdd is for --modality audio, not {name}")
     root = Path(args.workdir) / name
     out = Path(args.out)
     results = load_results(out, name)
@@ -388,7 +390,14 @@ def main() -> None:
                     results["runs"].append(entry)
                     results["date"] = datetime.now(timezone.utc).isoformat(timespec="minutes")
                     out.write_text(json.dumps(results, indent=1))
-    wanted = [r for r in results["runs"] if r["steps"] == args.finetune_steps]
+    wanted = [
+        entry
+        for entry in results["runs"]
+        if entry["steps"] == args.finetune_steps
+        and entry["lr"] in args.lrs
+        and entry["budget"] in args.budgets
+        and entry["method"] in args.methods
+    ]
     table = chosen(wanted, modality)
     title = f"{name} ({modality.corpus}), test {modality.metric}"
     print(render(table, args.methods, title, markdown=args.markdown))
