@@ -157,9 +157,7 @@ def prepare_corpus(modality: Modality, data_dir: Path, fsdd: str | None) -> Path
     return data_dir / modality.corpus
 
 
-def pretrain(
-    modality: Modality, corpus: Path, args: argparse.Namespace, root: Path, fsdd: str | None
-) -> Path:
+def pretrain(modality: Modality, corpus: Path, args: argparse.Namespace, root: Path) -> Path:
     """Step 1: ``mmm fit`` of the pretraining config without labels; its last checkpoint."""
     if modality.pretrain_corpus is None:
         data = {
@@ -185,8 +183,6 @@ def pretrain(
         "trainer.enable_model_summary": "false",
         "trainer.callbacks": "[]",
     }
-    if fsdd is not None and modality.pretrain_corpus is not None:
-        settings["data.source_dir"] = fsdd
     started = time.perf_counter()
     cli = run(["fit", f"--config={CONFIGS / modality.pretrain_config}", *options(settings)])
     path = root / "pretrain" / "pretrained.ckpt"
@@ -368,7 +364,7 @@ def main() -> None:
     corpus = prepare_corpus(modality, Path(args.data_dir), args.fsdd)
     checkpoint = args.checkpoint or results.get("checkpoint")
     if checkpoint is None or not Path(checkpoint).exists():
-        checkpoint = pretrain(modality, corpus, args, root, args.fsdd)
+        checkpoint = pretrain(modality, corpus, args, root)
         results["pretrain"] = {
             "config": modality.pretrain_config,
             "data": modality.pretrain_corpus or f"{corpus}/train-[0-9]*.tar (labels unread)",
