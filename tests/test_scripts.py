@@ -193,6 +193,7 @@ CASES: dict[str, list[Case]] = {
             [CHECKPOINT, "--horizon", "1", "--batch_size", "64"],
             expect="naive (last value)",
             checkpoint="timeseries_mae.yaml",
+            needs=("aeon",),
         )
     ],
     "generation_report": [
@@ -232,6 +233,17 @@ CASES: dict[str, list[Case]] = {
             expect="MOSES metrics of 2 sample set(s): done",
             checkpoint="smiles_mdlm.yaml",
             needs=("moses", "fcd_torch"),
+        )
+    ],
+    "label_efficiency": [
+        Case(
+            [
+                *("--modality", "image", "--budgets", "0.1", "--seeds", "0", "--lrs", "1e-3"),
+                *("--pretrain-steps", "2", "--finetune-steps", "2", "--val-every", "2"),
+                *("--dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "8"),
+                "--markdown",
+            ],
+            expect="| 10% |",
         )
     ],
     "learning_per_minute": [

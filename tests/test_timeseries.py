@@ -109,6 +109,7 @@ def test_lookback_statistics_keep_the_future_out_of_the_input():
 
 
 def test_the_reader_takes_npy_csv_and_ts_files_and_skips_missing_values(tmp_path):
+    pytest.importorskip("aeon", reason="reading .ts files needs aeon: pip install mmm[timeseries]")
     np.save(tmp_path / "set.npy", np.arange(24.0).reshape(2, 3, 4))  # (N, C, T)
     (tmp_path / "one.csv").write_text("a,b\n1,10\n2,20\n3,30\n")
     (tmp_path / "two.ts").write_text(
