@@ -27,7 +27,7 @@ from jsonargparse import Namespace, auto_cli
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.callbacks import CheckpointAtTrainEnd, StopOnSigterm, TrainingProgressBar
 from mmm.commands import COMMANDS
 from mmm.finetune.module import FineTuningModule

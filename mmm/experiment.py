@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.cli import MMMCLI
 from mmm.module import MaskedModelingModule
 

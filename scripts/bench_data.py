@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.experiment import CONFIGS, add_overrides_argument, build_from_config, config_overrides
 from mmm.module import MaskedModelingModule
 

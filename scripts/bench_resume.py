@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 
 Batch = dict[str, torch.Tensor]

@@ -37,8 +37,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
 
-from datamodules import ShardDataModule
-from datamodules.webdataset import embedded_shards
+from datamodules import ShardDataModule, embedded_shards
 from mmm.masking import corrupt_tokens, random_mask
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule

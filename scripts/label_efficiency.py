@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.data.labelled import split_pattern
 from mmm.experiment import CONFIGS

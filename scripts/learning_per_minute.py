@@ -35,7 +35,7 @@ import webdataset as wds
 from bench_text import Sizes, build_hf, forever, hf_batches
 from torch import Tensor
 
-from datamodules.webdataset import embedded_shards
+from datamodules import embedded_shards
 from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 from mmm.masking import random_mask
 from mmm.tokenizers.text import TextTokenizer

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.data.corpora.audio import ASTERISK_EN, asterisk_en
 from mmm.data.shards import write_shards

@@ -12,8 +12,9 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import ShardDataModule, expand_shards, webdataset
-from datamodules.webdataset import ShardStream, usable_local_shards
+from datamodules import ShardDataModule, expand_shards, shards
+from datamodules.shards import usable_local_shards
+from datamodules.streams import ShardStream
 from mmm.data.shards import write_shards
 from mmm.tokenizers.base import SampleError
 from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
@@ -262,7 +263,7 @@ def test_sample_counts_come_from_the_shard_index(tmp_path, monkeypatch):
         raise AssertionError(f"scanned {url}")
 
     with monkeypatch.context() as patched:
-        patched.setattr(webdataset, "inspect_local_shard", no_scan)
+        patched.setattr(shards, "inspect_local_shard", no_scan)
         assert usable_local_shards(urls, "raise", count=True) == (urls, 12)
     write_shards(samples[:3], str(tmp_path / "other-%06d.tar"))  # rewrite shard 0: 3 samples
     (tmp_path / "other-000000.tar").replace(urls[0])

@@ -27,7 +27,7 @@ import webdataset as wds
 from PIL import Image
 
 from datamodules import ShardDataModule
-from datamodules.webdataset import LOGGED_SKIPS, UndecodableDataError
+from datamodules.decoding import LOGGED_SKIPS, UndecodableDataError
 from mmm.cli import refuse_repeated_options, run
 from mmm.commands import probe_command, shards_command, tokenizer_command
 from mmm.data.formats import chunk_text, read_fasta

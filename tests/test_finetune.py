@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.data.labels import LABEL_MEMBER, LabelSpec
 from mmm.data.shards import write_shards

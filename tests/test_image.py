@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.callbacks import ReconstructionImages
 from mmm.data.formats import sample_source
 from mmm.data.shards import write_shards

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.commands import shards_command
 from mmm.data.corpora import ensure_embedded_shards

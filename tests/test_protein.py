@@ -7,7 +7,7 @@ import gzip
 import pytest
 import torch
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.commands import shards_command
 from mmm.data.corpora import iter_corpus
 from mmm.data.formats import protein_samples, read_fasta

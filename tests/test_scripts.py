@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.webdataset import embedded_shards
+from datamodules import embedded_shards
 from mmm.experiment import add_config_arguments, config_overrides
 from tests.helpers import fit_checkpoint, single_thread
 

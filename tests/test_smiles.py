@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.data.corpora import iter_corpus
 from mmm.data.formats import SKIPPED, smiles_samples

@@ -1,6 +1,6 @@
 """Reading samples outside the training pipeline: vocabulary sources, dataset statistics.
 
-Training and evaluation read shards through ``datamodules.webdataset`` (sharded over ranks and
+Training and evaluation read shards through ``datamodules`` (sharded over ranks and
 workers, shuffled, resumable); everything else reads them here, through the same webdataset tar
 reader, from an embedded corpus name or from patterns of shards and input files.
 """
