@@ -7,11 +7,13 @@ per line (``shards.txt``), or ``pipe:`` URLs for object storage
 (``pipe:aws s3 cp s3://bucket/train-000000.tar -``), several joined with ``::``
 (``mmm.data.patterns.expand_shards``).
 
-Every reader (one loader worker of one rank) owns its shards: shards are dealt to
-``ranks x workers`` readers per pass, so no two readers of a pass share a shard. Training reads
-an endless stream (``resampled``: pass after pass, each shuffled with the seed and the pass
-number) cut into epochs of the same number of batches on every rank, so DDP never waits on a
-rank that ran dry; validation reads every sample exactly once (``exact``).
+Training (``elastic``, the default) reads an endless global order of samples, pass after pass,
+each shuffled with the seed and the pass number, that no layout of ranks x workers changes:
+each rank and worker reads its slice of every step, and a run resumes from the step it reached
+under any layout (``datamodules.order``, ``datamodules.elastic``). Epochs hold the same number of
+batches on every rank, so DDP never waits on a rank that ran dry. Validation reads every sample
+exactly once (``exact``): shards are dealt to ``ranks x workers`` readers, no two readers share
+one. ``resampled`` training streams each reader's own shards instead (remote shards too).
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ import logging
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from datamodules.elastic import ElasticPipeline, epoch_steps
 from datamodules.embedded import prepare_embedded
 from datamodules.pipeline import Mode, ShardPipeline, TrainLoader
-from datamodules.shards import OnError, usable_local_shards
+from datamodules.shards import OnError, inspect_shards, usable_local_shards
 from datamodules.state import Layout, ReaderState, SourcePosition
 from mmm.data.corpora import is_labelled_corpus, reads_folder
 from mmm.data.labelled import budget_prefix, split_pattern
@@ -39,6 +42,10 @@ from mmm.data.patterns import expand_shards, is_remote
 from mmm.tokenizers.multimodal import Batcher
 
 log = logging.getLogger(__name__)
+
+#: How training reads: ``elastic`` (a global order, resumable under any layout),
+#: ``resampled`` (each reader streams its own shards) or ``exact`` (each sample once per epoch).
+TrainMode = Literal["elastic", "resampled", "exact"]
 
 # The length we report is exact by construction (every worker yields the same number of
 # batches), which is the case Lightning's generic warning about IterableDataset lengths is not.
@@ -50,13 +57,13 @@ warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable
 class ShardDataModule(L.LightningDataModule):
     """Batches from WebDataset shards for any modality, split across ranks and workers.
 
-    Training (``train_mode="resampled"``, the default) reads an endless, seeded stream: in
-    each pass the shards are shuffled and dealt out so that each rank and each worker reads its
-    own shards; an epoch is ``epoch_samples`` samples over all ranks, the same number of
-    batches on every rank however uneven the shards, so DDP never hangs. Validation, test and
-    predict read every sample exactly once over all ranks and workers (``exact``). A
-    checkpoint records the state of every training reader after the last batch trained on,
-    so a resumed run trains on exactly the batches the uninterrupted run would have.
+    Training (``train_mode="elastic"``, the default) reads an endless, seeded global order of
+    samples: every step's ``ranks x batch_size`` samples are the same whatever the number of
+    ranks and workers, each rank reading its slice; an epoch is ``epoch_samples`` samples over
+    all ranks, the same number of batches on every rank, so DDP never hangs. A checkpoint
+    records the next step, so a run resumed under any ranks x workers with the same global
+    batch trains on exactly the samples the uninterrupted run would have. Validation, test and
+    predict read every sample exactly once over all ranks and workers (``exact``).
 
     Args:
         train_shards: training shards: a pattern (glob, braces, ``pipe:`` URL, ``.txt`` list
@@ -94,16 +101,21 @@ class ShardDataModule(L.LightningDataModule):
             by modality; LightningCLI links ``model.batcher`` here).
         batch_size: samples per batch, per device.
         num_workers: loader worker processes per device.
-        train_mode: ``resampled`` (endless stream cut into equal epochs; DDP-safe) or
-            ``exact`` (each training sample once per epoch; single device only).
+        train_mode: ``elastic`` (a global order of local shards' samples, cut into equal
+            epochs; DDP-safe; resumes exactly under any ranks x workers), ``resampled`` (each
+            reader streams its own shards, local or remote; resumes exactly under the same
+            ranks x workers only) or ``exact`` (each training sample once per epoch; single
+            device only).
         epoch_samples: training samples per epoch over all ranks (resampled mode), rounded up
-            to whole batches on every worker. ``None`` counts the samples of the local
+            to whole steps (``elastic``) or to whole batches on every worker. ``None`` counts the samples of the local
             training shards (a read of every member header); set it for remote shards, and
             for large data to skip that count.
         train_weights: with several ``train_shards`` patterns, the share of samples drawn
             from each (e.g. ``[0.7, 0.3]``); default equal shares. Resampled mode only.
-        shuffle_buffer: samples held in each training reader's shuffle buffer (0 turns off all
-            training shuffling, of shards and samples).
+        shuffle_buffer: samples shuffled together in training: the block of the global order
+            whose samples are permuted (``elastic``; the shard order is shuffled every pass), or
+            each reader's shuffle buffer (``resampled``). 0 turns off all training shuffling,
+            of shards and samples.
         seed: seed of shard order, shuffle buffers and mixing; the shard order changes with
             every pass over the data.
         on_error: ``skip`` warns with the shard and key, skips and counts bad samples and
@@ -124,7 +136,7 @@ class ShardDataModule(L.LightningDataModule):
         batcher: Batcher | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
-        train_mode: Mode = "resampled",
+        train_mode: TrainMode = "elastic",
         epoch_samples: int | None = None,
         train_weights: list[float] | None = None,
         shuffle_buffer: int = 1000,
@@ -136,7 +148,7 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(
                 "ShardDataModule: set train_shards/val_shards, an embedded corpus or a labelled_dir"
             )
-        _check_choice("train_mode", train_mode, ("resampled", "exact"))
+        _check_choice("train_mode", train_mode, ("elastic", "resampled", "exact"))
         _check_choice("on_error", on_error, ("skip", "raise"))
         for name, value in (("batch_size", batch_size), ("epoch_samples", epoch_samples)):
             if value is not None and value < 1:
@@ -167,6 +179,8 @@ class ShardDataModule(L.LightningDataModule):
         self.on_error = on_error
         self._trained: dict[int, list[int]] = {}  # slot -> encoded state after its last batch
         self._train_stream: dict[str, Any] = {}  # shards, readers, batching the states refer to
+        self._next_step: int | None = None  # elastic: the step after the last one trained on
+        self._resumed: dict[str, Any] = {}  # elastic: the checkpoint's position and order
 
     def _check_labelled_options(self, train_shards: str | list[str] | None) -> None:
         """``label_fraction`` is a written budget of a labelled folder the module reads,
@@ -263,16 +277,16 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"every shard of {patterns} is empty or unreadable")
         return urls, samples
 
-    def _loader(self, pipeline: ShardPipeline) -> DataLoader:
+    def _loader(self, pipeline: ShardPipeline | ElasticPipeline, endless: bool) -> DataLoader:
+        """The loader of a pipeline; ``endless``: a training stream cut into epochs."""
         workers = pipeline.layout.num_workers
-        resampled = pipeline.mode == "resampled"
-        return (TrainLoader if resampled else DataLoader)(
+        return (TrainLoader if endless else DataLoader)(
             pipeline,
             batch_size=None,  # the pipeline batches in the workers
             num_workers=workers,
             # training readers are rebuilt from their states every epoch; evaluation workers
             # are kept (a pass costs them nothing to restart)
-            persistent_workers=workers > 0 and not resampled,
+            persistent_workers=workers > 0 and not endless,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -285,9 +299,11 @@ class ShardDataModule(L.LightningDataModule):
             if layout.world_size > 1:
                 raise ValueError(
                     "ShardDataModule: train_mode='exact' gives ranks different numbers of "
-                    "batches, which hangs DDP; use train_mode='resampled' with several devices"
+                    "batches, which hangs DDP; use train_mode='elastic' with several devices"
                 )
             return self._exact_loader(self.train_shards, "train", training=True)
+        if self.train_mode == "elastic":
+            return self._elastic_loader(layout)
         count = self.epoch_samples is None
         counted = [self.shard_urls([pattern], count) for pattern in self.train_shards]
         sources = [urls for urls, _ in counted]
@@ -307,7 +323,84 @@ class ShardDataModule(L.LightningDataModule):
             training=True,
             batches_per_reader=self._batches_per_reader(layout, sources, local_samples),
         )
-        return self._loader(pipeline)
+        return self._loader(pipeline, endless=True)
+
+    def _elastic_loader(self, layout: Layout) -> DataLoader:
+        """The elastic training loader: every sample of every source counted (the shard index
+        ``mmm shards`` writes, else the member headers), the epoch cut into whole steps,
+        starting at the checkpoint's step when resuming."""
+        sources, counts = [], []
+        for pattern in self.train_shards:
+            inspected = inspect_shards(expand_shards([pattern]), self.on_error, count=True)
+            remote = [url for url, _ in inspected if is_remote(url)]
+            if remote:
+                raise ValueError(
+                    f"ShardDataModule: train_mode='elastic' reads training shards by sample "
+                    f"number, which needs local files; {remote[0]!r} (of {pattern!r}) is remote. "
+                    "Copy the shards to local disk, or set data.train_mode=resampled (streams "
+                    "remote shards; exact resume under the same ranks x workers only)"
+                )
+            if not inspected:
+                raise ValueError(f"every shard of {pattern!r} is empty or unreadable")
+            sources.append([url for url, _ in inspected])
+            counts.append([samples for _, samples in inspected])
+        global_batch = layout.world_size * self.batch_size
+        samples = self.epoch_samples or sum(map(sum, counts))
+        steps = epoch_steps(samples, global_batch)
+        counted_note = "" if self.epoch_samples is not None else " (counted; set epoch_samples)"
+        rank_zero_info(
+            f"train epoch: {steps} batches of {self.batch_size} on each of {layout.world_size} "
+            f"rank(s) = {steps * global_batch} samples for epoch_samples={samples}{counted_note}"
+        )
+        order = {
+            "global_batch": global_batch,
+            "order": _fingerprint(sources),
+            "sampling": [self.seed, self.shuffle_buffer, self.train_weights, counts, steps],
+        }
+        pipeline = ElasticPipeline(
+            sources,
+            counts,
+            self._require_batcher(),
+            layout,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            block=self.shuffle_buffer,
+            on_error=self.on_error,
+            weights=self.train_weights or [1.0] * len(sources),
+            steps_per_epoch=steps,
+            next_step=self._elastic_start(order),
+        )
+        return self._loader(pipeline, endless=True)
+
+    def _elastic_start(self, now: dict[str, Any]) -> int:
+        """The step to start at: the checkpoint's next step, when resuming.
+
+        Raises:
+            ElasticResumeError: when the checkpoint's global batch (ranks x batch_size)
+                differs from this run's.
+        """
+        before, self._train_stream = self._resumed, now
+        if not before:
+            return 0
+        if "next_step" not in before:  # a checkpoint of resampled training
+            log.warning("the checkpoint holds streaming reader states: training starts afresh")
+            return 0
+        if before["global_batch"] != now["global_batch"]:
+            raise ElasticResumeError(
+                f"ShardDataModule: the checkpoint trained on {before['global_batch']} samples "
+                f"per step (ranks x data.batch_size) and this run takes {now['global_batch']}: "
+                "resuming exactly needs the same global batch; set data.batch_size to "
+                f"{before['global_batch']} / the number of ranks"
+            )
+        if before != {**now, "next_step": before["next_step"]}:
+            log.warning(
+                "train shards, seed, shuffle_buffer, train_weights or epoch_samples changed "
+                "since the checkpoint: training continues at step %d of the new order, which "
+                "may repeat or miss samples of the interrupted pass",
+                before["next_step"],
+            )
+        self._next_step = before["next_step"]
+        return before["next_step"]
 
     def _batches_per_reader(self, layout: Layout, sources: list[list[str]], counted: int) -> int:
         """Batches each reader yields per epoch, from ``epoch_samples`` (or the local count)."""
@@ -373,7 +466,8 @@ class ShardDataModule(L.LightningDataModule):
             rank_zero_info(
                 f"{split}: {len(urls)} shard(s) for {ranks} rank(s): {workers} worker(s)"
             )
-        return self._loader(self._pipeline([urls], self.layout(workers), "exact", training))
+        pipeline = self._pipeline([urls], self.layout(workers), "exact", training)
+        return self._loader(pipeline, endless=False)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._exact_loader(self.val_shards, "val", training=False) if self.val_shards else []
@@ -391,7 +485,12 @@ class ShardDataModule(L.LightningDataModule):
 
     # -------------------------------------------------------------------------- resuming
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Record the state of the reader of each trained batch; the model never sees it."""
+        """Record the step of each trained batch (elastic) or the state of its reader
+        (resampled); the model never sees them."""
+        if isinstance(batch, dict) and "train_step" in batch:
+            step = int(batch.pop("train_step"))
+            if self.trainer is None or self.trainer.training:
+                self._next_step = step + 1
         if isinstance(batch, dict) and "reader_state" in batch:
             slot = int(batch.pop("reader_slot"))
             state = batch.pop("reader_state").tolist()
@@ -400,8 +499,12 @@ class ShardDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Per reader, its state after the last batch trained on (gathered from all ranks),
-        and what the states refer to (shards, readers, batch geometry)."""
+        """Elastic: the step after the last one trained on (the same on every rank), and what
+        it refers to (global batch, shards, sampling). Resampled: per reader, its state after
+        the last batch trained on (gathered from all ranks), and what the states refer to
+        (shards, readers, batch geometry)."""
+        if self._next_step is not None:
+            return {"next_step": self._next_step, **self._train_stream}
         trained = dict(self._trained)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[dict[int, list[int]]] = [{}] * torch.distributed.get_world_size()
@@ -410,6 +513,8 @@ class ShardDataModule(L.LightningDataModule):
         return {"train_readers": trained, **self._train_stream} if trained else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed = dict(state_dict)
+        self._next_step = None
         self._trained = {int(k): v for k, v in state_dict.get("train_readers", {}).items()}
         self._train_stream = {k: v for k, v in state_dict.items() if k != "train_readers"}
 
@@ -442,6 +547,10 @@ class ShardDataModule(L.LightningDataModule):
         return {slot: ReaderState(0, list(restart), []) for slot in range(layout.readers)}
 
 
+class ElasticResumeError(ValueError):
+    """A checkpoint's elastic position cannot be continued by this run (another global batch)."""
+
+
 def _fingerprint(sources: list[list[str]]) -> str:
     """A short hash of the shard URLs of each source, in order."""
     text = "\n\n".join("\n".join(urls) for urls in sources)
@@ -459,11 +568,13 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"ShardDataModule: {name} must be one of {allowed}, got {value!r}")
 
 
-def _check_weights(weights: list[float] | None, patterns: list[str] | None, mode: Mode) -> None:
+def _check_weights(
+    weights: list[float] | None, patterns: list[str] | None, mode: TrainMode
+) -> None:
     if weights is None:
         return
-    if mode != "resampled":
-        raise ValueError("ShardDataModule: train_weights needs train_mode='resampled'")
+    if mode == "exact":
+        raise ValueError("ShardDataModule: train_weights needs train_mode 'elastic' or 'resampled'")
     if patterns is None or len(weights) != len(patterns):
         raise ValueError(
             f"ShardDataModule: train_weights has {len(weights)} weights for "

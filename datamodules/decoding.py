@@ -65,15 +65,18 @@ class SampleDecoder:
         """A webdataset error handler that names the shard being read; ``True`` = go on."""
 
         def handle(error: Exception) -> bool:
-            detail = error.args[0] if error.args else ""
-            url = streams[source].current_url if streams else None
-            message = f"shard {url}: {type(error).__name__}: {detail}"
-            if self.on_error == "raise":
-                raise OSError(f"{message} (set data.on_error=skip to skip and count)") from error
-            self._skip(f"unreadable data in {message}")
+            self.unreadable(streams[source].current_url if streams else None, error)
             return True
 
         return handle
+
+    def unreadable(self, url: str | None, error: Exception) -> None:
+        """Count (or, in ``raise`` mode, raise) data of shard ``url`` that could not be read."""
+        detail = error.args[0] if error.args else ""
+        message = f"shard {url}: {type(error).__name__}: {detail}"
+        if self.on_error == "raise":
+            raise OSError(f"{message} (set data.on_error=skip to skip and count)") from error
+        self._skip(f"unreadable data in {message}")
 
     def __call__(
         self, samples: Iterator[dict[str, Any]], skip_limit: Callable[[], int | None] = lambda: None
@@ -93,13 +96,13 @@ class SampleDecoder:
                 self.consecutive_skips += 1
                 limit = skip_limit()
                 if limit is not None and self.consecutive_skips > limit:
-                    raise self._undecodable() from error
+                    raise self.undecodable() from error
                 continue
             self.consecutive_skips = 0
             decoded += 1
             yield item
         if self.read and not decoded:  # a finite pass (evaluation) with nothing usable
-            raise self._undecodable()
+            raise self.undecodable()
 
     def _skip(self, reason: str) -> None:
         self.skipped += 1
@@ -116,7 +119,7 @@ class SampleDecoder:
                 reason,
             )
 
-    def _undecodable(self) -> UndecodableDataError:
+    def undecodable(self) -> UndecodableDataError:
         members = getattr(self.batcher, "sample_keys", ())
         return UndecodableDataError(
             f"{type(self.batcher).__name__} could not decode any sample of a whole pass over "

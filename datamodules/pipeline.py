@@ -64,6 +64,10 @@ class ShardPipeline(IterableDataset):
         self.states = states if states is not None else {}
         self.passes = 0  # exact mode: passes made by this copy of the pipeline
 
+    def delivered(self, batch: Batch) -> None:
+        """The loader handed ``batch`` out: its reader's next batches follow it."""
+        self.states[int(batch["reader_slot"])] = ReaderState.decode(batch["reader_state"].tolist())
+
     def __len__(self) -> int:
         if self.batches_per_reader is None:
             raise TypeError("an exact-mode pipeline has no length known in advance")
@@ -227,12 +231,11 @@ class BatchCollator:
 
 
 class TrainLoader(DataLoader):
-    """The training loader: records the state of each batch's reader as the batch is handed
-    out, so that the next epoch rebuilds every reader where it stopped (its workers start
-    afresh each epoch, and may play other readers after a resume)."""
+    """The training loader: tells its pipeline about each batch as the batch is handed out
+    (``delivered``), so that the next epoch continues where this one stopped (training
+    workers start afresh each epoch, and may play other readers after a resume)."""
 
     def __iter__(self) -> Iterator[Batch]:
-        states = self.dataset.states
         for batch in super().__iter__():
-            states[int(batch["reader_slot"])] = ReaderState.decode(batch["reader_state"].tolist())
+            self.dataset.delivered(batch)
             yield batch

@@ -49,6 +49,13 @@ def inspect_local_shard(url: str, full: bool) -> tuple[int, bool]:
 
 
 def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tuple[list[str], int]:
+    """The usable shards of ``urls`` and, with ``count``, the number of samples in the local
+    ones (0 without ``count``); see ``inspect_shards``."""
+    inspected = inspect_shards(urls, on_error, count)
+    return [url for url, _ in inspected], sum(samples for _, samples in inspected)
+
+
+def inspect_shards(urls: list[str], on_error: OnError, count: bool) -> list[tuple[str, int]]:
     """Check local shards before reading them and, with ``count``, count their samples (from
     the shard index ``mmm shards`` writes beside them, else from their member headers).
 
@@ -58,24 +65,24 @@ def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tupl
     Remote shards are kept unread, and their samples are not counted.
 
     Returns:
-        The usable shards and the number of samples in the local ones (0 without ``count``).
+        (url, samples) of every usable shard; samples is 0 for remote shards and without
+        ``count``.
 
     Raises:
         ValueError: naming an unreadable or truncated shard, in ``raise`` mode.
     """
-    kept, samples = [], 0
+    kept: list[tuple[str, int]] = []
     indexed: dict[str, int] = {}
     if count:  # counts written beside the shards by `mmm shards` spare a scan of every header
         for folder in {os.path.dirname(url) or "." for url in urls if not is_remote(url)}:
             indexed.update(indexed_counts(folder))
     for url in urls:
         if is_remote(url):
-            kept.append(url)
+            kept.append((url, 0))
             continue
         known = indexed.get(str(Path(os.path.dirname(url) or ".") / os.path.basename(url)))
         if known:
-            kept.append(url)
-            samples += known
+            kept.append((url, known))
             continue
         try:
             found, complete = inspect_local_shard(url, full=count)
@@ -87,9 +94,8 @@ def usable_local_shards(urls: list[str], on_error: OnError, count: bool) -> tupl
         if found == 0:
             log.warning("shard %s holds no samples; skipped", url)
             continue
-        kept.append(url)
-        samples += found if count else 0
-    return kept, samples
+        kept.append((url, found if count else 0))
+    return kept
 
 
 def _shard_problem(url: str, problem: str, on_error: OnError) -> None:
