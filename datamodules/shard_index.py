@@ -11,6 +11,7 @@ member, suffixes lower-cased), so the batchers cannot tell the two readers apart
 from __future__ import annotations
 
 import functools
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class TarIndex:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._fd: int | None = None  # opened at the first read, kept while cached
         self.samples: list[IndexedSample] = []
         members: list[MemberSpan] = []
         key: str | None = None
@@ -91,13 +93,17 @@ class TarIndex:
                 f"shard {self.url} holds {len(self.samples)} samples, not {index + 1}: "
                 "rewritten since it was counted?"
             )
+        if self._fd is None:
+            self._fd = os.open(self.url, os.O_RDONLY)
         sample = self.samples[index]
         read: dict[str, Any] = {"__key__": sample.key, "__url__": self.url}
-        with open(self.url, "rb") as stream:
-            for member in sample.members:
-                stream.seek(member.offset)
-                read[member.suffix] = stream.read(member.size)
+        for member in sample.members:  # positional reads: no file offset shared with forks
+            read[member.suffix] = os.pread(self._fd, member.size, member.offset)
         return read
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
 
 
 @functools.lru_cache(maxsize=CACHED_SHARDS)

@@ -82,11 +82,15 @@ def test_readers_own_disjoint_shards_in_every_pass():
     assert streams[0].pass_shards(0) != streams[0].pass_shards(1)
 
 
-def test_fewer_shards_than_readers_is_an_error_at_start(uneven):
-    root, _ = uneven
-    data = _data(train_shards=f"{root}/train-00000[0-1].tar", num_workers=3)
+def test_fewer_shards_than_readers_is_an_error_only_when_streaming(uneven):
+    root, ids = uneven
+    few = f"{root}/train-00000[0-1].tar"
+    data = _data(train_shards=few, num_workers=3, train_mode="resampled")
     with pytest.raises(ValueError, match=r"2 shard\(s\).*at least 3"):
         data.train_dataloader()
+    # elastic readers read any shard by sample number: 3 workers share 2 shards' 20 samples
+    elastic = _data(train_shards=few, num_workers=3).train_dataloader()
+    assert sorted(_flat(_epoch_ids(elastic))) == ids[:20]
     # exact mode just uses fewer workers: a worker without a shard would have nothing to read
     exact = _data(val_shards=f"{root}/train-00000[0-1].tar", num_workers=3)
     assert exact.val_dataloader().num_workers == 2
@@ -150,7 +154,8 @@ def test_faults_are_warned_with_shard_skipped_and_counted(tmp_path, caplog):
 
 
 def test_training_stream_of_only_failing_shards_stops_instead_of_spinning(tmp_path):
-    data = _data(train_shards=f"pipe:cat {tmp_path}/gone-{{0..1}}.tar", epoch_samples=8)
+    gone = f"pipe:cat {tmp_path}/gone-{{0..1}}.tar"
+    data = _data(train_shards=gone, epoch_samples=8, train_mode="resampled")
     with pytest.raises(RuntimeError, match="no shard of pass 0 yielded a sample"):
         next(iter(data.train_dataloader()))
 
@@ -187,8 +192,10 @@ class AugmentingTokenizer(IdTokenizer):
         return super().decode_sample(sample) * 1000 + int(torch.randint(1000, ()))
 
 
-@pytest.mark.parametrize("sources", [1, 2], ids=["one-source", "two-mixed-sources"])
-def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, sources):
+@pytest.mark.parametrize(
+    ("mode", "sources"), [("elastic", 1), ("elastic", 2), ("resampled", 2)], ids=str
+)
+def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, mode, sources):
     """Train 23 steps straight, or 7 steps, a checkpoint, and a resume to 23: the batches after
     the resume are the ones the uninterrupted run trained on, sample for sample and view for
     view, across epoch and pass boundaries, with 2 workers, a shuffle buffer spanning shards,
@@ -203,20 +210,25 @@ def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, sources):
         "num_workers": 2,
         "epoch_samples": 20,  # 5 batches per worker, 10 per epoch
         "shuffle_buffer": 6,
+        "train_mode": mode,
     }
     _, straight = _fit(_data(**settings), root, max_steps=23)
     trainer, first = _fit(_data(**settings), root, max_steps=7)  # stops mid-epoch, worker 0's turn
     checkpoint = root / "mid-epoch.ckpt"
     trainer.save_checkpoint(checkpoint)
-    assert sorted(trainer.datamodule.state_dict()["train_readers"]) == [0, 1]
+    state = trainer.datamodule.state_dict()
+    assert (
+        state["next_step"] == 7 if mode == "elastic" else sorted(state["train_readers"]) == [0, 1]
+    )
     _, rest = _fit(_data(**settings), root, max_steps=23, ckpt_path=checkpoint)
     assert first + rest == straight
 
 
-def test_changed_worker_count_starts_a_new_pass(uneven, caplog):
-    """States recorded by 1 reader cannot place 2 readers mid-pass: a new pass, not a crash."""
+def test_changed_worker_count_starts_a_new_pass_when_streaming(uneven, caplog):
+    """Streaming states recorded by 1 reader cannot place 2 readers mid-pass: a new pass, not
+    a crash (elastic training resumes exactly: tests/test_elastic.py)."""
     root, _ = uneven
-    data = _data(train_shards=f"{root}/train-*.tar", epoch_samples=16)
+    data = _data(train_shards=f"{root}/train-*.tar", epoch_samples=16, train_mode="resampled")
     for batch in data.train_dataloader():
         data.on_before_batch_transfer(batch, dataloader_idx=0)
     data.num_workers = 2

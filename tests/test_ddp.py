@@ -132,7 +132,7 @@ def run_ddp(shards: str, out: str) -> None:
     trainer.fit(Probe(out), datamodule=data)
 
 
-def test_ddp_exact_validation_and_resampled_training(tmp_path):
+def test_ddp_exact_validation_and_elastic_training(tmp_path):
     train_ids = write_uneven_shards(tmp_path / "shards", "train", TRAIN_SIZES)
     val_ids = write_uneven_shards(tmp_path / "shards", "val", VAL_SIZES, first_id=1000)
     out = tmp_path / "out"
@@ -149,21 +149,22 @@ def test_ddp_exact_validation_and_resampled_training(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
-    # resampled training: 40 samples per epoch = 5 batches of 4 per rank, rounded up to whole
-    # batches on each of the 2 workers: 3 per worker, 6 per rank, on both ranks, every epoch
-    assert [r["length"] for r in ranks] == [6, 6]
-    assert [r["global_step"] for r in ranks] == [12, 12]
+    # elastic training: 40 samples per epoch = 5 steps of 2 x 4, on both ranks, every epoch
+    assert [r["length"] for r in ranks] == [5, 5]
+    assert [r["global_step"] for r in ranks] == [10, 10]
     for epoch in ("0", "1"):
         for rank in ranks:
-            assert len(rank["seen"]["train"][epoch]) == 6 * 4
+            assert len(rank["seen"]["train"][epoch]) == 5 * 4
             assert set(rank["seen"]["train"][epoch]) <= set(train_ids)
+    # the ranks read disjoint slices of the global order: 40 distinct samples of the first pass
+    assert len(set(ranks[0]["seen"]["train"]["0"] + ranks[1]["seen"]["train"]["0"])) == 40
     # exact validation: each sample once per epoch over both ranks and all their workers
     for epoch in ("0", "1"):
         seen = ranks[0]["seen"]["val"][epoch] + ranks[1]["seen"]["val"][epoch]
         assert sorted(seen) == val_ids
-    # the checkpoint (written by rank 0) holds the reader states of all 4 readers
+    # the checkpoint (written by rank 0) holds the global position: the next step, of 2 x 4
     state = torch.load(out / "last.ckpt", weights_only=True)["ShardDataModule"]
-    assert state["readers"] == 4 and sorted(state["train_readers"]) == [0, 1, 2, 3]
+    assert state["next_step"] == 10 and state["global_batch"] == 8
 
 
 if __name__ == "__main__":

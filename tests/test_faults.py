@@ -98,6 +98,7 @@ def test_sigterm_stops_a_run_that_waits_for_data(tmp_path, corpus_dir, tokenizer
         "--model.encoder.dim=32",
         "--model.encoder.depth=1",
         f"--data.train_shards={stalled}",
+        "--data.train_mode=resampled",  # elastic training refuses remote shards up front
         f"--data.val_shards={corpus_dir}/val-*.tar",
         "--data.embedded=null",
         "--data.epoch_samples=8",

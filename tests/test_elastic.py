@@ -1,0 +1,225 @@
+"""Elastic exact resume: a run cut at any step and resumed under other ranks x workers (same
+global batch) trains on exactly the samples the uninterrupted run would have.
+
+``layout_steps`` reads the training data of a layout as its ranks' loaders do (each rank a
+``ShardDataModule`` placed by its ``Layout``, real loader workers), without a model or a
+process group; ``fit_ddp`` runs a real DDP fit on gloo ranks in a fresh interpreter. Both
+return what each step trained on, so that other tests (multi-node) can compare layouts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules import ShardDataModule
+from datamodules.datamodule import ElasticResumeError
+from datamodules.order import GlobalOrder, SourceOrder
+from datamodules.state import Layout
+from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
+
+GLOBAL_BATCH = 4
+
+
+class AugmentingIds(IdTokenizer):
+    """Each sample's id times 1000 plus a random view (0-999) drawn from torch's RNG, as an
+    image crop would be: the view must not depend on the layout either."""
+
+    def decode_sample(self, sample: dict[str, Any]) -> int:
+        return super().decode_sample(sample) * 1000 + int(torch.randint(1000, ()))
+
+
+class RankData(ShardDataModule):
+    """A ``ShardDataModule`` that plays rank ``rank`` of ``world`` without a process group."""
+
+    def __init__(self, rank: int, world: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rank, self.world = rank, world
+
+    def layout(self, num_workers: int | None = None) -> Layout:
+        workers = self.num_workers if num_workers is None else num_workers
+        return Layout(rank=self.rank, world_size=self.world, num_workers=workers)
+
+
+def elastic_settings(shards: Path, devices: int, workers: int) -> dict[str, Any]:
+    """``ShardDataModule`` settings (all but the batcher) for a global batch of 4 on
+    ``devices`` ranks: two weighted sources of 29 samples (one undecodable), a shuffle block
+    spanning shards, 20 samples (5 steps) per epoch."""
+    return {
+        "train_shards": [f"{shards}/train-00000[0-3].tar", f"{shards}/train-00000[4-8].tar"],
+        "train_weights": [0.6, 0.4],
+        "batch_size": GLOBAL_BATCH // devices,
+        "num_workers": workers,
+        "epoch_samples": 20,
+        "shuffle_buffer": 8,
+    }
+
+
+def write_elastic_shards(folder: Path) -> None:
+    """The uneven shards of ``tests/test_ddp.py`` plus one whose only sample is not an id."""
+    write_uneven_shards(folder, "train", TRAIN_SIZES)
+    with tarfile.open(folder / "train-000008.tar", "w") as tar:
+        info = tarfile.TarInfo("bad00000.id")
+        info.size = len(b"not-an-id")
+        tar.addfile(info, io.BytesIO(b"not-an-id"))
+
+
+def layout_steps(
+    settings: dict[str, Any], devices: int, first: int, last: int, state: dict[str, Any]
+) -> tuple[dict[int, list[int]], int, dict[str, Any]]:
+    """Steps ``first`` to ``last - 1`` read under ``devices`` ranks, resuming from ``state``
+    (a checkpoint's datamodule state; ``{}`` at step 0): per step, the items of all ranks;
+    the skipped samples counted; and the state to resume from at ``last``."""
+    steps: dict[int, list[int]] = {}
+    skipped, end_state = 0, {}
+    for rank in range(devices):
+        data = RankData(rank, devices, **settings, batcher=AugmentingIds())
+        data.load_state_dict(state)
+        loader = data.train_dataloader()
+        step = first
+        while step < last:
+            for batch in loader:
+                step = int(batch["train_step"])
+                skipped += int(batch["skipped"])
+                data.on_before_batch_transfer(batch, dataloader_idx=0)
+                steps.setdefault(step, []).extend(batch["ids"][:, 0].tolist())
+                step += 1
+                if step == last:
+                    break
+        end_state = data.state_dict()
+    return steps, skipped, end_state
+
+
+CHAIN = [(2, 2), (1, 1), (2, 1), (1, 2)]  # devices x workers, one per segment
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [(3, 7, 12), (5, 10, 15)],
+    ids=["mid-epoch-cuts-across-epoch-and-pass-ends", "cuts-on-epoch-boundaries"],
+)
+def test_resume_under_other_layouts_trains_on_the_same_samples(tmp_path, cuts):
+    """2x2 -> 1x1 -> 2x1 -> 1x2 (ranks x workers) with a global batch of 4, cut at ``cuts``
+    (epochs end every 5 steps, the first pass after 14.5 steps): every step trains on the same
+    samples, views and skips as the uninterrupted run (1 rank, no workers)."""
+    write_elastic_shards(tmp_path)
+    last = 18
+    straight, straight_skipped, _ = layout_steps(
+        elastic_settings(tmp_path, 1, 0), 1, first=0, last=last, state={}
+    )
+    resumed: dict[int, list[int]] = {}
+    skipped, state = 0, {}
+    bounds = [0, *cuts, last]
+    for (devices, workers), first, stop in zip(CHAIN, bounds[:-1], bounds[1:], strict=True):
+        settings = elastic_settings(tmp_path, devices, workers)
+        steps, more, state = layout_steps(settings, devices, first, stop, state)
+        resumed.update(steps)
+        skipped += more
+        assert state["next_step"] == stop
+    assert sorted(resumed) == list(range(last))
+    for step in range(last):
+        assert Counter(resumed[step]) == Counter(straight[step]), f"step {step}"
+    assert skipped == straight_skipped > 0  # the bad sample, met once per pass
+
+
+def test_a_resume_with_another_global_batch_is_refused(tmp_path):
+    write_elastic_shards(tmp_path)
+    _, _, state = layout_steps(elastic_settings(tmp_path, 1, 0), 1, first=0, last=2, state={})
+    settings = {**elastic_settings(tmp_path, 1, 0), "batch_size": 2}
+    data = RankData(0, 1, **settings, batcher=AugmentingIds())
+    data.load_state_dict(state)
+    with pytest.raises(ElasticResumeError, match=r"4 samples per step.*this run takes 2"):
+        data.train_dataloader()
+
+
+def test_remote_training_shards_need_streaming(tmp_path):
+    data = ShardDataModule(train_shards=f"pipe:cat {tmp_path}/x.tar", batcher=IdTokenizer())
+    with pytest.raises(ValueError, match="needs local files.*train_mode=resampled"):
+        data.train_dataloader()
+
+
+def test_the_global_order_is_a_permutation_per_pass_and_mixes_by_weight():
+    """Each pass of a source visits every (shard, sample) once, in another order each pass;
+    two sources share each chunk of positions exactly by weight."""
+    order = SourceOrder([3, 0, 5, 4], seed=0, block=5)
+    passes = [[order.locate(p * 12 + i) for i in range(12)] for p in range(2)]
+    for index, addresses in enumerate(passes):
+        assert sorted(a[1:] for a in addresses) == sorted(
+            (shard, sample) for shard, n in enumerate([3, 0, 5, 4]) for sample in range(n)
+        )
+        assert {a[0] for a in addresses} == {index}
+    assert [a[1:] for a in passes[0]] != [a[1:] for a in passes[1]]
+    mixed = GlobalOrder([[10], [10]], weights=[3.0, 1.0], seed=0, block=0)
+    sources = Counter(mixed.locate(p).source for p in range(1000))
+    assert sources == {0: 750, 1: 250}
+
+
+# ------------------------------------------------------------------ DDP on gloo ranks
+def fit(settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: str | None):
+    """Fit ``Probe`` (it records the items trained on, and saves ``out/last.ckpt``) on
+    ``devices`` CPU ranks (gloo, forked) up to ``max_steps``, resuming from ``ckpt``."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_fork" if devices > 1 else "auto",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    probe = Probe(str(out))
+    data = ShardDataModule(**settings, batcher=AugmentingIds())
+    trainer.fit(probe, datamodule=data, ckpt_path=ckpt)
+    return probe
+
+
+def fit_ddp(
+    settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: Path
+) -> list[int]:
+    """``fit`` on ``devices`` gloo ranks in a fresh interpreter (kept apart from pytest's
+    process): the items all ranks trained on."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"settings": settings, "devices": devices, "max_steps": max_steps, "ckpt": str(ckpt)}
+    (out / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, __file__, str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
+    return [i for rank in ranks for ids in rank["seen"]["train"].values() for i in ids]
+
+
+def _trained(probe: Probe) -> list[int]:
+    return [i for ids in probe.seen["train"].values() for i in ids]
+
+
+def test_ddp_resume_from_one_rank_on_two_gloo_ranks_and_back(tmp_path):
+    """1x1 to step 3, 2 gloo ranks x 2 workers to step 8, 1x2 to step 11 (epochs end every 5
+    steps): the samples trained on equal the uninterrupted 1x1 run's."""
+    write_elastic_shards(tmp_path)
+    one = elastic_settings(tmp_path, devices=1, workers=0)
+    straight = fit(one, 1, 11, tmp_path / "straight", ckpt=None)
+    first = fit(one, 1, 3, tmp_path / "a", ckpt=None)
+    two = elastic_settings(tmp_path, devices=2, workers=2)
+    middle = fit_ddp(two, 2, 8, tmp_path / "b", ckpt=tmp_path / "a" / "last.ckpt")
+    rest = fit({**one, "num_workers": 2}, 1, 11, tmp_path / "c", str(tmp_path / "b" / "last.ckpt"))
+    resumed = _trained(first) + middle + _trained(rest)
+    assert Counter(resumed) == Counter(_trained(straight))
+
+
+if __name__ == "__main__":
+    spec = json.loads(Path(sys.argv[1], "spec.json").read_text())
+    fit(spec["settings"], spec["devices"], spec["max_steps"], Path(sys.argv[1]), spec["ckpt"])
