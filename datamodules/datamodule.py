@@ -112,12 +112,14 @@ class ShardDataModule(L.LightningDataModule):
             for large data to skip that count.
         train_weights: with several ``train_shards`` patterns, the share of samples drawn
             from each (e.g. ``[0.7, 0.3]``); default equal shares. Resampled mode only.
-        shuffle_buffer: samples shuffled together in training: the block of the global order
-            whose samples are permuted (``elastic``; the shard order is shuffled every pass), or
-            each reader's shuffle buffer (``resampled``). 0 turns off all training shuffling,
-            of shards and samples.
-        seed: seed of shard order, shuffle buffers and mixing; the shard order changes with
-            every pass over the data.
+        shuffle_block: ``elastic`` training: samples permuted together, consecutive in each
+            pass's shuffled shard order (0 turns off all its shuffling, of shards and samples).
+            Make it many shards' worth: the default is mosaicml/streaming's smallest default
+            block, 2 MB of permutation per loader worker.
+        shuffle_buffer: ``resampled`` training: samples held in each reader's shuffle buffer
+            (0 turns off all its shuffling, of shards and samples).
+        seed: seed of the global order (elastic) or of shard order, shuffle buffers and mixing
+            (resampled); the order changes with every pass over the data.
         on_error: ``skip`` warns with the shard and key, skips and counts bad samples and
             unreadable shards (logged as ``data/skipped_samples`` per epoch); ``raise`` stops.
     """
@@ -139,6 +141,7 @@ class ShardDataModule(L.LightningDataModule):
         train_mode: TrainMode = "elastic",
         epoch_samples: int | None = None,
         train_weights: list[float] | None = None,
+        shuffle_block: int = 262_144,
         shuffle_buffer: int = 1000,
         seed: int = 0,
         on_error: OnError = "skip",
@@ -153,8 +156,13 @@ class ShardDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("epoch_samples", epoch_samples)):
             if value is not None and value < 1:
                 raise ValueError(f"ShardDataModule: {name} must be >= 1, got {value}")
-        if num_workers < 0 or shuffle_buffer < 0:
-            raise ValueError("ShardDataModule: num_workers and shuffle_buffer must be >= 0")
+        for name, value in (
+            ("num_workers", num_workers),
+            ("shuffle_block", shuffle_block),
+            ("shuffle_buffer", shuffle_buffer),
+        ):
+            if value < 0:
+                raise ValueError(f"ShardDataModule: {name} must be >= 0, got {value}")
         self.embedded = [embedded] if isinstance(embedded, str) else list(embedded or [])
         self.data_dir = data_dir
         self.labelled_dir = labelled_dir
@@ -174,6 +182,7 @@ class ShardDataModule(L.LightningDataModule):
         self.train_mode = train_mode
         self.epoch_samples = epoch_samples
         self.train_weights = train_weights
+        self.shuffle_block = shuffle_block
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.on_error = on_error
@@ -355,7 +364,7 @@ class ShardDataModule(L.LightningDataModule):
         order = {
             "global_batch": global_batch,
             "order": _fingerprint(sources),
-            "sampling": [self.seed, self.shuffle_buffer, self.train_weights, counts, steps],
+            "sampling": [self.seed, self.shuffle_block, self.train_weights, counts, steps],
         }
         pipeline = ElasticPipeline(
             sources,
@@ -364,7 +373,7 @@ class ShardDataModule(L.LightningDataModule):
             layout,
             batch_size=self.batch_size,
             seed=self.seed,
-            block=self.shuffle_buffer,
+            block=self.shuffle_block,
             on_error=self.on_error,
             weights=self.train_weights or [1.0] * len(sources),
             steps_per_epoch=steps,
@@ -394,7 +403,7 @@ class ShardDataModule(L.LightningDataModule):
             )
         if before != {**now, "next_step": before["next_step"]}:
             log.warning(
-                "train shards, seed, shuffle_buffer, train_weights or epoch_samples changed "
+                "train shards, seed, shuffle_block, train_weights or epoch_samples changed "
                 "since the checkpoint: training continues at step %d of the new order, which "
                 "may repeat or miss samples of the interrupted pass",
                 before["next_step"],

@@ -5,9 +5,13 @@ its loader workers:
 
 1. the uninterrupted stream: ``--skip`` training batches are handed out and recorded as the
    trainer records them (``on_before_batch_transfer``), then the next batch is kept;
-2. fresh start: a new loader's first batch (worker start-up, shuffle-buffer fill, decoding);
-3. exact resume: a new loader built from the recorded states (``load_state_dict``): its first
-   batch, which must equal batch ``skip + 1`` of the uninterrupted stream;
+2. fresh start: a new loader's first batch (worker start-up, shard indexes or shuffle-buffer
+   fill, decoding);
+3. exact resume: a new loader built from the checkpoint's datamodule state
+   (``load_state_dict``; elastic training: the next step, read by sample number; streaming:
+   each reader's state), with ``--resume_workers`` loader workers (elastic training resumes
+   under any count): its first batch, which must equal batch ``skip + 1`` of the
+   uninterrupted stream;
 4. the reference, a loader that cannot resume and skips by replaying (Hugging Face
    Accelerate's ``skip_first_batches``, Lightning's default for stateless loaders): the time
    to produce ``skip + 1`` batches.
@@ -16,7 +20,7 @@ Medians over ``--repeats``; prints the resume/fresh ratio (target: below 2) and 
 resuming is than replaying.
 
     python scripts/bench_resume.py [--config configs/text_mlm.yaml] [--skip 150] [--repeats 3]
-        [--set data.num_workers=1 ...]
+        [--resume_workers 1] [--set data.num_workers=1 ...]
 
 Embedded data and tokenizers are prepared in the working directory on first use.
 """
@@ -32,6 +36,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from datamodules import ShardDataModule
+from datamodules.shard_index import tar_index
 from mmm.experiment import add_config_arguments, build_from_config, config_overrides
 
 Batch = dict[str, torch.Tensor]
@@ -59,7 +64,9 @@ def batches(data: ShardDataModule) -> Iterator[Batch]:
 
 
 def seconds_to(count: int, start: Callable[[], ShardDataModule]) -> tuple[float, Batch]:
-    """Seconds from building a loader to its ``count``-th batch, and that batch."""
+    """Seconds from building a loader to its ``count``-th batch, and that batch (with no
+    shard index cached in this process, as in a new one)."""
+    tar_index.cache_clear()
     began = time.perf_counter()
     stream = batches(start())
     for _ in range(count - 1):
@@ -73,6 +80,12 @@ def main() -> None:
     add_config_arguments(parser, default="text_mlm.yaml")
     parser.add_argument("--skip", type=int, default=150, help="batches trained before the stop")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--resume_workers",
+        type=int,
+        default=None,
+        help="loader workers of the resumed loader (default: the config's)",
+    )
     args = parser.parse_args()
 
     _, data = build_from_config(args.config, config_overrides(args))
@@ -83,11 +96,16 @@ def main() -> None:
     state = data.state_dict()
     expected = digest(next(stream))
 
+    workers = data.num_workers
+    resume_workers = workers if args.resume_workers is None else args.resume_workers
+
     def fresh() -> ShardDataModule:
+        data.num_workers = workers
         data.load_state_dict({})
         return data
 
     def resumed() -> ShardDataModule:
+        data.num_workers = resume_workers
         data.load_state_dict(state)
         return data
 
@@ -102,8 +120,9 @@ def main() -> None:
         assert digest(replayed) == expected
     median = {name: statistics.median(values) for name, values in timings.items()}
     print(
-        f"{args.config}: {data.num_workers} workers, batch {data.batch_size}, resume after "
-        f"{args.skip} batches; first batch identical to the uninterrupted run: True"
+        f"{args.config}: train_mode {data.train_mode}, {workers} workers (resumed with "
+        f"{resume_workers}), batch {data.batch_size}, resume after {args.skip} batches; first "
+        "batch identical to the uninterrupted run: True"
     )
     print(f"  fresh start, first batch        {median['fresh']:7.2f} s")
     print(

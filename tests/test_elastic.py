@@ -62,7 +62,7 @@ def elastic_settings(shards: Path, devices: int, workers: int) -> dict[str, Any]
         "batch_size": GLOBAL_BATCH // devices,
         "num_workers": workers,
         "epoch_samples": 20,
-        "shuffle_buffer": 8,
+        "shuffle_block": 8,
     }
 
 

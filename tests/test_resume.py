@@ -109,3 +109,21 @@ def test_the_checkpoint_at_train_end_resumes_exactly_with_its_own_seed(
             f"--ckpt_path={checkpoint}",
         )
     _assert_same_weights(resumed, straight)
+
+
+def test_a_run_resumed_with_other_loader_workers_ends_with_the_uninterrupted_weights(
+    tmp_path, monkeypatch, one_thread
+):
+    """Elastic training keeps the global position, not per-worker reader states: resumed from
+    step 4 with no loader workers instead of 2, the run trains on the same batches and ends
+    with the same weights (see tests/test_elastic.py for other device counts)."""
+    monkeypatch.chdir(tmp_path)
+    straight = _fit("protein_mdlm", tmp_path / "straight", [])
+    checkpoint = tmp_path / "straight" / "ck" / "step=4.ckpt"
+    resumed = _fit(
+        "protein_mdlm",
+        tmp_path / "resumed",
+        ["--data.num_workers=0"],
+        f"--ckpt_path={checkpoint}",
+    )
+    _assert_same_weights(resumed, straight)
