@@ -155,3 +155,16 @@ def test_a_modality_name_is_registered_once(dna_row):
     with pytest.raises(ValueError, match="modality 'dna' is registered already"):
         register_modality(other)
     assert register_modality(DNA) is DNA  # the same row again is no conflict
+
+
+def test_the_tokenizers_package_lists_the_table_and_its_plug_ins(dna_row):
+    """``mmm.tokenizers`` holds no list of its own: each row's tokenizer is a name of it (what a
+    config's ``class_path`` names), a plug-in's too once registered."""
+    import mmm.tokenizers
+
+    for info in MODALITIES.values():
+        assert getattr(mmm.tokenizers, info.tokenizer_name) is tokenizer_class(info.name)
+        assert info.tokenizer_name in dir(mmm.tokenizers)
+    assert mmm.tokenizers.DnaTokenizer is DnaTokenizer
+    with pytest.raises(AttributeError, match="no attribute 'RnaTokenizer'"):
+        _ = mmm.tokenizers.RnaTokenizer

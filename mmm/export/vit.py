@@ -91,9 +91,16 @@ def timm_kwargs(module: MaskedModelingModule) -> dict[str, Any]:
 
 
 def _embedder(module: MaskedModelingModule) -> PatchEmbedder:
+    """The one modality's patch embedder. A type guard, not a kind switch: which converter
+    runs is the tokenizer's ``export_family``; this names a modality whose tokenizer claims
+    the ViT family with an embedder timm's patch convolution cannot hold."""
     embedder = only_modality(module).embedder
     if not isinstance(embedder, PatchEmbedder):
-        raise MappingError(f"timm export needs a PatchEmbedder, not {type(embedder)}")
+        tokenizer = only_tokenizer(module)
+        raise MappingError(
+            f"timm export needs a PatchEmbedder; the {tokenizer.modality_name} modality "
+            f"({type(tokenizer).__name__}) has a {type(embedder).__name__}"
+        )
     return embedder
 
 
