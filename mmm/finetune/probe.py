@@ -81,6 +81,15 @@ class ProbeSettings:
     num_workers: int = 0
     """Loader worker processes (``0``: read in the main process)."""
 
+    def data_options(self) -> dict[str, object]:
+        """The ``ShardDataModule`` options these settings set."""
+        return {
+            "label_fraction": self.label_fraction,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "seed": self.seed,
+        }
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
@@ -206,14 +215,9 @@ def _trainer(steps: int) -> L.Trainer:
     (the probe reports its last step's head on the test split). Seeds make two runs on one
     device agree; ``deterministic=True`` is left off, since it would switch torch to
     deterministic kernels process-wide and refuse some of them on GPUs."""
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
     return L.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        max_steps=steps, limit_val_batches=0, devices=1, enable_checkpointing=False, **quiet
     )
 
 
@@ -229,13 +233,7 @@ def probe_once(
     """Train one probe and return its test metrics (``accuracy``, ``r2``, ...)."""
     L.seed_everything(settings.seed, verbose=False)
     data = ShardDataModule(
-        **source,
-        data_dir=data_dir,
-        source_dir=source_dir,
-        label_fraction=settings.label_fraction,
-        batch_size=settings.batch_size,
-        num_workers=settings.num_workers,
-        seed=settings.seed,
+        **source, **settings.data_options(), data_dir=data_dir, source_dir=source_dir
     )
     spec = data.label_spec()
     module = probe_module(checkpoint, spec, modality, control, data, lr=settings.lr)
