@@ -4,6 +4,7 @@ probe mode of fine-tuning), predict with a fine-tuned one."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -123,8 +124,11 @@ def probe_command(
 
     Prints and returns each encoder's test metrics.
     """
-    settings = ProbeSettings(steps, lr, batch_size, label_fraction, seed, num_workers)
-    report = linear_probe(checkpoint, data, modality, settings, data_dir, source_dir)
+    settings = ProbeSettings(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    settings = replace(settings, label_fraction=label_fraction, num_workers=num_workers)
+    report = linear_probe(
+        checkpoint, data, modality, settings=settings, data_dir=data_dir, source_dir=source_dir
+    )
     print(
         f"{data}: {report.modality} modality, linear probe of the frozen encoder "
         f"({steps} steps), test split, {report.headline} first"
