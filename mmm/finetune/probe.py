@@ -71,7 +71,7 @@ class ProbeSettings:
     steps: int = 200
     """Optimizer steps of the linear head."""
     lr: float = 3e-3
-    """Peak AdamW learning rate of the head (linear warm-up, cosine decay)."""
+    """Peak AdamW learning rate of the head (cosine decay to zero at the last step)."""
     batch_size: int = 64
     """Labelled samples per step."""
     label_fraction: float = 1.0
