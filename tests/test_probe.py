@@ -9,6 +9,7 @@ prints and returns both encoders' test metrics.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,8 @@ from torch.utils.data import DataLoader
 from datamodules.webdataset import ShardDataModule
 from mmm.callbacks import OnlineLinearProbe
 from mmm.cli import run
+from mmm.data.corpora import labelled_corpus
+from mmm.data.corpora.audio import ASTERISK_EN
 from mmm.data.labelled import SPLIT_NOTE, select_classes, write_labelled_shards
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
 from mmm.data.members import PROTEIN_MEMBER
@@ -213,6 +216,17 @@ def test_online_probe_reads_one_modality_of_a_multimodal_model(one_thread):
 
 
 # ------------------------------------------------------------------ labelled sets
+@pytest.mark.skipif(not ASTERISK_EN.is_dir(), reason="asterisk-core-sounds-en-wav not installed")
+def test_prompts_are_labelled_by_folder():
+    corpus = labelled_corpus("prompts-labelled")
+    assert corpus.spec.classes == ("en_US_f_Allison", "digits", "letters", "phonetic")
+    assert corpus.spec.modality_member == "wav"
+    samples = list(corpus.samples)
+    labels = [json.loads(sample[LABEL_MEMBER]) for sample in samples]
+    assert np.bincount(labels).tolist() == [358, 94, 61, 27]
+    assert all(sample["wav"][:4] == b"RIFF" for sample in samples)
+
+
 def test_select_classes_keeps_large_classes_capped():
     names = ["a"] * 7 + ["b"] * 5 + ["c"] * 2 + ["d"] * 5
     index, labels, classes = select_classes(names, min_count=3, max_classes=2, cap=4)
