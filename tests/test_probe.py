@@ -26,6 +26,7 @@ from mmm.data.corpora.audio import ASTERISK_EN
 from mmm.data.labelled import SPLIT_NOTE, select_classes, write_labelled_shards
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
 from mmm.data.members import PROTEIN_MEMBER
+from mmm.finetune.heads import ClassifierHead
 from mmm.finetune.probe import (
     ENCODERS,
     ProbeModalityError,
@@ -116,7 +117,7 @@ def test_the_control_is_the_same_architecture_with_random_weights(probed, one_th
     assert {k: v.shape for k, v in pretrained.items()} == {k: v.shape for k, v in control.items()}
     weights = "backbone.encoder.blocks.0.attn.qkv.weight"
     assert not torch.equal(pretrained[weights], control[weights])
-    assert all(m.mode == "probe" and m.head_kind == "linear" for m in modules)
+    assert all(m.mode == "probe" and m.head_kind == "norm_linear" for m in modules)
     assert not any(p.requires_grad for m in modules for p in m.backbone.parameters())
 
 
@@ -126,6 +127,20 @@ def test_the_probe_names_a_modality_that_cannot_read_the_data(probed):
         linear_probe(str(checkpoint), str(peptides), modality="image", settings=QUICK)
     with pytest.raises(ValueError, match="neither a folder of labelled shards nor a labelled"):
         linear_probe(str(checkpoint), "no-such-corpus", settings=QUICK)
+
+
+def test_the_probe_head_standardizes_and_folds_into_one_linear_layer():
+    """MAE's probe head: a BatchNorm without affine parameters, then linear. In eval mode it
+    is one linear layer (what ``mmm export`` writes), whatever the features' scale."""
+    torch.manual_seed(0)
+    head = ClassifierHead(8, 3, kind="norm_linear").train()
+    for _ in range(3):
+        head(torch.randn(64, 8) * 50 + 7)  # running statistics of large, shifted features
+    head.eval()
+    x = torch.randn(5, 8) * 50 + 7
+    weight, bias = head.output_layer()
+    torch.testing.assert_close(head(x), x @ weight.T + bias, rtol=1e-4, atol=1e-4)
+    assert head.norm.weight is None  # no affine parameters: the linear layer is the probe
 
 
 def _image_audio_module() -> MaskedModelingModule:

@@ -257,7 +257,7 @@ def export_timm_classifier(finetuned: FineTuningModule, output: str | Path) -> P
             f"a timm ViT classifier average-pools its states; this model pools "
             f"{mode}. Fine-tune with --model.pooling mean to export it"
         )
-    if finetuned.head_kind != "linear":
+    if finetuned.head_kind not in ("linear", "norm_linear"):  # the norm folds in
         raise MappingError(
             f"timm's classifier is one linear layer; this model's head is "
             f"{finetuned.head_kind!r}. Fine-tune with --model.head linear to export it"

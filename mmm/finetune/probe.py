@@ -204,6 +204,7 @@ def probe_module(
         classes=list(spec.classes) or None,
         modality=modality,
         mode="probe",
+        head="norm_linear",  # MAE's probe: features standardized, whatever their scale
         lr=lr,
         weight_decay=0.0,  # a linear probe on frozen features: nothing to regularize away
         **targets,
