@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -24,6 +24,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
+
+if TYPE_CHECKING:
+    from mmm.data.corpora import LabelledCorpus
+    from mmm.tokenizers.multimodal import MultimodalBatcher
 
 
 @runtime_checkable
@@ -274,76 +278,85 @@ class CheckpointAtTrainEnd(L.Callback):
 
 class OnlineLinearProbe(L.Callback):
     """A linear classifier trained alongside pretraining on stop-gradient pooled features of a
-    labelled set, its held-out accuracy logged as ``probe/accuracy`` at every validation
+    labelled corpus, its test-split accuracy logged as ``probe/accuracy`` at every validation
     (solo-learn / lightly's online probe).
 
-    After each training batch the probe takes one step on the next labelled minibatch. Its
-    features come from ``MaskedModelingModule.embed`` (eval mode, no gradient) under a forked
-    random state, so pretraining sees the same gradients, masks and dropout as without it. The
-    probe and its optimizer live here, not in the module: checkpoints are unchanged.
+    After each training batch the probe takes one step on the next labelled minibatch of the
+    corpus's training split. Its features come from ``MaskedModelingModule.embed`` (eval
+    mode, no gradient) under a forked random state, so pretraining sees the same gradients,
+    masks and dropout as without it. The probe and its optimizer live here, not in the
+    module: checkpoints are unchanged. The samples are decoded once, when the run starts, by
+    the model's own tokenizer in its evaluation view (no augmentation).
 
     Args:
-        data: a labelled set of ``mmm.probe.LABELLED_SETS`` with classes (``digits`` for
-            images, ``amp`` for proteins, ``prompts`` for audio, ``docstrings`` for text).
-        modality: the modality of a multimodal model the probe reads (default: the one whose
-            tokenizer reads the set's items; see ``mmm.probe.probe_modality``).
-        batch_size: labelled items per probe step.
+        data: a labelled corpus with classes (``digits-labelled`` for images,
+            ``amp-labelled`` for proteins, ``docstrings-labelled`` for text, ...; the
+            ``-labelled`` may be left off). Its test split is the one fine-tuning tests on.
+        modality: the modality of a multimodal model the probe reads (default: the one that
+            reads the corpus's inputs; see ``mmm.finetune.probe.probe_modality``).
+        batch_size: labelled samples per probe step.
         lr: the probe's Adam learning rate.
-        held_out: share of the labelled set kept for the logged accuracy.
-        limit: use ``limit`` labelled items drawn at random only.
-        seed: the split's seed.
+        limit: use at most ``limit`` samples of each split (drawn at random) only.
+        seed: the seed of that draw and of the probe's initialization.
+        source_dir: the dataset folder a corpus reads (``fsdd-labelled``).
     """
 
     def __init__(
         self,
-        data: str = "digits",
+        data: str = "digits-labelled",
         modality: str | None = None,
         batch_size: int = 64,
         lr: float = 1e-3,
-        held_out: float = 0.25,
         limit: int | None = None,
         seed: int = 0,
+        source_dir: str | None = None,
     ) -> None:
-        if not 0.0 < held_out < 1.0:
-            raise ValueError(f"OnlineLinearProbe: held_out must be in (0, 1), got {held_out}")
         if batch_size < 1:
             raise ValueError(f"OnlineLinearProbe: batch_size must be >= 1, got {batch_size}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"OnlineLinearProbe: limit must be >= 1, got {limit}")
         self.data, self.modality, self.batch_size, self.lr = data, modality, batch_size, lr
-        self.held_out, self.limit, self.seed = held_out, limit, seed
+        self.limit, self.seed, self.source_dir = limit, seed, source_dir
         self.probe: torch.nn.Linear | None = None
         self.modality_name: str | None = None  # resolved in setup
         self._cursor = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from mmm.probe import load_labelled, prepared_items, probe_modality
+        from mmm.data.corpora import labelled_corpus
+        from mmm.finetune.probe import labelled_corpora, labelled_corpus_name, probe_modality
 
-        labelled = load_labelled(self.data)
-        if labelled.task != "classification":
-            raise ValueError(f"OnlineLinearProbe: {self.data!r} is a regression set, not classes")
-        self.modality_name = probe_modality(pl_module, labelled, self.modality)
-        items, labels = labelled.sample(self.limit, seed=self.seed)  # shuffled
-        items = prepared_items(pl_module, items, self.modality_name)  # audio decoded once
-        cut = int(len(items) * (1.0 - self.held_out))
-        self.train_items, self.test_items = items[:cut], items[cut:]
-        self.train_labels = torch.as_tensor(labels[:cut], dtype=torch.long)
-        self.test_labels = torch.as_tensor(labels[cut:], dtype=torch.long)
+        name = labelled_corpus_name(self.data)
+        if name is None:
+            raise ValueError(
+                f"OnlineLinearProbe: data {self.data!r} is no labelled corpus; choose from "
+                f"{labelled_corpora()}"
+            )
+        corpus = labelled_corpus(name, self.source_dir)
+        if corpus.spec.task != "classification":
+            raise ValueError(f"OnlineLinearProbe: {name!r} is {corpus.spec.task}, not classes")
+        member = corpus.spec.modality_member
+        self.modality_name = probe_modality(pl_module.batcher, member, self.modality)
+        self.batcher = pl_module.batcher.only(self.modality_name).for_evaluation()
+        splits = labelled_splits(corpus, self.batcher, self.limit, self.seed)
+        (self.train_items, self.train_labels), (self.test_items, self.test_labels) = splits
         with torch.random.fork_rng():  # its initialization must not move pretraining's RNG
             torch.manual_seed(self.seed)
-            classes = len(labelled.classes) or int(labels.max()) + 1
-            self.probe = torch.nn.Linear(pl_module.encoder.dim, classes)
+            self.probe = torch.nn.Linear(pl_module.encoder.dim, len(corpus.spec.classes))
         self.probe.to(pl_module.device)
         self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=self.lr)
 
     def features(self, pl_module: L.LightningModule, items: list[Any]) -> Tensor:
-        """Pooled states (B, D) float32 of ``items``: eval mode, no gradient, random state
-        restored afterwards (``embed`` of a discrete modality draws corruption noise)."""
-        from mmm.probe import collate_items
-
+        """Pooled states (B, D) float32 of decoded ``items``: eval mode, no gradient, random
+        state restored afterwards (``embed`` of a discrete modality draws corruption
+        noise)."""
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         was_training = pl_module.training
-        with torch.random.fork_rng(devices=devices):
+        batch = {
+            name: {key: value.to(pl_module.device) for key, value in sub.items()}
+            for name, sub in self.batcher.collate(items).items()
+        }
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             pl_module.eval()
-            batch = collate_items(pl_module, items, self.modality_name)
             pooled = pl_module.embed(batch)[1].float()  # (B, D)
             pl_module.train(was_training)
         return pooled
@@ -373,3 +386,32 @@ class OnlineLinearProbe(L.Callback):
             predicted = self.probe(self.features(pl_module, items)).argmax(dim=-1).cpu()
             correct += int((predicted == self.test_labels[start : start + len(items)]).sum())
         pl_module.log("probe/accuracy", correct / len(self.test_items), sync_dist=True)
+
+
+def labelled_splits(
+    corpus: LabelledCorpus, batcher: MultimodalBatcher, limit: int | None, seed: int
+) -> tuple[tuple[list[Any], Tensor], tuple[list[Any], Tensor]]:
+    """The decoded training and test samples of a labelled ``corpus`` and their class
+    indices (its own splits, as ``mmm.data.labelled`` writes them), each shuffled with
+    ``seed`` and cut to ``limit``.
+
+    Raises:
+        SampleError: naming the sample, when one cannot be decoded or its label is unusable.
+    """
+    from mmm.data.labelled import split_of
+    from mmm.finetune.batching import parse_sample_label
+
+    splits: dict[str, list[dict]] = {"train": [], "test": []}
+    for sample in corpus.samples:
+        split = split_of(sample, corpus.val_fraction, corpus.test_fraction)
+        if split in splits:
+            splits[split].append(sample)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for samples in splits.values():
+        order = torch.randperm(len(samples), generator=generator)[:limit].tolist()
+        chosen = [samples[i] for i in order]
+        items = [batcher.decode_sample(sample) for sample in chosen]
+        labels = [parse_sample_label(sample, corpus.spec) for sample in chosen]
+        out.append((items, torch.as_tensor(labels, dtype=torch.long)))
+    return out[0], out[1]

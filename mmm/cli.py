@@ -1,6 +1,6 @@
-"""The ``mmm`` command: LightningCLI for ``fit | validate | test | predict``, plus tools.
+"""The ``mmm`` command: LightningCLI for ``fit | validate | test``, plus tools.
 
-``mmm fit --config configs/text_mlm.yaml`` trains; every constructor argument of the module,
+``mmm fit --config configs/text_mlm.yaml`` pretrains (``mmm pretrain fit`` in full); every constructor argument of the module,
 its tokenizer, encoder, masking and decoder, and the datamodule is a typed option
 (``--model.masking.ratio 0.3``), shown by ``--help`` and ``--print_config``.
 The tools are ``mmm shards`` (files -> WebDataset shards), ``mmm tokenizer`` (train a text
@@ -8,11 +8,13 @@ tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed
 embeddings from a checkpoint), ``mmm generate`` (sample or infill sequences), ``mmm score``
 (pseudo-log-likelihoods, mutation effects), ``mmm audio-stats`` (dataset mean/std of log-mel
 features), ``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load)
-``mmm probe`` (linear probe of frozen embeddings on a labelled set) and ``mmm predict``
-(a CSV of a fine-tuned checkpoint's predictions for new inputs).
+``mmm probe`` (a linear probe of the frozen encoder vs a random one, on labelled data) and
+``mmm predict`` (a CSV of a fine-tuned checkpoint's predictions for new inputs).
 
 ``mmm finetune fit --config configs/finetune/X.yaml`` fine-tunes (``FineTuningModule``; also
 ``validate``, ``test`` and ``predict``), with the same linking and checkpoint handling.
+LightningCLI's ``predict`` loop is ``mmm finetune predict`` or ``mmm pretrain predict``
+(``mmm predict`` is the CSV tool; see ``refuse_mixed_predict``).
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ TOOLS: dict[str, Callable[..., object]] = COMMANDS
 DESCRIPTION = (
     "mmm: masked modeling for text, images, audio, proteins and SMILES. "
     "Train with `mmm fit --config configs/X.yaml`, fine-tune with "
-    "`mmm finetune fit --config configs/finetune/X.yaml`; tools: "
+    "`mmm finetune fit --config configs/finetune/X.yaml`; Lightning's predict loop is "
+    "`mmm pretrain predict` / `mmm finetune predict`; tools: "
     + ", ".join(f"`mmm {name} --help`" for name in TOOLS)
     + "."
 )
@@ -168,13 +171,60 @@ FINETUNE_DESCRIPTION = (
 )
 
 
-def is_lightning_predict(argv: list[str]) -> bool:
-    """Whether ``mmm predict ...`` is LightningCLI's ``predict`` subcommand (a config and a
-    pretraining checkpoint: ``--config``, ``--ckpt_path``, ``--model.*``), which writes
-    embeddings, rather than the ``predict`` tool (``--checkpoint``, ``--inputs``), which
-    writes a fine-tuned model's predictions as CSV."""
-    lightning = ("--config", "--ckpt_path", "--model", "--data", "--trainer", "--print_config")
-    return argv[0] == "predict" and any(arg.startswith(lightning) for arg in argv[1:])
+#: Options of LightningCLI (``mmm pretrain|finetune SUBCOMMAND``), never of a tool.
+LIGHTNING_OPTIONS = (
+    "--config",
+    "--ckpt_path",
+    "--model",
+    "--data",
+    "--trainer",
+    "--print_config",
+    "--seed_everything",
+)
+#: Options of the ``predict`` tool (a fine-tuned model's predictions as CSV) that LightningCLI
+#: does not have.
+PREDICT_TOOL_OPTIONS = ("--checkpoint", "--inputs", "--output")
+#: The two LightningCLIs: ``mmm pretrain SUBCOMMAND`` (``mmm fit|validate|test`` for short)
+#: and ``mmm finetune SUBCOMMAND``.
+LIGHTNING_COMMANDS = ("pretrain", "finetune")
+
+
+def _given(args: list[str], options: tuple[str, ...]) -> list[str]:
+    """The options of ``options`` among ``args`` (``--model.x=1`` counts as ``--model``)."""
+    names = [arg.split("=", 1)[0] for arg in args if arg.startswith("--")]
+    return sorted({option for option in options for name in names if _is(name, option)})
+
+
+def _is(name: str, option: str) -> bool:
+    return name == option or name.startswith(option + ".")
+
+
+def refuse_mixed_predict(argv: list[str]) -> None:
+    """``mmm predict`` has one meaning, the CSV tool; LightningCLI's ``predict`` is
+    ``mmm pretrain predict`` or ``mmm finetune predict``. Refuse the options of one given to
+    the other, saying which command takes them.
+
+    Raises:
+        ValueError: naming the misplaced options and the command to run instead.
+    """
+    if argv[:1] == ["predict"]:
+        lightning = _given(argv[1:], LIGHTNING_OPTIONS)
+        if lightning:
+            raise ValueError(
+                f"mmm predict writes a fine-tuned checkpoint's predictions as CSV (--checkpoint, "
+                f"--inputs, --output); {', '.join(lightning)} are LightningCLI options: for "
+                "Lightning's predict loop run `mmm finetune predict --config X.yaml --ckpt_path "
+                "BEST.ckpt` (a fine-tuning run) or `mmm pretrain predict --config X.yaml "
+                "--ckpt_path CKPT` (a pretraining run: pooled embeddings)"
+            )
+    elif argv[:1] and argv[0] in LIGHTNING_COMMANDS and argv[1:2] == ["predict"]:
+        tool = _given(argv[2:], PREDICT_TOOL_OPTIONS)
+        if tool:
+            raise ValueError(
+                f"mmm {argv[0]} predict is LightningCLI's predict (--config, --ckpt_path, "
+                f"--data.*); {', '.join(tool)} are options of the CSV tool: run "
+                "`mmm predict --checkpoint BEST.ckpt --inputs FILES --output predictions.csv`"
+            )
 
 
 def refuse_repeated_options(tool: str, args: list[str]) -> None:
@@ -201,7 +251,8 @@ def refuse_repeated_options(tool: str, args: list[str]) -> None:
 def run(args: list[str] | None = None) -> MMMCLI | object:
     """Run ``mmm`` with ``args`` (default: the command line); returns the CLI or tool result."""
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in TOOLS and not is_lightning_predict(argv):
+    refuse_mixed_predict(argv)
+    if argv and argv[0] in TOOLS:
         refuse_repeated_options(argv[0], argv[1:])
         return auto_cli(TOOLS[argv[0]], args=argv[1:])
     if argv and argv[0] == "finetune":
@@ -217,7 +268,7 @@ def run(args: list[str] | None = None) -> MMMCLI | object:
         ShardDataModule,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
-        args=args,  # None: LightningCLI reads sys.argv itself
+        args=argv[1:] if argv[:1] == ["pretrain"] else argv,
     )
 
 

@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 MODES = ("full", "lora")
@@ -40,12 +41,13 @@ MODES = ("full", "lora")
 
 def labelled_batches(batch_size: int, count: int, max_length: int, seed: int = 0) -> list:
     """``count`` batches of AMP peptides and their classes (1 antimicrobial, 0 UniProt)."""
-    from mmm.probe import load_amp_peptides
+    from mmm.data.corpora.protein import amp_peptides
     from mmm.tokenizers.protein import ProteinTokenizer
 
-    peptides = load_amp_peptides()
+    sequences, classes = amp_peptides()  # sorted by class: drawn at random
     tokenizer = ProteinTokenizer(max_length=max_length)
-    items, labels = peptides.sample(batch_size * count, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(sequences))[: batch_size * count]
+    items, labels = [sequences[i] for i in order], classes[order]
     batches = []
     for start in range(0, len(items), batch_size):
         batch = {"protein": tokenizer.collate(items[start : start + batch_size])}

@@ -64,7 +64,7 @@ def test_resume_validate_test_predict_and_fill_mask(fit_args, tmp_path, monkeypa
         assert f"{'val' if subcommand == 'validate' else 'test'}/loss" in (
             cli.trainer.callback_metrics
         )
-    predicted = run(["predict", *fit_args, f"--ckpt_path={checkpoint}"])
+    predicted = run(["pretrain", "predict", *fit_args, f"--ckpt_path={checkpoint}"])
     assert predicted.trainer.predict_loop.predictions  # predict ran and returned outputs
 
     capsys.readouterr()
@@ -111,3 +111,17 @@ def test_progress_bar_counts_the_epochs_max_steps_reaches(fit_args):
     assert isinstance(bar, TrainingProgressBar)
     assert bar._get_train_description(current_epoch=1).strip() == "Epoch 1/1"  # 6 steps / 4
     assert "v_num" not in bar.get_metrics(cli.trainer, cli.model)
+
+
+def test_predict_has_one_meaning_and_mixed_options_are_named():
+    """``mmm predict`` is the CSV tool; LightningCLI's predict is ``mmm pretrain predict`` or
+    ``mmm finetune predict``. The options of one given to the other name the right command."""
+    with pytest.raises(
+        ValueError, match=r"--ckpt_path, --config, --model are LightningCLI options: .* `mmm "
+        r"finetune predict --config X.yaml --ckpt_path BEST.ckpt`"
+    ):  # fmt: skip
+        run(["predict", "--config=x.yaml", "--ckpt_path=y.ckpt", "--model.lr=1", "--inputs=a"])
+    for lightning in ("pretrain", "finetune"):
+        with pytest.raises(ValueError, match=rf"mmm {lightning} predict is LightningCLI's predict "
+                           r".*--checkpoint, --inputs are options of the CSV tool"):  # fmt: skip
+            run([lightning, "predict", "--checkpoint=a.ckpt", "--inputs=b.png", "--model.x=1"])

@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 from jsonargparse import ArgumentParser, auto_cli, capture_parser
 
-from mmm.cli import TOOLS, is_lightning_predict, refuse_repeated_options, run
+from mmm.cli import LIGHTNING_COMMANDS, TOOLS, refuse_repeated_options, run
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NO_RUN = re.compile(r"<!-- docs-test: no-run \((?P<why>[^)]+)\) -->")
 FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ def parser_of(subcommand: str) -> ArgumentParser:
     (one for all its subcommands, keyed by ``fit``) or the tool's ``auto_cli`` parser."""
     if subcommand in LIGHTNING_SUBCOMMANDS and subcommand not in TOOLS:
         return capture_parser(lambda: run(["fit"]))
-    if subcommand == "finetune":
-        return capture_parser(lambda: run(["finetune", "fit"]))
+    if subcommand in LIGHTNING_COMMANDS:  # pretrain, finetune
+        return capture_parser(lambda: run([subcommand, "fit"]))
     return capture_parser(lambda: auto_cli(TOOLS[subcommand], args=[]))
 
 
@@ -116,11 +116,11 @@ def test_mmm_command_parses(block: Block, argv: list[str], monkeypatch, capsys):
     file) through the parser ``mmm`` uses; nothing runs."""
     monkeypatch.chdir(ROOT)  # configs/ paths are relative to the repository
     subcommand, options = argv[0], argv[1:]
-    known = (*LIGHTNING_SUBCOMMANDS, "finetune", *TOOLS)
+    known = (*LIGHTNING_SUBCOMMANDS, *LIGHTNING_COMMANDS, *TOOLS)
     assert subcommand in known, f"{block.where}: `mmm {subcommand}` is not one of {known}"
-    if subcommand == "finetune":  # `mmm finetune fit ...`: LightningCLI over FineTuningModule
-        parser, parse = parser_of("finetune"), options
-    elif subcommand in TOOLS and not is_lightning_predict(argv):
+    if subcommand in LIGHTNING_COMMANDS:  # `mmm finetune fit ...`: LightningCLI of that module
+        parser, parse = parser_of(subcommand), options
+    elif subcommand in TOOLS:
         refuse_repeated_options(subcommand, options)
         parser, parse = parser_of(subcommand), options
     else:

@@ -29,7 +29,7 @@ from PIL import Image
 from datamodules import ShardDataModule
 from datamodules.decoding import LOGGED_SKIPS, UndecodableDataError
 from mmm.cli import refuse_repeated_options, run
-from mmm.commands import probe_command, shards_command, tokenizer_command
+from mmm.commands import shards_command, tokenizer_command
 from mmm.data.formats import chunk_text, read_fasta
 from mmm.data.reading import read_source
 from mmm.data.shards import OutputBusyError, output_lock, write_shards
@@ -45,7 +45,6 @@ from mmm.inference import (
 )
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule, ModalityConfig
-from mmm.probe import check_split
 from mmm.scoring import score
 from mmm.tokenizers.audio import AudioTokenizer, LogMelSettings
 from mmm.tokenizers.base import SampleError
@@ -896,19 +895,6 @@ def test_init_from_errors_say_init_from_not_export(tmp_path):
     message = str(error.value)
     assert message.startswith(f"init_from {directory}: ") and "export" not in message
     assert "set --model.encoder.norm_first=true" in message
-
-
-def test_probe_names_a_modality_that_cannot_read_the_set_and_a_bad_limit(protein_checkpoint):
-    with pytest.raises(ValueError, match=r"'digits' holds ImageTokenizer items; this model's "
-                       r"'protein' modality \(ProteinTokenizer\) cannot read them"):  # fmt: skip
-        probe_command(checkpoint=str(protein_checkpoint), data="digits", modality="protein")
-    with pytest.raises(ValueError, match="none of this model's modalities .* reads them"):
-        probe_command(checkpoint=str(protein_checkpoint), data="digits")
-    for limit in (0, -3, 7):
-        with pytest.raises(ValueError, match=f"limit must be >= 8 items, got {limit}"):
-            probe_command(checkpoint=str(protein_checkpoint), data="amp", limit=limit)
-    with pytest.raises(ValueError, match=r"12 items of 10 classes .* too few for a stratified"):
-        check_split(np.arange(12) % 10, "classification")
 
 
 def test_every_discrete_tokenizer_counts_what_max_length_cuts(tiny_module, tmp_path):

@@ -139,7 +139,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("mmm.generation", "mmm.scoring", "mmm.inference", "mmm.forecasting"),
     ),
     ("converters to and from stock classes", ("mmm.export",)),
-    ("tasks on a trained module", ("mmm.finetune", "mmm.probe", "mmm.callbacks")),
+    ("tasks on a trained module", ("mmm.finetune", "mmm.callbacks")),
     ("commands", ("mmm.commands", "mmm.cli", "mmm.experiment")),
 )
 ROOT = Path(mmm.__file__).parents[1]

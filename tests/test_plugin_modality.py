@@ -16,10 +16,12 @@ from torch import Tensor
 from mmm.cli import run
 from mmm.commands import export_command
 from mmm.data.formats import register_source
+from mmm.data.labelled import write_labelled_shards
+from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
 from mmm.export import MappingError
+from mmm.finetune.probe import ProbeSettings, linear_probe
 from mmm.inference import load_module
 from mmm.modalities import MODALITIES, ModalityInfo, register_modality, tokenizer_class
-from mmm.probe import linear_probe_score, pooled_features
 from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, read_text_member
 
 #: The toy modality's sample member: a DNA sequence.
@@ -134,9 +136,16 @@ def test_a_modality_defined_outside_mmm_shards_fits_probes_and_refuses_export(
     [checkpoint] = sorted(tmp_path.rglob("*.ckpt"))
     module = load_module(str(checkpoint))
     assert isinstance(module.tokenizers["dna"], DnaTokenizer)
-    features = pooled_features(module, sequences)  # (N, D)
-    assert features.shape == (32, 16) and np.isfinite(features).all()
-    assert 0.0 <= linear_probe_score(features, labels, "classification") <= 1.0
+    labelled = tmp_path / "labelled"
+    samples = [
+        {"__key__": f"dna{i}", DNA_MEMBER: s.encode(), LABEL_MEMBER: encode_label(int(label))}
+        for i, (s, label) in enumerate(zip(sequences, labels, strict=True))
+    ]
+    write_labelled_shards(samples, labelled, LabelSpec("classification", ("AT", "GC"), "dna"))
+    settings = ProbeSettings(steps=2, batch_size=8)
+    report = linear_probe(str(checkpoint), str(labelled), settings=settings)
+    assert report.modality == "dna"
+    assert all(0.0 <= scores["accuracy"] <= 1.0 for scores in report.scores.values())
     with pytest.raises(MappingError, match="not supported for the dna modality"):
         export_command(checkpoint=str(checkpoint), output=str(tmp_path / "exported"))
 
@@ -146,3 +155,16 @@ def test_a_modality_name_is_registered_once(dna_row):
     with pytest.raises(ValueError, match="modality 'dna' is registered already"):
         register_modality(other)
     assert register_modality(DNA) is DNA  # the same row again is no conflict
+
+
+def test_the_tokenizers_package_lists_the_table_and_its_plug_ins(dna_row):
+    """``mmm.tokenizers`` holds no list of its own: each row's tokenizer is a name of it (what a
+    config's ``class_path`` names), a plug-in's too once registered."""
+    import mmm.tokenizers
+
+    for info in MODALITIES.values():
+        assert getattr(mmm.tokenizers, info.tokenizer_name) is tokenizer_class(info.name)
+        assert info.tokenizer_name in dir(mmm.tokenizers)
+    assert mmm.tokenizers.DnaTokenizer is DnaTokenizer
+    with pytest.raises(AttributeError, match="no attribute 'RnaTokenizer'"):
+        _ = mmm.tokenizers.RnaTokenizer

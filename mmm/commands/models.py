@@ -1,9 +1,10 @@
-"""Commands on trained models: export one to stock classes, probe its frozen states, predict
-with a fine-tuned one."""
+"""Commands on trained models: export one to stock classes, probe its frozen encoder (the
+probe mode of fine-tuning), predict with a fine-tuned one."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -21,17 +22,7 @@ from mmm.export.vit import (
 )
 from mmm.files import replaced_folder, require_empty_folder
 from mmm.finetune.predict import input_samples, load_finetuned, predict_samples, write_predictions
-from mmm.probe import (
-    PROBE_MIN_ITEMS,
-    check_split,
-    input_features,
-    linear_probe_score,
-    load_labelled,
-    pooled_features,
-    prepared_items,
-    probe_modality,
-    randomly_initialized,
-)
+from mmm.finetune.probe import ProbeReport, ProbeSettings, linear_probe
 
 
 def export_command(
@@ -101,46 +92,51 @@ def probe_command(
     checkpoint: str,
     data: str,
     modality: str | None = None,
-    limit: int | None = None,
+    steps: int = 200,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    label_fraction: float = 1.0,
     seed: int = 0,
-) -> dict:
-    """Linear probe of a checkpoint's frozen, mean-pooled encoder states on a labelled set,
-    beside a randomly initialized encoder of the same size and a no-encoder baseline.
+    data_dir: str = "data",
+    source_dir: str | None = None,
+    num_workers: int = 0,
+) -> ProbeReport:
+    """Linear probe of a checkpoint's frozen encoder on labelled data: the ``probe`` mode of
+    ``FineTuningModule`` (mean pooling, one linear layer), trained on the training split and
+    scored on the test split, for the checkpoint's encoder and for the same architecture
+    randomly initialized (the control), with the same data, steps and seed.
 
     Args:
         checkpoint: a checkpoint written by ``mmm fit``.
-        data: ``digits`` (images), ``amp`` (proteins), ``freesolv`` (SMILES), ``prompts``
-            (audio) or ``docstrings`` (text).
-        modality: the modality of a multimodal model to probe (default: the one whose
-            tokenizer reads the set's items).
-        limit: use ``limit`` items drawn at random only (quick checks); at least
-            ``PROBE_MIN_ITEMS``, and enough for every class to reach both parts of the split.
-        seed: split and random-encoder seed.
+        data: a labelled corpus (``digits-labelled``, ``amp-labelled``, ``freesolv-labelled``,
+            ``docstrings-labelled``, ``fsdd-labelled``, ...; the ``-labelled`` may be left
+            off) or a folder of labelled shards (``mmm shards --modality manifest``).
+        modality: the modality of a multimodal model to probe (default: the one that reads
+            the data's inputs).
+        steps: training steps of each probe's linear head.
+        lr: the head's peak learning rate (AdamW, cosine decay).
+        batch_size: labelled samples per step.
+        label_fraction: the label budget trained on (``1.0``, ``0.3``, ``0.1``).
+        seed: seeds the shard order, the heads and the control's random weights.
+        data_dir: where labelled corpora are written on first use.
+        source_dir: the dataset folder a corpus reads (``fsdd-labelled``: an FSDD clone).
+        num_workers: loader worker processes.
 
-    Prints and returns the held-out accuracy (classification) or R² (regression) of each.
+    Prints and returns each encoder's test metrics.
     """
-    from mmm.inference import load_module
-
-    if limit is not None and limit < PROBE_MIN_ITEMS:
-        raise ValueError(f"probe: limit must be >= {PROBE_MIN_ITEMS} items, got {limit}")
-    labelled = load_labelled(data)
-    module = load_module(checkpoint)
-    name = probe_modality(module, labelled, modality)
-    items, labels = labelled.sample(limit, seed=seed)
-    check_split(labels, labelled.task)
-    items = prepared_items(module, items, name)
-    representations = {
-        "pretrained encoder": pooled_features(module, items, name),
-        "random encoder": pooled_features(randomly_initialized(module, seed=seed), items, name),
-        "no encoder": input_features(module, items, name),
-    }
-    metric = "accuracy" if labelled.task == "classification" else "R2"
-    print(f"{data}: {len(items)} items, {name} modality, linear probe, 25% held out, {metric}")
-    scores = {}
-    for kind, features in representations.items():
-        scores[kind] = linear_probe_score(features, labels, labelled.task, seed=seed)
-        print(f"  {kind:<20} {scores[kind]:.3f}  ({features.shape[1]} features)")
-    return scores
+    settings = ProbeSettings(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    settings = replace(settings, label_fraction=label_fraction, num_workers=num_workers)
+    report = linear_probe(
+        checkpoint, data, modality, settings=settings, data_dir=data_dir, source_dir=source_dir
+    )
+    print(
+        f"{data}: {report.modality} modality, linear probe of the frozen encoder "
+        f"({steps} steps), test split, {report.headline} first"
+    )
+    for encoder, scores in report.scores.items():
+        others = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != report.headline)
+        print(f"  {encoder:<20} {scores[report.headline]:.3f}  ({others})")
+    return report
 
 
 def predict_command(

@@ -88,9 +88,16 @@ def family(module: MaskedModelingModule) -> Family:
 
 
 def _discrete_modality(module: MaskedModelingModule) -> DiscreteModality:
+    """The module's one modality, which must be discrete. A type guard, not a kind switch:
+    which converter runs is the tokenizer's ``export_family``; this names a modality whose
+    tokenizer claims the masked-LM family without token ids to map."""
     modality = only_modality(module)
     if not isinstance(modality, DiscreteModality):
-        raise MappingError("masked-LM export serves discrete modalities (text/protein/SMILES)")
+        tokenizer = only_tokenizer(module)
+        raise MappingError(
+            f"masked-LM export maps token ids; the {tokenizer.modality_name} modality "
+            f"({type(tokenizer).__name__}) has real-valued positions"
+        )
     return modality
 
 

@@ -91,9 +91,16 @@ def timm_kwargs(module: MaskedModelingModule) -> dict[str, Any]:
 
 
 def _embedder(module: MaskedModelingModule) -> PatchEmbedder:
+    """The one modality's patch embedder. A type guard, not a kind switch: which converter
+    runs is the tokenizer's ``export_family``; this names a modality whose tokenizer claims
+    the ViT family with an embedder timm's patch convolution cannot hold."""
     embedder = only_modality(module).embedder
     if not isinstance(embedder, PatchEmbedder):
-        raise MappingError(f"timm export needs a PatchEmbedder, not {type(embedder)}")
+        tokenizer = only_tokenizer(module)
+        raise MappingError(
+            f"timm export needs a PatchEmbedder; the {tokenizer.modality_name} modality "
+            f"({type(tokenizer).__name__}) has a {type(embedder).__name__}"
+        )
     return embedder
 
 
@@ -250,7 +257,7 @@ def export_timm_classifier(finetuned: FineTuningModule, output: str | Path) -> P
             f"a timm ViT classifier average-pools its states; this model pools "
             f"{mode}. Fine-tune with --model.pooling mean to export it"
         )
-    if finetuned.head_kind != "linear":
+    if finetuned.head_kind not in ("linear", "norm_linear"):  # the norm folds in
         raise MappingError(
             f"timm's classifier is one linear layer; this model's head is "
             f"{finetuned.head_kind!r}. Fine-tune with --model.head linear to export it"

@@ -9,7 +9,7 @@ modalities pools into one vector, as ``MaskedModelingModule.embed`` does.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +20,13 @@ from mmm.models.sequences import Segment, pack_segments
 #: head); ``cls``: the first position (``<cls>`` / ``[CLS]`` / ``<s>`` of sequences), the
 #: stock Hugging Face sequence classifiers' choice.
 Pooling = Literal["mean", "attention", "cls"]
-#: ``linear``: one linear layer (a linear probe; timm's classifier); ``dense``: dense -> tanh
-#: -> linear, the head of ``BertForSequenceClassification`` / ``EsmForSequenceClassification``.
-HeadKind = Literal["linear", "dense"]
+#: ``linear``: one linear layer (a linear probe; timm's classifier); ``norm_linear``: a
+#: BatchNorm without affine parameters, then one linear layer (MAE's linear probe: frozen
+#: features of any scale are standardized by the training batches' statistics, which fold into
+#: the linear layer afterwards); ``dense``: dense -> tanh -> linear, the head of
+#: ``BertForSequenceClassification`` / ``EsmForSequenceClassification``.
+HeadKind = Literal["linear", "norm_linear", "dense"]
+HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 
 
 def pack_states(
@@ -78,13 +82,15 @@ class ClassifierHead(nn.Module):
     """Pooled vectors (B, D) -> (B, C) logits or values.
 
     ``kind="dense"`` is the stock sequence classifiers' head (dense -> tanh -> linear),
-    ``linear`` one linear layer (a probe, timm's classifier)."""
+    ``linear`` one linear layer (a probe, timm's classifier), ``norm_linear`` a BatchNorm
+    without affine parameters before it (MAE's linear probe)."""
 
     def __init__(self, dim: int, num_labels: int, kind: HeadKind = "dense", dropout: float = 0.0):
         super().__init__()
-        if kind not in ("linear", "dense"):
-            raise ValueError(f"ClassifierHead: kind must be linear or dense, got {kind!r}")
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"ClassifierHead: kind must be one of {HEAD_KINDS}, got {kind!r}")
         self.kind = kind
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6) if kind == "norm_linear" else None
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(dim, dim) if kind == "dense" else None
         self.out = nn.Linear(dim, num_labels)
@@ -94,10 +100,21 @@ class ClassifierHead(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, pooled: Tensor) -> Tensor:
-        x = self.dropout(pooled)
+        x = self.dropout(pooled if self.norm is None else self.norm(pooled))  # (B, D)
         if self.dense is not None:
             x = self.dropout(torch.tanh(self.dense(x)))  # (B, D)
         return self.out(x)  # (B, C)
+
+    def output_layer(self) -> tuple[Tensor, Tensor]:
+        """The last linear layer as (C, D) weight and (C,) bias, float32, with an eval-mode
+        norm folded in: ``norm_linear`` then computes ``pooled @ weight.T + bias``, one
+        linear layer, as stock classifiers hold it."""
+        weight, bias = self.out.weight.detach().float(), self.out.bias.detach().float()
+        if self.norm is None:
+            return weight.clone(), bias.clone()
+        scale = (self.norm.running_var.float() + self.norm.eps).rsqrt()  # (D,)
+        folded = weight * scale  # (C, D)
+        return folded, bias - folded @ self.norm.running_mean.float()
 
 
 class PositionClassifier(nn.Module):

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from mmm.data.labels import TASKS, LabelSpec
 from mmm.finetune.batching import IGNORE, LabelledBatcher, Task
 from mmm.finetune.heads import (
+    HEAD_KINDS,
     ClassifierHead,
     HeadKind,
     Pooler,
@@ -84,8 +85,9 @@ class FineTuningModule(L.LightningModule):
         mode: ``full``, ``lora`` or ``probe`` (see the module docstring).
         pooling: ``mean`` over real positions, ``attention`` (a learned query, one head) or
             ``cls`` (the first position; what stock sequence classifiers read).
-        head: ``dense`` (dense -> tanh -> linear, the stock sequence classifiers' head) or
-            ``linear``; ``None``: ``linear`` for ``probe``, else ``dense``.
+        head: ``dense`` (dense -> tanh -> linear, the stock sequence classifiers' head),
+            ``linear``, or ``norm_linear`` (a BatchNorm without affine parameters, then
+            linear: MAE's linear probe); ``None``: ``linear`` for ``probe``, else ``dense``.
         layer_decay: layer-wise learning-rate decay per block below the head (BEiT / MAE;
             1.0 = none). ``full`` mode only.
         freeze_blocks: freeze the embedders and the first k trunk blocks (``full`` mode).
@@ -364,10 +366,9 @@ class FineTuningModule(L.LightningModule):
         """The head's last linear layer, (C, D) weight and (C,) bias, with the regression
         targets' scaling folded in: what a stock model's last layer must hold to give
         this module's outputs."""
-        out = self.head.out
-        weight, bias = out.weight.detach().float(), out.bias.detach().float()
+        weight, bias = self.head.output_layer()  # an eval-mode norm folded in
         if self.task != "regression":
-            return weight.clone(), bias.clone()
+            return weight, bias
         std, mean = self.hparams.target_std, self.hparams.target_mean
         return weight * std, bias * std + mean
 
@@ -417,8 +418,8 @@ def _check_arguments(arguments: dict[str, Any]) -> None:
             f"pooling must be mean, attention or cls, got {arguments['pooling']!r}",
         ),
         (
-            arguments["head"] in (None, "linear", "dense"),
-            f"head must be linear or dense, got {arguments['head']!r}",
+            arguments["head"] in (None, *HEAD_KINDS),
+            f"head must be one of {HEAD_KINDS}, got {arguments['head']!r}",
         ),
         (
             arguments["backbone"] is not None or arguments["checkpoint"] is not None,
@@ -436,7 +437,8 @@ def _check_arguments(arguments: dict[str, Any]) -> None:
         ),
         (
             not (mode == "probe" and arguments["head"] == "dense"),
-            "a probe is a linear head on frozen states: head=linear (or leave it unset)",
+            "a probe is a linear head on frozen states: head=linear or norm_linear (or leave "
+            "it unset)",
         ),
         (0.0 < arguments["layer_decay"] <= 1.0, "layer_decay must lie in (0, 1]"),
         (arguments["freeze_blocks"] >= 0, "freeze_blocks must be >= 0"),

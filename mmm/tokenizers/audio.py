@@ -272,20 +272,6 @@ class AudioTokenizer(Tokenizer):
             kernel_axes={"pf": mels, "pt": frames},
         )
 
-    def probe_items(self, items: list[Any]) -> list[AudioItem]:
-        """Audio samples (``{"wav": bytes, ...}``) decoded by the evaluation view (the middle
-        window of longer clips, never a random crop), so that a probe sees the same clip every
-        time; items decoded already pass through."""
-        evaluation = self.for_evaluation()
-        return [
-            item if isinstance(item, AudioItem) else evaluation.decode_sample(item)
-            for item in items
-        ]
-
-    def probe_batch(self, items: list[Any]) -> dict[str, Tensor]:
-        """Audio samples or decoded clips, collated (see ``probe_items``)."""
-        return self.collate(self.probe_items(items))
-
     def _load_stats(self, path: str) -> tuple[float, float]:
         try:
             stats = json.loads(Path(path).read_text())

@@ -244,16 +244,6 @@ class Tokenizer(ABC):
         grid refuse."""
         raise self.not_supported("a ViT patch layout (timm export)")
 
-    def probe_items(self, items: list[Any]) -> list[Any]:
-        """Labelled items with the per-item work that does not change during probing done
-        once (audio clips decoded); ``probe_batch`` takes both forms."""
-        return list(items)
-
-    def probe_batch(self, items: list[Any]) -> dict[str, Tensor]:
-        """Labelled items (as ``mmm.probe``'s sets hold them) collated deterministically, with
-        no augmentation."""
-        raise self.not_supported("probing")
-
     @abstractmethod
     def decode_sample(self, sample: dict[str, Any]) -> Any:
         """Turn one raw WebDataset sample (``__key__``, ``__url__``, bytes per extension) into
@@ -328,10 +318,6 @@ class DiscreteTokenizer(Tokenizer):
 
     @abstractmethod
     def collate(self, items: list[str]) -> dict[str, Tensor]: ...
-
-    def probe_batch(self, items: list[str]) -> dict[str, Tensor]:
-        """Labelled strings collated as they are (no augmentation to switch off)."""
-        return self.collate(items)
 
     def content_length(self, text: str) -> int:
         """How many content tokens ``text`` holds before ``max_length`` cuts it (special

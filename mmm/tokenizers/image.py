@@ -151,15 +151,6 @@ class ImageTokenizer(Tokenizer):
             kernel_axes={"ph": size, "pw": size, "c": self.channels},
         )
 
-    def probe_batch(self, items: list[Tensor]) -> dict[str, Tensor]:
-        """Images (C, h, w) in [0, 1] resized (bilinear) to this size, channels repeated or
-        averaged to this count, then collated: deterministic, no augmentation."""
-        x = torch.stack(items)  # (B, c, h, w)
-        if x.shape[1] != self.channels:
-            x = x.mean(dim=1, keepdim=True).expand(-1, self.channels, -1, -1)  # (B, C, h, w)
-        x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        return self.collate(list(x.clamp(0.0, 1.0)))
-
     def _resize_transform(self) -> v2.Transform:
         """Resize + crop (random resized crop when augmenting, else center) and optional flip."""
         if self.random_crop_scale is None:

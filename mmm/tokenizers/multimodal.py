@@ -60,6 +60,17 @@ class MultimodalBatcher:
         member = self.members.get(name)
         return (member,) if member is not None else self.tokenizers[name].sample_keys
 
+    def modalities_reading(self, member: str) -> list[str]:
+        """The modalities whose tokenizer (or configured member) reads sample member
+        ``member`` (``png``, ``seq``): which modality labelled data of that member feeds."""
+        return [name for name in self.tokenizers if member in self._keys(name)]
+
+    def only(self, name: str) -> MultimodalBatcher:
+        """This batcher reduced to modality ``name`` (its tokenizer and configured member):
+        batches of samples that carry that modality alone."""
+        members = {name: self.members[name]} if name in self.members else {}
+        return MultimodalBatcher({name: self.tokenizers[name]}, members=members)
+
     def _view(self, name: str, sample: dict[str, Any]) -> dict[str, Any]:
         """The sample as modality ``name``'s tokenizer reads it: a configured member renamed
         to the tokenizer's own extension."""

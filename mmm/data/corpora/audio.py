@@ -5,6 +5,7 @@ voicemail and IVR phrases; 0.2-73 s, ~25 minutes; 8 kHz mono 16-bit wav; CC-BY-S
 Python package on PyPI ships real recorded audio, so the audio quickstart needs this one
 system package: ``apt-get install asterisk-core-sounds-en-wav``.
 
+``prompts-labelled``: those prompts labelled by their folder (4 classes).
 ``fsdd-labelled``: the Free Spoken Digit Dataset (3,000 recordings of the digits 0-9 by 6
 speakers; CC BY-SA 4.0), read from a clone the user names, with held-out speakers.
 """
@@ -115,6 +116,20 @@ def labelled_prompts(root: Path = ASTERISK_EN) -> tuple[list[Sample], np.ndarray
     folders = [json.loads(sample["json"])["label"] for sample in samples]
     index, labels, classes = select_classes(folders, min_count=PROMPTS_MIN_PER_CLASS)
     return [samples[i] for i in index], labels, classes
+
+
+@register_labelled_corpus("prompts-labelled")
+def prompts_labelled() -> LabelledCorpus:
+    """The prompts labelled by their folder (``labelled_prompts``; 4 classes) as ``wav``
+    samples: the audio configs pretrain on these clips without the labels, so a probe of an
+    ``audio_mae.yaml`` checkpoint on them asks what a linear probe asks. Val and test are 10%
+    each by a hash of the key."""
+    samples, labels, classes = labelled_prompts()
+    labelled = (
+        {"__key__": sample["__key__"], AUDIO_MEMBER: sample[AUDIO_MEMBER], LABEL_MEMBER: label}
+        for sample, label in zip(samples, (encode_label(int(k)) for k in labels), strict=True)
+    )
+    return LabelledCorpus(LabelSpec("classification", classes, AUDIO_MEMBER), labelled)
 
 
 #: FSDD's recordings are named ``{digit}_{speaker}_{index}.wav``.

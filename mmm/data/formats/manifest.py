@@ -37,7 +37,7 @@ MANIFEST_INLINE_MEMBERS = {
     "smiles": SMILES_MEMBER,
 }
 #: The member holding a line's other fields (``duration``, ``label``, ...), as the image and
-#: audio readers write it and ``mmm probe`` reads labels from it.
+#: audio readers write it and the ``prompts-labelled`` corpus reads labels from it.
 #: Separators a CSV manifest's header line is searched for; the most frequent one is used
 #: (``,`` when none occurs), so that ``wav;text`` exports read as two columns.
 CSV_DELIMITERS = (",", ";", "\t", "|")
