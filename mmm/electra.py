@@ -90,6 +90,8 @@ class ReplacedTokenOutput:
     """One modality's part of an ELECTRA pass."""
 
     loss: Tensor  # generator MLM loss + discriminator_weight * discriminator loss
+    generator_loss: Tensor
+    discriminator_loss: Tensor
     metrics: dict[str, Tensor]
     counts: dict[str, int]  # positions a metric is a mean over, where not the hidden ones
     pred: Tensor  # (N, V) generator logits at hidden positions
@@ -281,7 +283,9 @@ class Electra(nn.Module):
             }
         metrics = {**metrics, "generator_loss": generator_loss.detach(), **replaced}
         counts = dict.fromkeys(replaced, int(real.sum()))
-        return ReplacedTokenOutput(loss, metrics, counts, logits, target)
+        return ReplacedTokenOutput(
+            loss, generator_loss, discriminator_loss, metrics, counts, logits, target
+        )
 
 
 def _freeze_own_head(modality: Modality) -> None:
