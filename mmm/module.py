@@ -382,7 +382,16 @@ class MaskedModelingModule(L.LightningModule):
         """Modality ``name``'s predictions (logits for discrete ones) at ``positions``
         (B_m, L_m) bool, for a batch whose inputs already show what is hidden (mask tokens):
         the inference path of fill-mask, generation and scoring, with every other modality
-        of the batch as context. (N, ...) in row-major order of ``positions``."""
+        of the batch as context. (N, ...) in row-major order of ``positions``.
+
+        Raises:
+            ValueError: for an ELECTRA model, whose masked-LM heads never trained."""
+        if self.electra is not None:
+            raise ValueError(
+                "this is an ELECTRA model (model.electra is set): its trunk tells replaced "
+                "tokens from original ones and its masked-LM heads never trained, so it does "
+                "not fill masks, generate or score; embed, probe, export or fine-tune it instead"
+            )
         inputs = self.modality_batch(batch)
         name = self.modality_named(name)
         states, seen = self.encode_modalities(inputs)

@@ -13,7 +13,7 @@ from mmm.cli import run
 from mmm.data.labels import LABEL_MEMBER, LabelSpec
 from mmm.data.shards import write_shards
 from mmm.electra import ElectraConfig, replaced_labels
-from mmm.inference import load_module
+from mmm.inference import fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from tests.conftest import SENTENCES
@@ -136,6 +136,8 @@ def test_an_electra_run_exports_its_discriminator_and_fine_tunes(
     saved = torch.load(checkpoint, weights_only=True)
     assert any(key.startswith("electra.generators.text.") for key in saved["state_dict"])
     module = load_module(str(checkpoint))
+    with pytest.raises(ValueError, match="ELECTRA model"):
+        fill_mask(module, ["the [MASK] fox"])
     run(["export", f"--checkpoint={checkpoint}", f"--output={tmp_path / 'exported'}"])
     stock = AutoModel.from_pretrained(str(tmp_path / "exported")).eval()
     batch = module.tokenizers["text"].collate(SENTENCES[:2])
