@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from mmm.cross_modal_masking import TokenBudgets, drop_modalities
+from mmm.electra import Electra, ElectraConfig
 from mmm.masking import MaskedPositions, Masking, RandomMasking
 from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
@@ -77,6 +78,7 @@ class ModalityOutput:
     target: Tensor  # (N, ...) targets at hidden positions
     ratio: Tensor  # (B_m,) per-sample masking ratios
     loss_count: int  # positions the loss is a mean over (hidden, or maskable when per token)
+    counts: dict[str, int] = field(default_factory=dict)  # positions of metrics not per hidden
 
 
 @dataclass
@@ -130,6 +132,11 @@ class MaskedModelingModule(L.LightningModule):
             evaluates), where a model scores the hidden tokens left unchanged by copying them
             (0.190 against 0.127 with the mask token only for the quickstart model, 15% hidden).
             Training always uses the masking's own corruption.
+        electra: train by ELECTRA's replaced-token detection instead of masked prediction
+            (``mmm.electra``): a small generator fills the hidden positions, the trunk tells
+            every real position original or replaced. Discrete modalities only. Validation
+            logs the discriminator's ``replaced_accuracy`` and ``replaced_auroc`` and the
+            generator's ``masked_accuracy``.
     """
 
     def __init__(
@@ -146,6 +153,7 @@ class MaskedModelingModule(L.LightningModule):
         modalities: dict[str, ModalityConfig] | None = None,
         budgets: TokenBudgets | None = None,
         evaluation_mask_only: bool = True,
+        electra: ElectraConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=_unsaved_hyperparameters())
@@ -176,6 +184,11 @@ class MaskedModelingModule(L.LightningModule):
         optional = frozenset(name for name, config in configs.items() if config.optional)
         members = {name: config.member for name, config in configs.items() if config.member}
         self.batcher = MultimodalBatcher(self.tokenizers, optional, members)
+        if electra is not None and budgets is not None:
+            raise ValueError("MaskedModelingModule: electra does not take token budgets")
+        self.electra = (
+            Electra(electra, self.modalities, self.tokenizers, self.encoder) if electra else None
+        )
         # The directory init_from names is read by its caller, not here (the converters live
         # in mmm.export, which imports this module): see ``pending_init_from``.
         self.initialized_from: str | None = None
@@ -311,8 +324,34 @@ class MaskedModelingModule(L.LightningModule):
         if isinstance(masked, MaskedPositions):
             masked = {self.modality_named(): masked}
         masked = masked if masked is not None else self.choose_masks(inputs)
+        if self.electra is not None:
+            return self._forward_replaced(inputs, masked)
         states, seen = self.encode_modalities(inputs, masked)
         parts = {name: self._score(name, inputs, masked[name], states, seen) for name in inputs}
+        loss = sum(self.loss_weights[name] * part.loss for name, part in parts.items())
+        return MaskedOutput(loss, parts)
+
+    def _forward_replaced(
+        self, inputs: ModalityBatch, masked: dict[str, MaskedPositions]
+    ) -> MaskedOutput:
+        """ELECTRA's pass (``mmm.electra``): each modality's part is its generator's
+        prediction of the hidden tokens, scored with the discriminator's loss added."""
+        outputs = self.electra(
+            inputs, masked, self.modalities, lambda shown: self.encode_modalities(shown)[0]
+        )
+        parts = {
+            name: ModalityOutput(
+                out.loss,
+                out.metrics,
+                masked[name].mask,
+                out.pred,
+                out.target,
+                masked[name].ratio,
+                masked[name].loss_count(inputs[name]["maskable"]),
+                out.counts,
+            )
+            for name, out in outputs.items()
+        }
         loss = sum(self.loss_weights[name] * part.loss for name, part in parts.items())
         return MaskedOutput(loss, parts)
 
@@ -343,7 +382,16 @@ class MaskedModelingModule(L.LightningModule):
         """Modality ``name``'s predictions (logits for discrete ones) at ``positions``
         (B_m, L_m) bool, for a batch whose inputs already show what is hidden (mask tokens):
         the inference path of fill-mask, generation and scoring, with every other modality
-        of the batch as context. (N, ...) in row-major order of ``positions``."""
+        of the batch as context. (N, ...) in row-major order of ``positions``.
+
+        Raises:
+            ValueError: for an ELECTRA model, whose masked-LM heads never trained."""
+        if self.electra is not None:
+            raise ValueError(
+                "this is an ELECTRA model (model.electra is set): its trunk tells replaced "
+                "tokens from original ones and its masked-LM heads never trained, so it does "
+                "not fill masks, generate or score; embed, probe, export or fine-tune it instead"
+            )
         inputs = self.modality_batch(batch)
         name = self.modality_named(name)
         states, seen = self.encode_modalities(inputs)
@@ -395,7 +443,7 @@ class MaskedModelingModule(L.LightningModule):
         size = _batch_size(inputs)
         values = {"train/loss": out.loss.detach()}
         for name, part in out.modalities.items():
-            derived = self.modalities[name].metrics_from_loss(part.loss)
+            derived = self._metrics_from_loss(name, part.loss)
             for metric, value in {"loss": part.loss, **part.metrics, **derived}.items():
                 values[f"train/{name}/{metric}"] = value.detach()
             values[f"train/{name}/mask_ratio"] = part.ratio.float().mean()
@@ -498,7 +546,7 @@ class MaskedModelingModule(L.LightningModule):
                 )
                 for metric, value in part.metrics.items():
                     self._epoch_mean(f"{stage}/{name}/{metric}").update(
-                        value.detach().float(), part.target.shape[0]
+                        value.detach().float(), part.counts.get(metric, part.target.shape[0])
                     )
         self._log_skipped(batch, _batch_size(inputs))
 
@@ -564,18 +612,23 @@ class MaskedModelingModule(L.LightningModule):
                 values[name] = metric.compute()
                 metric.reset()
         losses = {}
-        for name, modality in self.modalities.items():
+        for name in self.modalities:
             loss = values.get(f"{stage}/{name}/loss")
             if loss is None:
                 continue
             losses[name] = loss
-            for metric, value in modality.metrics_from_loss(loss).items():
+            for metric, value in self._metrics_from_loss(name, loss).items():
                 values[f"{stage}/{name}/{metric}"] = value.detach()
         if losses:
             total = sum(self.loss_weights[name] * loss for name, loss in losses.items())
             values[f"{stage}/loss"] = total
             self.log_dict(values)
             self.log(f"{stage}_loss", total, prog_bar=True, logger=False)
+
+    def _metrics_from_loss(self, name: str, loss: Tensor) -> dict[str, Tensor]:
+        """The modality's metrics derived from its loss (perplexity); none under ELECTRA,
+        whose loss is not a masked LM's."""
+        return {} if self.electra is not None else self.modalities[name].metrics_from_loss(loss)
 
     def _log_skipped(self, batch: dict, size: int) -> None:
         log_skipped(self, batch, size)
@@ -767,4 +820,4 @@ def _unsaved_hyperparameters() -> list[str]:
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     cli = _given_hyperparameters.get() is not None
-    return [] if cli else ["tokenizer", "encoder", "masking", "modalities", "budgets"]
+    return [] if cli else ["tokenizer", "encoder", "masking", "modalities", "budgets", "electra"]

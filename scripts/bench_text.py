@@ -281,7 +281,7 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[s
 
 
 def hf_batches(
-    tokenizer: TextTokenizer, batch_size: int, mlm_probability: float
+    tokenizer: TextTokenizer, batch_size: int, mlm_probability: float, seed: int = 0
 ) -> tuple[Iterator[Batch], float]:
     """Hugging Face's recipe on the same training split (written to ``data/python-docs`` on
     first use), and the seconds its up-front tokenization and grouping took
@@ -302,7 +302,7 @@ def hf_batches(
         shuffle=True,
         drop_last=True,
         collate_fn=collator,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(seed),
     )
     return forever(loader), prepared
 

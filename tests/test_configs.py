@@ -84,6 +84,7 @@ SHIPPED = {
     "configs/smiles_mlm.yaml",
     "configs/speech_text.yaml",
     "configs/speech_text_control.yaml",
+    "configs/text_electra.yaml",
     "configs/text_mlm.yaml",
     "configs/text_protein.yaml",
     "configs/timeseries_mae.yaml",

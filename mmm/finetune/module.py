@@ -550,10 +550,12 @@ def _input_batcher(batcher: MultimodalBatcher, modality: str | None) -> Multimod
 
 
 def _drop_pretraining_heads(backbone: MaskedModelingModule) -> MaskedModelingModule:
-    """The backbone without its masked-LM heads and MAE decoders: fine-tuning never calls
-    them, so they would only sit idle in optimizers, DDP and checkpoints."""
+    """The backbone without its masked-LM heads and MAE decoders (and ELECTRA's generators
+    and discriminator heads): fine-tuning never calls them, so they would only sit idle in
+    optimizers, DDP and checkpoints."""
     for modality in backbone.modalities.values():
         modality.head = nn.Identity()
+    backbone.electra = None
     return backbone
 
 

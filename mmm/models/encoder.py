@@ -37,6 +37,15 @@ class Encoder(nn.Module, ABC):
             (B, L, D) hidden states.
         """
 
+    def scaled(self, width_fraction: float, depth_fraction: float) -> Encoder:
+        """A new, randomly initialized trunk of the same kind, ``width_fraction`` as wide and
+        ``depth_fraction`` as deep (ELECTRA's generator: a quarter to a third of its
+        discriminator). Trunks that cannot build one say so."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot build a scaled copy of itself (ELECTRA's "
+            "generator); use mmm.models.TransformerEncoder as the trunk"
+        )
+
 
 def attention_mask(padding_mask: Tensor | None, document_ids: Tensor | None) -> Tensor | None:
     """The boolean mask for ``scaled_dot_product_attention`` (``True`` = may attend), built
@@ -105,6 +114,8 @@ class TransformerEncoder(Encoder):
         if dim % num_heads:
             raise ValueError(f"TransformerEncoder: num_heads={num_heads} must divide dim={dim}")
         self.dim = dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
         self.norm_first = norm_first
         self.layer_norm_eps = layer_norm_eps
         block = Block if norm_first else PostNormBlock
@@ -134,6 +145,21 @@ class TransformerEncoder(Encoder):
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask)
         return self.norm(x)
+
+    def scaled(self, width_fraction: float, depth_fraction: float) -> TransformerEncoder:
+        """The same block kind, head width and feed-forward ratio, with ``width_fraction`` of
+        the heads (so of the width; at least one) and ``depth_fraction`` of the blocks (at
+        least one), rounded; no dropout."""
+        head_dim = self.dim // self.num_heads
+        heads = max(1, round(self.num_heads * width_fraction))
+        return TransformerEncoder(
+            dim=heads * head_dim,
+            depth=max(1, round(len(self.blocks) * depth_fraction)),
+            num_heads=heads,
+            mlp_ratio=self.mlp_ratio,
+            norm_first=self.norm_first,
+            layer_norm_eps=self.layer_norm_eps,
+        )
 
 
 class HFEncoder(Encoder):

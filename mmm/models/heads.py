@@ -24,6 +24,9 @@ class TokenHead(nn.Module):
         tied_embedding: an ``nn.Embedding`` whose weight the output projection shares (BERT
             ties them); ``None`` for an untied projection.
         layer_norm_eps: the LayerNorm's epsilon (the encoder's ``layer_norm_eps``).
+        input_dim: width of the states it reads when not ``dim`` (ELECTRA's generator: a
+            narrower trunk whose head maps up to the shared embedding width, as Hugging
+            Face's ``ElectraGeneratorPredictions``).
     """
 
     def __init__(
@@ -32,10 +35,11 @@ class TokenHead(nn.Module):
         vocab_size: int,
         tied_embedding: nn.Embedding | None = None,
         layer_norm_eps: float = 1e-5,
+        input_dim: int | None = None,
     ):
         super().__init__()
         norm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), norm)
+        self.transform = nn.Sequential(nn.Linear(input_dim or dim, dim), nn.GELU(), norm)
         self.decoder = nn.Linear(dim, vocab_size)
         if tied_embedding is not None:
             self.decoder.weight = tied_embedding.weight
@@ -44,7 +48,7 @@ class TokenHead(nn.Module):
         nn.init.zeros_(self.decoder.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """(N, D) -> (N, vocab_size) logits."""
+        """(N, input_dim) -> (N, vocab_size) logits."""
         return self.decoder(self.transform(hidden))
 
 
