@@ -33,6 +33,7 @@ from mmm.commands import COMMANDS
 from mmm.finetune.module import FineTuningModule
 from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
+from mmm.precision import warn_if_bf16_is_emulated
 
 
 class MMMCLI(LightningCLI):
@@ -81,8 +82,10 @@ class MMMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with Lightning's default rich progress bar (when it is on)
         replaced by one that shows the epochs of step-bounded runs, a SIGTERM that stops
-        the run even while it waits for data, and a checkpoint of the last step."""
+        the run even while it waits for data, and a checkpoint of the last step; a warning
+        when bf16 is asked for on a CPU that emulates it."""
         trainer = super().instantiate_trainer(**kwargs)
+        warn_if_bf16_is_emulated(trainer.precision, trainer.strategy.root_device.type)
         trainer.callbacks = [
             TrainingProgressBar() if type(callback) is RichProgressBar else callback
             for callback in trainer.callbacks
