@@ -67,12 +67,14 @@ class MMMCLI(LightningCLI):
     def _before_run(self) -> None:
         """Start the model from ``--model.init_from`` (the converters live in ``mmm.export``,
         outside the module; a resumed run's weights are its checkpoint's, so ``_parse_ckpt_path``
-        unset it), and resume from checkpoints with ``weights_only=True`` unless asked
+        unset it), attach a distilling student's teacher (``mmm.teacher``), and resume from checkpoints with ``weights_only=True`` unless asked
         otherwise: Lightning leaves it unset, which lets ``torch.load`` run pickled code from a
         checkpoint file."""
         from mmm.export import apply_init_from
+        from mmm.teacher import apply_teacher
 
         apply_init_from(self.model)
+        apply_teacher(self.model)  # a distilling student's teacher (mmm.distillation)
         arguments = self.config_init[self.subcommand]
         if arguments.get("weights_only") is None:
             arguments["weights_only"] = True
