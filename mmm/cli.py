@@ -35,6 +35,7 @@ from mmm.commands import COMMANDS
 from mmm.finetune.module import FineTuningModule
 from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
+from mmm.precision import warn_if_bf16_is_emulated
 
 
 class MMMCLI(LightningCLI):
@@ -68,12 +69,14 @@ class MMMCLI(LightningCLI):
     def _before_run(self) -> None:
         """Start the model from ``--model.init_from`` (the converters live in ``mmm.export``,
         outside the module; a resumed run's weights are its checkpoint's, so ``_parse_ckpt_path``
-        unset it), and resume from checkpoints with ``weights_only=True`` unless asked
+        unset it), attach a distilling student's teacher (``mmm.teacher``), and resume from checkpoints with ``weights_only=True`` unless asked
         otherwise: Lightning leaves it unset, which lets ``torch.load`` run pickled code from a
         checkpoint file."""
         from mmm.export import apply_init_from
+        from mmm.teacher import apply_teacher
 
         apply_init_from(self.model)
+        apply_teacher(self.model)  # a distilling student's teacher (mmm.distillation)
         arguments = self.config_init[self.subcommand]
         if arguments.get("weights_only") is None:
             arguments["weights_only"] = True
@@ -83,8 +86,10 @@ class MMMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The configured trainer, with Lightning's default rich progress bar (when it is on)
         replaced by one that shows the epochs of step-bounded runs, a SIGTERM that stops
-        the run even while it waits for data, and a checkpoint of the last step."""
+        the run even while it waits for data, and a checkpoint of the last step; a warning
+        when bf16 is asked for on a CPU that emulates it."""
         trainer = super().instantiate_trainer(**kwargs)
+        warn_if_bf16_is_emulated(trainer.precision, trainer.strategy.root_device.type)
         trainer.callbacks = [
             TrainingProgressBar() if type(callback) is RichProgressBar else callback
             for callback in trainer.callbacks

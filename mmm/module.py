@@ -27,6 +27,7 @@ from torchmetrics import MeanMetric
 
 from mmm.cross_modal_masking import TokenBudgets, drop_modalities
 from mmm.electra import Electra, ElectraConfig
+from mmm.distillation import Distillation, DistillationTerms, distilled_step
 from mmm.masking import MaskedPositions, Masking, RandomMasking
 from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
@@ -88,6 +89,7 @@ class MaskedOutput:
 
     loss: Tensor
     modalities: dict[str, ModalityOutput] = field(default_factory=dict)
+    states: dict[str, Tensor] = field(default_factory=dict)  # modality -> (B_m, L_m, D)
 
     def __getitem__(self, name: str) -> ModalityOutput:
         return self.modalities[name]
@@ -137,6 +139,9 @@ class MaskedModelingModule(L.LightningModule):
             every real position original or replaced. Discrete modalities only. Validation
             logs the discriminator's ``replaced_accuracy`` and ``replaced_auroc`` and the
             generator's ``masked_accuracy``.
+        distillation: learn from a frozen teacher's distribution at the hidden positions
+            (and optionally its hidden states) beside or instead of the true tokens
+            (``mmm.distillation``); ``mmm fit`` loads the teacher (``mmm.teacher``).
     """
 
     def __init__(
@@ -154,6 +159,7 @@ class MaskedModelingModule(L.LightningModule):
         budgets: TokenBudgets | None = None,
         evaluation_mask_only: bool = True,
         electra: ElectraConfig | None = None,
+        distillation: Distillation | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=_unsaved_hyperparameters())
@@ -167,6 +173,7 @@ class MaskedModelingModule(L.LightningModule):
         self.drop_probabilities = {n: config.drop_probability for n, config in configs.items()}
         self.budgets = budgets
         self.evaluation_mask_only = evaluation_mask_only
+        self.distillation = DistillationTerms(distillation) if distillation is not None else None
         self.modalities = nn.ModuleDict(
             {
                 name: build_modality(
@@ -186,6 +193,10 @@ class MaskedModelingModule(L.LightningModule):
         self.batcher = MultimodalBatcher(self.tokenizers, optional, members)
         if electra is not None and budgets is not None:
             raise ValueError("MaskedModelingModule: electra does not take token budgets")
+        if electra is not None and distillation is not None:
+            raise ValueError(
+                "MaskedModelingModule: electra and distillation are two objectives; set one"
+            )
         self.electra = (
             Electra(electra, self.modalities, self.tokenizers, self.encoder) if electra else None
         )
@@ -329,7 +340,7 @@ class MaskedModelingModule(L.LightningModule):
         states, seen = self.encode_modalities(inputs, masked)
         parts = {name: self._score(name, inputs, masked[name], states, seen) for name in inputs}
         loss = sum(self.loss_weights[name] * part.loss for name, part in parts.items())
-        return MaskedOutput(loss, parts)
+        return MaskedOutput(loss, parts, states)
 
     def _forward_replaced(
         self, inputs: ModalityBatch, masked: dict[str, MaskedPositions]
@@ -437,11 +448,16 @@ class MaskedModelingModule(L.LightningModule):
         under ``training_batch_seed``, so a run resumed from any checkpoint trains as the
         uninterrupted run did (``docs/resuming.md``)."""
         inputs = self.modality_batch(batch)
+        distilled = {}
         with seeded(self.training_batch_seed(batch_idx), self.device):
-            out = self.forward_masked(inputs)
+            if self.distillation is None:
+                out = self.forward_masked(inputs)
+            else:
+                out, distilled = distilled_step(self, inputs, self.distillation)
         self._check_finite(out.loss, f"training step {self.global_step}", across_ranks=True)
         size = _batch_size(inputs)
         values = {"train/loss": out.loss.detach()}
+        values.update({f"train/distill/{term}": value for term, value in distilled.items()})
         for name, part in out.modalities.items():
             derived = self._metrics_from_loss(name, part.loss)
             for metric, value in {"loss": part.loss, **part.metrics, **derived}.items():
@@ -477,6 +493,12 @@ class MaskedModelingModule(L.LightningModule):
             raise ValueError(
                 f"MaskedModelingModule: init_from={directory!r} was never applied; mmm fit "
                 "applies it, in Python call mmm.export.init_from(module, directory) first"
+            )
+        if self.distillation is not None and self.distillation.teacher is None:
+            raise ValueError(
+                f"MaskedModelingModule: the distillation teacher "
+                f"{self.distillation.settings.teacher!r} was never attached; mmm fit attaches "
+                "it, in Python call mmm.teacher.apply_teacher(module) first"
             )
         if self._training_seed is None:
             self._training_seed = run_seed()
@@ -572,6 +594,7 @@ class MaskedModelingModule(L.LightningModule):
         modalities were keyed load under their modality's name. A resumed run keeps drawing
         its training randomness from the checkpoint's seed."""
         self._training_seed = checkpoint.get("training_seed", self._training_seed)
+        _restore_distillation_projection(checkpoint, self.distillation)
         self.initialized_from = self.hparams.get("init_from")  # its weights are the checkpoint's
         for name, count in checkpoint.get("training_batches_per_modality", {}).items():
             if name in self._training_batches:
@@ -791,6 +814,23 @@ def _batch_size(inputs: ModalityBatch) -> int:
     return max(int(sub["rows"].max()) for sub in inputs.values()) + 1
 
 
+def _restore_distillation_projection(
+    checkpoint: dict, distillation: DistillationTerms | None
+) -> None:
+    """A distilled student's checkpoint holds the projection of its states to its teacher's
+    width: rebuilt (its shape is the checkpoint's) when the module distils, dropped when it
+    is loaded without distillation (for inference, export, or as another run's teacher)."""
+    state = checkpoint.get("state_dict", {})
+    projection = state.get("distillation.projection.weight")
+    if projection is None:
+        return
+    if distillation is not None:
+        distillation.ensure_projection(projection.shape[1], projection.shape[0])
+        return
+    for key in [key for key in state if key.startswith("distillation.")]:
+        del state[key]
+
+
 def _rename_single_modality_keys(checkpoint: dict, name: str | None) -> None:
     """Keys of checkpoints written before modalities were keyed (``modality.*`` and
     ``length_counts``) renamed to the one-modality layout (``modalities.<name>.*``)."""
@@ -820,4 +860,5 @@ def _unsaved_hyperparameters() -> list[str]:
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     cli = _given_hyperparameters.get() is not None
-    return [] if cli else ["tokenizer", "encoder", "masking", "modalities", "budgets", "electra"]
+    live = ["tokenizer", "encoder", "masking", "modalities", "budgets", "electra", "distillation"]
+    return [] if cli else live

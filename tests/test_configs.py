@@ -61,9 +61,30 @@ def test_config_fits_two_steps(config, tmp_path, monkeypatch):
     """Runs from a fresh directory: embedded data and tokenizers are prepared there."""
     skip_without_data_package(config)
     monkeypatch.chdir(tmp_path)
-    cli = run(["fit", f"--config={config}", *FAST])
+    cli = run(["fit", f"--config={config}", *FAST, *teacher_options(config, tmp_path)])
     assert cli.trainer.global_step == 2
     assert "val/loss" in cli.trainer.callback_metrics
+
+
+def teacher_options(config: Path, tmp_path: Path) -> list[str]:
+    """A distillation config's teacher: its config's one step, fitted here first (with the
+    tokenizer it trains in this directory, which the student then reads too)."""
+    if "distillation" not in yaml.safe_load(config.read_text()).get("model", {}):
+        return []
+    checkpoints = tmp_path / "teacher"
+    options = [option for option in FAST if "enable_checkpointing" not in option]
+    teacher_config = config.parent / "text_mlm.yaml"
+    run(
+        [
+            "fit",
+            f"--config={teacher_config}",
+            *options,
+            "--trainer.max_steps=1",
+            f"--trainer.default_root_dir={checkpoints}",
+        ]
+    )
+    [checkpoint] = sorted(checkpoints.rglob("*.ckpt"))
+    return [f"--model.distillation.teacher={checkpoint}"]
 
 
 FINETUNE_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "finetune").glob("*.yaml"))
@@ -85,6 +106,7 @@ SHIPPED = {
     "configs/speech_text.yaml",
     "configs/speech_text_control.yaml",
     "configs/text_electra.yaml",
+    "configs/text_distill.yaml",
     "configs/text_mlm.yaml",
     "configs/text_protein.yaml",
     "configs/timeseries_mae.yaml",

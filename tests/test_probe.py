@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.callbacks import OnlineLinearProbe
 from mmm.cli import run
 from mmm.data.corpora import labelled_corpus

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import lightning as L
 
-from datamodules.webdataset import ShardDataModule
+from datamodules import ShardDataModule
 from mmm.data.corpora import corpus_names, is_labelled_corpus
 from mmm.data.labels import LABEL_MEMBER, LabelSpec
 from mmm.data.patterns import expand_shards
