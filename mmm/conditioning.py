@@ -133,7 +133,8 @@ def context_samples(paths: Sequence[str | Path]) -> list[Sample]:
 
 def read_context(module: MaskedModelingModule, samples: Sequence[Sample]) -> ModalityBatch:
     """The samples decoded by the module's tokenizers (without augmentation) and batched:
-    modality -> sub-batch, for every modality that each sample carries.
+    modality -> sub-batch, for every modality that each sample carries; empty for samples
+    that carry no member at all (generation from nothing, ``ChainStep((), target)``).
 
     Raises:
         ContextError: naming a sample none of whose members a modality of the model reads, or
@@ -142,6 +143,8 @@ def read_context(module: MaskedModelingModule, samples: Sequence[Sample]) -> Mod
     """
     batcher = MultimodalBatcher(module.tokenizers, optional=frozenset(module.tokenizers))
     batcher = batcher.for_evaluation()
+    if not any(not key.startswith("__") for sample in samples for key in sample):
+        return {}
     items, kinds = [], {}
     for sample in samples:
         key = str(sample.get("__key__", f"sample {len(items)}"))
@@ -172,16 +175,17 @@ def _readers(module: MaskedModelingModule) -> str:
     )
 
 
-def _check_step(module: MaskedModelingModule, batch: ModalityBatch, step: ChainStep, index: int):
+def _check_step(
+    module: MaskedModelingModule, batch: ModalityBatch, rows: int, step: ChainStep, index: int
+) -> None:
     """Refuse a step whose modalities the model lacks, or whose context is not carried by
-    every sample of the batch (after the steps before it)."""
+    every one of the ``rows`` samples of the batch (after the steps before it)."""
     where = f"chain step {index} ({step})"
     for name in (*step.context, step.target):
         if name not in module.modalities:
             raise ContextError(
                 f"{where}: this model has no modality {name!r}; it has {list(module.modalities)}"
             )
-    rows = _rows(batch)
     for name in step.context:
         sub = batch.get(name)
         if sub is None or "rows" in sub or len(sub["attention_mask"]) != rows:
@@ -190,10 +194,6 @@ def _check_step(module: MaskedModelingModule, batch: ModalityBatch, step: ChainS
                 f"{where}: the context {name!r} is not there for every sample (the samples "
                 f"and earlier steps give {have})"
             )
-
-
-def _rows(batch: ModalityBatch) -> int:
-    return max(len(sub["attention_mask"]) for sub in batch.values())
 
 
 # ------------------------------------------------------------------------- generation
@@ -331,7 +331,7 @@ def generate_chain_batches(
             batch = _on_device(read_context(module, chunk), module.device)
             results = []
             for index, step in enumerate(steps, start=1):
-                _check_step(module, batch, step, index)
+                _check_step(module, batch, len(chunk), step, index)
                 per_sample = length[start : start + len(chunk)] if _is_list(length) else length
                 lengths = target_lengths(
                     module, step.target, len(chunk), per_sample, lengths_generator
