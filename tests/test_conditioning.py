@@ -136,7 +136,7 @@ def test_a_chain_draws_a_new_image_from_the_word_of_an_image(paired, digit_files
         paired, samples, parse_chain("image:text,text:image"), settings=GREEDY
     )
     assert len(word.texts) == 10 and image.pictures.shape == (10, 1, 8, 8)
-    assert 0.0 <= float(image.pictures.min()) and float(image.pictures.max()) <= 1.0
+    assert float(image.pictures.min()) >= 0.0 and float(image.pictures.max()) <= 1.0
     from_words = generate_chain(
         paired, [{"__key__": "w", "txt": b"seven"}] * 2, [ChainStep(("text",), "image")]
     )
