@@ -113,11 +113,11 @@ class SamplingSettings:
         sigma_max = 1.0 if alpha_now <= 0.0 else min(1.0, after / alpha_now)
         return min(self.eta, sigma_max) if self.remask == "cap" else self.eta * sigma_max
 
-    def noise(self, module: MaskedModelingModule) -> NoiseSchedule:
-        """The schedule to unmask with for ``module``."""
+    def noise(self, module: MaskedModelingModule, name: str | None = None) -> NoiseSchedule:
+        """The schedule to unmask modality ``name`` (default: the only discrete one) with."""
         if self.schedule is not None:
             return NOISE_SCHEDULES[self.schedule]
-        masking = module.maskings[discrete_modality(module, "sampling")[0]]
+        masking = module.maskings[discrete_modality(module, "sampling", name)[0]]
         return masking.noise if isinstance(masking, DiffusionMasking) else NOISE_SCHEDULES["linear"]
 
 
@@ -140,11 +140,13 @@ def evaluating(module: MaskedModelingModule) -> Iterator[MaskedModelingModule]:
         module.train(was_training)
 
 
-def discrete_modality(module: MaskedModelingModule, what: str) -> tuple[str, DiscreteTokenizer]:
-    """The name and tokenizer of the module's discrete modality, or a TypeError naming
-    ``what`` needs one."""
+def discrete_modality(
+    module: MaskedModelingModule, what: str, name: str | None = None
+) -> tuple[str, DiscreteTokenizer]:
+    """The name and tokenizer of the module's discrete modality ``name`` (default: its only
+    one), or a TypeError naming ``what`` needs one."""
     try:
-        name = module.modality_named(discrete=True)
+        name = module.modality_named(name, discrete=True)
     except ValueError as error:
         raise TypeError(
             f"{what} needs one discrete modality (text, protein, SMILES): {error}"
@@ -198,11 +200,27 @@ def most_tokens(tokenizer: DiscreteTokenizer) -> int:
 
 
 # -------------------------------------------------------------------------------- sampling
-def _logits(module: MaskedModelingModule, ids: Tensor, real: Tensor, positions: Tensor) -> Tensor:
-    """The model's logits at ``positions`` given ``ids``: (N, V), row-major order."""
-    name = module.modality_named(discrete=True)
-    batch = {name: {"input_ids": ids, "attention_mask": real}}
-    return module.predict_positions(batch, positions, name).float()
+@dataclass(frozen=True)
+class Sequences:
+    """The sequences being generated and what the model reads beside them.
+
+    Attributes:
+        name: the generated (discrete) modality.
+        real: (B, L) bool real positions of its rows.
+        context: the other modalities of the same samples, every one present in every row
+            (``mmm.conditioning``), or empty: seen at every step, never changed.
+    """
+
+    name: str
+    real: Tensor
+    context: dict[str, dict[str, Tensor]]
+
+    def logits(self, module: MaskedModelingModule, ids: Tensor, rows: Tensor, positions: Tensor):
+        """The model's logits at ``positions`` of rows ``rows`` (B,) bool given their ``ids``
+        and context: (N, V), row-major order."""
+        batch = {key: {k: v[rows] for k, v in sub.items()} for key, sub in self.context.items()}
+        batch[self.name] = {"input_ids": ids[rows], "attention_mask": self.real[rows]}
+        return module.predict_positions(batch, positions[rows], self.name).float()
 
 
 class TokenSampler:
@@ -230,7 +248,7 @@ class TokenSampler:
         return tokens, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
-def _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, cache) -> None:
+def _ancestral_step(module, ids, rows_of, hidden, reveal_prob, sampler, cache) -> None:
     """Reveal each hidden position with probability ``reveal_prob``, in place."""
     u = torch.rand(ids.shape, device=ids.device, generator=sampler.generator)  # (B, L)
     reveal = hidden & (u < reveal_prob)
@@ -238,12 +256,12 @@ def _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, cache) -> N
     if not rows.any():
         return
     queried = hidden & rows.unsqueeze(1)
-    logits = _logits(module, ids[rows], real[rows], queried[rows])  # (N_queried, V)
+    logits = rows_of.logits(module, ids, rows, queried)  # (N_queried, V)
     tokens, _ = sampler(logits[reveal[queried]])  # drawn at revealed positions only
     ids[reveal] = tokens
 
 
-def _remdm_step(module, ids, real, fill, hidden, now, after, settings, sampler, mask_id) -> None:
+def _remdm_step(module, ids, rows_of, fill, hidden, now, after, settings, sampler, mask_id) -> None:
     """Hide each generated token again with probability ``sigma_t`` and reveal each hidden one
     with ReMDM's probability, in place. The model predicts from the sequence before this
     step's remasking; positions outside ``fill`` (template tokens) are never hidden."""
@@ -256,11 +274,11 @@ def _remdm_step(module, ids, real, fill, hidden, now, after, settings, sampler, 
     # ancestral sampler's number exactly; the hidden share after the step is still ``after``
     reveal_prob = (now - after + sigma * (1.0 - now)) / max(now, 1e-12)
     reveal_prob = min(max(reveal_prob, 0.0), 1.0)
-    _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, settings.cache)
+    _ancestral_step(module, ids, rows_of, hidden, reveal_prob, sampler, settings.cache)
     ids[remask] = mask_id
 
 
-def _maskgit_step(module, ids, real, hidden, keep_hidden, sampler) -> None:
+def _maskgit_step(module, ids, rows_of, hidden, keep_hidden, sampler) -> None:
     """Reveal the most confident hidden positions of each row until ``keep_hidden`` (B,) stay
     hidden (at least one revealed per row with hidden positions), in place."""
     count = hidden.sum(dim=1)  # (B,)
@@ -269,7 +287,7 @@ def _maskgit_step(module, ids, real, hidden, keep_hidden, sampler) -> None:
     if not rows.any():
         return
     queried = hidden & rows.unsqueeze(1)
-    tokens, confidence = sampler(_logits(module, ids[rows], real[rows], queried[rows]))
+    tokens, confidence = sampler(rows_of.logits(module, ids, rows, queried))
     candidates = ids.clone()
     candidates[queried] = tokens
     score = torch.full(ids.shape, float("-inf"), device=ids.device)  # (B, L)
@@ -287,6 +305,8 @@ def fill_masked(
     settings: SamplingSettings,
     generator: torch.Generator,
     progress: tqdm | None = None,
+    name: str | None = None,
+    context: dict[str, dict[str, Tensor]] | None = None,
 ) -> Tensor:
     """Fill the ``fill`` positions of a batch by iterative unmasking.
 
@@ -298,38 +318,43 @@ def fill_masked(
         settings: sampler, steps, temperature, top-k/top-p, schedule.
         generator: RNG on the module's device (reproducible samples).
         progress: a bar advanced once per step.
+        name: the discrete modality generated (default: the module's only one).
+        context: the other modalities of the same samples (modality -> sub-batch, every row
+            present), seen at every step and never changed: conditioned generation.
 
     Returns:
         (B, L) long ids with every ``fill`` position holding a generated (non-special) token.
     """
-    tokenizer = discrete_modality(module, "sampling")[1]
+    name, tokenizer = discrete_modality(module, "sampling", name)
     spec = tokenizer.spec
     device = batch["input_ids"].device
     banned = torch.zeros(spec.vocab_size, dtype=torch.bool, device=device)
     banned[list(tokenizer.special_token_ids)] = True
     sampler = TokenSampler(settings, banned, generator)
-    ids, real = batch["input_ids"].clone(), batch["attention_mask"]
+    ids = batch["input_ids"].clone()
+    rows_of = Sequences(name, batch["attention_mask"], context or {})
     times = torch.linspace(1.0, 0.0, settings.steps + 1, dtype=torch.float64)  # (T + 1,)
-    hidden_share = settings.noise(module).mask_probability(times).tolist()  # 0 at t = 0
+    hidden_share = settings.noise(module, name).mask_probability(times).tolist()  # 0 at t = 0
     initial = fill.sum(dim=1)  # (B,)
     for step in range(settings.steps):
         hidden = fill & (ids == spec.mask_token_id)  # (B, L) still to generate
         now, after = hidden_share[step], hidden_share[step + 1]
         if settings.sampler == "ancestral":
             reveal_prob = min(max((now - after) / max(now, 1e-12), 0.0), 1.0)
-            _ancestral_step(module, ids, real, hidden, reveal_prob, sampler, settings.cache)
+            _ancestral_step(module, ids, rows_of, hidden, reveal_prob, sampler, settings.cache)
         elif settings.sampler == "remdm":
             mask_id = spec.mask_token_id
-            _remdm_step(module, ids, real, fill, hidden, now, after, settings, sampler, mask_id)
+            _remdm_step(module, ids, rows_of, fill, hidden, now, after, settings, sampler, mask_id)
         else:
             keep_hidden = torch.floor(initial * after).long()  # (B,)
-            _maskgit_step(module, ids, real, hidden, keep_hidden, sampler)
+            _maskgit_step(module, ids, rows_of, hidden, keep_hidden, sampler)
         if progress is not None:
             progress.update(1)
     return ids
 
 
-def _decode_rows(tokenizer: DiscreteTokenizer, ids: Tensor, real: Tensor) -> list[str]:
+def decode_rows(tokenizer: DiscreteTokenizer, ids: Tensor, real: Tensor) -> list[str]:
+    """Each row's real tokens, decoded (special tokens dropped)."""
     return [tokenizer.decode(row[keep].tolist()) for row, keep in zip(ids, real, strict=True)]
 
 
@@ -401,7 +426,7 @@ def infill_batches(
             batch, fill = encode_templates(tokenizer, chunk)
             batch = {k: v.to(module.device) for k, v in batch.items()}
             ids = fill_masked(module, batch, fill.to(module.device), settings, generator, bar)
-            yield _decode_rows(tokenizer, ids.cpu(), batch["attention_mask"].cpu())
+            yield decode_rows(tokenizer, ids.cpu(), batch["attention_mask"].cpu())
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -416,16 +441,18 @@ def sample_lengths(
     count: int,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    name: str | None = None,
 ) -> list[int]:
     """``count`` sequence lengths (maskable positions) drawn from the lengths the module saw
     in training (``length_counts``, saved in its checkpoint), with ``generator`` (a CPU
-    generator; unset: one seeded with ``seed``).
+    generator; unset: one seeded with ``seed``); ``name``: the discrete modality (default:
+    the only one).
 
     Raises:
         ValueError: for a module that records no training lengths (not trained, or trained
             before mmm counted them): give a length instead.
     """
-    name = discrete_modality(module, "sampling lengths")[0]
+    name = discrete_modality(module, "sampling lengths", name)[0]
     counts = module.modalities[name].length_counts.detach().float().cpu()
     counts[0] = 0.0  # a sample with nothing to generate is no sample
     if counts.sum() == 0:

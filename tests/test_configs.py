@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mmm.cli import run
+from mmm.data.corpora import reads_folder
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FAST = [
@@ -60,8 +61,9 @@ def skip_without_data_package(config: Path) -> None:
 def test_config_fits_two_steps(config, tmp_path, monkeypatch):
     """Runs from a fresh directory: embedded data and tokenizers are prepared there."""
     skip_without_data_package(config)
+    options = fsdd_options(config)
     monkeypatch.chdir(tmp_path)
-    cli = run(["fit", f"--config={config}", *FAST, *teacher_options(config, tmp_path)])
+    cli = run(["fit", f"--config={config}", *FAST, *options, *teacher_options(config, tmp_path)])
     assert cli.trainer.global_step == 2
     assert "val/loss" in cli.trainer.callback_metrics
 
@@ -97,6 +99,7 @@ FINETUNE_FAST = [option for option in FAST if "enable_checkpointing" not in opti
 SHIPPED = {
     "configs/audio_mae.yaml",
     "configs/digits_image_text.yaml",
+    "configs/fsdd_audio_text.yaml",
     "configs/image_mae.yaml",
     "configs/protein_mdlm.yaml",
     "configs/protein_mlm.yaml",
@@ -141,15 +144,21 @@ def test_finetune_config_prints(config, capsys):
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 
 
+def fsdd_options(config: Path) -> list[str]:
+    """``--data.source_dir`` for a config whose corpus reads the FSDD folder (skipped without
+    the copy), else nothing."""
+    if not reads_folder(str(yaml.safe_load(config.read_text())["data"].get("embedded"))):
+        return []
+    if not FSDD.is_dir():
+        pytest.skip(f"no FSDD copy at {FSDD}")
+    return [f"--data.source_dir={FSDD}"]
+
+
 @pytest.mark.parametrize("config", FINETUNE_CONFIGS, ids=lambda p: p.stem)
 def test_finetune_config_fits_two_steps(config, tmp_path, monkeypatch):
     """Runs from a fresh directory: the labelled corpus is written there on first use."""
     skip_without_data_package(config)
-    options = []
-    if yaml.safe_load(config.read_text())["data"]["embedded"] == "fsdd-labelled":
-        if not FSDD.is_dir():
-            pytest.skip(f"no FSDD copy at {FSDD}")
-        options = [f"--data.source_dir={FSDD}"]
+    options = fsdd_options(config)
     monkeypatch.chdir(tmp_path)
     cli = run(["finetune", "fit", f"--config={config}", *FINETUNE_FAST, *options])
     assert cli.trainer.global_step == 2

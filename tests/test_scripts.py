@@ -114,6 +114,16 @@ class Case:
 
 
 CASES: dict[str, list[Case]] = {
+    "any_to_any_eval": [
+        Case(
+            [
+                *("--config", str(CONFIGS / "digits_image_text.yaml")),
+                *("--checkpoint", CHECKPOINT, "--limit", "4", "--steps", "2"),
+            ],
+            expect="most frequent",
+            checkpoint="digits_image_text.yaml",
+        )
+    ],
     "bench_data": [
         Case(
             [

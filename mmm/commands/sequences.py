@@ -90,8 +90,12 @@ def generate_command(
     batch_size: int = 64,
     device: str | None = None,
     progress: bool = True,
+    context: str | list[str] | None = None,
+    target: str | None = None,
+    chain: str | None = None,
 ) -> int:
-    """Sample sequences from a masked model, or fill in the masks of templates (infill).
+    """Sample sequences from a masked model, fill in the masks of templates (infill), or
+    generate one modality of a multimodal model from files of its others (``--context``).
 
     MDLM ancestral sampling or MaskGIT; written as FASTA, .smi or text lines, a batch at a
     time as it is sampled (each flushed to the file), so output appears as the run goes and
@@ -124,21 +128,39 @@ def generate_command(
         batch_size: sequences sampled together.
         device: ``cpu``, ``cuda``, ...; unset: CUDA when available.
         progress: show a progress bar.
+        context: files (or patterns, folders) of a multimodal model's other modalities, one
+            sample each (``--context clip.wav``, ``--context 'clips/*.wav'``): ``--target`` is
+            generated for each from it, the context never changed (see ``docs/generation.md``).
+            A discrete target is sampled as above (``--length``: its tokens; unset: drawn
+            from training), a continuous one is drawn by its MAE decoder in one pass.
+        target: the modality to generate from ``--context`` (e.g. ``text`` from a recording,
+            ``image`` from a word).
+        chain: steps instead of ``--target``, the output of one the context of the next (as
+            in 4M): ``image:text,text:image`` writes the digit's word, then draws a new image
+            from the word alone; ``+`` joins context modalities (``audio+image:text``).
+            Output: one line per input (discrete targets; with ``--output DIR``,
+            ``DIR/<step>-<target>.txt``), one PNG per input (continuous targets,
+            ``DIR/<step>-<target>/<input name>.png``; ``--output`` is then needed).
     """
+    if context is not None or target is not None or chain is not None:
+        return _generate_conditioned(
+            checkpoint=checkpoint,
+            context=context,
+            target=target,
+            chain=chain,
+            output=output,
+            length=length,
+            settings=_settings(steps, sampler, remask, eta, temperature, top_k, top_p, schedule),
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
     from mmm.generation import generate_batches, infill_batches
-    from mmm.inference import SamplingSettings, load_module
+    from mmm.inference import load_module
 
     module = load_module(checkpoint, map_location=_device(device))
-    settings = SamplingSettings(
-        steps=steps,
-        sampler=sampler,
-        remask=remask,
-        eta=eta,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        schedule=schedule,
-    )
+    settings = _settings(steps, sampler, remask, eta, temperature, top_k, top_p, schedule)
     common = {"settings": settings, "seed": seed, "batch_size": batch_size, "progress": progress}
     if template is None:
         batches = generate_batches(module, num_samples, length=length, **common)
@@ -151,6 +173,143 @@ def generate_command(
         names = (f"infill_{i // num_samples + 1}_{i % num_samples + 1}" for i in itertools.count())
     named = ((list(itertools.islice(names, len(batch))), batch) for batch in batches)
     return _write_generated(named, output)
+
+
+def _settings(steps, sampler, remask, eta, temperature, top_k, top_p, schedule):
+    from mmm.generation import SamplingSettings
+
+    return SamplingSettings(
+        steps=steps,
+        sampler=sampler,
+        remask=remask,
+        eta=eta,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        schedule=schedule,
+    )
+
+
+def _generate_conditioned(
+    *,
+    checkpoint: str,
+    context: str | list[str] | None,
+    target: str | None,
+    chain: str | None,
+    output: str | None,
+    length: int | None,
+    settings,
+    seed: int,
+    batch_size: int,
+    device: str | None,
+    progress: bool,
+) -> int:
+    """``mmm generate --context FILES --target M`` / ``--chain A:B,B:C``: one output line or
+    picture per context file and step. Returns how many inputs were generated for."""
+    from mmm.conditioning import (
+        ChainStep,
+        ContextError,
+        context_samples,
+        generate_chain_batches,
+        parse_chain,
+        read_context,
+    )
+    from mmm.inference import load_module
+
+    if context is None:
+        raise ContextError("--target and --chain generate from --context FILES; none given")
+    if (target is None) == (chain is None):
+        raise ContextError("give --target MODALITY or --chain STEPS (e.g. image:text,text:image)")
+    files = expand_inputs(context)
+    samples = context_samples(files)
+    module = load_module(checkpoint, map_location=_device(device))
+    if chain is not None:
+        steps = parse_chain(chain)
+    else:
+        carried = read_context(module, samples[:1])
+        if target in carried:
+            raise ContextError(f"--context {files[0]} is {target!r}, the modality to generate")
+        steps = [ChainStep(tuple(carried), target)]
+    writer = _ConditionedWriter(module, steps, files, output)
+    batches = generate_chain_batches(
+        module,
+        samples,
+        steps,
+        length=length,
+        settings=settings,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    for results in batches:
+        writer.write(results)
+    writer.close()
+    return writer.written
+
+
+class _ConditionedWriter:
+    """Writes each step's outputs as they come: a discrete step's texts as lines (printed,
+    ``FILE<TAB>text``, or ``DIR/<step>-<target>.txt`` in input order), a continuous step's
+    pictures as ``DIR/<step>-<target>/<input name>.png``."""
+
+    def __init__(self, module, steps, files: list[str], output: str | None) -> None:
+        from mmm.conditioning import ContextError
+
+        drawn = [s for s in steps if not module.tokenizers[s.target].discrete] if steps else []
+        if drawn and output is None:
+            raise ContextError(
+                f"step {drawn[0]} draws pictures: give --output DIR for them to be written to"
+            )
+        if output is not None and Path(output).is_file():
+            raise ContextError(f"--output {output} is a file; give a folder for the outputs")
+        self.folder = Path(output) if output is not None else None
+        self.files, self.names = files, _unique_stems(files)
+        self.handles = {}
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for index, step in enumerate(steps, start=1):
+                if module.tokenizers[step.target].discrete:
+                    path = self.folder / f"{index}-{step.target}.txt"
+                    self.handles[index] = path.open("w", encoding="utf-8")
+        self.written = 0
+
+    def write(self, results) -> None:
+        """Write one batch's outputs of every step (``mmm.conditioning.Generated``)."""
+        from torchvision.utils import save_image
+
+        done, count = self.written, len(results[0])
+        files, names = self.files[done : done + count], self.names[done : done + count]
+        for index, generated in enumerate(results, start=1):
+            if generated.texts is not None and self.folder is None:
+                for file, text in zip(files, generated.texts, strict=True):
+                    print(f"{file}\t{generated.step.target}\t{text}", flush=True)
+            elif generated.texts is not None:
+                self.handles[index].writelines(text + "\n" for text in generated.texts)
+                self.handles[index].flush()
+            else:
+                folder = self.folder / f"{index}-{generated.step.target}"
+                folder.mkdir(exist_ok=True)
+                for name, picture in zip(names, generated.pictures, strict=True):
+                    save_image(picture, folder / f"{name}.png")
+        self.written += count
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        if self.folder is not None:
+            print(f"wrote the outputs of {self.written} inputs to {self.folder}")
+
+
+def _unique_stems(files: list[str]) -> list[str]:
+    """A file name per input to write its picture under: its stem, numbered when two inputs
+    share one (``a/7.png`` and ``b/7.png`` -> ``7``, ``7-2``)."""
+    seen: dict[str, int] = {}
+    names = []
+    for file in files:
+        stem = Path(file).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
 
 
 def _write_generated(batches: Iterator[tuple[list[str], list[str]]], output: str | None) -> int:

@@ -289,6 +289,22 @@ class ContinuousModality(Modality):
         patches[mask] = values
         return patches
 
+    @torch.no_grad()
+    def generated(self, mask: Tensor, pred: Tensor) -> Tensor:
+        """The vectors of samples generated whole from their other modalities (nothing of
+        them seen), (B, L, P): predictions at ``mask`` (B, L), zeros elsewhere. When the
+        targets were normalized per patch (``norm_pix_loss``), a patch's level and contrast
+        were never learned, only its shape: each sample's predictions are then stretched to
+        [0, 1], a picture of the shapes, not of the levels."""
+        values = torch.zeros(*mask.shape, pred.shape[-1], device=pred.device)  # (B, L, P)
+        values[mask] = pred.float()
+        if not self.norm_pix_loss:
+            return values
+        flat = values.flatten(1)  # (B, L * P)
+        low = flat.min(dim=1).values.view(-1, 1, 1)
+        high = flat.max(dim=1).values.view(-1, 1, 1)
+        return (values - low) / (high - low).clamp_min(1e-6)
+
 
 ModalityBuilder = Callable[[ModalitySpec, Encoder, Masking, PatchDecoderConfig | None], Modality]
 

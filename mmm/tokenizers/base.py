@@ -281,6 +281,26 @@ class Tokenizer(ABC):
             f"({type(self).__name__}); use a sample-level task (classification, regression)"
         )
 
+    def blank(self, lengths: list[int | None]) -> dict[str, Tensor]:
+        """A batch of items to generate whole from a sample's other modalities, one per entry
+        of ``lengths`` (positions; ``None``: as many as the modality holds): every position
+        real and maskable, with nothing in it (zero vectors). Discrete tokenizers write mask
+        tokens instead (``DiscreteTokenizer.blank``).
+
+        Raises:
+            ValueError: naming a length beyond ``spec.max_length``.
+        """
+        spec = self.spec
+        sizes = [spec.max_length if n is None else n for n in lengths]
+        if any(not 0 < n <= spec.max_length for n in sizes):
+            raise ValueError(
+                f"{type(self).__name__}: lengths {sizes} must lie in 1..{spec.max_length}"
+            )
+        longest = max(sizes, default=0)
+        present = torch.arange(longest) < torch.tensor(sizes).unsqueeze(1)  # (B, L)
+        patches = torch.zeros(len(sizes), longest, spec.input_dim)  # (B, L, P)
+        return {"patches": patches, "attention_mask": present, "maskable": present.clone()}
+
     def for_evaluation(self) -> Tokenizer:
         """This tokenizer with random augmentation switched off, for validation, test and
         predict: held-out numbers are measured on the data, not on a random view of it, and
@@ -318,6 +338,25 @@ class DiscreteTokenizer(Tokenizer):
 
     @abstractmethod
     def collate(self, items: list[str]) -> dict[str, Tensor]: ...
+
+    def blank(self, lengths: list[int | None]) -> dict[str, Tensor]:
+        """All-mask sequences of ``lengths`` tokens (special tokens not counted), to generate
+        whole; ``fill`` positions are the mask tokens that ``collate`` kept.
+
+        Raises:
+            ValueError: for a length that is ``None`` (a discrete sequence has no one size:
+                draw one, ``mmm.generation.sample_lengths``) or does not fit ``max_length``.
+        """
+        if any(n is None or n < 1 for n in lengths):
+            raise ValueError(f"{type(self).__name__}.blank: lengths must be >= 1, got {lengths}")
+        batch = self.collate([self.mask_token * n for n in lengths])
+        kept = ((batch["input_ids"] == self.spec.mask_token_id) & batch["maskable"]).sum(dim=1)
+        if kept.tolist() != list(lengths):
+            raise ValueError(
+                f"{type(self).__name__}.blank: lengths {list(lengths)} do not fit in "
+                f"max_length={self.spec.max_length} tokens with the special ones"
+            )
+        return batch
 
     def content_length(self, text: str) -> int:
         """How many content tokens ``text`` holds before ``max_length`` cuts it (special

@@ -7,7 +7,8 @@ system package: ``apt-get install asterisk-core-sounds-en-wav``.
 
 ``prompts-labelled``: those prompts labelled by their folder (4 classes).
 ``fsdd-labelled``: the Free Spoken Digit Dataset (3,000 recordings of the digits 0-9 by 6
-speakers; CC BY-SA 4.0), read from a clone the user names, with held-out speakers.
+speakers; CC BY-SA 4.0), read from a clone the user names, with held-out speakers;
+``fsdd-words``: the same recordings paired with the digit said, as a word (``seven``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mmm.data.corpora import LabelledCorpus, register_corpus, register_labelled_corpus
+from mmm.data.corpora.image import DIGIT_WORDS
 from mmm.data.formats import Sample, audio_samples
 from mmm.data.labelled import select_classes
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
@@ -170,16 +172,33 @@ def fsdd_labelled(source_dir: str | os.PathLike | None) -> LabelledCorpus:
     """FSDD's recordings as ``wav`` samples (8 kHz mono, bytes unchanged) labelled by the
     digit spoken (10 classes, ``0``-``9``), keyed by file name; the speakers of
     ``FSDD_HELD_OUT`` are the val and test splits, all others train."""
+    return _fsdd_corpus(source_dir, words=False)
+
+
+@register_labelled_corpus("fsdd-words", reads_folder=True)
+def fsdd_words(source_dir: str | os.PathLike | None) -> LabelledCorpus:
+    """``fsdd-labelled`` as speech + transcript pairs: each recording (``wav``) with the digit
+    it says written as a word (``txt``: ``seven``), for a paired audio + text model that
+    writes the transcript of a held-out speaker's recording (``mmm generate --context``).
+    Same keys, labels and held-out speakers as ``fsdd-labelled``."""
+    return _fsdd_corpus(source_dir, words=True)
+
+
+def _fsdd_corpus(source_dir: str | os.PathLike | None, words: bool) -> LabelledCorpus:
+    """FSDD's recordings as labelled samples, with the spoken digit's word as ``txt`` when
+    ``words``."""
     files = fsdd_recordings(source_dir)
 
     def samples() -> Iterator[Sample]:
         for path, digit, speaker in files:
+            transcript = {TEXT_MEMBER: DIGIT_WORDS[digit].encode("utf-8")} if words else {}
             yield {
                 "__key__": path.stem,
                 "__source__": str(path),
                 "__split__": FSDD_HELD_OUT.get(speaker, "train"),
                 AUDIO_MEMBER: path.read_bytes(),
                 LABEL_MEMBER: encode_label(digit),
+                **transcript,
             }
 
     spec = LabelSpec("classification", tuple(str(d) for d in range(10)), AUDIO_MEMBER)
