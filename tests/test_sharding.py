@@ -60,7 +60,10 @@ def test_fsdp_checkpoints_save_resume_exactly_and_consolidate(tmp_path, monkeypa
     # the run resumed from step 2's shards ends with the uninterrupted run's weights
     [full] = (tmp_path / "full/checkpoints").glob("*step=3.ckpt")
     [resumed] = (tmp_path / "resumed/checkpoints").glob("*step=3.ckpt")
-    full_file, resumed_file = consolidate(full), consolidate(resumed, tmp_path / "resumed.ckpt")
+    with pytest.raises(ValueError, match="mmm consolidate --checkpoint"):
+        load_module(str(full))  # a folder: the error names the command that makes it a file
+    full_file = Path(run(["consolidate", f"--checkpoint={full}"]))
+    resumed_file = consolidate(resumed, tmp_path / "resumed.ckpt")
     weights = torch.load(full_file, weights_only=True)["state_dict"]
     torch.testing.assert_close(torch.load(resumed_file, weights_only=True)["state_dict"], weights)
 
