@@ -8,8 +8,9 @@ tokenizer), ``mmm fill-mask`` (top-k predictions from a checkpoint), ``mmm embed
 embeddings from a checkpoint), ``mmm generate`` (sample or infill sequences), ``mmm score``
 (pseudo-log-likelihoods, mutation effects), ``mmm audio-stats`` (dataset mean/std of log-mel
 features), ``mmm export`` (a checkpoint -> a directory stock transformers / timm classes load)
-``mmm probe`` (a linear probe of the frozen encoder vs a random one, on labelled data) and
-``mmm predict`` (a CSV of a fine-tuned checkpoint's predictions for new inputs).
+``mmm probe`` (a linear probe of the frozen encoder vs a random one, on labelled data),
+``mmm predict`` (a CSV of a fine-tuned checkpoint's predictions for new inputs) and
+``mmm consolidate`` (a sharded ``--trainer.strategy fsdp2`` checkpoint folder -> one file).
 
 ``mmm finetune fit --config configs/finetune/X.yaml`` fine-tunes (``FineTuningModule``; also
 ``validate``, ``test`` and ``predict``), with the same linking and checkpoint handling.

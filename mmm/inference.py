@@ -16,6 +16,7 @@ import torch
 from mmm.generation import SamplingSettings, discrete_modality, generate, infill
 from mmm.module import MaskedModelingModule
 from mmm.scoring import SequenceScore, collate_named, score, score_mutations
+from mmm.sharding import is_sharded_checkpoint
 from mmm.tokenizers.multimodal import MultimodalBatcher
 
 __all__ = [
@@ -52,8 +53,7 @@ def load_module(
     again as ``overrides`` (``tokenizer=..., encoder=...``). Only tensors and plain values are
     unpickled (``weights_only=True``).
     """
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
+    require_checkpoint_file(checkpoint)
     overrides.setdefault("init_from", None)  # its weights are in the checkpoint
     try:
         module = MaskedModelingModule.load_from_checkpoint(
@@ -76,12 +76,28 @@ def read_checkpoint(path: str) -> dict:
         FileNotFoundError: naming the path when there is no file.
         ValueError: naming the file when it is no checkpoint (see ``unreadable_checkpoint``).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+    require_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except UNREADABLE_CHECKPOINT as error:
         raise unreadable_checkpoint(path, error) from error
+
+
+def require_checkpoint_file(path: str) -> None:
+    """Refuse a path that is no checkpoint file, naming it: a sharded checkpoint folder (as
+    ``--trainer.strategy fsdp2`` writes) with the command that makes it one file.
+
+    Raises:
+        ValueError: for a sharded checkpoint folder.
+        FileNotFoundError: for anything else that is not a file.
+    """
+    if is_sharded_checkpoint(path):
+        raise ValueError(
+            f"{path} is a sharded checkpoint folder (one shard per rank): gather it into one "
+            f"file with `mmm consolidate --checkpoint {path}` and read {path}.consolidated"
+        )
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
 
 
 def unreadable_checkpoint(path: str, error: BaseException) -> ValueError:

@@ -26,14 +26,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from mmm.cross_modal_masking import TokenBudgets, drop_modalities
-from mmm.electra import Electra, ElectraConfig
 from mmm.distillation import Distillation, DistillationTerms, distilled_step
+from mmm.electra import Electra, ElectraConfig
 from mmm.masking import MaskedPositions, Masking, RandomMasking
 from mmm.models.encoder import Encoder, TransformerEncoder
 from mmm.models.heads import PatchDecoderConfig
 from mmm.models.modality import build_modality
 from mmm.models.sequences import Segment, context_of, pack_segments, unpack_segments
 from mmm.rng import run_seed, seeded, step_seed
+from mmm.sharding import shard
 from mmm.tokenizers.base import Tokenizer
 from mmm.tokenizers.multimodal import ModalityBatch, MultimodalBatcher
 
@@ -442,6 +443,14 @@ class MaskedModelingModule(L.LightningModule):
         return states, (total / count.clamp_min(1.0)).to(first.dtype)
 
     # ------------------------------------------------------------------------ lightning
+    def configure_model(self) -> None:
+        """Shard the model for FSDP when the strategy provides a device mesh
+        (``--trainer.strategy fsdp2``): each trunk block (``Encoder.shard_units``) and then
+        the rest; a no-op under every other strategy."""
+        if self.device_mesh is not None:
+            mesh = self.device_mesh["data_parallel"]
+            shard(self, self.encoder.shard_units(), mesh, entry_points=SHARDED_ENTRY_POINTS)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """One masked-prediction step. Every random choice of the step (masks, BERT's
         replacements, dropped modalities, token budgets, diffusion times, dropout) is drawn
@@ -697,6 +706,11 @@ class MaskedModelingModule(L.LightningModule):
                 "interval": "step",
             },
         }
+
+
+#: The methods through which Lightning and the callbacks run a sharded module (FSDP gathers
+#: the root's parameters on entering them, as on entering ``forward``).
+SHARDED_ENTRY_POINTS = ("training_step", "validation_step", "test_step", "predict_step", "embed")
 
 
 def check_finite(

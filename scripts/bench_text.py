@@ -1,8 +1,11 @@
 """Training speed of mmm's text model against Hugging Face ``BertForMaskedLM``.
 
-Same size for both (by default hidden 256, 4 layers, 4 heads, FFN 1024, vocab 8192, sequence
-128, batch 32, 15% masking, fp32, AdamW; ``--hidden`` etc. change it), in one process, steps alternating between the models so
-that machine noise hits all alike. Two comparisons:
+Same size for both (``--preset``: ``default`` hidden 256, 4 layers, 4 heads, FFN 1024, rows
+of 128, batch 32; ``quickstart`` the size of ``configs/text_mlm.yaml``; ``bert-base`` 768 x 12,
+FFN 3072, rows of 512, batch 64; ``tiny`` for smoke runs; ``--hidden`` etc. override a
+preset's value; vocab 8192, 15% masking, AdamW), on ``--device`` in ``--precision`` (fp32 or
+bf16 autocast), in one process, steps alternating between the models so that machine noise
+hits all alike. Two comparisons:
 
 1. ``synthetic``: one ready-made batch without padding, the same hidden positions for both:
    the training step alone.
@@ -12,12 +15,13 @@ that machine noise hits all alike. Two comparisons:
    document, as before packing), and Hugging Face's ``run_mlm.py`` recipe (the training split
    tokenized and cut into full blocks by ``group_texts`` once up front, then
    ``DataCollatorForLanguageModeling`` per batch). Prints real (non-padding) tokens per
-   second, their ratio, and the model FLOP/s each reaches as a share of this machine's
-   measured fp32 matrix-multiply rate (MFU).
+   second, their ratio, and the model FLOP/s each reaches as a share of the device's
+   measured ``torch.matmul`` rate at the chosen precision (MFU, ``mmm.benchmarking``).
 
     python scripts/bench_text.py [--mode synthetic|real|both] [--steps 10] [--warmup 3]
         [--threads N] [--docs 48] [--attention document|across]
-        [--hidden 256] [--layers 4] [--heads 4] [--ffn 1024] [--batch 32]
+        [--preset tiny|default|quickstart|bert-base] [--hidden 256] [--layers 4] [--heads 4]
+        [--ffn 1024] [--batch 32] [--length 128] [--device cuda] [--precision 32|bf16-mixed]
 
 The embedded corpus (``data/python-docs``) and the quickstart's tokenizer
 (``artifacts/tokenizers/``) are prepared in the working directory on first use.
@@ -38,13 +42,19 @@ from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
 
 from datamodules import ShardDataModule, embedded_shards
+from mmm.benchmarking import (
+    Runtime,
+    add_size_arguments,
+    chosen_sizes,
+    matmul_flops_per_second,
+)
 from mmm.masking import corrupt_tokens, random_mask
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import DiscreteSpec, DiscreteTokenizer, Tokenizer, copy_with
 from mmm.tokenizers.text import TextTokenizer
 
-VOCAB, LENGTH = 8192, 128  # the quickstart tokenizer's vocabulary and row length
+VOCAB = 8192  # the quickstart tokenizer's vocabulary
 TOKENIZER = "artifacts/tokenizers/python-docs-wordpiece-8k"  # the quickstart's
 
 Batch = dict[str, torch.Tensor]
@@ -63,14 +73,33 @@ class Sizes:
     """rows per synthetic batch, documents per unpacked batch, blocks per Hugging Face batch"""
     ratio: float = 0.15
     """share of tokens hidden"""
+    length: int = 128
+    """row length (tokens), the quickstart's"""
+
+
+#: ``--preset``: named sizes; single options (``--hidden``...) override a preset's.
+PRESETS = {
+    "tiny": Sizes(hidden=16, layers=1, heads=2, ffn=32, batch=2, length=32),
+    "default": Sizes(),
+    "quickstart": Sizes(hidden=128, layers=4, heads=4, ffn=512, batch=32),  # text_mlm.yaml
+    "bert-base": Sizes(hidden=768, layers=12, heads=12, ffn=3072, batch=64, length=512),
+}
 
 
 class SyntheticTokenizer(DiscreteTokenizer):
     """Only a spec: the synthetic comparison feeds ready-made batches, so no text is tokenized."""
 
-    spec = DiscreteSpec(vocab_size=VOCAB, pad_token_id=0, mask_token_id=4, max_length=LENGTH)
     mask_token = "[MASK]"
     special_token_ids = frozenset(range(5))
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    @property
+    def spec(self) -> DiscreteSpec:
+        return DiscreteSpec(
+            vocab_size=VOCAB, pad_token_id=0, mask_token_id=4, max_length=self.length
+        )
 
     def id_to_token(self, token_id: int) -> str:
         return str(token_id)
@@ -85,11 +114,11 @@ class SyntheticTokenizer(DiscreteTokenizer):
         raise NotImplementedError
 
 
-def make_batch(rows: int, seed: int = 0) -> Batch:
+def make_batch(rows: int, length: int, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, VOCAB, (rows, LENGTH), generator=g)
+    ids = torch.randint(5, VOCAB, (rows, length), generator=g)
     ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
-    attention = torch.ones(rows, LENGTH, dtype=torch.bool)
+    attention = torch.ones(rows, length, dtype=torch.bool)
     maskable = attention.clone()
     maskable[:, 0] = maskable[:, -1] = False
     return {"input_ids": ids, "attention_mask": attention, "maskable": maskable}
@@ -114,7 +143,7 @@ def build_hf(sizes: Sizes) -> BertForMaskedLM:
         num_hidden_layers=sizes.layers,
         num_attention_heads=sizes.heads,
         intermediate_size=sizes.ffn,
-        max_position_embeddings=LENGTH,
+        max_position_embeddings=sizes.length,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
@@ -129,36 +158,6 @@ class StepStats:
     tokens: int
     hidden: int
     length: int
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and in what precision the steps run: fp32, or bf16 autocast (``bf16-mixed``,
-    Lightning's name) with fp32 weights and optimizer, as ``mmm fit --trainer.precision``."""
-
-    device: torch.device
-    precision: str = "32"
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"
-        )
-
-    def to_device(self, batch: dict) -> dict:
-        """The batch's tensors (also those of nested per-modality batches) on the device."""
-        return {
-            key: self.to_device(value)
-            if isinstance(value, dict)
-            else value.to(self.device, non_blocking=True)
-            if isinstance(value, torch.Tensor)
-            else value
-            for key, value in batch.items()
-        }
-
-    def synchronize(self) -> None:
-        """Wait for the device, so that a step's time includes its queued kernels."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 def mmm_trainer(module: MaskedModelingModule, runtime: Runtime) -> Callable[[Batch], StepStats]:
@@ -238,22 +237,6 @@ def model_flops(stats: StepStats, sizes: Sizes) -> float:
     return 6.0 * (stats.tokens * per_token + stats.hidden * head)
 
 
-def gemm_flops_per_second(runtime: Runtime, size: int = 2048, repeats: int = 10) -> float:
-    """This machine's matrix-multiply rate on the device (best of a few): fp32, or bf16 for
-    ``bf16-mixed`` (the precision autocast runs the matrix multiplies in)."""
-    dtype = torch.bfloat16 if runtime.precision == "bf16-mixed" else torch.float32
-    a, b = (torch.randn(size, size, device=runtime.device, dtype=dtype) for _ in range(2))
-    a @ b  # warm-up
-    runtime.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        runtime.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
-
-
 def forever(loader: DataLoader) -> Iterator[Batch]:
     """Epoch after epoch, as a trainer iterates a loader."""
     while True:
@@ -281,7 +264,11 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[s
 
 
 def hf_batches(
-    tokenizer: TextTokenizer, batch_size: int, mlm_probability: float, seed: int = 0
+    tokenizer: TextTokenizer,
+    batch_size: int,
+    mlm_probability: float,
+    length: int,
+    seed: int = 0,
 ) -> tuple[Iterator[Batch], float]:
     """Hugging Face's recipe on the same training split (written to ``data/python-docs`` on
     first use), and the seconds its up-front tokenization and grouping took
@@ -290,7 +277,7 @@ def hf_batches(
     texts = [s["txt"].decode("utf-8") for s in wds.WebDataset(urls, shardshuffle=False)]
     start = time.perf_counter()
     tokenized = tokenizer.hf(texts, return_special_tokens_mask=True)
-    blocks = group_texts(dict(tokenized), LENGTH)
+    blocks = group_texts(dict(tokenized), length)
     features = [
         dict(zip(blocks, values, strict=True)) for values in zip(*blocks.values(), strict=True)
     ]
@@ -309,14 +296,14 @@ def hf_batches(
 
 def synthetic_arms(sizes: Sizes, runtime: Runtime) -> list[Arm]:
     """The same batch and, for Hugging Face, the same hidden positions every step."""
-    batch = make_batch(sizes.batch)
+    batch = make_batch(sizes.batch, sizes.length)
     mask = random_mask(batch["maskable"], sizes.ratio, torch.Generator().manual_seed(1))
     hf_batch = {
         "input_ids": corrupt_tokens(batch["input_ids"], mask, mask_token_id=4, vocab_size=VOCAB),
         "attention_mask": batch["attention_mask"].long(),
         "labels": batch["input_ids"].masked_fill(~mask, -100),  # -100: not scored
     }
-    mmm = build_mmm(SyntheticTokenizer(), sizes)
+    mmm = build_mmm(SyntheticTokenizer(sizes.length), sizes)
     return [
         Arm("mmm", repeat(batch), mmm_trainer(mmm, runtime)),
         Arm("hf", repeat(hf_batch), hf_trainer(build_hf(sizes), runtime)),
@@ -325,11 +312,11 @@ def synthetic_arms(sizes: Sizes, runtime: Runtime) -> list[Arm]:
 
 def real_arms(docs: int, attention: str, sizes: Sizes, runtime: Runtime) -> tuple[list[Arm], float]:
     tokenizer = TextTokenizer(
-        path=TOKENIZER, train_source="python-docs", max_length=LENGTH, pack=True
+        path=TOKENIZER, train_source="python-docs", max_length=sizes.length, pack=True
     )
     packed = copy_with(tokenizer, attention=attention)
     unpacked = copy_with(tokenizer, pack=False)
-    hf_stream, prepared = hf_batches(tokenizer, sizes.batch, sizes.ratio)
+    hf_stream, prepared = hf_batches(tokenizer, sizes.batch, sizes.ratio, sizes.length)
     return [
         Arm(
             "mmm",
@@ -365,18 +352,13 @@ def report(arms: list[Arm], peak: float, sizes: Sizes) -> None:
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = Sizes()
     parser.add_argument("--mode", choices=["synthetic", "real", "both"], default="both")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--docs", type=int, default=48, help="documents per packed batch (config)")
     parser.add_argument("--attention", choices=["document", "across"], default="document")
-    parser.add_argument("--hidden", type=int, default=default.hidden, help="width (BERT-base: 768)")
-    parser.add_argument("--layers", type=int, default=default.layers, help="(BERT-base: 12)")
-    parser.add_argument("--heads", type=int, default=default.heads, help="(BERT-base: 12)")
-    parser.add_argument("--ffn", type=int, default=default.ffn, help="(BERT-base: 3072)")
-    parser.add_argument("--batch", type=int, default=default.batch, help=Sizes.__doc__)
+    add_size_arguments(parser, PRESETS)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
     parser.add_argument(
@@ -387,21 +369,21 @@ def parse_arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_arguments()
-    sizes = Sizes(args.hidden, args.layers, args.heads, args.ffn, args.batch)
+    sizes = chosen_sizes(args, PRESETS)
     runtime = Runtime(torch.device(args.device), args.precision)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    peak = gemm_flops_per_second(runtime, size=args.gemm_size)
+    peak = matmul_flops_per_second(runtime, size=args.gemm_size)
     print(
         f"hidden {sizes.hidden}, {sizes.layers} layers, FFN {sizes.ffn}, vocab {VOCAB}, rows of "
-        f"{LENGTH}, {sizes.ratio:.0%} masked, {runtime.device}, precision {runtime.precision}, "
+        f"{sizes.length}, {sizes.ratio:.0%} masked, {runtime.device}, precision {runtime.precision}, "
         f"{args.threads} threads, median/mean of {args.steps} steps after {args.warmup}; "
         f"measured GEMM rate {peak / 1e9:.1f} GFLOP/s"
     )
     if args.mode in ("synthetic", "both"):
         arms = synthetic_arms(sizes, runtime)
         measure(arms, args.steps, args.warmup)
-        print(f"synthetic batch {sizes.batch}x{LENGTH}, no padding, training step alone:")
+        print(f"synthetic batch {sizes.batch}x{sizes.length}, no padding, training step alone:")
         report(arms, peak, sizes)
     if args.mode in ("real", "both"):
         arms, prepared = real_arms(args.docs, args.attention, sizes, runtime)

@@ -65,6 +65,7 @@ import lightning as L
 import torch
 import webdataset as wds
 from bench_text import Sizes, build_hf, forever, hf_batches
+from mmm.probe import linear_probe_score, load_labelled, pooled_features
 from torch import Tensor
 
 from datamodules import ShardDataModule, embedded_shards
@@ -73,7 +74,6 @@ from mmm.export import init_from
 from mmm.finetune.module import FineTuningModule
 from mmm.masking import random_mask
 from mmm.module import MaskedModelingModule
-from mmm.probe import linear_probe_score, load_labelled, pooled_features
 from mmm.tokenizers.text import TextTokenizer
 
 Batch = dict[str, Tensor]
@@ -205,7 +205,9 @@ def hugging_face(like: Recipe, config: str, overrides: list[str], seed: int) -> 
         lr=settings["lr"],
         betas=settings["betas"],
     )
-    batches, _ = hf_batches(tokenizer, sizes.batch, mlm_probability=ratio, seed=seed)
+    batches, _ = hf_batches(
+        tokenizer, sizes.batch, mlm_probability=ratio, length=sizes.length, seed=seed
+    )
 
     def loss(batch: Batch) -> Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}

@@ -23,6 +23,7 @@ import torch
 
 from datamodules import ShardDataModule
 from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
+from tests.launch import launch_nodes
 
 TRAIN_SIZES = [3, 17, 8, 1, 12, 5, 9, 2]  # uneven on purpose: 57 samples in 8 shards
 VAL_SIZES = [7, 1, 11, 4, 2]  # 25 samples in 5 shards
@@ -107,8 +108,10 @@ def write_uneven_shards(
     return ids
 
 
-def run_ddp(shards: str, out: str) -> None:
-    """Fit 2 epochs on 2 CPU ranks; each rank writes what it saw to ``out/rank<R>.json``."""
+def run_ddp(shards: str, out: str, nodes: int = 1) -> None:
+    """Fit 2 epochs on 2 CPU ranks; each rank writes what it saw to ``out/rank<R>.json``.
+    ``nodes=1``: both ranks on one node, forked by Lightning; ``nodes=2``: one rank on each
+    of two nodes, this process being one of them (``tests/launch.py`` starts both)."""
     data = ShardDataModule(
         train_shards=f"{shards}/train-*.tar",
         val_shards=f"{shards}/val-*.tar",
@@ -120,8 +123,11 @@ def run_ddp(shards: str, out: str) -> None:
     )
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=2,
-        strategy="ddp_fork",  # DDPStrategy on forked ranks: no second interpreter start-up
+        devices=2 // nodes,
+        num_nodes=nodes,
+        # DDPStrategy on forked ranks: no second interpreter start-up; with several nodes
+        # every rank is a process of its own, started by the cluster (here tests/launch.py)
+        strategy="ddp_fork" if nodes == 1 else "ddp",
         max_epochs=2,
         num_sanity_val_steps=0,
         logger=False,
@@ -147,6 +153,23 @@ def test_ddp_exact_validation_and_elastic_training(tmp_path):
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    check_epochs(out, train_ids, val_ids)
+
+
+def test_two_nodes_validate_exactly_once_and_train_equal_batches(tmp_path):
+    """Multi-node, simulated: two "nodes" on this machine, one process each (``NODE_RANK``,
+    ``MASTER_ADDR=127.0.0.1``, gloo), pass the checks of one node with two ranks."""
+    train_ids = write_uneven_shards(tmp_path / "shards", "train", TRAIN_SIZES)
+    val_ids = write_uneven_shards(tmp_path / "shards", "val", VAL_SIZES, first_id=1000)
+    out = tmp_path / "out"
+    out.mkdir()
+    launch_nodes([__file__, str(tmp_path / "shards"), str(out), "2"], nodes=2, cwd=tmp_path)
+    check_epochs(out, train_ids, val_ids)
+
+
+def check_epochs(out: Path, train_ids: list[int], val_ids: list[int]) -> None:
+    """What ``run_ddp``'s 2 ranks wrote to ``out``: equal training batches, exact validation,
+    every reader's state in the checkpoint."""
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
     # elastic training: 40 samples per epoch = 5 steps of 2 x 4, on both ranks, every epoch
@@ -168,4 +191,4 @@ def test_ddp_exact_validation_and_elastic_training(tmp_path):
 
 
 if __name__ == "__main__":
-    run_ddp(*sys.argv[1:3])
+    run_ddp(sys.argv[1], sys.argv[2], nodes=int(sys.argv[3]) if len(sys.argv) > 3 else 1)

@@ -199,3 +199,52 @@ def test_generation_lengths_count_documents_not_packed_rows(packer):
     assert int(counts.sum()) == pieces >= len(DOCUMENTS)
     assert int((counts * torch.arange(len(counts))).sum()) == int(batch["maskable"].sum())
     assert all(counts[length] > 0 for length in expected if length < packer.max_length - 2)
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-LN", "post-LN"])
+def test_flex_attention_equals_the_dense_document_mask(packer, norm_first):
+    """The ``flex_attention`` block mask (a GPU's path) computes what the dense (B, 1, L, L)
+    mask does, padding included, in fp32 on the CPU (forward only: torch has no flex backward
+    on the CPU)."""
+    torch.manual_seed(0)
+    dense = TransformerEncoder(dim=16, depth=2, num_heads=2, norm_first=norm_first)
+    flex = TransformerEncoder(
+        dim=16, depth=2, num_heads=2, norm_first=norm_first, document_attention="flex"
+    )
+    flex.load_state_dict(dense.state_dict())  # the same parameter names
+    documents = packer.collate_stream(DOCUMENTS)["document_ids"]  # (B, L), -1 at padding
+    assert (documents == -1).any() and documents.max() > 0  # padding and several documents
+    x = torch.randn(*documents.shape, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            flex(x, document_ids=documents), dense(x, document_ids=documents)
+        )
+
+
+def test_document_attention_auto_is_dense_on_the_cpu_and_flex_refuses_attention_dropout():
+    assert not TransformerEncoder(dim=16, depth=1, num_heads=2)._flex(torch.device("cpu"))
+    assert TransformerEncoder(dim=16, depth=1, num_heads=2)._flex(torch.device("cuda"))
+    with pytest.raises(ValueError, match="attention_dropout=0.1"):
+        TransformerEncoder(dim=16, document_attention="flex", attention_dropout=0.1)
+    with pytest.raises(ValueError, match="document_attention='sparse'"):
+        TransformerEncoder(dim=16, document_attention="sparse")
+
+
+def test_activation_checkpointing_gives_the_plain_trunks_gradients(packer):
+    """Recomputing each block in the backward pass (dropout included: its random state is
+    replayed) changes no gradient."""
+    torch.manual_seed(0)
+    plain = TransformerEncoder(dim=16, depth=2, num_heads=2, dropout=0.1, drop_path=0.1)
+    recomputed = TransformerEncoder(
+        dim=16, depth=2, num_heads=2, dropout=0.1, drop_path=0.1, activation_checkpointing=True
+    )
+    recomputed.load_state_dict(plain.state_dict())
+    documents = packer.collate_stream(DOCUMENTS)["document_ids"]  # (B, L)
+    x = torch.randn(*documents.shape, 16)
+    gradients = []
+    for trunk in (plain, recomputed):
+        torch.manual_seed(1)  # the same dropout masks
+        trunk(x, document_ids=documents).square().sum().backward()
+        gradients.append({name: p.grad for name, p in trunk.named_parameters()})
+    torch.testing.assert_close(gradients[1], gradients[0])

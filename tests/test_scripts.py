@@ -163,8 +163,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             [
                 *("--mode", "both", "--steps", "1", "--warmup", "0", "--threads", "1"),
-                *("--docs", "4", "--batch", "2", "--hidden", "16", "--layers", "1"),
-                *("--heads", "2", "--ffn", "32", "--gemm_size", "128"),
+                *("--docs", "4", "--preset", "tiny", "--length", "64", "--gemm_size", "128"),
             ],
             expect="real batches of python-docs",
         )
@@ -172,9 +171,8 @@ CASES: dict[str, list[Case]] = {
     "bench_vision": [
         Case(
             [
-                *("--steps", "1", "--warmup", "0", "--batch-size", "2", "--threads", "1"),
-                *("--image", "16", "--patch", "4", "--width", "16", "--depth", "1"),
-                *("--heads", "2", "--ffn", "32", "--decoder-width", "16", "--decoder-depth", "1"),
+                *("--steps", "1", "--warmup", "0", "--threads", "1", "--preset", "tiny"),
+                *("--patch", "8", "--precision", "bf16-mixed", "--gemm-size", "128"),
             ],
             expect="HF / mmm",
         )

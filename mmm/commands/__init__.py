@@ -5,7 +5,8 @@ generated from each signature and docstring by jsonargparse).
 - ``data``: ``shards``, ``tokenizer``, ``audio-stats`` (prepare data);
 - ``sequences``: ``fill-mask``, ``embed``, ``generate``, ``score`` (use a pretraining
   checkpoint on sequences);
-- ``models``: ``export``, ``probe``, ``predict`` (export, probe or predict with a model).
+- ``models``: ``export``, ``probe``, ``predict``, ``consolidate`` (export, probe or predict
+  with a model; gather a sharded checkpoint into one file).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mmm.commands.data import audio_stats_command, shards_command, tokenizer_command
-from mmm.commands.models import export_command, predict_command, probe_command
+from mmm.commands.models import (
+    consolidate_command,
+    export_command,
+    predict_command,
+    probe_command,
+)
 from mmm.commands.sequences import (
     embed_command,
     fill_mask_command,
@@ -33,6 +39,7 @@ COMMANDS: dict[str, Callable[..., object]] = {
     "export": export_command,
     "probe": probe_command,
     "predict": predict_command,
+    "consolidate": consolidate_command,
 }
 
 __all__ = ["COMMANDS", *sorted(function.__name__ for function in COMMANDS.values())]

@@ -59,6 +59,23 @@ def export_command(
     return output
 
 
+def consolidate_command(*, checkpoint: str, output: str | None = None) -> str:
+    """Gather a sharded checkpoint folder (``mmm fit --trainer.strategy fsdp2`` writes one
+    shard per rank) into one ``.ckpt`` file, which ``mmm export``, the other tools,
+    ``load_module`` and a run without sharding (``--ckpt_path``) read. Resuming a sharded
+    run needs no conversion: ``--ckpt_path FOLDER`` reads the folder.
+
+    Args:
+        checkpoint: the folder, e.g. ``lightning_logs/version_0/checkpoints/epoch=0-step=800.ckpt``.
+        output: the file to write; default: the folder's path plus ``.consolidated``.
+    """
+    from mmm.sharding import consolidate
+
+    path = consolidate(checkpoint, output)
+    print(f"consolidated {checkpoint} into {path}")
+    return str(path)
+
+
 def is_finetuned(checkpoint: str) -> bool:
     """Whether a checkpoint file was written by ``mmm finetune fit`` (its hyperparameters
     name a task)."""

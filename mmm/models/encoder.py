@@ -5,11 +5,24 @@ modalities never see its internals."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from functools import partial
-from typing import Any
+from collections.abc import Callable
+from functools import cache, partial
+from typing import Any, Literal
 
+import torch
+from timm.layers import Attention
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.utils.checkpoint import checkpoint
+
+#: How packed documents are kept apart in attention: ``dense`` builds a (B, 1, L, L) boolean
+#: mask for ``scaled_dot_product_attention`` (which rules out the flash kernel on a GPU);
+#: ``flex`` builds a ``flex_attention`` block mask from the document ids (blocks no document
+#: spans are skipped; compiled into one fused kernel on a GPU, an unfused reference on the
+#: CPU); ``auto``: ``flex`` on CUDA, ``dense`` elsewhere (on the CPU the dense mask is 8x
+#: faster, ``docs/scale-out.md``).
+DocumentAttention = Literal["auto", "dense", "flex"]
 
 
 class Encoder(nn.Module, ABC):
@@ -19,6 +32,12 @@ class Encoder(nn.Module, ABC):
     #: The epsilon the modalities' own LayerNorms (embedder, masked-LM head) use, so that one
     #: value describes the model as stock classes (ESM, BERT, timm ViT) describe theirs.
     layer_norm_eps: float = 1e-5
+
+    def shard_units(self) -> list[nn.Module]:
+        """The submodules that FSDP shards as units of their own (each gathers its weights
+        just before it runs and frees them after): the trunk's blocks. Everything else is
+        sharded with the root module. The default, none, shards the trunk whole."""
+        return []
 
     @abstractmethod
     def forward(
@@ -63,6 +82,70 @@ def attention_mask(padding_mask: Tensor | None, document_ids: Tensor | None) -> 
     return None
 
 
+def document_block_mask(document_ids: Tensor) -> BlockMask:
+    """The ``flex_attention`` block mask of packed documents: a position attends to the
+    positions of its own document (padding, id -1, to padding), as ``attention_mask``'s dense
+    (B, 1, L, L) mask does, without materializing it on a GPU.
+
+    Args:
+        document_ids: (B, L) long.
+    """
+    batch, length = document_ids.shape
+
+    def same_document(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return document_ids[b, q] == document_ids[b, kv]
+
+    return create_block_mask(
+        same_document, B=batch, H=None, Q_LEN=length, KV_LEN=length, device=document_ids.device
+    )
+
+
+@cache
+def _compiled_flex_attention() -> Callable[..., Tensor]:
+    """``flex_attention`` compiled once per process: compiled, it is one fused kernel that
+    skips masked-out blocks; eager, it is a reference that materializes the scores."""
+    return torch.compile(flex_attention)
+
+
+class FlexAttention(Attention):
+    """timm's ``Attention`` (same parameters: fused ``qkv``, ``proj``) that also takes a
+    ``flex_attention`` ``BlockMask`` as ``attn_mask``; a tensor mask or none goes to
+    ``scaled_dot_product_attention`` as before."""
+
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | BlockMask | None = None, is_causal: bool = False
+    ) -> Tensor:
+        if not isinstance(attn_mask, BlockMask):
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        batch, length, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)  # (B,L,3,H,d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attend = _compiled_flex_attention() if x.device.type == "cuda" else flex_attention
+        x = attend(q, k, v, block_mask=attn_mask)  # (B, H, L, d)
+        x = self.norm(x.transpose(1, 2).reshape(batch, length, self.attn_dim))  # (B, L, H * d)
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+def run_blocks(
+    blocks: nn.ModuleList, x: Tensor, attn_mask: Tensor | BlockMask | None, recompute: bool
+) -> Tensor:
+    """``x`` through ``blocks``; with ``recompute`` (activation checkpointing, while training
+    with gradients) each block keeps only its input and recomputes its activations in the
+    backward pass: memory for one block's activations instead of all of them, for about a
+    third more compute. ``use_reentrant=False``: torch's recommended variant (works with
+    inputs that need no gradient, keyword arguments and FSDP)."""
+    for block in blocks:
+        if recompute and torch.is_grad_enabled():
+            x = checkpoint(block, x, attn_mask=attn_mask, use_reentrant=False)
+        else:
+            x = block(x, attn_mask=attn_mask)
+    return x
+
+
 class PostNormBlock(Block):
     """timm's ``Block`` with the LayerNorms after each residual sum (post-LN, the original
     Transformer and BERT): ``x = norm1(x + attn(x))``, ``x = norm2(x + mlp(x))``. Same
@@ -95,6 +178,12 @@ class TransformerEncoder(Encoder):
         layer_norm_eps: epsilon of every LayerNorm of the trunk and of the modalities'
             embedders and heads. torch's default 1e-5; timm's ViT and MAE use 1e-6 and BERT
             1e-12, which an export to or ``init_from`` of those classes must match.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            instead of keeping them (``torch.utils.checkpoint``): activation memory of one
+            block instead of ``depth``, for about a third more compute. Same results.
+        document_attention: how packed documents are kept apart in attention (see
+            ``DocumentAttention``): ``auto`` (``flex`` on CUDA, ``dense`` on the CPU),
+            ``dense`` or ``flex``. Rows that are not packed never build a document mask.
     """
 
     def __init__(
@@ -109,15 +198,30 @@ class TransformerEncoder(Encoder):
         compile: bool = False,
         norm_first: bool = True,
         layer_norm_eps: float = 1e-5,
+        activation_checkpointing: bool = False,
+        document_attention: DocumentAttention = "auto",
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"TransformerEncoder: num_heads={num_heads} must divide dim={dim}")
+        if document_attention not in ("auto", "dense", "flex"):
+            raise ValueError(
+                f"TransformerEncoder: document_attention={document_attention!r}; choose "
+                "'auto', 'dense' or 'flex'"
+            )
+        if document_attention == "flex" and attention_dropout > 0:
+            raise ValueError(
+                f"TransformerEncoder: document_attention='flex' has no attention dropout "
+                f"(attention_dropout={attention_dropout}); use 'dense' or 'auto'"
+            )
         self.dim = dim
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
         self.norm_first = norm_first
         self.layer_norm_eps = layer_norm_eps
+        self.activation_checkpointing = activation_checkpointing
+        # flex_attention has no dropout on attention weights: such a trunk stays dense
+        self.document_attention = "dense" if attention_dropout > 0 else document_attention
         block = Block if norm_first else PostNormBlock
         self.blocks = nn.ModuleList(
             block(
@@ -129,6 +233,7 @@ class TransformerEncoder(Encoder):
                 attn_drop=attention_dropout,
                 drop_path=drop_path * i / max(depth - 1, 1),
                 norm_layer=partial(nn.LayerNorm, eps=layer_norm_eps),
+                attn_layer=FlexAttention,
             )
             for i in range(depth)
         )
@@ -141,9 +246,11 @@ class TransformerEncoder(Encoder):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, document_ids: Tensor | None = None
     ) -> Tensor:
-        attn_mask = attention_mask(padding_mask, document_ids)  # None, (B,1,1,L) or (B,1,L,L)
-        for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)
+        if document_ids is not None and self._flex(x.device):
+            attn_mask = document_block_mask(document_ids)
+        else:
+            attn_mask = attention_mask(padding_mask, document_ids)  # None, (B,1,1,L), (B,1,L,L)
+        x = run_blocks(self.blocks, x, attn_mask, recompute=self.activation_checkpointing)
         return self.norm(x)
 
     def scaled(self, width_fraction: float, depth_fraction: float) -> TransformerEncoder:
@@ -160,6 +267,15 @@ class TransformerEncoder(Encoder):
             norm_first=self.norm_first,
             layer_norm_eps=self.layer_norm_eps,
         )
+
+    def _flex(self, device: torch.device) -> bool:
+        """Whether packed documents take ``flex_attention`` on ``device``."""
+        if self.document_attention == "auto":
+            return device.type == "cuda"
+        return self.document_attention == "flex"
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.blocks)
 
 
 class HFEncoder(Encoder):
@@ -222,6 +338,10 @@ class TimmEncoder(Encoder):
         checkpoint_path: a local timm/PyTorch state dict to load (``.pth``, ``.safetensors``),
             or ``None`` for random initialization.
         model_kwargs: passed to ``timm.create_model``, e.g. ``{depth: 4, drop_path_rate: 0.1}``.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            (as ``TransformerEncoder``'s).
+
+    Packed documents take the dense mask: timm's stock blocks take tensor masks only.
     """
 
     def __init__(
@@ -229,8 +349,10 @@ class TimmEncoder(Encoder):
         name: str = "vit_tiny_patch16_224",
         checkpoint_path: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         import timm
         from timm.models import load_state_dict
 
@@ -249,5 +371,12 @@ class TimmEncoder(Encoder):
         self.norm = model.norm
         self.dim = model.embed_dim
 
-    # The same loop as ``TransformerEncoder``: timm blocks take the attention mask.
-    forward = TransformerEncoder.forward
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, document_ids: Tensor | None = None
+    ) -> Tensor:
+        attn_mask = attention_mask(padding_mask, document_ids)  # None, (B,1,1,L), (B,1,L,L)
+        x = run_blocks(self.blocks, x, attn_mask, recompute=self.activation_checkpointing)
+        return self.norm(x)
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.blocks)
