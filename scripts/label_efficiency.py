@@ -160,6 +160,14 @@ def prepare_corpus(name: str, data_dir: Path, fsdd: str | None) -> Path:
     return data_dir / name
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--pretrain-set`` as a pair."""
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def pretrain_extra(modality: Modality, args: argparse.Namespace) -> tuple[str, ...]:
     """The embedded corpora mixed into pretraining: ``--pretrain-extra``, else the
     modality's own (``none`` for none)."""
@@ -195,7 +203,7 @@ def pretrain(modality: Modality, corpus: Path, args: argparse.Namespace, root: P
         "trainer.logger": "false",
         "trainer.enable_model_summary": "false",
         "trainer.callbacks": "[]",
-        **dict(setting.split("=", 1) for setting in args.pretrain_set),
+        **dict(args.pretrain_set),
     }
     started = time.perf_counter()
     cli = run(["fit", f"--config={CONFIGS / modality.pretrain_config}", *options(settings)])
@@ -369,6 +377,7 @@ def main() -> None:
         "--pretrain-set",
         nargs="+",
         default=[],
+        type=key_value,
         metavar="KEY=VALUE",
         help="more pretraining config settings (model.tokenizer.init_args.patch_frames=4)",
     )
@@ -400,7 +409,7 @@ def main() -> None:
             "data": modality.pretrain_corpus or f"{corpus}/train-[0-9]*.tar (labels unread)",
             "extra": list(pretrain_extra(modality, args)),
             "mask_ratio": args.mask_ratio,
-            "settings": args.pretrain_set,
+            "settings": dict(args.pretrain_set),
             "steps": args.pretrain_steps,
             "sizes": {k: str(v) for k, v in sizes(args).items()},
         }
