@@ -61,9 +61,6 @@ class Modality:
     corpus's training shards (``None``: those shards)"""
     pretrain_settings: dict[str, object] = field(default_factory=dict)
     """pretraining config settings that fit the labelled data (image size, clip length)"""
-    pretrain_extra: tuple[str, ...] = ()
-    """embedded corpora mixed into the pretraining data in equal shares (a labelled one
-    gives its training shards, labels unread); ``--pretrain-extra`` replaces them"""
 
 
 MODALITIES: dict[str, Modality] = {
@@ -118,8 +115,7 @@ MODALITIES: dict[str, Modality] = {
         monitor="val/accuracy",
         pretrain_corpus="python-docs",
     ),
-    # FSDD's training speakers' clips, 1 s (the digits are shorter), as the fine-tuning config,
-    # and the asterisk prompts (speech of another speaker, without labels), as the issue asks.
+    # FSDD's training speakers' clips, 1 s (the digits are shorter), as the fine-tuning config.
     "audio": Modality(
         corpus="fsdd-labelled",
         pretrain_config="audio_mae.yaml",
@@ -131,7 +127,6 @@ MODALITIES: dict[str, Modality] = {
             "model.tokenizer.init_args.duration": 1.0,
             "model.tokenizer.init_args.crop": "center",
         },
-        pretrain_extra=("asterisk-en",),
     ),
 }
 #: The corpus names accepted for ``--modality`` too.
@@ -154,40 +149,24 @@ def options(settings: dict[str, object]) -> list[str]:
     return [f"--{key}={value}" for key, value in settings.items()]
 
 
-def prepare_corpus(name: str, data_dir: Path, fsdd: str | None) -> Path:
-    """An embedded corpus's folder, written on first use (FSDD from ``fsdd``)."""
-    ShardDataModule(embedded=name, data_dir=str(data_dir), source_dir=fsdd).prepare_data()
-    return data_dir / name
-
-
-def key_value(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` of ``--pretrain-set`` as a pair."""
-    key, equals, value = text.partition("=")
-    if not key or not equals:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
-def pretrain_extra(modality: Modality, args: argparse.Namespace) -> tuple[str, ...]:
-    """The embedded corpora mixed into pretraining: ``--pretrain-extra``, else the
-    modality's own (``none`` for none)."""
-    if args.pretrain_extra is None:
-        return modality.pretrain_extra
-    return tuple(name for name in args.pretrain_extra if name != "none")
+def prepare_corpus(modality: Modality, data_dir: Path, fsdd: str | None) -> Path:
+    """The labelled corpus's folder, written on first use (FSDD from ``fsdd``)."""
+    ShardDataModule(
+        embedded=modality.corpus, data_dir=str(data_dir), source_dir=fsdd
+    ).prepare_data()
+    return data_dir / modality.corpus
 
 
 def pretrain(modality: Modality, corpus: Path, args: argparse.Namespace, root: Path) -> Path:
     """Step 1: ``mmm fit`` of the pretraining config without labels; its last checkpoint."""
-    if modality.pretrain_corpus is not None:
-        corpus = prepare_corpus(modality.pretrain_corpus, Path(args.data_dir), None)
-    train, val = [split_pattern(corpus, "train")], split_pattern(corpus, "val")
-    extra = [
-        prepare_corpus(name, Path(args.data_dir), None) for name in pretrain_extra(modality, args)
-    ]
-    train += [split_pattern(folder, "train") for folder in extra]
-    data = {"data.embedded": "null", "data.train_shards": json.dumps(train), "data.val_shards": val}
-    if args.mask_ratio is not None:
-        data["model.masking.init_args.ratio"] = args.mask_ratio
+    if modality.pretrain_corpus is None:
+        data = {
+            "data.embedded": "null",
+            "data.train_shards": split_pattern(corpus, "train"),
+            "data.val_shards": split_pattern(corpus, "val"),
+        }
+    else:
+        data = {"data.embedded": modality.pretrain_corpus}
     settings = {
         **modality.pretrain_settings,
         **sizes(args),
@@ -203,7 +182,6 @@ def pretrain(modality: Modality, corpus: Path, args: argparse.Namespace, root: P
         "trainer.logger": "false",
         "trainer.enable_model_summary": "false",
         "trainer.callbacks": "[]",
-        **dict(args.pretrain_set),
     }
     started = time.perf_counter()
     cli = run(["fit", f"--config={CONFIGS / modality.pretrain_config}", *options(settings)])
@@ -252,8 +230,6 @@ def finetune(
     }
     if args.batch_size is not None:
         settings["data.batch_size"] = args.batch_size
-    if args.layer_decay is not None:
-        settings["model.layer_decay"] = args.layer_decay
     if fsdd is not None:
         settings["data.source_dir"] = fsdd
     started = time.perf_counter()
@@ -367,21 +343,6 @@ def main() -> None:
     parser.add_argument("--heads", type=int, help="attention heads (default: the config's)")
     parser.add_argument("--batch-size", type=int, help="default: the configs'")
     parser.add_argument("--checkpoint", help="a pretraining checkpoint: skip step 1")
-    parser.add_argument(
-        "--pretrain-extra",
-        nargs="+",
-        help="embedded corpora mixed into pretraining (default: the modality's; none: none)",
-    )
-    parser.add_argument("--mask-ratio", type=float, help="pretraining (default: the config's)")
-    parser.add_argument(
-        "--pretrain-set",
-        nargs="+",
-        default=[],
-        type=key_value,
-        metavar="KEY=VALUE",
-        help="more pretraining config settings (model.tokenizer.init_args.patch_frames=4)",
-    )
-    parser.add_argument("--layer-decay", type=float, help="fine-tuning (default: the config's)")
     parser.add_argument("--fsdd", help="the Free Spoken Digit Dataset folder (audio)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--workdir", default="artifacts/label_efficiency")
@@ -400,21 +361,17 @@ def main() -> None:
     root = Path(args.workdir) / name
     out = Path(args.out)
     results = load_results(out, name)
-    corpus = prepare_corpus(modality.corpus, Path(args.data_dir), args.fsdd)
+    corpus = prepare_corpus(modality, Path(args.data_dir), args.fsdd)
     checkpoint = args.checkpoint or results.get("checkpoint")
     if checkpoint is None or not Path(checkpoint).exists():
         checkpoint = pretrain(modality, corpus, args, root)
         results["pretrain"] = {
             "config": modality.pretrain_config,
             "data": modality.pretrain_corpus or f"{corpus}/train-[0-9]*.tar (labels unread)",
-            "extra": list(pretrain_extra(modality, args)),
-            "mask_ratio": args.mask_ratio,
-            "settings": dict(args.pretrain_set),
             "steps": args.pretrain_steps,
             "sizes": {k: str(v) for k, v in sizes(args).items()},
         }
     results["checkpoint"] = str(checkpoint)
-    results["layer_decay"] = args.layer_decay
     results["machine"] = f"{platform.node()} {platform.processor()} threads={args.threads}"
     done = {RunKey(**{k: r[k] for k in RunKey.__dataclass_fields__}) for r in results["runs"]}
     for budget in args.budgets:
