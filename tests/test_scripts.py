@@ -250,10 +250,22 @@ CASES: dict[str, list[Case]] = {
                 *("--modality", "image", "--budgets", "0.1", "--seeds", "0", "--lrs", "1e-3"),
                 *("--pretrain-steps", "2", "--finetune-steps", "2", "--val-every", "2"),
                 *("--dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "8"),
+                *("--mask-ratio", "0.5", "--layer-decay", "0.9"),
                 "--markdown",
             ],
             expect="| 10% |",
-        )
+        ),
+        Case(  # extra pretraining data: a labelled corpus's training shards, labels unread
+            [
+                *("--modality", "smiles", "--budgets", "0.1", "--seeds", "0", "--lrs", "1e-3"),
+                *("--methods", "pretrained", "--pretrain-extra", "freesolv-labelled"),
+                *("--pretrain-steps", "2", "--finetune-steps", "2", "--val-every", "2"),
+                *("--dim", "16", "--depth", "1", "--heads", "2"),
+                *("--batch-size", "8", "--markdown"),
+            ],
+            expect="| 10% |",
+            needs=("datamol",),
+        ),
     ],
     "learning_per_minute": [
         Case(

