@@ -9,12 +9,16 @@ Step 1 pretrains the modality's pretraining config (``configs/image_mae.yaml``, 
 labels on the same domain: the labelled corpus's own training shards (whose ``label.json`` the
 pretraining tokenizers never read), or, for SMILES and text, the modality's embedded
 pretraining corpus, which is the same domain and bigger (``MODALITIES`` says which).
-``--checkpoint`` skips it. Step 2 fine-tunes every budget x seed x method x learning rate from
+``--pretrain-extra CORPUS ...`` mixes more embedded corpora of the domain into it (equal shares
+per source; e.g. ``pyhmmer-proteins`` next to the AMP peptides), ``--mask-ratio`` sets its
+masking ratio, and ``--checkpoint`` skips it. Step 2 fine-tunes every budget x seed x method x learning rate from
 that checkpoint with the modality's fine-tuning config (``configs/finetune/*.yaml``): the
 architecture is always the checkpoint's, so ``scratch`` is the same network with random
 weights, trained for the same steps with the same learning rates. Each run keeps its best
 checkpoint by the config's monitored validation metric; per seed and method the learning rate
-with the best validation score is kept, and its test score is reported.
+with the best validation score is kept, and its test score is reported. ``--layer-decay``
+overrides the fine-tuning config's layer-wise learning-rate decay (a recipe knob, so it is part
+of each run's key, as are the steps and the learning rate).
 
 Runs are appended to ``--out`` as they finish, and a rerun with the same ``--out`` reuses the
 runs (and the checkpoint) already there, so a long grid can be stopped and resumed.
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.webdataset import ShardDataModule
+from datamodules.webdataset import ShardDataModule, prepare_embedded
 from mmm.cli import run
 from mmm.data.labelled import split_pattern
 from mmm.experiment import CONFIGS
@@ -142,6 +146,14 @@ class RunKey:
     method: str
     lr: float
     steps: int
+    layer_decay: float | None = None
+    """``None``: the fine-tuning config's (0.75 in every shipped one)"""
+
+
+def run_key(entry: dict) -> RunKey:
+    """The key of a run recorded in ``--out`` (runs recorded before ``layer_decay`` was a
+    key used the config's: ``None``)."""
+    return RunKey(**{k: entry[k] for k in RunKey.__dataclass_fields__ if k in entry})
 
 
 def options(settings: dict[str, object]) -> list[str]:
@@ -159,18 +171,10 @@ def prepare_corpus(modality: Modality, data_dir: Path, fsdd: str | None) -> Path
 
 def pretrain(modality: Modality, corpus: Path, args: argparse.Namespace, root: Path) -> Path:
     """Step 1: ``mmm fit`` of the pretraining config without labels; its last checkpoint."""
-    if modality.pretrain_corpus is None:
-        data = {
-            "data.embedded": "null",
-            "data.train_shards": split_pattern(corpus, "train"),
-            "data.val_shards": split_pattern(corpus, "val"),
-        }
-    else:
-        data = {"data.embedded": modality.pretrain_corpus}
     settings = {
         **modality.pretrain_settings,
         **sizes(args),
-        **data,
+        **pretrain_data(modality, corpus, args.pretrain_extra, Path(args.data_dir)),
         "data.data_dir": args.data_dir,
         "data.num_workers": args.workers,
         "seed_everything": 0,
@@ -183,6 +187,8 @@ def pretrain(modality: Modality, corpus: Path, args: argparse.Namespace, root: P
         "trainer.enable_model_summary": "false",
         "trainer.callbacks": "[]",
     }
+    if args.mask_ratio is not None:
+        settings["model.masking.init_args.ratio"] = args.mask_ratio
     started = time.perf_counter()
     cli = run(["fit", f"--config={CONFIGS / modality.pretrain_config}", *options(settings)])
     path = root / "pretrain" / "pretrained.ckpt"
@@ -190,6 +196,28 @@ def pretrain(modality: Modality, corpus: Path, args: argparse.Namespace, root: P
     val = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     print(f"pretrained {args.pretrain_steps} steps in {time.perf_counter() - started:.0f} s: {val}")
     return path
+
+
+def pretrain_data(
+    modality: Modality, corpus: Path, extra: list[str], data_dir: Path
+) -> dict[str, object]:
+    """The data settings of step 1: the modality's pretraining corpus, or the labelled
+    corpus's training shards, with the training shards of each ``extra`` embedded corpus
+    mixed in (equal shares per source: ``ShardDataModule``'s ``train_weights`` default).
+    Validation reads the first source's validation split only, so the held-out pretraining
+    figures stay comparable between recipes with and without extra data."""
+    if modality.pretrain_corpus is None:
+        train, val = [split_pattern(corpus, "train")], split_pattern(corpus, "val")
+    else:
+        first = prepare_embedded(modality.pretrain_corpus, data_dir)
+        train, val = [split_pattern(first, "train")], split_pattern(first, "val")
+    train += [split_pattern(prepare_embedded(name, data_dir), "train") for name in extra]
+    # JSON lists: the patterns' brackets would end a YAML flow list written bare
+    return {
+        "data.embedded": "null",
+        "data.train_shards": json.dumps(train) if len(train) > 1 else train[0],
+        "data.val_shards": val,
+    }
 
 
 def sizes(args: argparse.Namespace) -> dict[str, object]:
@@ -211,7 +239,8 @@ def finetune(
 ) -> dict[str, object]:
     """Step 2, one cell of one seed: fine-tune, keep the best validation checkpoint, test it."""
     mode = {"pretrained": "full", "scratch": "full"}.get(key.method, key.method)
-    folder = root / f"b{key.budget}-s{key.seed}-{key.method}-lr{key.lr:g}"
+    decay = "" if key.layer_decay is None else f"-ld{key.layer_decay:g}"
+    folder = root / f"b{key.budget}-s{key.seed}-{key.method}-lr{key.lr:g}{decay}"
     settings = {
         "model.checkpoint": checkpoint,
         "model.from_scratch": str(key.method == "scratch").lower(),
@@ -228,6 +257,8 @@ def finetune(
         "trainer.logger": "false",
         "trainer.enable_model_summary": "false",
     }
+    if key.layer_decay is not None:
+        settings["model.layer_decay"] = key.layer_decay
     if args.batch_size is not None:
         settings["data.batch_size"] = args.batch_size
     if fsdd is not None:
@@ -338,6 +369,22 @@ def main() -> None:
     parser.add_argument(
         "--lrs", type=float, nargs="+", default=[1e-3, 3e-3], help="the lr search, every method"
     )
+    parser.add_argument(
+        "--layer-decay",
+        type=float,
+        help="fine-tuning layer-wise lr decay, every full run (default: the config's, 0.75)",
+    )
+    parser.add_argument(
+        "--mask-ratio", type=float, help="pretraining masking ratio (default: the config's)"
+    )
+    parser.add_argument(
+        "--pretrain-extra",
+        nargs="+",
+        default=[],
+        metavar="CORPUS",
+        help="embedded corpora whose training shards are mixed into pretraining "
+        "(e.g. pyhmmer-proteins for protein), equal shares per source",
+    )
     parser.add_argument("--dim", type=int, help="encoder width (default: the config's)")
     parser.add_argument("--depth", type=int, help="encoder blocks (default: the config's)")
     parser.add_argument("--heads", type=int, help="attention heads (default: the config's)")
@@ -368,17 +415,19 @@ def main() -> None:
         results["pretrain"] = {
             "config": modality.pretrain_config,
             "data": modality.pretrain_corpus or f"{corpus}/train-[0-9]*.tar (labels unread)",
+            "extra": args.pretrain_extra,
+            "mask_ratio": args.mask_ratio,
             "steps": args.pretrain_steps,
             "sizes": {k: str(v) for k, v in sizes(args).items()},
         }
     results["checkpoint"] = str(checkpoint)
     results["machine"] = f"{platform.node()} {platform.processor()} threads={args.threads}"
-    done = {RunKey(**{k: r[k] for k in RunKey.__dataclass_fields__}) for r in results["runs"]}
+    done = {run_key(entry) for entry in results["runs"]}
     for budget in args.budgets:
         for seed in args.seeds:
             for method in args.methods:
                 for lr in args.lrs:
-                    key = RunKey(budget, seed, method, lr, args.finetune_steps)
+                    key = RunKey(budget, seed, method, lr, args.finetune_steps, args.layer_decay)
                     if key in done:
                         continue
                     entry = finetune(modality, key, Path(checkpoint), args, root, args.fsdd)
@@ -390,6 +439,7 @@ def main() -> None:
         entry
         for entry in results["runs"]
         if entry["steps"] == args.finetune_steps
+        and entry.get("layer_decay") == args.layer_decay
         and entry["lr"] in args.lrs
         and entry["budget"] in args.budgets
         and entry["method"] in args.methods

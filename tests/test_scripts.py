@@ -241,6 +241,7 @@ CASES: dict[str, list[Case]] = {
                 *("--modality", "image", "--budgets", "0.1", "--seeds", "0", "--lrs", "1e-3"),
                 *("--pretrain-steps", "2", "--finetune-steps", "2", "--val-every", "2"),
                 *("--dim", "16", "--depth", "1", "--heads", "2", "--batch-size", "8"),
+                *("--mask-ratio", "0.5", "--layer-decay", "0.9"),
                 "--markdown",
             ],
             expect="| 10% |",
