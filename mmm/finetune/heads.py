@@ -109,9 +109,9 @@ class ClassifierHead(nn.Module):
         """The last linear layer as (C, D) weight and (C,) bias, float32, with an eval-mode
         norm folded in: ``norm_linear`` then computes ``pooled @ weight.T + bias``, one
         linear layer, as stock classifiers hold it."""
-        weight, bias = self.out.weight.detach().float(), self.out.bias.detach().float()
+        weight, bias = linear_parameters(self.out)
         if self.norm is None:
-            return weight.clone(), bias.clone()
+            return weight, bias
         scale = (self.norm.running_var.float() + self.norm.eps).rsqrt()  # (D,)
         folded = weight * scale  # (C, D)
         return folded, bias - folded @ self.norm.running_mean.float()
@@ -130,3 +130,12 @@ class PositionClassifier(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         return self.out(self.dropout(hidden))  # (B, L, C)
+
+    def output_layer(self) -> tuple[Tensor, Tensor]:
+        """The linear layer as (C, D) weight and (C,) bias, float32 copies."""
+        return linear_parameters(self.out)
+
+
+def linear_parameters(layer: nn.Linear) -> tuple[Tensor, Tensor]:
+    """A linear layer's (C, D) weight and (C,) bias as detached float32 copies."""
+    return layer.weight.detach().float().clone(), layer.bias.detach().float().clone()
