@@ -70,9 +70,10 @@ class ShardDataModule(L.LightningDataModule):
             file, several joined by ``::``; see ``expand_shards``), or a list of such
             patterns, one per source to mix (see ``train_weights``); defaults to the embedded
             corpus's ``train-*.tar`` when ``embedded`` is set (a labelled corpus's or
-            ``labelled_dir``'s: the label budget ``label_fraction`` picks). A ``pipe:`` URL,
-            also one listed in a ``.txt`` file, runs its command in a shell: use trusted lists
-            only.
+            ``labelled_dir``'s: the label budget ``label_fraction`` picks). ``elastic``
+            training reads local files only (by sample number); ``resampled`` also streams
+            ``pipe:`` URLs. A ``pipe:`` URL, also one listed in a ``.txt`` file, runs its
+            command in a shell: use trusted lists only.
         val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``. A
             ``pipe:`` URL, also one listed in a ``.txt`` file, runs its command in a shell.
         test_shards: test shards; defaults to the ``test-*.tar`` of labelled corpora (and of
@@ -382,18 +383,24 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(pipeline, endless=True)
 
     def _elastic_start(self, now: dict[str, Any]) -> int:
-        """The step to start at: the checkpoint's next step, when resuming.
+        """The step to start at: after the last step trained on (in this run, or in the
+        checkpoint just loaded), else 0.
 
         Raises:
             ElasticResumeError: when the checkpoint's global batch (ranks x batch_size)
                 differs from this run's.
         """
-        before, self._train_stream = self._resumed, now
-        if not before:
-            return 0
-        if "next_step" not in before:  # a checkpoint of resampled training
+        before, self._resumed, self._train_stream = self._resumed, {}, now
+        if "next_step" in before:
+            self._check_resumable(before, now)
+            self._next_step = before["next_step"]
+        elif before:  # a checkpoint of streaming training
             log.warning("the checkpoint holds streaming reader states: training starts afresh")
-            return 0
+        return self._next_step or 0
+
+    @staticmethod
+    def _check_resumable(before: dict[str, Any], now: dict[str, Any]) -> None:
+        """Refuse another global batch; warn when the order changed."""
         if before["global_batch"] != now["global_batch"]:
             raise ElasticResumeError(
                 f"ShardDataModule: the checkpoint trained on {before['global_batch']} samples "
@@ -408,8 +415,6 @@ class ShardDataModule(L.LightningDataModule):
                 "may repeat or miss samples of the interrupted pass",
                 before["next_step"],
             )
-        self._next_step = before["next_step"]
-        return before["next_step"]
 
     def _batches_per_reader(self, layout: Layout, sources: list[list[str]], counted: int) -> int:
         """Batches each reader yields per epoch, from ``epoch_samples`` (or the local count)."""

@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 
@@ -27,7 +26,7 @@ from datamodules import ShardDataModule
 from datamodules.datamodule import ElasticResumeError
 from datamodules.order import GlobalOrder, SourceOrder
 from datamodules.state import Layout
-from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
+from tests.test_ddp import TRAIN_SIZES, IdTokenizer, fit_probe, write_uneven_shards
 
 GLOBAL_BATCH = 4
 
@@ -166,33 +165,23 @@ def test_the_global_order_is_a_permutation_per_pass_and_mixes_by_weight():
 
 
 # ------------------------------------------------------------------ DDP on gloo ranks
-def fit(settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: str | None):
-    """Fit ``Probe`` (it records the items trained on, and saves ``out/last.ckpt``) on
-    ``devices`` CPU ranks (gloo, forked) up to ``max_steps``, resuming from ``ckpt``."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_fork" if devices > 1 else "auto",
-        max_steps=max_steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    probe = Probe(str(out))
+def fit(
+    settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: str | None
+) -> list[int]:
+    """``fit_probe`` on ``devices`` ranks with ``elastic_settings``; saves ``out/last.ckpt``
+    and ``out/rank<R>.json``. Returns the items this rank trained on."""
     data = ShardDataModule(**settings, batcher=AugmentingIds())
-    trainer.fit(probe, datamodule=data, ckpt_path=ckpt)
-    return probe
+    return fit_probe(data, out, max_steps, ckpt, devices=devices, out=str(out))[1]
 
 
 def fit_ddp(
-    settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: Path
+    settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: Path | None
 ) -> list[int]:
     """``fit`` on ``devices`` gloo ranks in a fresh interpreter (kept apart from pytest's
     process): the items all ranks trained on."""
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"settings": settings, "devices": devices, "max_steps": max_steps, "ckpt": str(ckpt)}
+    ckpt_path = None if ckpt is None else str(ckpt)
+    spec = {"settings": settings, "devices": devices, "max_steps": max_steps, "ckpt": ckpt_path}
     (out / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     command = [sys.executable, __file__, str(out)]
@@ -202,22 +191,16 @@ def fit_ddp(
     return [i for rank in ranks for ids in rank["seen"]["train"].values() for i in ids]
 
 
-def _trained(probe: Probe) -> list[int]:
-    return [i for ids in probe.seen["train"].values() for i in ids]
-
-
-def test_ddp_resume_from_one_rank_on_two_gloo_ranks_and_back(tmp_path):
-    """1x1 to step 3, 2 gloo ranks x 2 workers to step 8, 1x2 to step 11 (epochs end every 5
-    steps): the samples trained on equal the uninterrupted 1x1 run's."""
+def test_ddp_run_on_two_gloo_ranks_resumes_on_one(tmp_path):
+    """2 gloo ranks x 2 workers to step 4, then 1 rank with 2 workers to step 8 (epochs end
+    every 5 steps): the samples trained on equal those of an uninterrupted 1 x 0 run."""
     write_elastic_shards(tmp_path)
     one = elastic_settings(tmp_path, devices=1, workers=0)
-    straight = fit(one, 1, 11, tmp_path / "straight", ckpt=None)
-    first = fit(one, 1, 3, tmp_path / "a", ckpt=None)
+    straight = fit(one, 1, 8, tmp_path / "straight", ckpt=None)
     two = elastic_settings(tmp_path, devices=2, workers=2)
-    middle = fit_ddp(two, 2, 8, tmp_path / "b", ckpt=tmp_path / "a" / "last.ckpt")
-    rest = fit({**one, "num_workers": 2}, 1, 11, tmp_path / "c", str(tmp_path / "b" / "last.ckpt"))
-    resumed = _trained(first) + middle + _trained(rest)
-    assert Counter(resumed) == Counter(_trained(straight))
+    first = fit_ddp(two, 2, 4, tmp_path / "a", ckpt=None)
+    rest = fit({**one, "num_workers": 2}, 1, 8, tmp_path / "b", str(tmp_path / "a" / "last.ckpt"))
+    assert Counter(first + rest) == Counter(straight)
 
 
 if __name__ == "__main__":
