@@ -336,24 +336,9 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(pipeline, endless=True)
 
     def _elastic_loader(self, layout: Layout) -> DataLoader:
-        """The elastic training loader: every sample of every source counted (the shard index
-        ``mmm shards`` writes, else the member headers), the epoch cut into whole steps,
-        starting at the checkpoint's step when resuming."""
-        sources, counts = [], []
-        for pattern in self.train_shards:
-            inspected = inspect_shards(expand_shards([pattern]), self.on_error, count=True)
-            remote = [url for url, _ in inspected if is_remote(url)]
-            if remote:
-                raise ValueError(
-                    f"ShardDataModule: train_mode='elastic' reads training shards by sample "
-                    f"number, which needs local files; {remote[0]!r} (of {pattern!r}) is remote. "
-                    "Copy the shards to local disk, or set data.train_mode=resampled (streams "
-                    "remote shards; exact resume under the same ranks x workers only)"
-                )
-            if not inspected:
-                raise ValueError(f"every shard of {pattern!r} is empty or unreadable")
-            sources.append([url for url, _ in inspected])
-            counts.append([samples for _, samples in inspected])
+        """The elastic training loader: the epoch cut into whole steps of the global order,
+        starting after the last step trained on (or the checkpoint's)."""
+        sources, counts = self._counted_sources()
         global_batch = layout.world_size * self.batch_size
         samples = self.epoch_samples or sum(map(sum, counts))
         steps = epoch_steps(samples, global_batch)
@@ -365,7 +350,8 @@ class ShardDataModule(L.LightningDataModule):
         order = {
             "global_batch": global_batch,
             "order": _fingerprint(sources),
-            "sampling": [self.seed, self.shuffle_block, self.train_weights, counts, steps],
+            "counts": _fingerprint(counts),
+            "sampling": [self.seed, self.shuffle_block, self.train_weights, steps],
         }
         pipeline = ElasticPipeline(
             sources,
@@ -381,6 +367,31 @@ class ShardDataModule(L.LightningDataModule):
             next_step=self._elastic_start(order),
         )
         return self._loader(pipeline, endless=True)
+
+    def _counted_sources(self) -> tuple[list[list[str]], list[list[int]]]:
+        """Each source's usable shards and their sample counts (the shard index ``mmm
+        shards`` writes, else the member headers).
+
+        Raises:
+            ValueError: naming a remote shard (elastic training reads by sample number), or a
+                pattern without a usable shard.
+        """
+        sources, counts = [], []
+        for pattern in self.train_shards:
+            inspected = inspect_shards(expand_shards([pattern]), self.on_error, count=True)
+            remote = [url for url, _ in inspected if is_remote(url)]
+            if remote:
+                raise ValueError(
+                    f"ShardDataModule: train_mode='elastic' reads training shards by sample "
+                    f"number, which needs local files; {remote[0]!r} (of {pattern!r}) is remote. "
+                    "Copy the shards to local disk, or set data.train_mode=resampled (streams "
+                    "remote shards; exact resume under the same ranks x workers only)"
+                )
+            if not inspected:
+                raise ValueError(f"every shard of {pattern!r} is empty or unreadable")
+            sources.append([url for url, _ in inspected])
+            counts.append([samples for _, samples in inspected])
+        return sources, counts
 
     def _elastic_start(self, now: dict[str, Any]) -> int:
         """The step to start at: after the last step trained on (in this run, or in the
@@ -565,9 +576,9 @@ class ElasticResumeError(ValueError):
     """A checkpoint's elastic position cannot be continued by this run (another global batch)."""
 
 
-def _fingerprint(sources: list[list[str]]) -> str:
-    """A short hash of the shard URLs of each source, in order."""
-    text = "\n\n".join("\n".join(urls) for urls in sources)
+def _fingerprint(sources: list[list[Any]]) -> str:
+    """A short hash of each source's entries (shard URLs, sample counts), in order."""
+    text = "\n\n".join("\n".join(map(str, entries)) for entries in sources)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

@@ -96,15 +96,17 @@ def fit_probe(
     ckpt_path: Path | str | None = None,
     devices: int = 1,
     out: str | None = None,
+    num_nodes: int = 1,
 ) -> tuple[L.Trainer, list[int]]:
     """Fit a ``Probe`` (writing to ``out``, see there) on ``devices`` CPU ranks (gloo, forked)
-    up to ``max_steps``, resuming from ``ckpt_path``: the trainer and the ids this rank
-    trained on, in order."""
+    of each of ``num_nodes`` nodes (this process is node ``NODE_RANK``) up to ``max_steps``,
+    resuming from ``ckpt_path``: the trainer and the ids this rank trained on, in order."""
     probe = Probe(out)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp_fork" if devices > 1 else "auto",
+        num_nodes=num_nodes,
+        strategy="ddp_fork" if devices > 1 else "ddp" if num_nodes > 1 else "auto",
         max_steps=max_steps,
         limit_val_batches=0,
         logger=False,

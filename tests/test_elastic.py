@@ -3,8 +3,9 @@ global batch) trains on exactly the samples the uninterrupted run would have.
 
 ``layout_steps`` reads the training data of a layout as its ranks' loaders do (each rank a
 ``ShardDataModule`` placed by its ``Layout``, real loader workers), without a model or a
-process group; ``fit_ddp`` runs a real DDP fit on gloo ranks in a fresh interpreter. Both
-return what each step trained on, so that other tests (multi-node) can compare layouts.
+process group; ``fit_ddp`` runs a real DDP fit on gloo ranks in fresh interpreters, one per
+simulated node. Both return what was trained on, so that other tests (multi-node) can compare
+layouts.
 """
 
 from __future__ import annotations
@@ -166,28 +167,59 @@ def test_the_global_order_is_a_permutation_per_pass_and_mixes_by_weight():
 
 # ------------------------------------------------------------------ DDP on gloo ranks
 def fit(
-    settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: str | None
+    settings: dict[str, Any],
+    devices: int,
+    max_steps: int,
+    out: Path,
+    ckpt: str | None,
+    num_nodes: int = 1,
 ) -> list[int]:
-    """``fit_probe`` on ``devices`` ranks with ``elastic_settings``; saves ``out/last.ckpt``
-    and ``out/rank<R>.json``. Returns the items this rank trained on."""
+    """``fit_probe`` on ``devices`` ranks (of each of ``num_nodes`` nodes) with
+    ``elastic_settings``; saves ``out/last.ckpt`` and ``out/rank<R>.json``. Returns the items
+    this rank trained on."""
     data = ShardDataModule(**settings, batcher=AugmentingIds())
-    return fit_probe(data, out, max_steps, ckpt, devices=devices, out=str(out))[1]
+    return fit_probe(data, out, max_steps, ckpt, devices, str(out), num_nodes)[1]
 
 
 def fit_ddp(
-    settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: Path | None
+    settings: dict[str, Any],
+    devices: int,
+    max_steps: int,
+    out: Path,
+    ckpt: Path | None,
+    num_nodes: int = 1,
 ) -> list[int]:
-    """``fit`` on ``devices`` gloo ranks in a fresh interpreter (kept apart from pytest's
-    process): the items all ranks trained on."""
+    """``fit`` on ``devices`` gloo ranks in each of ``num_nodes`` fresh interpreters (one per
+    node, ``NODE_RANK`` and ``MASTER_ADDR=127.0.0.1``: nodes simulated on this machine), kept
+    apart from pytest's process: the items all ranks trained on."""
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = None if ckpt is None else str(ckpt)
-    spec = {"settings": settings, "devices": devices, "max_steps": max_steps, "ckpt": ckpt_path}
+    spec = {
+        "settings": settings,
+        "devices": devices,
+        "max_steps": max_steps,
+        "ckpt": None if ckpt is None else str(ckpt),
+        "num_nodes": num_nodes,
+    }
     (out / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    command = [sys.executable, __file__, str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(29500 + os.getpid() % 1000),
+    }
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(out)],
+            env={**env, "NODE_RANK": str(node)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in range(num_nodes)
+    ]
+    for node in nodes:
+        _, errors = node.communicate(timeout=240)
+        assert node.returncode == 0, errors[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices * num_nodes)]
     return [i for rank in ranks for ids in rank["seen"]["train"].values() for i in ids]
 
 
@@ -205,4 +237,5 @@ def test_ddp_run_on_two_gloo_ranks_resumes_on_one(tmp_path):
 
 if __name__ == "__main__":
     spec = json.loads(Path(sys.argv[1], "spec.json").read_text())
-    fit(spec["settings"], spec["devices"], spec["max_steps"], Path(sys.argv[1]), spec["ckpt"])
+    out = Path(sys.argv[1])
+    fit(spec["settings"], spec["devices"], spec["max_steps"], out, spec["ckpt"], spec["num_nodes"])
