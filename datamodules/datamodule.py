@@ -70,9 +70,10 @@ class ShardDataModule(L.LightningDataModule):
             file, several joined by ``::``; see ``expand_shards``), or a list of such
             patterns, one per source to mix (see ``train_weights``); defaults to the embedded
             corpus's ``train-*.tar`` when ``embedded`` is set (a labelled corpus's or
-            ``labelled_dir``'s: the label budget ``label_fraction`` picks). A ``pipe:`` URL,
-            also one listed in a ``.txt`` file, runs its command in a shell: use trusted lists
-            only.
+            ``labelled_dir``'s: the label budget ``label_fraction`` picks). ``elastic``
+            training reads local files only (by sample number); ``resampled`` also streams
+            ``pipe:`` URLs. A ``pipe:`` URL, also one listed in a ``.txt`` file, runs its
+            command in a shell: use trusted lists only.
         val_shards: validation shards; defaults to the embedded corpus's ``val-*.tar``. A
             ``pipe:`` URL, also one listed in a ``.txt`` file, runs its command in a shell.
         test_shards: test shards; defaults to the ``test-*.tar`` of labelled corpora (and of
@@ -335,24 +336,9 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader(pipeline, endless=True)
 
     def _elastic_loader(self, layout: Layout) -> DataLoader:
-        """The elastic training loader: every sample of every source counted (the shard index
-        ``mmm shards`` writes, else the member headers), the epoch cut into whole steps,
-        starting at the checkpoint's step when resuming."""
-        sources, counts = [], []
-        for pattern in self.train_shards:
-            inspected = inspect_shards(expand_shards([pattern]), self.on_error, count=True)
-            remote = [url for url, _ in inspected if is_remote(url)]
-            if remote:
-                raise ValueError(
-                    f"ShardDataModule: train_mode='elastic' reads training shards by sample "
-                    f"number, which needs local files; {remote[0]!r} (of {pattern!r}) is remote. "
-                    "Copy the shards to local disk, or set data.train_mode=resampled (streams "
-                    "remote shards; exact resume under the same ranks x workers only)"
-                )
-            if not inspected:
-                raise ValueError(f"every shard of {pattern!r} is empty or unreadable")
-            sources.append([url for url, _ in inspected])
-            counts.append([samples for _, samples in inspected])
+        """The elastic training loader: the epoch cut into whole steps of the global order,
+        starting after the last step trained on (or the checkpoint's)."""
+        sources, counts = self._counted_sources()
         global_batch = layout.world_size * self.batch_size
         samples = self.epoch_samples or sum(map(sum, counts))
         steps = epoch_steps(samples, global_batch)
@@ -364,7 +350,8 @@ class ShardDataModule(L.LightningDataModule):
         order = {
             "global_batch": global_batch,
             "order": _fingerprint(sources),
-            "sampling": [self.seed, self.shuffle_block, self.train_weights, counts, steps],
+            "counts": _fingerprint(counts),
+            "sampling": [self.seed, self.shuffle_block, self.train_weights, steps],
         }
         pipeline = ElasticPipeline(
             sources,
@@ -381,19 +368,50 @@ class ShardDataModule(L.LightningDataModule):
         )
         return self._loader(pipeline, endless=True)
 
+    def _counted_sources(self) -> tuple[list[list[str]], list[list[int]]]:
+        """Each source's usable shards and their sample counts (the shard index ``mmm
+        shards`` writes, else the member headers).
+
+        Raises:
+            ValueError: naming a remote shard (elastic training reads by sample number), or a
+                pattern without a usable shard.
+        """
+        sources, counts = [], []
+        for pattern in self.train_shards:
+            inspected = inspect_shards(expand_shards([pattern]), self.on_error, count=True)
+            remote = [url for url, _ in inspected if is_remote(url)]
+            if remote:
+                raise ValueError(
+                    f"ShardDataModule: train_mode='elastic' reads training shards by sample "
+                    f"number, which needs local files; {remote[0]!r} (of {pattern!r}) is remote. "
+                    "Copy the shards to local disk, or set data.train_mode=resampled (streams "
+                    "remote shards; exact resume under the same ranks x workers only)"
+                )
+            if not inspected:
+                raise ValueError(f"every shard of {pattern!r} is empty or unreadable")
+            sources.append([url for url, _ in inspected])
+            counts.append([samples for _, samples in inspected])
+        return sources, counts
+
     def _elastic_start(self, now: dict[str, Any]) -> int:
-        """The step to start at: the checkpoint's next step, when resuming.
+        """The step to start at: after the last step trained on (in this run, or in the
+        checkpoint just loaded), else 0.
 
         Raises:
             ElasticResumeError: when the checkpoint's global batch (ranks x batch_size)
                 differs from this run's.
         """
-        before, self._train_stream = self._resumed, now
-        if not before:
-            return 0
-        if "next_step" not in before:  # a checkpoint of resampled training
+        before, self._resumed, self._train_stream = self._resumed, {}, now
+        if "next_step" in before:
+            self._check_resumable(before, now)
+            self._next_step = before["next_step"]
+        elif before:  # a checkpoint of streaming training
             log.warning("the checkpoint holds streaming reader states: training starts afresh")
-            return 0
+        return self._next_step or 0
+
+    @staticmethod
+    def _check_resumable(before: dict[str, Any], now: dict[str, Any]) -> None:
+        """Refuse another global batch; warn when the order changed."""
         if before["global_batch"] != now["global_batch"]:
             raise ElasticResumeError(
                 f"ShardDataModule: the checkpoint trained on {before['global_batch']} samples "
@@ -408,8 +426,6 @@ class ShardDataModule(L.LightningDataModule):
                 "may repeat or miss samples of the interrupted pass",
                 before["next_step"],
             )
-        self._next_step = before["next_step"]
-        return before["next_step"]
 
     def _batches_per_reader(self, layout: Layout, sources: list[list[str]], counted: int) -> int:
         """Batches each reader yields per epoch, from ``epoch_samples`` (or the local count)."""
@@ -560,9 +576,9 @@ class ElasticResumeError(ValueError):
     """A checkpoint's elastic position cannot be continued by this run (another global batch)."""
 
 
-def _fingerprint(sources: list[list[str]]) -> str:
-    """A short hash of the shard URLs of each source, in order."""
-    text = "\n\n".join("\n".join(urls) for urls in sources)
+def _fingerprint(sources: list[list[Any]]) -> str:
+    """A short hash of each source's entries (shard URLs, sample counts), in order."""
+    text = "\n\n".join("\n".join(map(str, entries)) for entries in sources)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

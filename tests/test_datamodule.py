@@ -17,7 +17,7 @@ from datamodules.shards import usable_local_shards
 from datamodules.streams import ShardStream
 from mmm.data.shards import write_shards
 from mmm.tokenizers.base import SampleError
-from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
+from tests.test_ddp import TRAIN_SIZES, IdTokenizer, fit_probe, write_uneven_shards
 
 
 def _data(**kwargs) -> ShardDataModule:
@@ -168,22 +168,6 @@ def test_strict_mode_raises_naming_the_shard(tmp_path, fault):
         list(data.val_dataloader())
 
 
-def _fit(data: ShardDataModule, root: Path, max_steps: int, ckpt_path: Path | None = None):
-    probe = Probe()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
-    trainer.fit(probe, datamodule=data, ckpt_path=ckpt_path)
-    return trainer, _flat(probe.seen["train"].values())
-
-
 class AugmentingTokenizer(IdTokenizer):
     """Each sample's id times 1000 plus a random view (0-999) drawn from torch's RNG, as an
     image crop or a protein window would be."""
@@ -212,15 +196,17 @@ def test_resume_mid_epoch_replays_nothing_and_skips_nothing(uneven, mode, source
         "shuffle_buffer": 6,
         "train_mode": mode,
     }
-    _, straight = _fit(_data(**settings), root, max_steps=23)
-    trainer, first = _fit(_data(**settings), root, max_steps=7)  # stops mid-epoch, worker 0's turn
+    _, straight = fit_probe(_data(**settings), root, max_steps=23)
+    trainer, first = fit_probe(
+        _data(**settings), root, max_steps=7
+    )  # stops mid-epoch, worker 0's turn
     checkpoint = root / "mid-epoch.ckpt"
     trainer.save_checkpoint(checkpoint)
     state = trainer.datamodule.state_dict()
     assert (
         state["next_step"] == 7 if mode == "elastic" else sorted(state["train_readers"]) == [0, 1]
     )
-    _, rest = _fit(_data(**settings), root, max_steps=23, ckpt_path=checkpoint)
+    _, rest = fit_probe(_data(**settings), root, max_steps=23, ckpt_path=checkpoint)
     assert first + rest == straight
 
 

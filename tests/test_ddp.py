@@ -90,6 +90,36 @@ class Probe(L.LightningModule):
             Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+def fit_probe(
+    data: ShardDataModule,
+    root: Path,
+    max_steps: int,
+    ckpt_path: Path | str | None = None,
+    devices: int = 1,
+    out: str | None = None,
+    num_nodes: int = 1,
+) -> tuple[L.Trainer, list[int]]:
+    """Fit a ``Probe`` (writing to ``out``, see there) on ``devices`` CPU ranks (gloo, forked)
+    of each of ``num_nodes`` nodes (this process is node ``NODE_RANK``) up to ``max_steps``,
+    resuming from ``ckpt_path``: the trainer and the ids this rank trained on, in order."""
+    probe = Probe(out)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp_fork" if devices > 1 else "ddp" if num_nodes > 1 else "auto",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(probe, datamodule=data, ckpt_path=ckpt_path)
+    return trainer, [i for ids in probe.seen["train"].values() for i in ids]
+
+
 def write_uneven_shards(
     folder: Path, prefix: str, sizes: list[int], first_id: int = 0
 ) -> list[int]:

@@ -3,8 +3,9 @@ global batch) trains on exactly the samples the uninterrupted run would have.
 
 ``layout_steps`` reads the training data of a layout as its ranks' loaders do (each rank a
 ``ShardDataModule`` placed by its ``Layout``, real loader workers), without a model or a
-process group; ``fit_ddp`` runs a real DDP fit on gloo ranks in a fresh interpreter. Both
-return what each step trained on, so that other tests (multi-node) can compare layouts.
+process group; ``fit_ddp`` runs a real DDP fit on gloo ranks in fresh interpreters, one per
+simulated node. Both return what was trained on, so that other tests (multi-node) can compare
+layouts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 
@@ -27,7 +27,7 @@ from datamodules import ShardDataModule
 from datamodules.datamodule import ElasticResumeError
 from datamodules.order import GlobalOrder, SourceOrder
 from datamodules.state import Layout
-from tests.test_ddp import TRAIN_SIZES, IdTokenizer, Probe, write_uneven_shards
+from tests.test_ddp import TRAIN_SIZES, IdTokenizer, fit_probe, write_uneven_shards
 
 GLOBAL_BATCH = 4
 
@@ -166,60 +166,76 @@ def test_the_global_order_is_a_permutation_per_pass_and_mixes_by_weight():
 
 
 # ------------------------------------------------------------------ DDP on gloo ranks
-def fit(settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: str | None):
-    """Fit ``Probe`` (it records the items trained on, and saves ``out/last.ckpt``) on
-    ``devices`` CPU ranks (gloo, forked) up to ``max_steps``, resuming from ``ckpt``."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_fork" if devices > 1 else "auto",
-        max_steps=max_steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    probe = Probe(str(out))
+def fit(
+    settings: dict[str, Any],
+    devices: int,
+    max_steps: int,
+    out: Path,
+    ckpt: str | None,
+    num_nodes: int = 1,
+) -> list[int]:
+    """``fit_probe`` on ``devices`` ranks (of each of ``num_nodes`` nodes) with
+    ``elastic_settings``; saves ``out/last.ckpt`` and ``out/rank<R>.json``. Returns the items
+    this rank trained on."""
     data = ShardDataModule(**settings, batcher=AugmentingIds())
-    trainer.fit(probe, datamodule=data, ckpt_path=ckpt)
-    return probe
+    return fit_probe(data, out, max_steps, ckpt, devices, str(out), num_nodes)[1]
 
 
 def fit_ddp(
-    settings: dict[str, Any], devices: int, max_steps: int, out: Path, ckpt: Path
+    settings: dict[str, Any],
+    devices: int,
+    max_steps: int,
+    out: Path,
+    ckpt: Path | None,
+    num_nodes: int = 1,
 ) -> list[int]:
-    """``fit`` on ``devices`` gloo ranks in a fresh interpreter (kept apart from pytest's
-    process): the items all ranks trained on."""
+    """``fit`` on ``devices`` gloo ranks in each of ``num_nodes`` fresh interpreters (one per
+    node, ``NODE_RANK`` and ``MASTER_ADDR=127.0.0.1``: nodes simulated on this machine), kept
+    apart from pytest's process: the items all ranks trained on."""
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"settings": settings, "devices": devices, "max_steps": max_steps, "ckpt": str(ckpt)}
+    spec = {
+        "settings": settings,
+        "devices": devices,
+        "max_steps": max_steps,
+        "ckpt": None if ckpt is None else str(ckpt),
+        "num_nodes": num_nodes,
+    }
     (out / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    command = [sys.executable, __file__, str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(29500 + os.getpid() % 1000),
+    }
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(out)],
+            env={**env, "NODE_RANK": str(node)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in range(num_nodes)
+    ]
+    for node in nodes:
+        _, errors = node.communicate(timeout=240)
+        assert node.returncode == 0, errors[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices * num_nodes)]
     return [i for rank in ranks for ids in rank["seen"]["train"].values() for i in ids]
 
 
-def _trained(probe: Probe) -> list[int]:
-    return [i for ids in probe.seen["train"].values() for i in ids]
-
-
-def test_ddp_resume_from_one_rank_on_two_gloo_ranks_and_back(tmp_path):
-    """1x1 to step 3, 2 gloo ranks x 2 workers to step 8, 1x2 to step 11 (epochs end every 5
-    steps): the samples trained on equal the uninterrupted 1x1 run's."""
+def test_ddp_run_on_two_gloo_ranks_resumes_on_one(tmp_path):
+    """2 gloo ranks x 2 workers to step 4, then 1 rank with 2 workers to step 8 (epochs end
+    every 5 steps): the samples trained on equal those of an uninterrupted 1 x 0 run."""
     write_elastic_shards(tmp_path)
     one = elastic_settings(tmp_path, devices=1, workers=0)
-    straight = fit(one, 1, 11, tmp_path / "straight", ckpt=None)
-    first = fit(one, 1, 3, tmp_path / "a", ckpt=None)
+    straight = fit(one, 1, 8, tmp_path / "straight", ckpt=None)
     two = elastic_settings(tmp_path, devices=2, workers=2)
-    middle = fit_ddp(two, 2, 8, tmp_path / "b", ckpt=tmp_path / "a" / "last.ckpt")
-    rest = fit({**one, "num_workers": 2}, 1, 11, tmp_path / "c", str(tmp_path / "b" / "last.ckpt"))
-    resumed = _trained(first) + middle + _trained(rest)
-    assert Counter(resumed) == Counter(_trained(straight))
+    first = fit_ddp(two, 2, 4, tmp_path / "a", ckpt=None)
+    rest = fit({**one, "num_workers": 2}, 1, 8, tmp_path / "b", str(tmp_path / "a" / "last.ckpt"))
+    assert Counter(first + rest) == Counter(straight)
 
 
 if __name__ == "__main__":
     spec = json.loads(Path(sys.argv[1], "spec.json").read_text())
-    fit(spec["settings"], spec["devices"], spec["max_steps"], Path(sys.argv[1]), spec["ckpt"])
+    out = Path(sys.argv[1])
+    fit(spec["settings"], spec["devices"], spec["max_steps"], out, spec["ckpt"], spec["num_nodes"])

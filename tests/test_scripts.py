@@ -159,6 +159,15 @@ CASES: dict[str, list[Case]] = {
             expect="identical to the uninterrupted run: True",
         )
     ],
+    "bench_shuffle": [
+        Case(
+            [
+                *("--shards", "4", "--per_shard", "6", "--samples", "8", "--batch", "4"),
+                *("--workers", "0", "--shuffle", "12"),
+            ],
+            expect="| elastic | 12 |",
+        )
+    ],
     "bench_text": [
         Case(
             [
