@@ -376,13 +376,21 @@ def generate_from(
 ) -> Generated:
     """The ``target`` modality of each sample generated from every other modality it
     carries: one ``ChainStep``; see ``generate_chain_batches`` for the options."""
+    return generate_chain(module, samples, [step_from(module, samples, target)], **options)[0]
+
+
+def step_from(module: MaskedModelingModule, samples: Sequence[Sample], target: str) -> ChainStep:
+    """The step that generates ``target`` from every modality the samples carry.
+
+    Raises:
+        ContextError: when there is no sample, or the samples carry the target itself.
+    """
     if not samples:
         raise ContextError("no context sample given")
     carried = read_context(module, samples[:1])
-    context = tuple(name for name in carried if name != target)
     if target in carried:
         raise ContextError(
             f"context {samples[0].get('__key__')} is {target!r}, the modality to generate; "
             "give a sample of the other modalities"
         )
-    return generate_chain(module, samples, [ChainStep(context, target)], **options)[0]
+    return ChainStep(tuple(carried), target)

@@ -9,7 +9,8 @@ target, the target is generated
 - by the same checkpoint with no context at all (``nothing seen``): the text-only control
   that the model itself gives, a condition it trained on (``drop_probability``);
 - by ``--control CKPT``, a model of the target alone (``speech_text_control.yaml``), when given;
-- and, as a floor, always the most frequent text of the training split.
+- and, as a floor, the most frequent word of the training split, as many times as the
+  reference has words (for one-word targets: always the most frequent word).
 
 Each generated text has the reference's own length in tokens (as 4M fixes its targets'
 token budgets), so that the context, not a length guess, makes the difference. Scores: exact
@@ -160,8 +161,11 @@ def main() -> None:
         )
     train = held_out(data.train_shards, members, None)
     train_texts = [s[_text_member(s, members)].decode("utf-8") for s in train]
-    most_frequent = Counter(spelled(tokenizer, train_texts)[0]).most_common(1)[0][0]
-    outputs[f"most frequent ({most_frequent!r})"] = [most_frequent] * len(samples)
+    words = Counter(word for text in spelled(tokenizer, train_texts)[0] for word in text.split())
+    most_frequent = words.most_common(1)[0][0]
+    outputs[f"most frequent word ({most_frequent!r})"] = [
+        " ".join([most_frequent] * len(reference.split())) for reference in references
+    ]
 
     print(
         f"{len(samples)} held-out samples ({args.split} split of {args.config}), {args.target} "

@@ -12,13 +12,16 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from mmm.data.patterns import expand_inputs
 from mmm.files import replaced_atomically
+
+if TYPE_CHECKING:
+    from mmm.generation import SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +178,7 @@ def generate_command(
     return _write_generated(named, output)
 
 
-def _settings(steps, sampler, remask, eta, temperature, top_k, top_p, schedule):
+def _settings(steps, sampler, remask, eta, temperature, top_k, top_p, schedule) -> SamplingSettings:
     from mmm.generation import SamplingSettings
 
     return SamplingSettings(
@@ -198,7 +201,7 @@ def _generate_conditioned(
     chain: str | None,
     output: str | None,
     length: int | None,
-    settings,
+    settings: SamplingSettings,
     seed: int,
     batch_size: int,
     device: str | None,
@@ -207,12 +210,11 @@ def _generate_conditioned(
     """``mmm generate --context FILES --target M`` / ``--chain A:B,B:C``: one output line or
     picture per context file and step. Returns how many inputs were generated for."""
     from mmm.conditioning import (
-        ChainStep,
         ContextError,
         context_samples,
         generate_chain_batches,
         parse_chain,
-        read_context,
+        step_from,
     )
     from mmm.inference import load_module
 
@@ -223,14 +225,7 @@ def _generate_conditioned(
     files = expand_inputs(context)
     samples = context_samples(files)
     module = load_module(checkpoint, map_location=_device(device))
-    if chain is not None:
-        steps = parse_chain(chain)
-    else:
-        carried = read_context(module, samples[:1])
-        if target in carried:
-            raise ContextError(f"--context {files[0]} is {target!r}, the modality to generate")
-        steps = [ChainStep(tuple(carried), target)]
-    writer = _ConditionedWriter(module, steps, files, output)
+    steps = parse_chain(chain) if chain is not None else [step_from(module, samples, target)]
     batches = generate_chain_batches(
         module,
         samples,
@@ -241,9 +236,9 @@ def _generate_conditioned(
         batch_size=batch_size,
         progress=progress,
     )
-    for results in batches:
-        writer.write(results)
-    writer.close()
+    with _ConditionedWriter(module, steps, files, output) as writer:
+        for results in batches:
+            writer.write(results)
     return writer.written
 
 
@@ -255,7 +250,7 @@ class _ConditionedWriter:
     def __init__(self, module, steps, files: list[str], output: str | None) -> None:
         from mmm.conditioning import ContextError
 
-        drawn = [s for s in steps if not module.tokenizers[s.target].discrete] if steps else []
+        drawn = [step for step in steps if not module.tokenizers[step.target].discrete]
         if drawn and output is None:
             raise ContextError(
                 f"step {drawn[0]} draws pictures: give --output DIR for them to be written to"
@@ -293,10 +288,13 @@ class _ConditionedWriter:
                     save_image(picture, folder / f"{name}.png")
         self.written += count
 
-    def close(self) -> None:
+    def __enter__(self) -> _ConditionedWriter:
+        return self
+
+    def __exit__(self, *failure: object) -> None:
         for handle in self.handles.values():
             handle.close()
-        if self.folder is not None:
+        if self.folder is not None and failure[0] is None:
             print(f"wrote the outputs of {self.written} inputs to {self.folder}")
 
 
