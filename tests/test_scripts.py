@@ -168,6 +168,16 @@ CASES: dict[str, list[Case]] = {
             expect="| elastic | 12 |",
         )
     ],
+    "bench_sharding": [
+        Case(
+            [
+                *("--config", str(CONFIGS / "smiles_mlm.yaml"), "--strategies", "fsdp2"),
+                *("--steps", "1", "--warmup", "1"),
+                *settings({"data.batch_size": 4}, TINY_MODEL),
+            ],
+            expect="fsdp2",
+        )
+    ],
     "bench_text": [
         Case(
             [

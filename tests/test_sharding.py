@@ -84,3 +84,8 @@ def test_fsdp_checkpoints_save_resume_exactly_and_consolidate(tmp_path, monkeypa
     assert cli.trainer.global_step == 4
     states = cli.trainer.optimizers[0].state_dict()["state"].values()
     assert {int(state["step"]) for state in states} == {4}  # AdamW continued from step 3
+
+
+def test_consolidate_names_a_path_that_is_no_sharded_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"not a sharded checkpoint folder .*meta\.pt"):
+        consolidate(tmp_path)

@@ -20,8 +20,8 @@ from torch.utils.checkpoint import checkpoint
 #: mask for ``scaled_dot_product_attention`` (which rules out the flash kernel on a GPU);
 #: ``flex`` builds a ``flex_attention`` block mask from the document ids (blocks no document
 #: spans are skipped; compiled into one fused kernel on a GPU, an unfused reference on the
-#: CPU); ``auto``: ``flex`` on CUDA, ``dense`` elsewhere (on the CPU the dense mask is 8x
-#: faster, ``docs/scale-out.md``).
+#: CPU, forward only); ``auto``: ``flex`` on CUDA, ``dense`` elsewhere (on the CPU the dense
+#: mask is 2.8x faster and flex has no backward; ``docs/scale-out.md``).
 DocumentAttention = Literal["auto", "dense", "flex"]
 
 
@@ -135,8 +135,8 @@ def run_blocks(
 ) -> Tensor:
     """``x`` through ``blocks``; with ``recompute`` (activation checkpointing, while training
     with gradients) each block keeps only its input and recomputes its activations in the
-    backward pass: memory for one block's activations instead of all of them, for about a
-    third more compute. ``use_reentrant=False``: torch's recommended variant (works with
+    backward pass: memory for one block's activations instead of all of them, for one more
+    forward pass. ``use_reentrant=False``: torch's recommended variant (works with
     inputs that need no gradient, keyword arguments and FSDP)."""
     for block in blocks:
         if recompute and torch.is_grad_enabled():
@@ -180,7 +180,7 @@ class TransformerEncoder(Encoder):
             1e-12, which an export to or ``init_from`` of those classes must match.
         activation_checkpointing: recompute each block's activations in the backward pass
             instead of keeping them (``torch.utils.checkpoint``): activation memory of one
-            block instead of ``depth``, for about a third more compute. Same results.
+            block instead of ``depth``, for one more forward pass per step. Same results.
         document_attention: how packed documents are kept apart in attention (see
             ``DocumentAttention``): ``auto`` (``flex`` on CUDA, ``dense`` on the CPU),
             ``dense`` or ``flex``. Rows that are not packed never build a document mask.
