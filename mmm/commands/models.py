@@ -110,7 +110,7 @@ def probe_command(
     data: str,
     modality: str | None = None,
     steps: int = 200,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     batch_size: int = 64,
     label_fraction: float = 1.0,
     seed: int = 0,

@@ -70,7 +70,7 @@ class ProbeSettings:
 
     steps: int = 200
     """Optimizer steps of the linear head."""
-    lr: float = 3e-3
+    lr: float = 1e-2
     """Peak AdamW learning rate of the head (cosine decay to zero at the last step)."""
     batch_size: int = 64
     """Labelled samples per step."""
