@@ -100,7 +100,7 @@ def main() -> None:
             f"{uniform_distinct(args.shards, args.batch):.1f} shards per batch"
         )
         print(
-            "| train_mode | shuffle_buffer | neighbours from one shard | beyond chance (kappa) "
+            "| train_mode | shuffle_block / shuffle_buffer | neighbours from one shard | kappa "
             "| shards per batch | samples/s |"
         )
         print("|---|---|---|---|---|---|")
