@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--val_batches", type=int, default=20, help="batches per validation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--gemm_size", type=int, default=2048, help="matmul side of the peaks")
     parser.add_argument("--timed_steps", type=int, default=10, help="timed steps per precision")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--profile_steps", type=int, default=0, help="profiled steps (0: none)")
@@ -208,13 +209,13 @@ def main() -> None:
     support = cpu_bf16_support()
     cpu = Runtime(torch.device("cpu"))
     peaks = {
-        "fp32": gemm_flops_per_second(cpu),
-        "bf16": gemm_flops_per_second(Runtime(torch.device("cpu"), "bf16-mixed")),
+        "fp32": gemm_flops_per_second(cpu, size=args.gemm_size),
+        "bf16": gemm_flops_per_second(Runtime(torch.device("cpu"), "bf16-mixed"), args.gemm_size),
     }
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, CPU capability {support.capability}, native bf16: "
-        f"{support.native}; torch.matmul 2048^2: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
+        f"{support.native}; torch.matmul {args.gemm_size}^2: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
         f"bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.2f}x)"
     )
     for config in args.configs:

@@ -178,6 +178,17 @@ CASES: dict[str, list[Case]] = {
             expect="fsdp2",
         )
     ],
+    "bench_precision": [
+        Case(
+            [
+                *("--configs", "text_mlm", "--steps", "2", "--val_every", "2"),
+                *("--val_batches", "1", "--timed_steps", "1", "--warmup", "0"),
+                *("--profile_steps", "1", "--gemm_size", "128", "--threads", "1"),
+                *settings({"data.batch_size": 4}, TINY_MODEL),
+            ],
+            expect="bf16 speed-up",
+        )
+    ],
     "bench_text": [
         Case(
             [
@@ -214,6 +225,17 @@ CASES: dict[str, list[Case]] = {
             ],
             expect="cross-modal gain",
             checkpoint="digits_image_text.yaml",
+        )
+    ],
+    "distill_eval": [
+        Case(
+            [
+                *("--teacher_steps", "1", "--student_steps", "1", "--val_batches", "1"),
+                *("--probe_items", "60", "--speed_runs", "1", "--threads", "1"),
+                *settings({"data.batch_size": 4, "model.encoder.dim": 16}),
+                *settings({"model.encoder.num_heads": 2}),
+            ],
+            expect="| student | 2 |",
         )
     ],
     "forecast_eval": [

@@ -1,0 +1,190 @@
+"""Does a half-depth student keep the teacher's quality, and how much faster is it?
+
+1. **teacher**: ``--teacher_config`` (default: the quickstart, 128 wide x 4 blocks) trained
+   for ``--teacher_steps``;
+2. **student**: ``--student_config`` (default ``configs/text_distill.yaml``: 2 blocks,
+   DistilBERT's losses, started from teacher blocks 0 and 2) distilled from it for
+   ``--student_steps``;
+3. with ``--baseline``, the student's size trained for as many steps without a teacher
+   (from scratch, the plain masked-LM loss): what distillation adds.
+
+Each model is then measured the same way:
+
+- held-out masked-token accuracy, ``[MASK]`` only, 15% hidden (fixed evaluation masks, the
+  validation split of the corpus, ``--val_batches`` batches);
+- the downstream score: a linear probe of mean-pooled frozen states on the docstring-package
+  classification (``mmm.probe``'s ``docstrings`` set, 25% held out; ``--probe_items``
+  items drawn with a fixed seed);
+- inference speed: the median time of an eval-mode forward pass (no gradients) over one
+  validation batch, the models taking turns (a shared machine's load falls on all alike).
+
+    python scripts/distill_eval.py [--teacher_steps 300] [--student_steps 300] [--baseline]
+        [--val_batches 20] [--probe_items 2000] [--speed_runs 10] [--threads N]
+        [--set KEY=VALUE ...]   (``--set`` applies to every model)
+
+Models train in the working directory's ``distill_eval/``; the corpus and tokenizer are
+prepared there on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from mmm.experiment import CONFIGS, add_overrides_argument, build_from_config, config_overrides
+from mmm.masking import RandomMasking
+from mmm.module import MaskedModelingModule
+from mmm.probe import linear_probe_score, load_labelled, pooled_features
+from mmm.teacher import apply_teacher
+
+WORK = Path("distill_eval")
+
+
+@dataclass
+class Scores:
+    """One model's measurements."""
+
+    name: str
+    depth: int
+    accuracy: float = float("nan")
+    probe: float = float("nan")
+    forward_seconds: float = float("nan")
+
+
+def trainer(steps: int, root: Path, val_batches: int) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps,
+        limit_val_batches=val_batches,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def train(config: Path, overrides: list[str], steps: int, name: str, args) -> MaskedModelingModule:
+    """``config`` with ``overrides`` trained for ``steps`` (its teacher attached first when it
+    distils); the checkpoint is saved as ``distill_eval/<name>.ckpt``."""
+    L.seed_everything(args.seed, verbose=False)
+    module, data = build_from_config(config, [*overrides, *common_overrides(args)])
+    apply_teacher(module)  # what mmm fit does before training; nothing without distillation
+    fit = trainer(steps, WORK / name, args.val_batches)
+    fit.fit(module, datamodule=data)
+    fit.save_checkpoint(WORK / f"{name}.ckpt")
+    return module.eval()
+
+
+def common_overrides(args: argparse.Namespace) -> list[str]:
+    return ["--data.num_workers=0", f"--seed_everything={args.seed}", *config_overrides(args)]
+
+
+def held_out_accuracy(module: MaskedModelingModule, config: Path, args) -> float:
+    """``[MASK]``-only accuracy with 15% of the maskable tokens hidden, on the validation
+    split (the config's data, the module's batcher)."""
+    scored = copy.deepcopy(module)
+    name = scored.modality_named(discrete=True)
+    scored.maskings = {**scored.maskings, name: RandomMasking(ratio=0.15)}
+    scored.evaluation_mask_only = True
+    _, data = build_from_config(config, common_overrides(args))
+    metrics = trainer(1, WORK / "validate", args.val_batches).validate(
+        scored, datamodule=data, verbose=False
+    )[0]
+    return float(metrics[f"val/{name}/masked_accuracy"])
+
+
+def probe_score(module: MaskedModelingModule, items: int, seed: int) -> float:
+    """Linear-probe accuracy on ``items`` docstrings (drawn with ``seed``)."""
+    labelled = load_labelled("docstrings")
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(labelled.items))[:items]
+    features = pooled_features(module, [labelled.items[i] for i in chosen])
+    return linear_probe_score(features, labelled.labels[chosen], labelled.task, seed=seed)
+
+
+def forward_times(models: dict[str, MaskedModelingModule], batch: dict, runs: int) -> dict:
+    """Median eval-mode forward time of each model on ``batch``, the models taking turns."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for index in range(runs + 1):
+            for name, module in models.items():
+                start = time.perf_counter()
+                module(batch)
+                if index:  # the first pass warms up
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher_config", default=str(CONFIGS / "text_mlm.yaml"))
+    parser.add_argument("--student_config", default=str(CONFIGS / "text_distill.yaml"))
+    parser.add_argument("--teacher_steps", type=int, default=300)
+    parser.add_argument("--student_steps", type=int, default=300)
+    parser.add_argument("--baseline", action="store_true", help="also train without a teacher")
+    parser.add_argument("--val_batches", type=int, default=20, help="held-out batches")
+    parser.add_argument("--probe_items", type=int, default=2000, help="docstrings probed")
+    parser.add_argument("--speed_runs", type=int, default=10, help="timed forward passes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    add_overrides_argument(parser)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    WORK.mkdir(exist_ok=True)
+    teacher_config, student_config = Path(args.teacher_config), Path(args.student_config)
+    teacher = train(teacher_config, [], args.teacher_steps, "teacher", args)
+    models = {"teacher": teacher}
+    teacher_path = f"--model.distillation.teacher={(WORK / 'teacher.ckpt').resolve()}"
+    models["student"] = train(student_config, [teacher_path], args.student_steps, "student", args)
+    if args.baseline:
+        # The student's size and masking, trained from scratch on the true tokens alone.
+        plain = [f"--model.encoder.init_args.depth={len(models['student'].encoder.blocks)}"]
+        models["baseline"] = train(teacher_config, plain, args.student_steps, "baseline", args)
+    _, data = build_from_config(teacher_config, common_overrides(args))
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    seconds = forward_times(models, batch, args.speed_runs)
+    rows = []
+    for name, module in models.items():
+        score = Scores(name, len(module.encoder.blocks), forward_seconds=seconds[name])
+        score.accuracy = held_out_accuracy(module, teacher_config, args)
+        score.probe = probe_score(module, args.probe_items, args.seed)
+        rows.append(score)
+    print(
+        f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {torch.get_num_threads()} "
+        f"threads; teacher {args.teacher_steps} steps, student {args.student_steps} steps"
+    )
+    print(
+        "| model | depth | [MASK]-only acc (15%) | vs teacher | docstring probe | vs teacher "
+        "| forward ms | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    first = rows[0]
+    for row in rows:
+        print(
+            f"| {row.name} | {row.depth} | {row.accuracy:.4f} | "
+            f"{share(row.accuracy, first.accuracy)} | {row.probe:.4f} | "
+            f"{share(row.probe, first.probe)} | {row.forward_seconds * 1e3:.1f} | "
+            f"{first.forward_seconds / row.forward_seconds:.2f}x |"
+        )
+
+
+def share(value: float, reference: float) -> str:
+    """``value`` as a share of ``reference`` (a teacher that scores 0 has no share)."""
+    return f"{value / reference:.1%}" if reference > 0 else "n/a"
+
+
+if __name__ == "__main__":
+    main()
