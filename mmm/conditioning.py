@@ -233,22 +233,32 @@ def generate_step(
             module, blank, fill, settings, generator, progress, name=step.target, context=context
         )
         return {**blank, "input_ids": ids}
-    # one pass of the MAE decoder, every position hidden, the context fully visible
-    size = len(blank["maskable"])
-    hidden = MaskedPositions(
-        blank["maskable"], torch.ones(size), mask_only=torch.ones(size, dtype=torch.bool)
-    )
-    shown = {name: _nothing_hidden(sub) for name, sub in context.items()}
-    out = module.forward_masked({**context, step.target: blank}, {**shown, step.target: hidden})
-    values = module.modalities[step.target].generated(hidden.mask, out[step.target].pred)
     if progress is not None:
         progress.update(settings.steps)
-    return {**blank, "patches": values}  # (B, L, P)
+    return {**blank, "patches": _decoded(module, context, step.target, blank)}
+
+
+def _decoded(
+    module: MaskedModelingModule,
+    context: ModalityBatch,
+    target: str,
+    blank: dict[str, Tensor],
+) -> Tensor:
+    """A continuous target drawn by its MAE decoder in one pass, every position hidden and
+    the context fully visible: (B, L, P)."""
+    size, device = len(blank["maskable"]), module.device
+    everything = torch.ones(size, dtype=torch.bool, device=device)
+    hidden = MaskedPositions(blank["maskable"], everything.float(), mask_only=everything)
+    shown = {name: _nothing_hidden(sub) for name, sub in context.items()}
+    out = module.forward_masked({**context, target: blank}, {**shown, target: hidden})
+    return module.modalities[target].generated(hidden.mask, out[target].pred)
 
 
 def _nothing_hidden(sub: dict[str, Tensor]) -> MaskedPositions:
-    maskable = sub["maskable"]
-    return MaskedPositions(torch.zeros_like(maskable), torch.zeros(len(maskable)))
+    maskable = sub["maskable"]  # (B, L)
+    return MaskedPositions(
+        torch.zeros_like(maskable), torch.zeros(len(maskable), device=maskable.device)
+    )
 
 
 def target_lengths(

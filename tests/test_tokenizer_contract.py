@@ -269,3 +269,18 @@ def test_the_modality_table_agrees_with_its_tokenizer_and_reader(name):
 def test_every_tokenizer_case_is_a_row_of_the_modality_table(case):
     tokenizer, _ = case
     assert type(tokenizer) is tokenizer_class(tokenizer.modality_name)
+
+
+def test_a_blank_batch_holds_positions_to_generate_whole(case):
+    """``blank`` (what any-to-any generation starts a target from): the asked number of real,
+    maskable positions per row, none holding data (mask tokens, or zero vectors)."""
+    built, _ = case
+    batch = built.blank([2, 3])
+    assert batch["maskable"].sum(dim=1).tolist() == [2, 3]
+    assert not (batch["maskable"] & ~batch["attention_mask"]).any()
+    if isinstance(built, DiscreteTokenizer):
+        assert (batch["input_ids"][batch["maskable"]] == built.spec.mask_token_id).all()
+    else:
+        assert not batch["patches"].any()
+    with pytest.raises(ValueError, match="lengths"):
+        built.blank([built.spec.max_length + 1])
