@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -37,6 +38,7 @@ from mmm.finetune.module import FineTuningModule
 from mmm.inference import UNREADABLE_CHECKPOINT, unreadable_checkpoint
 from mmm.module import MaskedModelingModule
 from mmm.precision import warn_if_bf16_is_emulated
+from mmm.sharding import METADATA_FILE, is_sharded_checkpoint
 
 
 class MMMCLI(LightningCLI):
@@ -57,10 +59,16 @@ class MMMCLI(LightningCLI):
             return super()._parse_ckpt_path()
         path = self.config[subcommand]["ckpt_path"]
         asked = self.config[subcommand]["model"].clone()
+        # A sharded checkpoint (a folder, --trainer.strategy fsdp2) keeps its hyperparameters
+        # in its meta.pt, which Lightning, reading files only, would skip.
+        if is_sharded_checkpoint(path):
+            self.config[subcommand]["ckpt_path"] = str(Path(path, METADATA_FILE))
         try:
             super()._parse_ckpt_path()
         except UNREADABLE_CHECKPOINT as error:
             raise unreadable_checkpoint(path, error) from error
+        finally:
+            self.config[subcommand]["ckpt_path"] = path
         refuse_other_settings(path, asked, self.config[subcommand]["model"])
         # The checkpoint holds the weights init_from started from (older checkpoints still
         # name its directory): the directory is not read again.
