@@ -38,11 +38,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from mmm.probe import linear_probe_score, load_labelled, pooled_features
 
 from mmm.experiment import CONFIGS, add_overrides_argument, build_from_config, config_overrides
 from mmm.masking import RandomMasking
 from mmm.module import MaskedModelingModule
-from mmm.probe import linear_probe_score, load_labelled, pooled_features
 from mmm.teacher import apply_teacher
 
 WORK = Path("distill_eval")
