@@ -11,7 +11,9 @@ Recipes (``--recipes``):
 - ``hf``: ``BertForMaskedLM`` on ``group_texts`` blocks with ``DataCollatorForLanguageModeling``,
   sized like mmm's model (width, depth, heads, feed-forward width), with the MLM config's share
   of hidden tokens and optimizer settings (AdamW, lr, betas, weight decay on matrices) instead
-  of the Trainer's defaults (lr 5e-5, no warm-up), which barely move a small model in minutes.
+  of the Trainer's defaults (lr 5e-5, no warm-up), which barely move a small model in minutes;
+- ``untrained``: the MLM config's model at initialization, never trained: the floor of the
+  downstream scores.
 
 ``--precision bf16-mixed`` trains every recipe under bf16 autocast (a fair anchor gets the
 same settings), ``32-true`` in fp32. All train in one process, steps alternating, each charged
@@ -40,7 +42,7 @@ Quality, two ways:
 ``--seeds`` repeats everything per seed (model initialization, data order, masks) and reports
 the mean and spread.
 
-    python scripts/learning_per_minute.py [--recipes mlm electra hf] [--budget 300]
+    python scripts/learning_per_minute.py [--recipes mlm electra hf untrained] [--budget 300]
         [--clock wall|cpu]
         [--seeds 0] [--precision 32-true|bf16-mixed] [--evaluations 3] [--warmup_share 0.1]
         [--finetune_steps 150] [--threads N] [--set model.encoder.dim=64 ...]
@@ -80,6 +82,7 @@ Batch = dict[str, Tensor]
 #: (corrupted ids, attention mask, hidden positions, original ids), each (B, L)
 HeldOut = list[tuple[Tensor, Tensor, Tensor, Tensor]]
 PRECISIONS = ("32-true", "bf16-mixed")
+RECIPES = ("mlm", "electra", "hf", "untrained")
 #: What a budget counts: elapsed seconds, or the process's CPU seconds (on a machine shared
 #: with other work, where a descheduled step would otherwise be charged its waiting time).
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -294,6 +297,10 @@ def train_and_score(args: argparse.Namespace, seed: int) -> list[Recipe]:
     if "hf" in args.recipes:
         like = configs[recipes[0].name.removeprefix("mmm-")]
         recipes.append(hugging_face(recipes[0], like, overrides, seed))
+    if "untrained" in args.recipes:
+        untrained = mmm_recipe("untrained", args.config, overrides, args.precision)
+        untrained.used = args.budget  # the reference point: its trunk is never trained
+        recipes.append(untrained)
     for recipe in recipes:
         recipe.clock = CLOCKS[args.clock]
     tokenizer = recipes[0].model.tokenizers["text"]
@@ -362,7 +369,11 @@ def parse_arguments() -> argparse.Namespace:
         "--electra_config", default=str(CONFIGS / "text_electra.yaml"), help="ELECTRA's config"
     )
     parser.add_argument(
-        "--recipes", nargs="+", default=["mlm", "electra", "hf"], choices=["mlm", "electra", "hf"]
+        "--recipes",
+        nargs="+",
+        default=["mlm", "electra", "hf"],
+        choices=RECIPES,
+        help="untrained: the MLM config's trunk at initialization, the downstream floor",
     )
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds each")
     parser.add_argument(
@@ -376,7 +387,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    if "hf" in args.recipes and args.recipes == ["hf"]:
+    if "hf" in args.recipes and not {"mlm", "electra"} & set(args.recipes):
         parser.error("--recipes hf is sized like an mmm recipe: name mlm or electra too")
     return args
 
