@@ -32,9 +32,9 @@ Quality, two ways:
    tokens replaced by the mask token at positions fixed by a seed, the same for all; the share
    of hidden tokens predicted exactly (argmax), at ``--evaluations`` times over the budget;
 2. downstream, at the end of the budget: the docstring-package classification
-   (``docstrings``), by a linear probe of the mean-pooled trunk states (``mmm.probe``) and by a
-   short full fine-tune (``mmm.finetune.FineTuningModule``, ``--finetune_steps``, test
-   accuracy of the ``docstrings-labelled`` corpus). Hugging Face's trained weights go through
+   (``docstrings-labelled``, test accuracy), by ``FineTuningModule``'s probe mode (frozen
+   trunk, mean pooling, normalized linear head, as ``mmm probe`` runs it; ``--probe_steps``)
+   and by a short full fine-tune (``--finetune_steps``). Hugging Face's trained weights go through
    the same code: ``save_pretrained``, then ``mmm.export.init_from`` into an mmm module of the
    same (post-LN, BERT) layout, which computes what ``BertForMaskedLM`` computes; so the
    probe and the fine-tune differ only in the pretrained weights.
@@ -45,7 +45,7 @@ the mean and spread.
     python scripts/learning_per_minute.py [--recipes mlm electra hf untrained] [--budget 300]
         [--clock wall|cpu]
         [--seeds 0] [--precision 32-true|bf16-mixed] [--evaluations 3] [--warmup_share 0.1]
-        [--finetune_steps 150] [--threads N] [--set model.encoder.dim=64 ...]
+        [--finetune_steps 150] [--probe_steps 200] [--threads N] [--set model.encoder.dim=64 ...]
 
 It imports ``scripts/bench_text.py`` (next to it), whose Hugging Face model and pipeline it
 reuses; the embedded corpora and tokenizer are prepared in the working directory on first use.
@@ -67,7 +67,6 @@ import lightning as L
 import torch
 import webdataset as wds
 from bench_text import Sizes, build_hf, forever, hf_batches
-from mmm.probe import linear_probe_score, load_labelled, pooled_features
 from torch import Tensor
 
 from datamodules import ShardDataModule, embedded_shards
@@ -248,23 +247,26 @@ def held_out_batches(tokenizer: TextTokenizer, ratio: float = 0.15, seed: int = 
     return batches
 
 
-def probe_accuracy(module: MaskedModelingModule, seed: int) -> float:
-    """Held-out accuracy of a logistic regression on the mean-pooled trunk states of the
-    package-labelled docstrings (``mmm probe --data docstrings``)."""
-    labelled = load_labelled("docstrings")
-    features = pooled_features(module, labelled.items)
-    return linear_probe_score(features, labelled.labels, labelled.task, seed=seed)
-
-
-def fine_tune_accuracy(
-    module: MaskedModelingModule, steps: int, lr: float, precision: str, seed: int
+def downstream_accuracy(
+    module: MaskedModelingModule,
+    mode: str,
+    steps: int,
+    lr: float,
+    precision: str,
+    seed: int,
 ) -> float:
-    """Test accuracy on ``docstrings-labelled`` after ``steps`` steps of full fine-tuning of
-    a copy of ``module`` (``configs/finetune/docstrings.yaml``'s mean pooling and layer-wise
-    decay, fixed steps, no checkpoint selection)."""
+    """Test accuracy on ``docstrings-labelled`` after ``steps`` steps of ``FineTuningModule``
+    on a copy of ``module``: ``mode="probe"`` (frozen trunk, MAE's normalized linear head, as
+    ``mmm probe`` runs it) or ``"full"`` (``configs/finetune/docstrings.yaml``'s mean pooling
+    and layer-wise decay); fixed steps, no checkpoint selection."""
     L.seed_everything(seed, verbose=False)
     tuner = FineTuningModule(
-        backbone=copy.deepcopy(module), task="classification", lr=lr, warmup_steps=steps // 10
+        backbone=copy.deepcopy(module),
+        task="classification",
+        mode=mode,
+        head="norm_linear" if mode == "probe" else None,
+        lr=lr,
+        warmup_steps=steps // 10,
     )
     data = ShardDataModule(
         embedded="docstrings-labelled", batcher=tuner.batcher, batch_size=32, num_workers=0
@@ -318,9 +320,11 @@ def train_and_score(args: argparse.Namespace, seed: int) -> list[Recipe]:
                 report_progress(recipe, held_out)
     for recipe in recipes:
         backbone = recipe.backbone()
-        recipe.scores["probe"] = probe_accuracy(backbone, seed)
-        recipe.scores["fine-tune"] = fine_tune_accuracy(
-            backbone, args.finetune_steps, args.finetune_lr, args.precision, seed
+        recipe.scores["probe"] = downstream_accuracy(
+            backbone, "probe", args.probe_steps, args.probe_lr, args.precision, seed
+        )
+        recipe.scores["fine-tune"] = downstream_accuracy(
+            backbone, "full", args.finetune_steps, args.finetune_lr, args.precision, seed
         )
         print(
             f"  {recipe.name:11s} docstring packages: probe {recipe.scores['probe']:.3f}  "
@@ -385,6 +389,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--warmup_share", type=float, default=0.1, help="of the budget")
     parser.add_argument("--finetune_steps", type=int, default=150, help="downstream fine-tune")
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
+    parser.add_argument("--probe_steps", type=int, default=200, help="downstream probe")
+    parser.add_argument("--probe_lr", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     if "hf" in args.recipes and not {"mlm", "electra"} & set(args.recipes):

@@ -312,7 +312,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             [
                 *("--budget", "0.5", "--evaluations", "1", "--threads", "1"),
-                *("--finetune_steps", "1", "--recipes", "electra", "hf"),
+                *("--finetune_steps", "1", "--probe_steps", "1", "--recipes", "electra", "hf"),
                 *settings({"data.batch_size": 4}, TINY_MODEL),
             ],
             expect="held-out masked-token accuracy",
