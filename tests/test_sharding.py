@@ -57,7 +57,7 @@ def test_fsdp_checkpoints_save_resume_exactly_and_consolidate(tmp_path, monkeypa
     assert sorted(p.name for p in sharded.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     fit(tmp_path, "resumed", f"--ckpt_path={sharded}")
     # the folder's settings (in its meta.pt) are compared with the command's, as a file's are
-    with pytest.raises(ValueError, match="model.encoder.init_args.dim: checkpoint 16, asked 32"):
+    with pytest.raises(ValueError, match="model.encoder.init_args.dim: checkpoint 16, asked 128"):
         run(["fit", f"--config={ROOT}/configs/smiles_mlm.yaml", f"--ckpt_path={sharded}"])
 
     # the run resumed from step 2's shards ends with the uninterrupted run's weights
