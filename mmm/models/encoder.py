@@ -11,6 +11,8 @@ from typing import Any
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from mmm.models.attention import CpuAutocastAttention
+
 
 class Encoder(nn.Module, ABC):
     """Interface of a trunk: ``forward(x, padding_mask, document_ids) -> hidden``."""
@@ -118,6 +120,7 @@ class TransformerEncoder(Encoder):
                 attn_drop=attention_dropout,
                 drop_path=drop_path * i / max(depth - 1, 1),
                 norm_layer=partial(nn.LayerNorm, eps=layer_norm_eps),
+                attn_layer=CpuAutocastAttention,  # fp32 attention kernel under CPU bf16
             )
             for i in range(depth)
         )
