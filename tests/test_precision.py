@@ -104,3 +104,27 @@ def test_emulated_bf16_is_named(monkeypatch):
     assert not cpu_bf16_support().native
     with pytest.warns(UserWarning, match="bf16 is emulated"):
         assert warn_if_bf16_is_emulated("bf16-mixed", "cpu")
+
+
+def test_the_attention_kernel_runs_in_fp32_under_cpu_bf16_autocast(monkeypatch):
+    """PyTorch's CPU flash-attention backward is several times slower in bf16
+    (``docs/precision.md``): the trunk hands it fp32, the projections stay in bf16."""
+    import mmm.models.attention as attention
+
+    seen = []
+    kernel = attention.F.scaled_dot_product_attention
+
+    def recording(q, k, v, **options):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return kernel(q, k, v, **options)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(dim=32, depth=1, num_heads=2)
+    x = torch.randn(2, 6, 32)
+    reference = encoder(x)
+    with bf16():
+        mixed = encoder(x)
+        assert encoder.blocks[0].attn.qkv(x).dtype == torch.bfloat16
+    assert seen == [(torch.float32, False), (torch.float32, False)]
+    torch.testing.assert_close(mixed.float(), reference, atol=0.05, rtol=0.05)

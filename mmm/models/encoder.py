@@ -5,16 +5,16 @@ modalities never see its internals."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from functools import cache, partial
+from functools import partial
 from typing import Any, Literal
 
 import torch
-from timm.layers import Attention
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 from torch.utils.checkpoint import checkpoint
+
+from mmm.models.attention import TrunkAttention
 
 #: How packed documents are kept apart in attention: ``dense`` builds a (B, 1, L, L) boolean
 #: mask for ``scaled_dot_product_attention`` (which rules out the flash kernel on a GPU);
@@ -98,36 +98,6 @@ def document_block_mask(document_ids: Tensor) -> BlockMask:
     return create_block_mask(
         same_document, B=batch, H=None, Q_LEN=length, KV_LEN=length, device=document_ids.device
     )
-
-
-@cache
-def _compiled_flex_attention() -> Callable[..., Tensor]:
-    """``flex_attention`` compiled once per process: compiled, it is one fused kernel that
-    skips masked-out blocks; eager, it is a reference that materializes the scores."""
-    return torch.compile(flex_attention)
-
-
-class FlexAttention(Attention):
-    """timm's ``Attention`` (same parameters: fused ``qkv``, ``proj``) that also takes a
-    ``flex_attention`` ``BlockMask`` as ``attn_mask``; a tensor mask or none goes to
-    ``scaled_dot_product_attention`` as before."""
-
-    def forward(
-        self, x: Tensor, attn_mask: Tensor | BlockMask | None = None, is_causal: bool = False
-    ) -> Tensor:
-        if not isinstance(attn_mask, BlockMask):
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        batch, length, _ = x.shape
-        gate = self.gate(x).sigmoid() if self.gate is not None else None
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)  # (B,L,3,H,d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, d)
-        q, k = self.q_norm(q), self.k_norm(k)
-        attend = _compiled_flex_attention() if x.device.type == "cuda" else flex_attention
-        x = attend(q, k, v, block_mask=attn_mask)  # (B, H, L, d)
-        x = self.norm(x.transpose(1, 2).reshape(batch, length, self.attn_dim))  # (B, L, H * d)
-        if gate is not None:
-            x = x * gate
-        return self.proj_drop(self.proj(x))
 
 
 def run_blocks(
@@ -233,7 +203,7 @@ class TransformerEncoder(Encoder):
                 attn_drop=attention_dropout,
                 drop_path=drop_path * i / max(depth - 1, 1),
                 norm_layer=partial(nn.LayerNorm, eps=layer_norm_eps),
-                attn_layer=FlexAttention,
+                attn_layer=TrunkAttention,  # flex block masks; fp32 kernel under CPU bf16
             )
             for i in range(depth)
         )

@@ -8,6 +8,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from mmm.models.attention import TrunkAttention
 from mmm.models.embedders import sincos_positions
 
 
@@ -106,7 +107,13 @@ class PatchDecoder(nn.Module):
         shape = tuple(grid) if grid is not None else (max_length,)
         self.register_buffer("positions", sincos_positions(shape, width), persistent=False)
         self.blocks = nn.ModuleList(
-            Block(dim=width, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True)
+            Block(
+                dim=width,
+                num_heads=config.num_heads,
+                mlp_ratio=config.mlp_ratio,
+                qkv_bias=True,
+                attn_layer=TrunkAttention,
+            )
             for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(width)
