@@ -17,7 +17,7 @@ import torch
 
 #: The precisions the scripts compare, by Lightning's names: fp32, or bf16 autocast with fp32
 #: weights and optimizer (``mmm fit --trainer.precision bf16-mixed``).
-Precision = Literal["32", "bf16-mixed"]
+Precision = Literal["32", "32-true", "bf16-mixed"]  # "32-true": Lightning's name for "32"
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,10 @@ class Runtime:
     precision: Precision = "32"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("32", "bf16-mixed"):
-            raise ValueError(f"Runtime: precision {self.precision!r}; choose '32' or 'bf16-mixed'")
+        if self.precision not in ("32", "32-true", "bf16-mixed"):
+            raise ValueError(
+                f"Runtime: precision {self.precision!r}; choose '32' ('32-true') or 'bf16-mixed'"
+            )
 
     @property
     def matmul_dtype(self) -> torch.dtype:

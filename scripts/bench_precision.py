@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-from bench_text import Runtime, gemm_flops_per_second
 from torch.utils.flop_counter import FlopCounterMode
 
+from mmm.benchmarking import Runtime, matmul_flops_per_second
 from mmm.experiment import CONFIGS, add_overrides_argument, build_from_config, config_overrides
 from mmm.module import MaskedModelingModule
 from mmm.precision import cpu_bf16_support
@@ -209,8 +209,8 @@ def main() -> None:
     support = cpu_bf16_support()
     cpu = Runtime(torch.device("cpu"))
     peaks = {
-        "fp32": gemm_flops_per_second(cpu, size=args.gemm_size),
-        "bf16": gemm_flops_per_second(Runtime(torch.device("cpu"), "bf16-mixed"), args.gemm_size),
+        "fp32": matmul_flops_per_second(cpu, size=args.gemm_size),
+        "bf16": matmul_flops_per_second(Runtime(torch.device("cpu"), "bf16-mixed"), args.gemm_size),
     }
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "

@@ -117,6 +117,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mmm.files",
             "mmm.rng",
             "mmm.optional",
+            "mmm.precision",
+            "mmm.sharding",
+            "mmm.benchmarking",
             "mmm.data",
             "mmm.modalities",
             "mmm.metrics",
@@ -130,6 +133,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mmm.masking",
             "mmm.cross_modal_masking",
             "mmm.finetune.lora",
+            "mmm.electra",
+            "mmm.distillation",
             "datamodules",
         ),
     ),
@@ -139,7 +144,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("mmm.generation", "mmm.scoring", "mmm.inference", "mmm.forecasting"),
     ),
     ("converters to and from stock classes", ("mmm.export",)),
-    ("tasks on a trained module", ("mmm.finetune", "mmm.callbacks")),
+    (
+        "tasks on a trained module",
+        ("mmm.finetune", "mmm.callbacks", "mmm.conditioning", "mmm.teacher"),
+    ),
     ("commands", ("mmm.commands", "mmm.cli", "mmm.experiment")),
 )
 ROOT = Path(mmm.__file__).parents[1]

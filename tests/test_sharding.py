@@ -78,8 +78,14 @@ def test_fsdp_checkpoints_save_resume_exactly_and_consolidate(tmp_path, monkeypa
     run(["export", f"--checkpoint={full_file}", "--output=exported"])
     assert (tmp_path / "exported/model.safetensors").is_file()
 
-    # and a run without sharding resumes from it, optimizer states included
-    settings = {**SETTINGS, "trainer.max_steps": "4", "trainer.default_root_dir": "single"}
+    # and a run without sharding resumes from it, optimizer states included; one rank takes
+    # both ranks' samples per step (the same global batch, as elastic resume requires)
+    settings = {
+        **SETTINGS,
+        "data.batch_size": "8",
+        "trainer.max_steps": "4",
+        "trainer.default_root_dir": "single",
+    }
     cli = run(
         ["fit", f"--config={ROOT}/configs/smiles_mlm.yaml", f"--ckpt_path={full_file}"]
         + [f"--{key}={value}" for key, value in settings.items()]
