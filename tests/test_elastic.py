@@ -223,14 +223,16 @@ def fit_ddp(
     return [i for rank in ranks for ids in rank["seen"]["train"].values() for i in ids]
 
 
-def test_ddp_run_on_two_gloo_ranks_resumes_on_one(tmp_path):
-    """2 gloo ranks x 2 workers to step 4, then 1 rank with 2 workers to step 8 (epochs end
-    every 5 steps): the samples trained on equal those of an uninterrupted 1 x 0 run."""
+def test_two_nodes_of_gloo_ranks_resume_on_one_rank(tmp_path):
+    """2 simulated nodes (one gloo rank x 2 workers each: ``NODE_RANK``, ``MASTER_ADDR`` on
+    this machine) to step 4, then 1 rank with 2 workers to step 8 (epochs end every 5 steps):
+    the samples trained on equal those of an uninterrupted 1 x 0 run. Two ranks on one node
+    take the same path through DDP (``tests/test_ddp.py``)."""
     write_elastic_shards(tmp_path)
     one = elastic_settings(tmp_path, devices=1, workers=0)
     straight = fit(one, 1, 8, tmp_path / "straight", ckpt=None)
-    two = elastic_settings(tmp_path, devices=2, workers=2)
-    first = fit_ddp(two, 2, 4, tmp_path / "a", ckpt=None)
+    two = elastic_settings(tmp_path, devices=2, workers=2)  # 2 ranks in all
+    first = fit_ddp(two, 1, 4, tmp_path / "a", ckpt=None, num_nodes=2)
     rest = fit({**one, "num_workers": 2}, 1, 8, tmp_path / "b", str(tmp_path / "a" / "last.ckpt"))
     assert Counter(first + rest) == Counter(straight)
 
