@@ -23,6 +23,14 @@ from mmm.module import MaskedModelingModule
 
 #: The repository's ``configs/``: the scripts' default configs, whatever the working directory.
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: ``Trainer`` settings of a run that is measured, not watched (scripts, tests): no logger,
+#: checkpoints, progress bar or model summary.
+QUIET_TRAINER: dict[str, bool] = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 Config = str | os.PathLike | dict
 

@@ -38,7 +38,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmm.benchmarking import Runtime, matmul_flops_per_second
-from mmm.experiment import CONFIGS, add_overrides_argument, build_from_config, config_overrides
+from mmm.experiment import (
+    CONFIGS,
+    QUIET_TRAINER,
+    add_overrides_argument,
+    build_from_config,
+    config_overrides,
+)
 from mmm.module import MaskedModelingModule
 from mmm.precision import cpu_bf16_support
 
@@ -86,10 +92,7 @@ def held_out_curve(config: str, precision: str, args: argparse.Namespace, run: R
         check_val_every_n_epoch=None,
         limit_val_batches=args.val_batches,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         callbacks=[HeldOut(run)],
     )
     trainer.fit(module, datamodule=data)

@@ -34,7 +34,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from mmm.experiment import add_config_arguments, build_from_config, config_overrides
+from mmm.experiment import QUIET_TRAINER, add_config_arguments, build_from_config, config_overrides
 
 #: The text config's trunk at BERT-base width (4 blocks, so that a CPU step stays seconds).
 WIDE = {
@@ -104,10 +104,7 @@ def train(args: argparse.Namespace) -> None:
         max_steps=args.warmup + args.steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         callbacks=[Recorder(Path(args.out), args.worker, args.warmup)],
     )
     trainer.fit(module, datamodule=data)

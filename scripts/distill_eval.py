@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from mmm.probe import linear_probe_score, load_labelled, pooled_features
 
-from mmm.experiment import CONFIGS, add_overrides_argument, build_from_config, config_overrides
+from mmm.experiment import (
+    CONFIGS,
+    QUIET_TRAINER,
+    add_overrides_argument,
+    build_from_config,
+    config_overrides,
+)
 from mmm.masking import RandomMasking
 from mmm.module import MaskedModelingModule
 from mmm.teacher import apply_teacher
@@ -67,10 +73,7 @@ def trainer(steps: int, root: Path, val_batches: int) -> L.Trainer:
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         default_root_dir=str(root),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
 
 

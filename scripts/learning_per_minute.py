@@ -70,7 +70,13 @@ from bench_text import Sizes, build_hf, forever, hf_batches
 from torch import Tensor
 
 from datamodules import ShardDataModule, embedded_shards
-from mmm.experiment import CONFIGS, add_config_arguments, build_from_config, config_overrides
+from mmm.experiment import (
+    CONFIGS,
+    QUIET_TRAINER,
+    add_config_arguments,
+    build_from_config,
+    config_overrides,
+)
 from mmm.export import init_from
 from mmm.finetune.module import FineTuningModule
 from mmm.masking import random_mask
@@ -275,10 +281,7 @@ def downstream_accuracy(
         max_steps=steps,
         precision=precision,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     trainer.fit(tuner, datamodule=data)
     [scores] = trainer.test(tuner, datamodule=data, verbose=False)

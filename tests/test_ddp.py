@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from datamodules import ShardDataModule
+from mmm.experiment import QUIET_TRAINER
 from mmm.tokenizers.base import ContinuousSpec, SampleError, Tokenizer
 from tests.launch import launch_nodes
 
@@ -110,10 +111,7 @@ def fit_probe(
         strategy="ddp_fork" if devices > 1 else "ddp" if num_nodes > 1 else "auto",
         max_steps=max_steps,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         default_root_dir=root,
     )
     trainer.fit(probe, datamodule=data, ckpt_path=ckpt_path)
@@ -160,10 +158,7 @@ def run_ddp(shards: str, out: str, nodes: int = 1) -> None:
         strategy="ddp_fork" if nodes == 1 else "ddp",
         max_epochs=2,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     trainer.fit(Probe(out), datamodule=data)
 

@@ -18,6 +18,7 @@ from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.data.labels import LABEL_MEMBER, LabelSpec
 from mmm.data.shards import write_shards
+from mmm.experiment import QUIET_TRAINER
 from mmm.finetune.batching import LabelledBatcher
 from mmm.finetune.layer_decay import parameter_groups
 from mmm.finetune.module import FineTuningModule
@@ -107,10 +108,7 @@ def _fit(module: FineTuningModule, root: Path, steps: int, **trainer: object) ->
         max_steps=steps,
         val_check_interval=steps,
         check_val_every_n_epoch=None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     fitted = L.Trainer(**{**options, **trainer})
     fitted.fit(module, data)

@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 
+from mmm.experiment import QUIET_TRAINER
 from mmm.export import export_masked_lm
 from mmm.generation import SamplingSettings, generate
 from mmm.masking import DiffusionMasking
@@ -82,10 +83,7 @@ def test_a_lightning_bf16_run_exports_fp32_weights(tiny_module, corpus_dir, tmp_
         val_check_interval=2,
         check_val_every_n_epoch=None,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
     )
     trainer.fit(tiny_module, datamodule=data)
     assert trainer.callback_metrics["val/loss"].isfinite()

@@ -26,6 +26,7 @@ from mmm.data.corpora.audio import ASTERISK_EN
 from mmm.data.labelled import SPLIT_NOTE, select_classes, write_labelled_shards
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
 from mmm.data.members import PROTEIN_MEMBER
+from mmm.experiment import QUIET_TRAINER
 from mmm.finetune.heads import ClassifierHead
 from mmm.finetune.probe import (
     ENCODERS,
@@ -188,10 +189,7 @@ def _train(callbacks: list[L.Callback]) -> tuple[MaskedModelingModule, L.Trainer
         val_check_interval=4,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         accelerator="cpu",
     )
     L.seed_everything(0)
