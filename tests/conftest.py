@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from datamodules import ShardDataModule
 from mmm.data.shards import write_shards
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
@@ -45,6 +46,18 @@ def tokenizer_dir(tmp_path_factory, corpus_dir):
 @pytest.fixture
 def tokenizer(tokenizer_dir):
     return TextTokenizer(path=str(tokenizer_dir), max_length=32)
+
+
+@pytest.fixture
+def corpus_data(corpus_dir, tokenizer):
+    """``corpus_dir``'s shards batched by ``tokenizer``, 8 documents a batch, in-process."""
+    return ShardDataModule(
+        train_shards=str(corpus_dir / "train-*.tar"),
+        val_shards=str(corpus_dir / "val-*.tar"),
+        batcher=tokenizer,
+        batch_size=8,
+        num_workers=0,
+    )
 
 
 @pytest.fixture

@@ -192,18 +192,12 @@ def test_a_non_finite_float_image_is_a_bad_sample():
 
 
 @pytest.mark.parametrize("stage", ["fit", "validate"])
-def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, tokenizer, corpus_dir, stage):
+def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_module, corpus_data, stage):
     """A diverged model (here: a weight set to NaN) used to train on, save NaN weights and
     exit 0, while validation dropped the NaN batch and reported a normal-looking loss."""
     with torch.no_grad():
         tiny_module.encoder.norm.weight[0] = float("nan")
-    data = ShardDataModule(
-        train_shards=str(corpus_dir / "train-*.tar"),
-        val_shards=str(corpus_dir / "val-*.tar"),
-        batcher=tokenizer,
-        batch_size=8,
-        num_workers=0,
-    )
+    data = corpus_data
     trainer = L.Trainer(
         max_steps=3,
         num_sanity_val_steps=0,

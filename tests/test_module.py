@@ -150,19 +150,13 @@ def test_padding_does_not_change_encodings(tiny_module, tokenizer):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_bf16_mixed_precision_trains_text(tmp_path, tokenizer, corpus_dir):
+def test_bf16_mixed_precision_trains_text(tmp_path, tokenizer, corpus_data):
     """`--trainer.precision bf16-mixed` works for the discrete path (CPU autocast here; the
     same code path runs under CUDA autocast)."""
     module = MaskedModelingModule(
         tokenizer=tokenizer, encoder=TransformerEncoder(dim=32, depth=1, num_heads=2)
     )
-    data = ShardDataModule(
-        train_shards=str(corpus_dir / "train-*.tar"),
-        val_shards=str(corpus_dir / "val-*.tar"),
-        batcher=tokenizer,
-        batch_size=8,
-        num_workers=0,
-    )
+    data = corpus_data
     trainer = _trainer(tmp_path, max_steps=3, precision="bf16-mixed")
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3
