@@ -27,6 +27,22 @@ def overfit_loss(
     return module.eval().forward_masked(batch).loss.item()
 
 
+def step_losses(
+    module: MaskedModelingModule, batch: dict[str, torch.Tensor], steps: int, lr: float = 3e-3
+) -> list[float]:
+    """Train on one batch for ``steps`` AdamW steps (fresh masks each step); each step's
+    loss."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = module.forward_masked(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def fit_checkpoint(tmp_path: Path, config: str, settings: dict[str, str], *overrides: str) -> Path:
     """``mmm fit`` of ``configs/<config>`` with ``settings`` (``--key=value``) and then
     ``overrides``, writing under ``tmp_path``; returns the one checkpoint it wrote."""

@@ -33,6 +33,7 @@ from mmm.tokenizers.audio import (
     unpatchify,
 )
 from mmm.tokenizers.base import SampleError
+from tests.helpers import step_losses
 from tests.test_configs import FAST
 
 CONFIG = Path(__file__).parents[1] / "configs" / "audio_mae.yaml"
@@ -275,14 +276,7 @@ def test_tiny_model_overfits_one_batch():
     tokenizer = AudioTokenizer(SMALL, duration=1.0, patch_frames=4, patch_mels=8)
     module = _tiny_module(tokenizer)
     batch = tokenizer.collate([tokenizer.decode_sample(s) for s in clips(4)])
-    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(120):
-        loss = module.forward_masked(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = step_losses(module, batch, steps=120)
     assert np.mean(losses[-10:]) < 0.35 * np.mean(losses[:10])
 
 

@@ -22,6 +22,7 @@ from mmm.models import PatchDecoderConfig, TimmEncoder, TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer, patchify, unpatchify
+from tests.helpers import step_losses
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -152,14 +153,7 @@ def test_tiny_model_overfits_a_batch(tokenizer, monkeypatch, one_thread, norm_pi
     batch = image_batch(tokenizer)
     masked = RandomMasking(ratio=0.75)(batch["maskable"])
     monkeypatch.setattr(module, "choose_masks", lambda inputs: {"image": masked})
-    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(100):
-        loss = module.forward_masked(batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = step_losses(module, batch, steps=100)
     assert np.mean(losses[-5:]) < factor * losses[0]
 
 
