@@ -65,8 +65,9 @@ def unigram_baseline(module: MaskedModelingModule, train: list[str], count: int)
     ]
 
 
-def molecule_shares(smiles: list[str], training: set[str]) -> tuple[float, float, float]:
-    """(valid share of all, unique share of valid, novel share of unique valid)."""
+def canonical_forms(smiles: list[str]) -> list[str]:
+    """The canonical SMILES of the valid strings of ``smiles``, in order (invalid ones left
+    out)."""
     from mmm.data.formats.smiles import canonical_smiles
 
     canonical = []
@@ -75,6 +76,12 @@ def molecule_shares(smiles: list[str], training: set[str]) -> tuple[float, float
             canonical.append(canonical_smiles(text))
         except ValueError:
             continue
+    return canonical
+
+
+def molecule_shares(smiles: list[str], training: set[str]) -> tuple[float, float, float]:
+    """(valid share of all, unique share of valid, novel share of unique valid)."""
+    canonical = canonical_forms(smiles)
     unique = set(canonical)
     novel = unique - training
     return (
@@ -91,16 +98,9 @@ def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
 
 
 def report_smiles(args: argparse.Namespace) -> None:
-    from mmm.data.formats.smiles import canonical_smiles
-
     module = load_module(args.checkpoint)
     train = split_members("smiles-nci-wehi", "smi", validation=False)
-    known = set()
-    for text in train:
-        try:
-            known.add(canonical_smiles(text))
-        except ValueError:
-            continue
+    known = set(canonical_forms(train))
     settings = sampling_settings(args)
     generated = generate(module, args.samples, settings=settings, seed=0, progress=True)
     rows = {
