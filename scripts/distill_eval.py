@@ -12,14 +12,14 @@ Each model is then measured the same way:
 
 - held-out masked-token accuracy, ``[MASK]`` only, 15% hidden (fixed evaluation masks, the
   validation split of the corpus, ``--val_batches`` batches);
-- the downstream score: a linear probe of mean-pooled frozen states on the docstring-package
-  classification (``mmm.probe``'s ``docstrings`` set, 25% held out; ``--probe_items``
-  items drawn with a fixed seed);
+- the downstream score: test accuracy of the docstring-package classification
+  (``docstrings-labelled``) by ``FineTuningModule``'s probe mode (frozen trunk, mean pooling,
+  normalized linear head; ``--probe_steps`` steps), as ``mmm probe`` runs it;
 - inference speed: the median time of an eval-mode forward pass (no gradients) over one
   validation batch, the models taking turns (a shared machine's load falls on all alike).
 
     python scripts/distill_eval.py [--teacher_steps 300] [--student_steps 300] [--baseline]
-        [--val_batches 20] [--probe_items 2000] [--speed_runs 10] [--threads N]
+        [--val_batches 20] [--probe_steps 200] [--speed_runs 10] [--threads N]
         [--set KEY=VALUE ...]   (``--set`` applies to every model)
 
 Models train in the working directory's ``distill_eval/``; the corpus and tokenizer are
@@ -36,9 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from mmm.probe import linear_probe_score, load_labelled, pooled_features
 
 from mmm.experiment import (
     CONFIGS,
@@ -47,6 +45,7 @@ from mmm.experiment import (
     build_from_config,
     config_overrides,
 )
+from mmm.finetune.probe import labelled_test_accuracy
 from mmm.masking import RandomMasking
 from mmm.module import MaskedModelingModule
 from mmm.teacher import apply_teacher
@@ -107,15 +106,6 @@ def held_out_accuracy(module: MaskedModelingModule, config: Path, args) -> float
     return float(metrics[f"val/{name}/masked_accuracy"])
 
 
-def probe_score(module: MaskedModelingModule, items: int, seed: int) -> float:
-    """Linear-probe accuracy on ``items`` docstrings (drawn with ``seed``)."""
-    labelled = load_labelled("docstrings")
-    rng = np.random.default_rng(seed)
-    chosen = rng.permutation(len(labelled.items))[:items]
-    features = pooled_features(module, [labelled.items[i] for i in chosen])
-    return linear_probe_score(features, labelled.labels[chosen], labelled.task, seed=seed)
-
-
 def forward_times(models: dict[str, MaskedModelingModule], batch: dict, runs: int) -> dict:
     """Median eval-mode forward time of each model on ``batch``, the models taking turns."""
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -137,7 +127,7 @@ def main() -> None:
     parser.add_argument("--student_steps", type=int, default=300)
     parser.add_argument("--baseline", action="store_true", help="also train without a teacher")
     parser.add_argument("--val_batches", type=int, default=20, help="held-out batches")
-    parser.add_argument("--probe_items", type=int, default=2000, help="docstrings probed")
+    parser.add_argument("--probe_steps", type=int, default=200, help="docstring probe steps")
     parser.add_argument("--speed_runs", type=int, default=10, help="timed forward passes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
@@ -163,7 +153,9 @@ def main() -> None:
     for name, module in models.items():
         score = Scores(name, len(module.encoder.blocks), forward_seconds=seconds[name])
         score.accuracy = held_out_accuracy(module, teacher_config, args)
-        score.probe = probe_score(module, args.probe_items, args.seed)
+        score.probe = labelled_test_accuracy(
+            module, "docstrings-labelled", "probe", args.probe_steps, seed=args.seed
+        )
         rows.append(score)
     print(
         f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {torch.get_num_threads()} "

@@ -54,7 +54,6 @@ reuses; the embedded corpora and tokenizer are prepared in the working directory
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import statistics
 import tempfile
@@ -63,22 +62,20 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
 import webdataset as wds
 from bench_text import Sizes, build_hf, forever, hf_batches
 from torch import Tensor
 
-from datamodules import ShardDataModule, embedded_shards
+from datamodules import embedded_shards
 from mmm.experiment import (
     CONFIGS,
-    QUIET_TRAINER,
     add_config_arguments,
     build_from_config,
     config_overrides,
 )
 from mmm.export import init_from
-from mmm.finetune.module import FineTuningModule
+from mmm.finetune.probe import labelled_test_accuracy
 from mmm.masking import random_mask
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.text import TextTokenizer
@@ -253,41 +250,6 @@ def held_out_batches(tokenizer: TextTokenizer, ratio: float = 0.15, seed: int = 
     return batches
 
 
-def downstream_accuracy(
-    module: MaskedModelingModule,
-    mode: str,
-    steps: int,
-    lr: float,
-    precision: str,
-    seed: int,
-) -> float:
-    """Test accuracy on ``docstrings-labelled`` after ``steps`` steps of ``FineTuningModule``
-    on a copy of ``module``: ``mode="probe"`` (frozen trunk, MAE's normalized linear head, as
-    ``mmm probe`` runs it) or ``"full"`` (``configs/finetune/docstrings.yaml``'s mean pooling
-    and layer-wise decay); fixed steps, no checkpoint selection."""
-    L.seed_everything(seed, verbose=False)
-    tuner = FineTuningModule(
-        backbone=copy.deepcopy(module),
-        task="classification",
-        mode=mode,
-        head="norm_linear" if mode == "probe" else None,
-        lr=lr,
-        warmup_steps=steps // 10,
-    )
-    data = ShardDataModule(
-        embedded="docstrings-labelled", batcher=tuner.batcher, batch_size=32, num_workers=0
-    )
-    trainer = L.Trainer(
-        max_steps=steps,
-        precision=precision,
-        limit_val_batches=0,
-        **QUIET_TRAINER,
-    )
-    trainer.fit(tuner, datamodule=data)
-    [scores] = trainer.test(tuner, datamodule=data, verbose=False)
-    return float(scores["test/accuracy"])
-
-
 def train_and_score(args: argparse.Namespace, seed: int) -> list[Recipe]:
     """One seed of the comparison: the recipes trained side by side, held-out accuracy at
     the evaluation times, the downstream scores at the end."""
@@ -323,11 +285,23 @@ def train_and_score(args: argparse.Namespace, seed: int) -> list[Recipe]:
                 report_progress(recipe, held_out)
     for recipe in recipes:
         backbone = recipe.backbone()
-        recipe.scores["probe"] = downstream_accuracy(
-            backbone, "probe", args.probe_steps, args.probe_lr, args.precision, seed
+        recipe.scores["probe"] = labelled_test_accuracy(
+            backbone,
+            "docstrings-labelled",
+            "probe",
+            args.probe_steps,
+            args.probe_lr,
+            args.precision,
+            seed,
         )
-        recipe.scores["fine-tune"] = downstream_accuracy(
-            backbone, "full", args.finetune_steps, args.finetune_lr, args.precision, seed
+        recipe.scores["fine-tune"] = labelled_test_accuracy(
+            backbone,
+            "docstrings-labelled",
+            "full",
+            args.finetune_steps,
+            args.finetune_lr,
+            args.precision,
+            seed,
         )
         print(
             f"  {recipe.name:11s} docstring packages: probe {recipe.scores['probe']:.3f}  "

@@ -231,7 +231,7 @@ CASES: dict[str, list[Case]] = {
         Case(
             [
                 *("--teacher_steps", "1", "--student_steps", "1", "--val_batches", "1"),
-                *("--probe_items", "60", "--speed_runs", "1", "--threads", "1"),
+                *("--probe_steps", "1", "--speed_runs", "1", "--threads", "1"),
                 *settings({"data.batch_size": 4, "model.encoder.dim": 16}),
                 *settings({"model.encoder.num_heads": 2}),
             ],

@@ -16,11 +16,13 @@ batcher which modalities read that member: no switch on tokenizer kinds.
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 
@@ -29,6 +31,7 @@ from mmm.data.corpora import corpus_names, is_labelled_corpus
 from mmm.data.labels import LABEL_MEMBER, LabelSpec
 from mmm.data.patterns import expand_shards
 from mmm.finetune.module import FineTuningModule
+from mmm.module import MaskedModelingModule
 from mmm.tokenizers.multimodal import MultimodalBatcher
 
 #: The test metric a probe reports first, per task (all of the task's metrics are returned).
@@ -284,3 +287,44 @@ def linear_probe(
         for encoder, control in zip(ENCODERS, (False, True), strict=True)
     }
     return ProbeReport(modality=name, task=spec.task, scores=scores)
+
+
+def labelled_test_accuracy(
+    backbone: MaskedModelingModule,
+    corpus: str = "docstrings-labelled",
+    mode: Literal["probe", "full"] = "probe",
+    steps: int = 200,
+    lr: float = 1e-2,
+    precision: str = "32-true",
+    seed: int = 0,
+    batch_size: int = 32,
+) -> float:
+    """Test accuracy on the labelled corpus ``corpus`` after ``steps`` steps of
+    ``FineTuningModule`` on a copy of ``backbone`` (a module in memory, for scripts that
+    compare models they just trained): ``mode="probe"`` (frozen trunk, mean pooling, MAE's
+    normalized linear head, as ``mmm probe`` runs it) or ``"full"`` (layer-wise decay); fixed
+    steps, no checkpoint selection, seeded."""
+    L.seed_everything(seed, verbose=False)
+    tuner = FineTuningModule(
+        backbone=copy.deepcopy(backbone),
+        task="classification",
+        mode=mode,
+        head="norm_linear" if mode == "probe" else None,
+        lr=lr,
+        warmup_steps=steps // 10,
+    )
+    data = ShardDataModule(
+        embedded=corpus, batcher=tuner.batcher, batch_size=batch_size, num_workers=0, seed=seed
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        precision=precision,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(tuner, datamodule=data)
+    [scores] = trainer.test(tuner, datamodule=data, verbose=False)
+    return float(scores["test/accuracy"])
