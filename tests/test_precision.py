@@ -67,7 +67,7 @@ def test_masked_diffusion_trains_and_samples_under_bf16_autocast():
 
 
 def test_a_lightning_bf16_run_exports_fp32_weights(tiny_module, corpus_dir, tmp_path):
-    from datamodules.webdataset import ShardDataModule
+    from datamodules import ShardDataModule
 
     data = ShardDataModule(
         train_shards=str(corpus_dir / "train-*.tar"),
