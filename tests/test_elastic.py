@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import sys
 import tarfile
 from collections import Counter
@@ -27,6 +25,7 @@ from datamodules import ShardDataModule
 from datamodules.datamodule import ElasticResumeError
 from datamodules.order import GlobalOrder, SourceOrder
 from datamodules.state import Layout
+from tests.launch import launch_nodes
 from tests.test_ddp import TRAIN_SIZES, IdTokenizer, fit_probe, write_uneven_shards
 
 GLOBAL_BATCH = 4
@@ -182,44 +181,21 @@ def fit(
 
 
 def fit_ddp(
-    settings: dict[str, Any],
-    devices: int,
-    max_steps: int,
-    out: Path,
-    ckpt: Path | None,
-    num_nodes: int = 1,
+    settings: dict[str, Any], max_steps: int, out: Path, ckpt: Path | None, num_nodes: int
 ) -> list[int]:
-    """``fit`` on ``devices`` gloo ranks in each of ``num_nodes`` fresh interpreters (one per
-    node, ``NODE_RANK`` and ``MASTER_ADDR=127.0.0.1``: nodes simulated on this machine), kept
-    apart from pytest's process: the items all ranks trained on."""
+    """``fit`` on ``num_nodes`` simulated nodes of one gloo rank each (``launch_nodes``: fresh
+    interpreters, kept apart from pytest's process): the items all ranks trained on."""
     out.mkdir(parents=True, exist_ok=True)
     spec = {
         "settings": settings,
-        "devices": devices,
+        "devices": 1,
         "max_steps": max_steps,
         "ckpt": None if ckpt is None else str(ckpt),
         "num_nodes": num_nodes,
     }
     (out / "spec.json").write_text(json.dumps(spec))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).parents[1]),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(29500 + os.getpid() % 1000),
-    }
-    nodes = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out)],
-            env={**env, "NODE_RANK": str(node)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for node in range(num_nodes)
-    ]
-    for node in nodes:
-        _, errors = node.communicate(timeout=240)
-        assert node.returncode == 0, errors[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices * num_nodes)]
+    launch_nodes([__file__, str(out)], nodes=num_nodes, cwd=out)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(num_nodes)]
     return [i for rank in ranks for ids in rank["seen"]["train"].values() for i in ids]
 
 
@@ -232,7 +208,7 @@ def test_two_nodes_of_gloo_ranks_resume_on_one_rank(tmp_path):
     one = elastic_settings(tmp_path, devices=1, workers=0)
     straight = fit(one, 1, 8, tmp_path / "straight", ckpt=None)
     two = elastic_settings(tmp_path, devices=2, workers=2)  # 2 ranks in all
-    first = fit_ddp(two, 1, 4, tmp_path / "a", ckpt=None, num_nodes=2)
+    first = fit_ddp(two, 4, tmp_path / "a", ckpt=None, num_nodes=2)
     rest = fit({**one, "num_workers": 2}, 1, 8, tmp_path / "b", str(tmp_path / "a" / "last.ckpt"))
     assert Counter(first + rest) == Counter(straight)
 
