@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -35,6 +35,7 @@ from datamodules.embedded import prepare_embedded
 from datamodules.pipeline import Mode, ShardPipeline, TrainLoader
 from datamodules.shards import OnError, inspect_shards, usable_local_shards
 from datamodules.state import Layout, ReaderState, SourcePosition
+from mmm.checks import require_at_least, require_one_of
 from mmm.data.corpora import is_labelled_corpus, reads_folder
 from mmm.data.labelled import budget_prefix, split_pattern
 from mmm.data.labels import LabelSpec
@@ -152,18 +153,16 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(
                 "ShardDataModule: set train_shards/val_shards, an embedded corpus or a labelled_dir"
             )
-        _check_choice("train_mode", train_mode, ("elastic", "resampled", "exact"))
-        _check_choice("on_error", on_error, ("skip", "raise"))
-        for name, value in (("batch_size", batch_size), ("epoch_samples", epoch_samples)):
-            if value is not None and value < 1:
-                raise ValueError(f"ShardDataModule: {name} must be >= 1, got {value}")
-        for name, value in (
-            ("num_workers", num_workers),
-            ("shuffle_block", shuffle_block),
-            ("shuffle_buffer", shuffle_buffer),
-        ):
-            if value < 0:
-                raise ValueError(f"ShardDataModule: {name} must be >= 0, got {value}")
+        require_one_of("ShardDataModule", "train_mode", train_mode, get_args(TrainMode))
+        require_one_of("ShardDataModule", "on_error", on_error, get_args(OnError))
+        require_at_least("ShardDataModule", 1, batch_size=batch_size, epoch_samples=epoch_samples)
+        require_at_least(
+            "ShardDataModule",
+            0,
+            num_workers=num_workers,
+            shuffle_block=shuffle_block,
+            shuffle_buffer=shuffle_buffer,
+        )
         self.embedded = [embedded] if isinstance(embedded, str) else list(embedded or [])
         self.data_dir = data_dir
         self.labelled_dir = labelled_dir
@@ -586,11 +585,6 @@ def _as_patterns(spec: str | list[str] | None) -> list[str] | None:
     if spec is None:
         return None
     return [spec] if isinstance(spec, str) else list(spec)
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"ShardDataModule: {name} must be one of {allowed}, got {value!r}")
 
 
 def _check_weights(

@@ -25,6 +25,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from mmm.checks import require_at_least
+
 if TYPE_CHECKING:
     from mmm.data.corpora import LabelledCorpus
     from mmm.tokenizers.multimodal import MultimodalBatcher
@@ -62,12 +64,12 @@ class ReconstructionImages(L.Callback):
     def __init__(
         self, num_images: int = 8, every_n_validations: int = 1, modality: str | None = None
     ) -> None:
-        if num_images < 1:
-            raise ValueError(f"ReconstructionImages: num_images must be >= 1, got {num_images}")
-        if every_n_validations < 1:
-            raise ValueError(
-                f"ReconstructionImages: every_n_validations must be >= 1, got {every_n_validations}"
-            )
+        require_at_least(
+            "ReconstructionImages",
+            1,
+            num_images=num_images,
+            every_n_validations=every_n_validations,
+        )
         self.num_images = num_images
         self.every_n_validations = every_n_validations
         self.modality = modality
@@ -311,10 +313,7 @@ class OnlineLinearProbe(L.Callback):
         seed: int = 0,
         source_dir: str | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"OnlineLinearProbe: batch_size must be >= 1, got {batch_size}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"OnlineLinearProbe: limit must be >= 1, got {limit}")
+        require_at_least("OnlineLinearProbe", 1, batch_size=batch_size, limit=limit)
         self.data, self.modality, self.batch_size, self.lr = data, modality, batch_size, lr
         self.limit, self.seed, self.source_dir = limit, seed, source_dir
         self.probe: torch.nn.Linear | None = None

@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from mmm.checks import require_at_least, require_one_of
 from mmm.masking import NOISE_SCHEDULES, DiffusionMasking, NoiseSchedule, ScheduleName
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.base import DiscreteTokenizer
@@ -79,22 +80,13 @@ class SamplingSettings:
     ``sigma_max``), in [0, 1]; 0 is plain ancestral sampling."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"SamplingSettings: steps must be >= 1, got {self.steps}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(
-                f"SamplingSettings: sampler must be one of {SAMPLERS}, got {self.sampler!r}"
-            )
-        if self.remask not in ("cap", "rescale"):
-            raise ValueError(
-                f"SamplingSettings: remask must be 'cap' or 'rescale', got {self.remask!r}"
-            )
+        require_at_least("SamplingSettings", 1, steps=self.steps, top_k=self.top_k)
+        require_one_of("SamplingSettings", "sampler", self.sampler, SAMPLERS)
+        require_one_of("SamplingSettings", "remask", self.remask, ("cap", "rescale"))
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"SamplingSettings: eta must lie in [0, 1], got {self.eta}")
         if self.temperature <= 0:
             raise ValueError(f"SamplingSettings: temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"SamplingSettings: top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"SamplingSettings: top_p must lie in (0, 1], got {self.top_p}")
         if self.schedule is not None and self.schedule not in NOISE_SCHEDULES:

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from mmm.checks import require_at_least
+
 
 def _uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None):
     return torch.rand(shape, device=device, generator=generator)
@@ -516,10 +518,9 @@ class SpanMasking(Masking):
 
     def __init__(self, mean_span_length: float = 3.0, max_span_length: int = 10, **kwargs) -> None:
         super().__init__(**kwargs)
-        if mean_span_length < 1.0:
-            raise ValueError(f"SpanMasking: mean_span_length must be >= 1, got {mean_span_length}")
-        if max_span_length < 1:
-            raise ValueError(f"SpanMasking: max_span_length must be >= 1, got {max_span_length}")
+        require_at_least(
+            "SpanMasking", 1, mean_span_length=mean_span_length, max_span_length=max_span_length
+        )
         self.mean_span_length = mean_span_length
         self.max_span_length = max_span_length
 
@@ -549,8 +550,7 @@ class BlockMasking(Masking):
         self, ratio: float = 0.75, min_block: int = 4, min_aspect: float = 0.3, **kwargs
     ) -> None:
         super().__init__(ratio=ratio, **kwargs)
-        if min_block < 1:
-            raise ValueError(f"BlockMasking: min_block must be >= 1, got {min_block}")
+        require_at_least("BlockMasking", 1, min_block=min_block)
         if not 0.0 < min_aspect <= 1.0:
             raise ValueError(f"BlockMasking: min_aspect must lie in (0, 1], got {min_aspect}")
         self.min_block = min_block
@@ -750,8 +750,7 @@ class DiffusionMasking(Masking):
             )
         if not 0.0 < min_t < 1.0:
             raise ValueError(f"DiffusionMasking: min_t must lie in (0, 1), got {min_t}")
-        if eval_times < 1:
-            raise ValueError(f"DiffusionMasking: eval_times must be >= 1, got {eval_times}")
+        require_at_least("DiffusionMasking", 1, eval_times=eval_times)
         self.schedule = schedule
         self.min_t = min_t
         self.eval_times = eval_times

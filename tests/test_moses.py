@@ -9,6 +9,7 @@ values and the fingerprints molsets precomputed for its test set.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from collections import Counter
@@ -153,6 +154,6 @@ def test_the_moses_corpus_is_a_stride_of_the_training_set():
 
 
 def test_missing_molsets_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(moses.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingDependencyError, match="pip install --no-deps molsets"):
         moses.molsets_folder()

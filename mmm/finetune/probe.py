@@ -27,6 +27,7 @@ from typing import Literal
 import lightning as L
 
 from datamodules import ShardDataModule
+from mmm.checks import require_at_least
 from mmm.data.corpora import corpus_names, is_labelled_corpus
 from mmm.data.labels import LABEL_MEMBER, LabelSpec
 from mmm.data.patterns import expand_shards
@@ -94,9 +95,7 @@ class ProbeSettings:
         }
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"probe: {name} must be >= 1, got {getattr(self, name)}")
+        require_at_least("probe", 1, steps=self.steps, batch_size=self.batch_size)
         if self.lr <= 0:
             raise ValueError(f"probe: lr must be > 0, got {self.lr}")
         if self.num_workers < 0:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import logging
 import math
 from collections import Counter
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmm.optional import MissingDependencyError, require
+from mmm.optional import MissingDependencyError, package_folders, require
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +60,11 @@ def molsets_folder() -> Path:
     Raises:
         MissingDependencyError: when molsets is not installed, saying how to install it.
     """
-    spec = importlib.util.find_spec("moses")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    folders = [Path(location) for location in locations]
+    folders = package_folders("moses", MOSES_FIX)
     found = [folder for folder in folders if (folder / "dataset" / "data").is_dir()]
     if not found:
         raise MissingDependencyError(
-            f"the MOSES data (moses/dataset/data) is not installed (searched {folders or 'no moses package'}). "
-            f"{MOSES_FIX}"
+            f"the MOSES data (moses/dataset/data) is not installed (searched {folders}). {MOSES_FIX}"
         )
     return found[0]
 

@@ -8,6 +8,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from mmm.checks import require_at_least
 from mmm.models.attention import TrunkAttention
 from mmm.models.embedders import sincos_positions
 
@@ -70,10 +71,9 @@ class PatchDecoderConfig:
     reconstructions; ``False`` regresses raw values."""
 
     def __post_init__(self) -> None:
-        for name in ("dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"PatchDecoderConfig: {name} must be >= 1, got {value}")
+        require_at_least(
+            "PatchDecoderConfig", 1, dim=self.dim, depth=self.depth, num_heads=self.num_heads
+        )
         if self.dim % self.num_heads:
             raise ValueError(
                 f"PatchDecoderConfig: num_heads={self.num_heads} must divide dim={self.dim}"

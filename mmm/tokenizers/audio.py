@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import soundfile as sf
@@ -32,6 +32,7 @@ from einops import rearrange
 from torch import Tensor
 
 from mmm import optional
+from mmm.checks import require_at_least, require_one_of
 from mmm.data.formats import AUDIO_EXTENSIONS
 from mmm.tokenizers.base import (
     ContinuousSpec,
@@ -71,9 +72,14 @@ class LogMelSettings:
     """Dynamic range kept below each clip's loudest bin, in dB (quieter bins are clamped)."""
 
     def __post_init__(self) -> None:
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LogMelSettings: {name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(
+            "LogMelSettings",
+            1,
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+        )
         nyquist = self.sample_rate / 2
         f_max = nyquist if self.f_max is None else self.f_max
         if not 0.0 <= self.f_min < f_max <= nyquist:
@@ -223,20 +229,15 @@ class AudioTokenizer(Tokenizer):
     ) -> None:
         self.features = features if features is not None else LogMelSettings()
         mels = self.features.n_mels
-        if patch_frames < 1:
-            raise ValueError(f"AudioTokenizer: patch_frames must be >= 1, got {patch_frames}")
+        require_at_least("AudioTokenizer", 1, patch_frames=patch_frames)
         if patch_mels is not None and (patch_mels < 1 or mels % patch_mels):
             raise ValueError(
                 f"AudioTokenizer: patch_mels={patch_mels} must divide features.n_mels={mels}"
             )
-        if normalize not in ("clip", "dataset"):
-            raise ValueError(
-                f"AudioTokenizer: normalize must be 'clip' or 'dataset', got {normalize!r}"
-            )
+        require_one_of("AudioTokenizer", "normalize", normalize, get_args(Normalize))
         if (normalize == "dataset") != (stats is not None):
             raise ValueError("AudioTokenizer: normalize='dataset' needs stats=<json>, and only it")
-        if crop not in ("start", "center", "random"):
-            raise ValueError(f"AudioTokenizer: crop must be start, center or random, got {crop!r}")
+        require_one_of("AudioTokenizer", "crop", crop, get_args(Crop))
         self.duration = duration
         self.patch_frames = patch_frames
         self.patch_mels = patch_mels if patch_mels is not None else mels

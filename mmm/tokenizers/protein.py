@@ -11,12 +11,13 @@ a sequence up in one numpy table rather than looping over residues in Python.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mmm.checks import require_at_least, require_one_of
 from mmm.data.formats.protein import MASK, RESIDUES, OnUnknown, clean_residues
 
 if TYPE_CHECKING:
@@ -115,16 +116,9 @@ class ProteinTokenizer(DiscreteTokenizer):
     def __init__(
         self, max_length: int = 1024, on_unknown: OnUnknown = "error", crop: Crop = "random"
     ) -> None:
-        if max_length < 3:
-            raise ValueError(f"ProteinTokenizer: max_length must be >= 3, got {max_length}")
-        if on_unknown not in ("error", "x"):
-            raise ValueError(
-                f"ProteinTokenizer: on_unknown must be 'error' or 'x', got {on_unknown!r}"
-            )
-        if crop not in ("start", "center", "random"):
-            raise ValueError(
-                f"ProteinTokenizer: crop must be start, center or random, got {crop!r}"
-            )
+        require_at_least("ProteinTokenizer", 3, max_length=max_length)
+        require_one_of("ProteinTokenizer", "on_unknown", on_unknown, get_args(OnUnknown))
+        require_one_of("ProteinTokenizer", "crop", crop, get_args(Crop))
         self.max_length = max_length
         self.on_unknown = on_unknown
         self.crop = crop

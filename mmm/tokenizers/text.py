@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from mmm.checks import require_at_least, require_one_of
 from mmm.data.formats import text_samples
 from mmm.data.members import TEXT_MEMBER
 from mmm.data.reading import member_texts, read_source
@@ -168,12 +169,8 @@ class TextTokenizer(DiscreteTokenizer):
         pack: bool = False,
         attention: Attention = "document",
     ) -> None:
-        if max_length < 3:
-            raise ValueError(f"TextTokenizer: max_length must be >= 3, got {max_length}")
-        if attention not in ("across", "document"):
-            raise ValueError(
-                f"TextTokenizer: attention must be 'across' or 'document', got {attention!r}"
-            )
+        require_at_least("TextTokenizer", 3, max_length=max_length)
+        require_one_of("TextTokenizer", "attention", attention, get_args(Attention))
         self.path = path
         self.max_length = max_length
         self.pack = pack

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from mmm.checks import require_at_least, require_one_of
 from mmm.data.formats.timeseries import decode_series
 from mmm.data.members import SERIES_MEMBER
 from mmm.tokenizers.base import (
@@ -98,25 +99,15 @@ class TimeSeriesTokenizer(Tokenizer):
         min_std: float = 1e-5,
         statistics_horizon: int = 0,
     ) -> None:
-        for name, value in (
-            ("channels", channels),
-            ("length", length),
-            ("patch_length", patch_length),
-        ):
-            if value < 1:
-                raise ValueError(f"TimeSeriesTokenizer: {name} must be >= 1, got {value}")
+        require_at_least(
+            "TimeSeriesTokenizer", 1, channels=channels, length=length, patch_length=patch_length
+        )
         if length % patch_length:
             raise ValueError(
                 f"TimeSeriesTokenizer: patch_length={patch_length} must divide length={length}"
             )
-        if patching not in ("channel", "across"):
-            raise ValueError(
-                f"TimeSeriesTokenizer: patching must be 'channel' or 'across', got {patching!r}"
-            )
-        if crop not in ("start", "center", "random"):
-            raise ValueError(
-                f"TimeSeriesTokenizer: crop must be start, center or random, got {crop!r}"
-            )
+        require_one_of("TimeSeriesTokenizer", "patching", patching, get_args(Patching))
+        require_one_of("TimeSeriesTokenizer", "crop", crop, get_args(Crop))
         if not 0 <= statistics_horizon < length // patch_length:
             raise ValueError(
                 f"TimeSeriesTokenizer: statistics_horizon must lie in [0, {length // patch_length})"

