@@ -232,6 +232,7 @@ CASES: dict[str, list[Case]] = {
             [
                 *("--teacher_steps", "1", "--student_steps", "1", "--val_batches", "1"),
                 *("--probe_steps", "1", "--speed_runs", "1", "--threads", "1"),
+                *("--seeds", "0", "1"),  # one teacher, a student per seed
                 *settings({"data.batch_size": 4, "model.encoder.dim": 16}),
                 *settings({"model.encoder.num_heads": 2}),
             ],
