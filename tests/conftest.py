@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from datamodules import ShardDataModule
 from mmm.data.shards import write_shards
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.tokenizers.text import TextTokenizer
-from tests.helpers import single_thread
+from tests.helpers import folder_data, single_thread
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -51,13 +50,7 @@ def tokenizer(tokenizer_dir):
 @pytest.fixture
 def corpus_data(corpus_dir, tokenizer):
     """``corpus_dir``'s shards batched by ``tokenizer``, 8 documents a batch, in-process."""
-    return ShardDataModule(
-        train_shards=str(corpus_dir / "train-*.tar"),
-        val_shards=str(corpus_dir / "val-*.tar"),
-        batcher=tokenizer,
-        batch_size=8,
-        num_workers=0,
-    )
+    return folder_data(corpus_dir, tokenizer, batch_size=8)
 
 
 @pytest.fixture

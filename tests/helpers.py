@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
+from datamodules import ShardDataModule
 from mmm.module import MaskedModelingModule
+from mmm.tokenizers.multimodal import Batcher
 
 
 def overfit_loss(
@@ -95,3 +97,18 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def folder_data(
+    folder: Path, batcher: Batcher, batch_size: int, **options: object
+) -> ShardDataModule:
+    """The ``train-*.tar`` and ``val-*.tar`` shards of ``folder``, batched by ``batcher`` in
+    this process (no loader workers): the data of most in-process fits."""
+    return ShardDataModule(
+        train_shards=str(folder / "train-*.tar"),
+        val_shards=str(folder / "val-*.tar"),
+        batcher=batcher,
+        batch_size=batch_size,
+        num_workers=0,
+        **options,
+    )

@@ -28,7 +28,7 @@ from mmm.export import (
     spectrogram_image,
     to_masked_lm,
 )
-from mmm.export.parts import one_modality_module
+from mmm.export.parts import MappingError, one_modality_module
 from mmm.inference import fill_mask, load_module
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule, ModalityConfig
@@ -345,3 +345,13 @@ def test_fit_from_an_esm_directory_then_export(tmp_path, monkeypatch):
     run(["export", f"--checkpoint={checkpoint}", "--output=exported"])
     model = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "exported")).eval()
     assert_same_logits(load_module(str(checkpoint)), model, PROTEINS)
+
+
+def test_a_converter_names_a_modality_without_the_part_it_maps():
+    """The export family is the tokenizer's claim; a modality that claims one without the
+    part its converter maps gets an error naming the modality, not an AttributeError."""
+    image = _module(ImageTokenizer(image_size=16, patch_size=4, channels=3))
+    with pytest.raises(
+        MappingError, match=r"maps token ids; the image modality \(ImageTokenizer\)"
+    ):
+        to_masked_lm(image)

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ShardDataModule
 from mmm.cli import run
 from mmm.data.labels import LABEL_MEMBER, LabelSpec
 from mmm.data.shards import write_shards
@@ -28,7 +27,7 @@ from mmm.tokenizers.base import SampleError
 from mmm.tokenizers.image import ImageTokenizer
 from mmm.tokenizers.multimodal import MultimodalBatcher
 from mmm.tokenizers.protein import ProteinTokenizer
-from tests.helpers import fit_protein_checkpoint, single_thread
+from tests.helpers import fit_protein_checkpoint, folder_data, single_thread
 from tests.test_embeddings import PROTEINS
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "finetune"
@@ -96,14 +95,7 @@ def _protein_backbone(seed: int = 0) -> MaskedModelingModule:
 
 
 def _fit(module: FineTuningModule, root: Path, steps: int, **trainer: object) -> L.Trainer:
-    data = ShardDataModule(
-        train_shards=str(root / "train-*.tar"),
-        val_shards=str(root / "val-*.tar"),
-        batcher=module.batcher,
-        batch_size=32,
-        num_workers=0,
-        on_error="raise",
-    )
+    data = folder_data(root, module.batcher, batch_size=32, on_error="raise")
     options = dict(
         max_steps=steps,
         val_check_interval=steps,

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ShardDataModule
 from mmm.cross_modal_masking import TokenBudgets
 from mmm.data.shards import write_shards
 from mmm.inference import embed_sequences, fill_mask, load_module
@@ -22,6 +21,7 @@ from mmm.module import MaskedModelingModule, ModalityConfig
 from mmm.tokenizers import ImageTokenizer, ProteinTokenizer, SampleError
 from mmm.tokenizers.multimodal import MultimodalBatcher
 from tests.conftest import SENTENCES
+from tests.helpers import folder_data
 
 PROTEINS = ["MKTAYIAKQR", "GIGKFLHSAK", "MSTNPKPQRK", "ACDEFGHIKL", "MKVLAAGIVG", "PEPTIDEKKR"]
 
@@ -237,13 +237,7 @@ def test_multimodal_run_logs_per_modality_and_reloads_for_fill_mask_and_embed(tm
     _paired_shards(tmp_path, SENTENCES)
     parts = {k: v for k, v in _kinds(tokenizer).items() if k in ("text", "image")}
     module = _module(parts, text={"drop_probability": 0.5})
-    data = ShardDataModule(
-        train_shards=str(tmp_path / "train-*.tar"),
-        val_shards=str(tmp_path / "val-*.tar"),
-        batcher=module.batcher,
-        batch_size=4,
-        num_workers=0,
-    )
+    data = folder_data(tmp_path, module.batcher, batch_size=4)
     trainer = L.Trainer(
         max_steps=3,
         logger=False,

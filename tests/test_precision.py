@@ -16,6 +16,7 @@ from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule
 from mmm.precision import cpu_bf16_support, warn_if_bf16_is_emulated
 from mmm.tokenizers import ProteinTokenizer
+from tests.helpers import folder_data
 from tests.test_tokenizer_contract import case  # noqa: F401  (the contract's cases fixture)
 
 
@@ -67,15 +68,8 @@ def test_masked_diffusion_trains_and_samples_under_bf16_autocast():
 
 
 def test_a_lightning_bf16_run_exports_fp32_weights(tiny_module, corpus_dir, tmp_path):
-    from datamodules import ShardDataModule
 
-    data = ShardDataModule(
-        train_shards=str(corpus_dir / "train-*.tar"),
-        val_shards=str(corpus_dir / "val-*.tar"),
-        batch_size=8,
-        num_workers=0,
-        batcher=tiny_module.batcher,
-    )
+    data = folder_data(corpus_dir, tiny_module.batcher, batch_size=8)
     trainer = L.Trainer(
         precision="bf16-mixed",
         accelerator="cpu",

@@ -32,6 +32,7 @@ from mmm.export.parts import (
     layer_norm_eps,
     only_modality,
     only_tokenizer,
+    require_part,
     require_same,
     trunk,
 )
@@ -88,17 +89,10 @@ def family(module: MaskedModelingModule) -> Family:
 
 
 def _discrete_modality(module: MaskedModelingModule) -> DiscreteModality:
-    """The module's one modality, which must be discrete. A type guard, not a kind switch:
-    which converter runs is the tokenizer's ``export_family``; this names a modality whose
-    tokenizer claims the masked-LM family without token ids to map."""
-    modality = only_modality(module)
-    if not isinstance(modality, DiscreteModality):
-        tokenizer = only_tokenizer(module)
-        raise MappingError(
-            f"masked-LM export maps token ids; the {tokenizer.modality_name} modality "
-            f"({type(tokenizer).__name__}) has real-valued positions"
-        )
-    return modality
+    """The module's one modality, which must be discrete (token ids to map)."""
+    return require_part(
+        module, only_modality(module), DiscreteModality, "masked-LM export maps token ids"
+    )
 
 
 def position_offset(module: MaskedModelingModule) -> int:

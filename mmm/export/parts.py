@@ -4,12 +4,15 @@ export and ``init_from`` mapping."""
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 from torch import nn
 
 from mmm.models.encoder import TransformerEncoder
 from mmm.module import MaskedModelingModule, ModalityConfig
 from mmm.tokenizers.base import Tokenizer
+
+PartType = TypeVar("PartType")
 
 
 class MappingError(ValueError):
@@ -72,6 +75,22 @@ def only_tokenizer(module: MaskedModelingModule) -> Tokenizer:
     """The tokenizer of the module's one modality."""
     only_modality(module)  # refuses multimodal modules with the same message
     return module.tokenizers[module.modality_named()]
+
+
+def require_part(
+    module: MaskedModelingModule, part: PartType, kind: type[PartType], need: str
+) -> PartType:
+    """``part`` of ``module``'s one modality, if it is a ``kind``; else a ``MappingError``
+    that says what the converter ``need``s and names the modality. A type guard, not a kind
+    switch: which converter runs is the tokenizer's ``export_family``; this catches a
+    modality that claims a family without the part its converter maps."""
+    if not isinstance(part, kind):
+        tokenizer = only_tokenizer(module)
+        raise MappingError(
+            f"{need}; the {tokenizer.modality_name} modality ({type(tokenizer).__name__}) has "
+            f"a {type(part).__name__}"
+        )
+    return part
 
 
 def layer_norm_eps(*parts: nn.Module) -> float:

@@ -31,6 +31,7 @@ from mmm.export.parts import (
     layer_norm_eps,
     only_modality,
     only_tokenizer,
+    require_part,
     require_same,
     trunk,
 )
@@ -91,17 +92,9 @@ def timm_kwargs(module: MaskedModelingModule) -> dict[str, Any]:
 
 
 def _embedder(module: MaskedModelingModule) -> PatchEmbedder:
-    """The one modality's patch embedder. A type guard, not a kind switch: which converter
-    runs is the tokenizer's ``export_family``; this names a modality whose tokenizer claims
-    the ViT family with an embedder timm's patch convolution cannot hold."""
+    """The one modality's patch embedder, which timm's patch convolution must hold."""
     embedder = only_modality(module).embedder
-    if not isinstance(embedder, PatchEmbedder):
-        tokenizer = only_tokenizer(module)
-        raise MappingError(
-            f"timm export needs a PatchEmbedder; the {tokenizer.modality_name} modality "
-            f"({type(tokenizer).__name__}) has a {type(embedder).__name__}"
-        )
-    return embedder
+    return require_part(module, embedder, PatchEmbedder, "timm export needs a PatchEmbedder")
 
 
 def timm_state_dict(module: MaskedModelingModule) -> dict[str, Tensor]:
